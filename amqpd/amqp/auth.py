@@ -1,0 +1,53 @@
+"""SASL PLAIN / AMQPLAIN and RabbitMQ-compatible password hashes."""
+import base64
+import hashlib
+import hmac
+import os
+import struct
+
+from pamqp import decode
+
+
+def hash_password(password: str, salt: bytes | None = None) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + password))."""
+    salt = os.urandom(4) if salt is None else salt
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def check_password(user, password: str) -> bool:
+    if user.password_hash:
+        try:
+            raw = base64.b64decode(user.password_hash)
+        except ValueError:
+            return False
+        salt, digest = raw[:4], raw[4:]
+        algo = hashlib.sha512 if len(digest) == 64 else hashlib.md5 if len(digest) == 16 \
+            else hashlib.sha256
+        return hmac.compare_digest(algo(salt + password.encode()).digest(), digest)
+    return user.password is not None and hmac.compare_digest(user.password, password)
+
+
+def parse_response(mechanism: str, response) -> tuple[str, str] | None:
+    """Return (username, password) from a SASL response, or None when it is malformed."""
+    if isinstance(response, str):
+        response = response.encode("latin-1", "replace")
+    try:
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                return None
+            return parts[1].decode(), parts[2].decode()
+        if mechanism == "AMQPLAIN":
+            # A field table without its length prefix.
+            _, table = decode.field_table(struct.pack(">I", len(response)) + response)
+            login, password = table.get("LOGIN"), table.get("PASSWORD")
+            if login is None or password is None:
+                return None
+            if isinstance(login, bytes):
+                login = login.decode()
+            if isinstance(password, bytes):
+                password = password.decode()
+            return str(login), str(password)
+    except (ValueError, UnicodeDecodeError, struct.error):
+        return None
+    return None

@@ -1,0 +1,472 @@
+"""One AMQP channel: method handlers, content assembly, consumers, the unacked ledger,
+publisher confirms and transactions. Sans-IO: it writes frames into its connection's output."""
+import secrets
+
+from pamqp import commands as C
+
+from ..broker.consumer import Consumer
+from ..broker.message import Message
+from ..wire import fastpath, properties
+from . import errors
+
+Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
+                                                 C.Confirm, C.Tx)
+
+OPEN, CLOSING = "open", "closing"
+
+
+class Channel:
+    def __init__(self, conn, number: int):
+        self.conn = conn
+        self.number = number
+        self.state = OPEN
+        self.vhost = conn.vhost
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict = {}          # delivery tag -> (queue, entry, consumer or None)
+        self.next_tag = 0
+        self.prefetch = 0                # basic.qos global=false: applies to new consumers
+        self.global_prefetch = 0         # basic.qos global=true: shared by the channel
+        self.confirm = False
+        self.publish_seq = 0             # confirm mode: sequence of the last publish
+        self.confirmed = 0               # highest sequence confirmed so far
+        self.tx = None                   # list of deferred actions while in tx mode
+        # content assembly state
+        self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
+        self.header = None
+        self.body_size = 0
+        self.body_parts: list = []
+        self.received = 0
+
+    # -- frames -------------------------------------------------------------------------------
+    def on_publish(self, payload: bytes) -> None:
+        exchange, routing_key, route, mandatory, immediate = fastpath.decode_publish(payload)
+        if immediate:
+            raise errors.NotImplemented_("immediate=true", 60, 40)
+        ex = self.vhost.exchanges.get(exchange)
+        if ex is None:
+            raise errors.NotFound(f"no exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40)
+        if ex.internal:
+            raise errors.AccessRefused(
+                f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost.name}'",
+                60, 40)
+        self.publishing = (ex, routing_key, route, mandatory)
+
+    def on_header(self, payload: bytes) -> None:
+        if self.publishing is None or self.header is not None:
+            raise errors.UnexpectedFrame(
+                f"expected method frame, got non method frame instead")
+        class_id, body_size = fastpath.peek_content_header(payload)
+        if class_id != 60:
+            raise errors.FrameError(f"content header class id {class_id} is not basic (60)")
+        limit = self.conn.max_message_size
+        if limit and body_size > limit:
+            raise errors.PreconditionFailed(
+                f"message size {body_size} is larger than configured max size {limit}", 60, 40)
+        self.header = payload
+        self.body_size = body_size
+        if body_size == 0:
+            self._content_complete(b"")
+
+    def on_body(self, payload: bytes) -> None:
+        if self.header is None:
+            raise errors.UnexpectedFrame("expected content header, got content body instead")
+        self.received += len(payload)
+        if self.received > self.body_size:
+            raise errors.FrameError(
+                f"content body exceeds the declared size {self.body_size}")
+        if self.received == self.body_size and not self.body_parts:
+            self._content_complete(payload)
+            return
+        self.body_parts.append(payload)
+        if self.received == self.body_size:
+            body = b"".join(self.body_parts)
+            self.body_parts = []
+            self._content_complete(body)
+
+    @property
+    def expecting_content(self) -> bool:
+        return self.publishing is not None
+
+    def _content_complete(self, body: bytes) -> None:
+        ex, routing_key, route, mandatory = self.publishing
+        header = self.header
+        self.publishing = self.header = None
+        self.received = 0
+        msg = Message(ex.name, routing_key, route, header, body)
+        if properties.flags(header) & properties.USER_ID:
+            user_id = msg.properties.user_id
+            if user_id != self.conn.user:
+                raise errors.PreconditionFailed(
+                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"'{self.conn.user}'", 60, 40)
+        if self.tx is not None:
+            self.tx.append((self._route, (ex, msg, mandatory)))
+            return
+        self._route(ex, msg, mandatory)
+        if self.confirm:
+            self.publish_seq += 1
+            self.conn.confirm_due(self)
+
+    def _route(self, ex, msg: Message, mandatory: bool) -> None:
+        queues = self.vhost.route(ex, msg)
+        if queues:
+            for q in queues:
+                q.enqueue(msg)
+        elif mandatory:
+            fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.route,
+                                  msg.header, msg.body, self.conn.frame_max)
+            self.conn.wrote()
+
+    def flush_confirms(self) -> None:
+        """One ack per batch of frames, with multiple=true when it covers several publishes."""
+        upto = self.publish_seq
+        if upto > self.confirmed:
+            multiple = upto - self.confirmed > 1
+            self.confirmed = upto
+            self.conn.write(fastpath.encode_ack(self.number, upto, multiple))
+
+    def on_method(self, method) -> None:
+        handler = HANDLERS.get(type(method))
+        if handler is None:
+            raise errors.CommandInvalid(f"unexpected method {method.name} on a channel",
+                                        *class_method(method))
+        handler(self, method)
+
+    # -- delivery -----------------------------------------------------------------------------
+    def can_deliver(self, consumer: Consumer) -> bool:
+        if not self.conn.can_write():
+            return False
+        if consumer.no_ack:
+            return True
+        if consumer.prefetch and consumer.unacked >= consumer.prefetch:
+            return False
+        if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
+            return False
+        return True
+
+    def deliver(self, consumer: Consumer, entry) -> None:
+        self.next_tag = tag = self.next_tag + 1
+        queue = consumer.queue
+        if consumer.no_ack:
+            queue.settle(entry)
+        else:
+            self.unacked[tag] = (queue, entry, consumer)
+            consumer.unacked += 1
+        msg = entry.message
+        conn = self.conn
+        fastpath.write_deliver(conn.out, self.number, consumer.ctag, tag, entry.redelivered,
+                               msg.route, msg.header, msg.body, conn.frame_max)
+        conn.wrote(len(msg.body))
+
+    def queue_deleted(self, consumer: Consumer) -> None:
+        """The queue went away under a consumer: tell clients that asked to be told."""
+        self.consumers.pop(consumer.tag, None)
+        if self.state == OPEN and self.conn.capabilities.get("consumer_cancel_notify"):
+            self.send(Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
+
+    # -- acknowledgements ---------------------------------------------------------------------
+    def on_ack(self, payload: bytes, method_id: int) -> None:
+        tag, bits = fastpath.decode_ack(payload)
+        if method_id == fastpath.ACK:
+            multiple, requeue, settle = bits & 1, False, True
+        elif method_id == fastpath.NACK:
+            multiple, requeue, settle = bits & 1, bool(bits & 2), False
+        else:
+            multiple, requeue, settle = False, bool(bits & 1), False
+        if self.tx is not None:
+            # Keep the tags, so a rollback can put the records back.
+            tags = self._tags(tag, multiple, method_id)
+            records = [(t, self.unacked.pop(t)) for t in tags]
+            self.tx.append((self._settle_tagged, (records, settle, requeue)))
+            return
+        self._settle(self._take_unacked(tag, multiple, method_id), settle, requeue)
+
+    def _tags(self, tag: int, multiple: bool, method_id: int) -> list:
+        if not multiple:
+            if tag not in self.unacked:
+                raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+            return [tag]
+        tags = [t for t in self.unacked if tag == 0 or t <= tag]
+        if not tags and tag != 0:
+            raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+        return tags
+
+    def _settle_tagged(self, records: list, ack: bool, requeue: bool) -> None:
+        self._settle([r for _t, r in records], ack, requeue)
+
+    def _take_unacked(self, tag: int, multiple: bool, method_id: int) -> list:
+        unacked = self.unacked
+        if not multiple:
+            record = unacked.pop(tag, None)
+            if record is None:
+                raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+            return [record]
+        if tag == 0:
+            records = list(unacked.values())
+            unacked.clear()
+            return records
+        tags = []
+        for t in unacked:
+            if t > tag:
+                break
+            tags.append(t)
+        if not tags:
+            raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+        return [unacked.pop(t) for t in tags]
+
+    def _settle(self, records: list, ack: bool, requeue: bool) -> None:
+        schedule = self.conn.broker.schedule
+        if requeue:
+            records = reversed(records)   # so each lands in front of the later ones
+        for queue, entry, consumer in records:
+            if consumer is not None:
+                consumer.unacked -= 1
+                schedule(queue)
+            if requeue and not queue.deleted:
+                queue.requeue(entry)
+            else:
+                queue.settle(entry)
+        if self.global_prefetch:
+            for c in self.consumers.values():
+                schedule(c.queue)
+
+    def requeue_all(self) -> None:
+        records = list(self.unacked.values())
+        self.unacked.clear()
+        self._settle(records, False, True)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """The channel is gone (closed, errored or its connection dropped)."""
+        for consumer in list(self.consumers.values()):
+            consumer.queue.remove_consumer(consumer)
+        self.consumers.clear()
+        self.requeue_all()
+        self.publishing = self.header = None
+        self.body_parts = []
+        self.tx = None
+
+    def send(self, method) -> None:
+        self.conn.send_method(self.number, method)
+
+
+def class_method(method) -> tuple[int, int]:
+    return method.index >> 16, method.index & 0xFFFF
+
+
+def _ok(ch: Channel, method, reply) -> None:
+    if not getattr(method, "nowait", False):
+        ch.send(reply)
+
+
+# -- channel class --------------------------------------------------------------------------------
+def channel_close(ch: Channel, m) -> None:
+    ch.conn.close_channel(ch, client_initiated=True)
+
+
+def channel_flow(ch: Channel, m: Channel_.Flow) -> None:
+    if not m.active:
+        raise errors.NotImplemented_("active=false", 20, 20)
+    ch.send(Channel_.FlowOk(active=True))
+
+
+def channel_open(ch: Channel, m) -> None:
+    raise errors.ChannelErrorConn("second 'channel.open' seen", 20, 10)
+
+
+# -- exchange class -------------------------------------------------------------------------------
+def exchange_declare(ch: Channel, m: Exchange.Declare) -> None:
+    ch.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete,
+                              m.internal, m.arguments or {})
+    _ok(ch, m, Exchange.DeclareOk())
+
+
+def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
+    ch.vhost.delete_exchange(m.exchange, m.if_unused)
+    _ok(ch, m, Exchange.DeleteOk())
+
+
+def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
+    dest = ch.vhost.exchange(m.destination)
+    source = ch.vhost.exchange(m.source)
+    ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
+    _ok(ch, m, Exchange.BindOk())
+
+
+def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
+    dest = ch.vhost.exchange(m.destination)
+    source = ch.vhost.exchange(m.source)
+    ch.vhost.unbind(source, dest, m.routing_key, m.arguments or {})
+    _ok(ch, m, Exchange.UnbindOk())
+
+
+# -- queue class ----------------------------------------------------------------------------------
+def queue_declare(ch: Channel, m: Queue.Declare) -> None:
+    q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
+                               m.auto_delete, m.arguments or {})
+    ch.conn.last_queue = q.name
+    _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=q.message_count,
+                               consumer_count=len(q.consumers)))
+
+
+def _queue(ch: Channel, name: str):
+    """An empty name means the channel's last declared queue, as in RabbitMQ."""
+    if not name:
+        name = ch.conn.last_queue
+        if not name:
+            raise errors.NotFound(f"no previously declared queue")
+    return ch.vhost.queue(name, ch.conn)
+
+
+def queue_bind(ch: Channel, m: Queue.Bind) -> None:
+    q = _queue(ch, m.queue)
+    ex = ch.vhost.exchange(m.exchange)
+    ch.vhost.bind(ex, q, m.routing_key, m.arguments or {})
+    _ok(ch, m, Queue.BindOk())
+
+
+def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
+    q = _queue(ch, m.queue)
+    ex = ch.vhost.exchange(m.exchange)
+    ch.vhost.unbind(ex, q, m.routing_key, m.arguments or {})
+    ch.send(Queue.UnbindOk())
+
+
+def queue_purge(ch: Channel, m: Queue.Purge) -> None:
+    q = _queue(ch, m.queue)
+    _ok(ch, m, Queue.PurgeOk(message_count=q.purge()))
+
+
+def queue_delete(ch: Channel, m: Queue.Delete) -> None:
+    name = m.queue or ch.conn.last_queue
+    q = ch.vhost.queues.get(name)
+    if q is None:
+        _ok(ch, m, Queue.DeleteOk(message_count=0))
+        return
+    ch.vhost.queue(name, ch.conn)          # exclusive check
+    if m.if_unused and q.consumers:
+        raise errors.PreconditionFailed(f"{q.label} in use", 50, 40)
+    if m.if_empty and q.message_count:
+        raise errors.PreconditionFailed(f"{q.label} is not empty", 50, 40)
+    _ok(ch, m, Queue.DeleteOk(message_count=ch.vhost.delete_queue(q)))
+
+
+# -- basic class ----------------------------------------------------------------------------------
+def basic_qos(ch: Channel, m: Basic.Qos) -> None:
+    if m.prefetch_size:
+        raise errors.NotImplemented_(
+            f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+    if m.global_:
+        ch.global_prefetch = m.prefetch_count
+        for c in ch.consumers.values():
+            ch.conn.broker.schedule(c.queue)
+    else:
+        ch.prefetch = m.prefetch_count
+    ch.send(Basic.QosOk())
+
+
+def basic_consume(ch: Channel, m: Basic.Consume) -> None:
+    q = _queue(ch, m.queue)
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+    if tag in ch.consumers:
+        raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    args = m.arguments or {}
+    priority = args.get("x-priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-priority' for {q.label}: expected an integer", 60, 20)
+    consumer = Consumer(tag, ch, q, m.no_ack, m.exclusive, priority, ch.prefetch, args)
+    q.add_consumer(consumer)
+    ch.consumers[tag] = consumer
+    _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
+
+
+def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
+    consumer = ch.consumers.pop(m.consumer_tag, None)
+    if consumer is not None:
+        consumer.queue.remove_consumer(consumer)
+    _ok(ch, m, Basic.CancelOk(consumer_tag=m.consumer_tag))
+
+
+def basic_get(ch: Channel, m: Basic.Get) -> None:
+    q = _queue(ch, m.queue)
+    entry = q.take()
+    if entry is None:
+        ch.send(Basic.GetEmpty())
+        return
+    ch.next_tag = tag = ch.next_tag + 1
+    if m.no_ack:
+        q.settle(entry)
+    else:
+        ch.unacked[tag] = (q, entry, None)
+    msg = entry.message
+    conn = ch.conn
+    fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.route,
+                          q.message_count, msg.header, msg.body, conn.frame_max)
+    conn.wrote(len(msg.body))
+
+
+def basic_recover(ch: Channel, m) -> None:
+    if not m.requeue:
+        raise errors.NotImplemented_("requeue=false", 60, 110)
+    ch.requeue_all()
+    if isinstance(m, Basic.Recover):
+        ch.send(Basic.RecoverOk())
+
+
+def basic_recover_async(ch: Channel, m) -> None:
+    basic_recover(ch, m)
+
+
+# -- confirm and tx -------------------------------------------------------------------------------
+def confirm_select(ch: Channel, m: Confirm.Select) -> None:
+    if ch.tx is not None:
+        raise errors.PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
+    ch.confirm = True
+    _ok(ch, m, Confirm.SelectOk())
+
+
+def tx_select(ch: Channel, m) -> None:
+    if ch.confirm:
+        raise errors.PreconditionFailed("cannot switch from confirm to tx mode", 90, 10)
+    if ch.tx is None:
+        ch.tx = []
+    ch.send(Tx.SelectOk())
+
+
+def tx_commit(ch: Channel, m) -> None:
+    if ch.tx is None:
+        raise errors.PreconditionFailed("channel is not transactional", 90, 20)
+    actions, ch.tx = ch.tx, None
+    try:
+        for fn, args in actions:
+            fn(*args)
+    finally:
+        ch.tx = []
+    ch.send(Tx.CommitOk())
+
+
+def tx_rollback(ch: Channel, m) -> None:
+    if ch.tx is None:
+        raise errors.PreconditionFailed("channel is not transactional", 90, 30)
+    # Rolled-back acks leave their messages unacked on the channel, as RabbitMQ does.
+    restored = dict(ch.unacked)
+    for fn, args in ch.tx:
+        if fn == ch._settle_tagged:
+            restored.update(args[0])
+    ch.unacked = dict(sorted(restored.items()))
+    ch.tx = []
+    ch.send(Tx.RollbackOk())
+
+
+HANDLERS = {
+    Channel_.Close: channel_close, Channel_.Flow: channel_flow, Channel_.Open: channel_open,
+    Exchange.Declare: exchange_declare, Exchange.Delete: exchange_delete,
+    Exchange.Bind: exchange_bind, Exchange.Unbind: exchange_unbind,
+    Queue.Declare: queue_declare, Queue.Bind: queue_bind, Queue.Unbind: queue_unbind,
+    Queue.Purge: queue_purge, Queue.Delete: queue_delete,
+    Basic.Qos: basic_qos, Basic.Consume: basic_consume, Basic.Cancel: basic_cancel,
+    Basic.Get: basic_get, Basic.Recover: basic_recover, Basic.RecoverAsync: basic_recover_async,
+    Confirm.Select: confirm_select,
+    Tx.Select: tx_select, Tx.Commit: tx_commit, Tx.Rollback: tx_rollback,
+}

@@ -1,0 +1,456 @@
+"""One AMQP connection as a sans-IO state machine: bytes in (``data_received``), bytes out
+(``out``, drained by the I/O edge). Handshake, tune, the channel table, heartbeats (the I/O edge
+calls ``heartbeat_tick`` on a timer) and close in both directions. Every AMQP error raised while
+handling a frame is turned into channel.close or connection.close here, in ``_frame_failed``.
+"""
+import logging
+import platform
+import struct
+
+from pamqp import commands as C, frame as pamqp_frame
+from pamqp import encode as pamqp_encode
+
+from .. import __version__
+from ..wire import fastpath
+from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+                            FRAME_MIN_SIZE, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader)
+from . import auth, errors
+from .channel import CLOSING, OPEN, Channel, class_method
+
+# Field-table integers as RabbitMQ and every client decode them (b, s, I, l only).
+pamqp_encode.support_deprecated_rabbitmq(True)
+
+log = logging.getLogger("amqpd.connection")
+
+_class_method = struct.Struct(">HH").unpack_from
+PUBLISH = (60 << 16) | 40
+ACKS = {(60 << 16) | 80: 80, (60 << 16) | 90: 90, (60 << 16) | 120: 120}
+
+CAPABILITIES = {
+    "publisher_confirms": True, "exchange_exchange_bindings": True, "basic.nack": True,
+    "consumer_cancel_notify": True, "connection.blocked": True, "consumer_priorities": True,
+    "authentication_failure_close": True, "per_consumer_qos": True, "direct_reply_to": True,
+}
+MECHANISMS = "AMQPLAIN PLAIN"
+OUT_LIMIT = 1 << 20       # bytes buffered for one connection before deliveries to it pause
+
+# Connection states
+HEADER, START, SECURE, TUNE, OPENING, RUNNING, CLOSING_, CLOSED = range(8)
+
+
+class Connection:
+    """``io`` is the I/O edge: it provides ``wake(conn)`` (output is pending) and
+    ``close(conn)`` (drop the transport once pending output is written)."""
+
+    def __init__(self, broker, io, peer: str = "?"):
+        self.broker = broker
+        self.io = io
+        self.peer = peer
+        self.config = broker.config
+        limits = self.config.limits
+        self.state = HEADER
+        self.reader = FrameReader(limits.frame_max or 0)
+        self.out: list = []
+        self.out_size = 0
+        self.writable = True          # cleared by the I/O edge while the socket is not draining
+        self.starved = False          # a delivery was held back by output pressure
+        self.channels: dict[int, Channel] = {}
+        self.closing_channels: set = set()
+        self.confirms: dict = {}      # channels with publisher confirms due at end of batch
+        self.channel_max = limits.channel_max
+        self.frame_max = limits.frame_max or 131072
+        self.heartbeat = 0
+        self.max_message_size = limits.max_message_size
+        self.user = None
+        self.vhost = None
+        self.client_properties: dict = {}
+        self.capabilities: dict = {}
+        self.exclusive_queues: set = set()
+        self.last_queue = ""
+        self.received = True          # heartbeat bookkeeping, set per read (no clock calls)
+        self.sent = True
+        self.silent_ticks = 0
+
+    # -- output -------------------------------------------------------------------------------
+    def wrote(self, size: int = 0) -> None:
+        """Called after appending to ``out``: account for it and wake the I/O edge once."""
+        self.out_size += size + 64
+        if not self.sent:
+            self.sent = True
+        if len(self.out) and not self._dirty:
+            self._dirty = True
+            self.io.wake(self)
+
+    _dirty = False
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.wrote(len(data))
+
+    def send_method(self, channel: int, method) -> None:
+        self.write(pamqp_frame.marshal(method, channel))
+
+    def take_output(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        self.out_size = 0
+        self._dirty = False
+        return data
+
+    def can_write(self) -> bool:
+        if self.writable and self.out_size < OUT_LIMIT:
+            return True
+        self.starved = True
+        return False
+
+    def set_writable(self, writable: bool) -> None:
+        self.writable = writable
+        if writable:
+            self.resume_deliveries()
+
+    def resume_deliveries(self) -> None:
+        """Output drained: let queues that skipped this connection's consumers try again."""
+        if self.starved and self.can_write():
+            self.starved = False
+            for ch in self.channels.values():
+                for consumer in ch.consumers.values():
+                    self.broker.schedule(consumer.queue)
+            self.broker.run_dispatch()
+
+    # -- input --------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self.state == HEADER:
+            data = self._protocol_header(data)
+            if not data:
+                return
+        if self.state == CLOSED:
+            return
+        try:
+            frames = self.reader.feed(data)
+        except errors.AMQPError as exc:
+            frames = None
+            self._connection_error(exc)
+        if frames:
+            self._frames(frames)
+        self.broker.run_dispatch()
+        if self.confirms:
+            for ch in self.confirms:
+                if ch.state == OPEN:
+                    ch.flush_confirms()
+            self.confirms.clear()
+
+    def _protocol_header(self, data: bytes) -> bytes:
+        buf = self.reader.buf + data
+        if len(buf) < 8:
+            self.reader.buf = buf
+            return b""
+        self.reader.buf = b""
+        if buf[:8] != PROTOCOL_HEADER:
+            self.write(PROTOCOL_HEADER)
+            self._shutdown()
+            return b""
+        self.state = START
+        self.send_method(0, C.Connection.Start(
+            version_major=0, version_minor=9, server_properties=self._server_properties(),
+            mechanisms=MECHANISMS, locales="en_US"))
+        return buf[8:]
+
+    @staticmethod
+    def _server_properties() -> dict:
+        return {"capabilities": dict(CAPABILITIES), "product": "amqpd", "version": __version__,
+                "platform": f"Python {platform.python_version()}",
+                "cluster_name": "amqpd@" + platform.node(),
+                "copyright": "amqpd contributors", "information": "Licensed under MIT"}
+
+    def _frames(self, frames: list) -> None:
+        channels = self.channels
+        for ftype, number, payload in frames:
+            if self.state >= CLOSING_:
+                if self.state == CLOSING_ and ftype == FRAME_METHOD and number == 0:
+                    self._closing_method(payload)
+                continue
+            ch = channels.get(number) if number else None
+            try:
+                if ch is not None and ch.state == OPEN:
+                    if ftype == FRAME_METHOD:
+                        index = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
+                        if ch.publishing is not None:
+                            raise errors.UnexpectedFrame(
+                                "expected content header for class 60, got non content header "
+                                "frame instead", index >> 16, index & 0xFFFF)
+                        if index == PUBLISH:
+                            ch.on_publish(payload)
+                        elif index in ACKS:
+                            ch.on_ack(payload, ACKS[index])
+                        else:
+                            ch.on_method(self._decode(payload))
+                    elif ftype == FRAME_BODY:
+                        ch.on_body(payload)
+                    elif ftype == FRAME_HEADER:
+                        ch.on_header(payload)
+                    else:
+                        self._other_frame(ftype, number)
+                    continue
+                self._slow_frame(ftype, number, payload, ch)
+            except errors.AMQPError as exc:
+                self._frame_failed(exc, number)
+            except Exception as exc:  # a bug of ours must never take the broker down
+                log.exception("internal error handling a frame from %s", self.peer)
+                self._connection_error(errors.InternalError(f"{type(exc).__name__}: {exc}"))
+
+    def _decode(self, payload: bytes):
+        index = struct.unpack_from(">I", payload)[0]
+        cls = C.INDEX_MAPPING.get(index)
+        if cls is None:
+            raise errors.CommandInvalid(f"unknown method {index >> 16}.{index & 0xFFFF}",
+                                        index >> 16, index & 0xFFFF)
+        method = cls()
+        try:
+            method.unmarshal(payload[4:])
+        except Exception:
+            raise errors.SyntaxError_(f"cannot decode {method.name} arguments",
+                                      index >> 16, index & 0xFFFF) from None
+        if hasattr(method, "arguments") and method.arguments is None:
+            method.arguments = {}
+        return method
+
+    def _other_frame(self, ftype: int, number: int) -> None:
+        if ftype == FRAME_HEARTBEAT:
+            if number:
+                raise errors.FrameError(f"heartbeat frame on channel {number}")
+            return
+        raise errors.FrameError(f"unknown frame type {ftype}")
+
+    def _slow_frame(self, ftype: int, number: int, payload: bytes, ch) -> None:
+        """Everything but traffic on an open channel: handshake, channel 0, closing channels."""
+        if ftype != FRAME_METHOD:
+            if ftype == FRAME_HEARTBEAT and not number:
+                return
+            if ch is not None and ch.state == CLOSING:
+                return
+            if ftype in (FRAME_HEADER, FRAME_BODY):
+                if self.state != RUNNING or (number and ch is None):
+                    raise errors.ChannelErrorConn(f"expected 'channel.open' on channel {number}"
+                                                  if number else "unexpected content frame "
+                                                  "on channel 0")
+                raise errors.UnexpectedFrame(f"content frame on channel 0")
+            self._other_frame(ftype, number)
+            return
+        if ch is not None and ch.state == CLOSING:
+            try:
+                method = self._decode(payload)
+            except errors.AMQPError:
+                return      # discarded like everything else until close-ok
+        else:
+            method = self._decode(payload)
+        if number == 0:
+            self._connection_method(method)
+            return
+        if self.state != RUNNING:
+            raise errors.ChannelErrorConn(f"channel {number} used before connection.open",
+                                          *class_method(method))
+        if ch is None:
+            if isinstance(method, C.Channel.Open):
+                self._open_channel(number)
+                return
+            raise errors.ChannelErrorConn(f"expected 'channel.open' on channel {number}",
+                                          *class_method(method))
+        # The channel is closing: only close-ok (or a crossing close) matters.
+        if isinstance(method, C.Channel.CloseOk):
+            del self.channels[number]
+        elif isinstance(method, C.Channel.Close):
+            self.send_method(number, C.Channel.CloseOk())
+
+    def _open_channel(self, number: int) -> None:
+        if number > (self.channel_max or 65535):
+            raise errors.ChannelErrorConn(
+                f"channel number {number} is higher than the negotiated channel_max "
+                f"{self.channel_max}", 20, 10)
+        self.channels[number] = Channel(self, number)
+        self.send_method(number, C.Channel.OpenOk())
+
+    def close_channel(self, ch: Channel, client_initiated: bool) -> None:
+        ch.cleanup()
+        if client_initiated:
+            del self.channels[ch.number]
+            self.send_method(ch.number, C.Channel.CloseOk())
+
+    def confirm_due(self, ch: Channel) -> None:
+        self.confirms[ch] = None
+
+    # -- errors -------------------------------------------------------------------------------
+    def _frame_failed(self, exc: errors.AMQPError, number: int) -> None:
+        ch = self.channels.get(number) if number else None
+        if exc.connection_level or ch is None or ch.state != OPEN:
+            self._connection_error(exc)
+            return
+        log.debug("channel %s error on %s: %s", number, self.peer, exc.reply_text)
+        ch.cleanup()
+        ch.state = CLOSING
+        self.send_method(number, C.Channel.Close(reply_code=exc.code, reply_text=exc.reply_text,
+                                                 class_id=exc.class_id, method_id=exc.method_id))
+
+    def _connection_error(self, exc: errors.AMQPError) -> None:
+        log.info("closing connection %s: %s %s", self.peer, exc.code, exc.reply_text)
+        self.close(exc.code, exc.reply_text, exc.class_id, exc.method_id)
+
+    def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
+        """Server-initiated close: send connection.close and wait for close-ok (the I/O edge
+        enforces a timeout). Unacked messages are requeued right away."""
+        if self.state >= CLOSING_:
+            return
+        if self.state < OPENING:
+            # Before the handshake completes, clients cannot take a close: RabbitMQ just drops.
+            self.send_method(0, C.Connection.Close(reply_code=code, reply_text=text[:255],
+                                                   class_id=class_id, method_id=method_id))
+            self._shutdown()
+            return
+        self.state = CLOSING_
+        self._release()
+        self.send_method(0, C.Connection.Close(reply_code=code, reply_text=text[:255],
+                                               class_id=class_id, method_id=method_id))
+
+    def _closing_method(self, payload: bytes) -> None:
+        try:
+            method = self._decode(payload)
+        except errors.AMQPError:
+            return
+        if isinstance(method, C.Connection.CloseOk):
+            self._shutdown()
+        elif isinstance(method, C.Connection.Close):
+            self.send_method(0, C.Connection.CloseOk())
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self._release()
+        self.state = CLOSED
+        self.io.close(self)
+
+    def connection_lost(self) -> None:
+        """The transport is gone (clean or not): requeue what was in flight."""
+        self._release()
+        self.state = CLOSED
+
+    def _release(self) -> None:
+        for ch in list(self.channels.values()):
+            ch.cleanup()
+        self.channels.clear()
+        for q in list(self.exclusive_queues):
+            q.vhost.delete_queue(q)
+        self.exclusive_queues.clear()
+        self.broker.run_dispatch()
+
+    # -- heartbeats ---------------------------------------------------------------------------
+    def heartbeat_tick(self) -> bool:
+        """Called every heartbeat/2 seconds. Returns False when the peer has been silent for
+        two heartbeat intervals: the caller then drops the TCP connection (RabbitMQ does not
+        send connection.close in that case)."""
+        if self.received:
+            self.received = False
+            self.silent_ticks = 0
+        else:
+            self.silent_ticks += 1
+            if self.silent_ticks >= 4:
+                log.warning("missed heartbeats from %s, closing", self.peer)
+                self.connection_lost()
+                return False
+        if not self.sent:
+            self.write(HEARTBEAT_FRAME)
+        self.sent = False
+        return True
+
+    # -- connection class methods -------------------------------------------------------------
+    def _connection_method(self, method) -> None:
+        expected = {START: C.Connection.StartOk, SECURE: C.Connection.SecureOk,
+                    TUNE: C.Connection.TuneOk, OPENING: C.Connection.Open}.get(self.state)
+        if isinstance(method, C.Connection.Close):
+            self.send_method(0, C.Connection.CloseOk())
+            self._shutdown()
+            return
+        if isinstance(method, C.Connection.CloseOk):
+            self._shutdown()
+            return
+        if expected is not None:
+            if not isinstance(method, expected):
+                raise errors.CommandInvalid(
+                    f"expected '{expected.name.lower()}', got '{method.name.lower()}'",
+                    *class_method(method))
+            {START: self._start_ok, TUNE: self._tune_ok, OPENING: self._open,
+             SECURE: self._start_ok}[self.state](method)
+            return
+        if isinstance(method, (C.Connection.Blocked, C.Connection.Unblocked,
+                               C.Connection.UpdateSecretOk)):
+            return
+        if isinstance(method, C.Connection.UpdateSecret):
+            self.send_method(0, C.Connection.UpdateSecretOk())
+            return
+        raise errors.ChannelErrorConn(f"unexpected method {method.name} on channel 0",
+                                      *class_method(method))
+
+    def _start_ok(self, m: C.Connection.StartOk) -> None:
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        mechanism = m.mechanism
+        if mechanism not in MECHANISMS.split():
+            raise errors.ConnectionAccessRefused(
+                f"unsupported authentication mechanism '{mechanism}'", 10, 11)
+        creds = auth.parse_response(mechanism, m.response)
+        user = self.config.user(creds[0]) if creds else None
+        if user is None or not auth.check_password(user, creds[1]):
+            self._refuse_login(mechanism)
+            return
+        self.user = user.name
+        self.state = TUNE
+        self.send_method(0, C.Connection.Tune(channel_max=self.channel_max,
+                                              frame_max=self.frame_max,
+                                              heartbeat=self.config.limits.heartbeat))
+
+    def _refuse_login(self, mechanism: str) -> None:
+        text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
+                f"{mechanism}. For details see the broker logfile.")
+        log.warning("login refused for %s", self.peer)
+        if self.capabilities.get("authentication_failure_close"):
+            self.send_method(0, C.Connection.Close(reply_code=403, reply_text=text,
+                                                   class_id=10, method_id=11))
+        self._shutdown()
+
+    def _tune_ok(self, m: C.Connection.TuneOk) -> None:
+        server_channels, server_frame = self.channel_max, self.frame_max
+        if server_channels and m.channel_max > server_channels:
+            raise errors.NotAllowed(
+                f"negotiated channel_max = {m.channel_max} is higher than the maximum allowed "
+                f"value ({server_channels})", 10, 31)
+        self.channel_max = m.channel_max or server_channels or 65535
+        if m.frame_max and m.frame_max < FRAME_MIN_SIZE:
+            raise errors.NotAllowed(
+                f"negotiated frame_max = {m.frame_max} is lower than the minimum allowed "
+                f"value ({FRAME_MIN_SIZE})", 10, 31)
+        if server_frame and m.frame_max > server_frame:
+            raise errors.NotAllowed(
+                f"negotiated frame_max = {m.frame_max} is higher than the maximum allowed "
+                f"value ({server_frame})", 10, 31)
+        self.frame_max = m.frame_max or server_frame
+        self.reader.frame_max = self.frame_max
+        self.heartbeat = m.heartbeat
+        self.state = OPENING
+
+    def _open(self, m: C.Connection.Open) -> None:
+        vhost = self.broker.vhosts.get(m.virtual_host)
+        if vhost is None:
+            raise errors.NotAllowed(f"vhost {m.virtual_host} not found", 10, 40)
+        if self.config.permission(self.user, m.virtual_host) is None:
+            raise errors.NotAllowed(
+                f"access to vhost '{m.virtual_host}' refused for user '{self.user}'", 10, 40)
+        self.vhost = vhost
+        self.state = RUNNING
+        self.send_method(0, C.Connection.OpenOk())
+        product = self.client_properties.get("product", "?")
+        version = self.client_properties.get("version", "?")
+        log.info("connection %s opened: user '%s' vhost '%s' client %s %s", self.peer,
+                 self.user, vhost.name, product, version)
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == RUNNING

@@ -1,0 +1,212 @@
+"""Exchanges and their routing indexes. Destinations are queues or (exchange-to-exchange)
+other exchanges; a binding is identified by (destination, routing key, arguments)."""
+from ..amqp import errors
+from . import headers as headers_match
+from .queue import same_value
+from .topic import TopicTrie
+
+
+def freeze(value):
+    """A hashable, order-independent form of binding arguments."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return value
+
+
+class Exchange:
+    kind = ""
+
+    def __init__(self, vhost, name: str, durable: bool = True, auto_delete: bool = False,
+                 internal: bool = False, arguments: dict | None = None):
+        self.vhost = vhost
+        self.name = name
+        self.durable = durable
+        self.auto_delete = auto_delete
+        self.internal = internal
+        self.arguments = arguments or {}
+        self.bindings: dict = {}       # (dest, key, frozen args) -> args
+        self.by_dest: dict = {}        # dest -> set of binding ids, for fast removal
+        self.exchange_dests = 0        # bindings to exchanges: routing must follow them
+        self.sources: set = set()      # exchanges with an e2e binding to this one
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    @property
+    def label(self) -> str:
+        return f"exchange '{self.name}' in vhost '{self.vhost.name}'"
+
+    def add_binding(self, dest, key: str, args: dict | None) -> bool:
+        bid = (dest, key, freeze(args or {}))
+        if bid in self.bindings:
+            return False
+        self.bindings[bid] = args or {}
+        self.by_dest.setdefault(dest, set()).add(bid)
+        if isinstance(dest, Exchange):
+            self.exchange_dests += 1
+        dest.sources.add(self)
+        self._index(dest, key, args or {})
+        return True
+
+    def remove_binding(self, dest, key: str, args: dict | None) -> bool:
+        bid = (dest, key, freeze(args or {}))
+        if bid not in self.bindings:
+            return False
+        self._drop(bid)
+        return True
+
+    def remove_dest(self, dest) -> None:
+        for bid in list(self.by_dest.get(dest, ())):
+            self._drop(bid)
+
+    def _drop(self, bid) -> None:
+        dest, key, _ = bid
+        args = self.bindings.pop(bid)
+        ids = self.by_dest[dest]
+        ids.discard(bid)
+        if not ids:
+            del self.by_dest[dest]
+            dest.sources.discard(self)
+        if isinstance(dest, Exchange):
+            self.exchange_dests -= 1
+        self._unindex(dest, key, args)
+
+    def check_equivalent(self, kind: str, durable: bool, auto_delete: bool, internal: bool,
+                         arguments: dict | None) -> None:
+        for arg, new, old in (("type", kind, self.kind), ("durable", durable, self.durable),
+                              ("auto_delete", auto_delete, self.auto_delete),
+                              ("internal", internal, self.internal)):
+            if new != old:
+                raise errors.PreconditionFailed(
+                    f"inequivalent arg '{arg}' for {self.label}: received {_show(new)} but "
+                    f"current is {_show(old)}")
+        arguments = arguments or {}
+        for key in sorted(set(arguments) | set(self.arguments)):
+            if key.startswith("x-") or key == "alternate-exchange":
+                new, old = arguments.get(key), self.arguments.get(key)
+                if not same_value(new, old):
+                    raise errors.PreconditionFailed(
+                        f"inequivalent arg '{key}' for {self.label}: received {_show(new)} but "
+                        f"current is {_show(old)}")
+
+    def validate_binding(self, key: str, args: dict | None) -> None:
+        """Hook for exchange types with argument rules (headers)."""
+
+    # Subclasses maintain an index and answer route() from it.
+    def _index(self, dest, key, args): ...
+    def _unindex(self, dest, key, args): ...
+
+    def route(self, message):
+        raise NotImplementedError
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "'true'" if value else "'false'"
+    if value is None:
+        return "none"
+    return f"'{value}'"
+
+
+class _Counted:
+    """dest -> number of bindings, so a dest bound twice is routed to once."""
+
+    @staticmethod
+    def inc(table: dict, dest) -> None:
+        table[dest] = table.get(dest, 0) + 1
+
+    @staticmethod
+    def dec(table: dict, dest) -> None:
+        n = table[dest] - 1
+        if n:
+            table[dest] = n
+        else:
+            del table[dest]
+
+
+class DirectExchange(Exchange):
+    kind = "direct"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.table: dict = {}     # routing key -> {dest: count}
+
+    def _index(self, dest, key, args):
+        _Counted.inc(self.table.setdefault(key, {}), dest)
+
+    def _unindex(self, dest, key, args):
+        dests = self.table[key]
+        _Counted.dec(dests, dest)
+        if not dests:
+            del self.table[key]
+
+    def route(self, message):
+        return self.table.get(message.routing_key, ())
+
+
+class FanoutExchange(Exchange):
+    kind = "fanout"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.dests: dict = {}
+
+    def _index(self, dest, key, args):
+        _Counted.inc(self.dests, dest)
+
+    def _unindex(self, dest, key, args):
+        _Counted.dec(self.dests, dest)
+
+    def route(self, message):
+        return self.dests
+
+
+class TopicExchange(Exchange):
+    kind = "topic"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.trie = TopicTrie()
+
+    def _index(self, dest, key, args):
+        self.trie.bind(key, dest)
+
+    def _unindex(self, dest, key, args):
+        self.trie.unbind(key, dest)
+
+    def route(self, message):
+        return self.trie.match(message.routing_key)
+
+
+class HeadersExchange(Exchange):
+    kind = "headers"
+
+    def validate_binding(self, key, args):
+        problem = headers_match.validate_binding_args(args)
+        if problem:
+            raise errors.PreconditionFailed(problem)
+
+    def route(self, message):
+        if not self.bindings:
+            return ()
+        headers = message.headers
+        matched = set()
+        for (dest, _key, _frozen), args in self.bindings.items():
+            if dest not in matched and headers_match.headers_match(args, headers):
+                matched.add(dest)
+        return matched
+
+
+class DefaultExchange(DirectExchange):
+    """The nameless exchange: every queue is implicitly bound by its name."""
+
+    def route(self, message):
+        queue = self.vhost.queues.get(message.routing_key)
+        return (queue,) if queue is not None else ()
+
+
+TYPES = {cls.kind: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange)}

@@ -1,0 +1,162 @@
+"""A virtual host: its own exchanges, queues and bindings, and the routing between them."""
+import secrets
+
+from ..amqp import errors
+from .exchange import TYPES, DefaultExchange, Exchange
+from .queue import Queue
+
+STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
+                      ("amq.topic", "topic"), ("amq.headers", "headers"),
+                      ("amq.match", "headers"))
+
+
+class VHost:
+    def __init__(self, broker, name: str):
+        self.broker = broker
+        self.name = name
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, Queue] = {}
+        self.default = DefaultExchange(self, "", durable=True)
+        self.exchanges[""] = self.default
+        for xname, kind in STANDARD_EXCHANGES:
+            self.exchanges[xname] = TYPES[kind](self, xname, durable=True)
+
+    # -- lookups ------------------------------------------------------------------------------
+    def exchange(self, name: str) -> Exchange:
+        ex = self.exchanges.get(name)
+        if ex is None:
+            raise errors.NotFound(f"no exchange '{name}' in vhost '{self.name}'")
+        return ex
+
+    def queue(self, name: str, owner=None) -> Queue:
+        q = self.queues.get(name)
+        if q is None:
+            raise errors.NotFound(f"no queue '{name}' in vhost '{self.name}'")
+        if owner is not None:
+            check_exclusive(q, owner)
+        return q
+
+    # -- exchanges ----------------------------------------------------------------------------
+    def declare_exchange(self, name: str, kind: str, passive: bool, durable: bool,
+                         auto_delete: bool, internal: bool, arguments: dict) -> Exchange:
+        if passive:
+            return self.exchange(name)
+        if not name:
+            raise errors.AccessRefused(f"operation not permitted on the default exchange")
+        cls = TYPES.get(kind)
+        if cls is None:
+            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
+        existing = self.exchanges.get(name)
+        if existing is not None:
+            existing.check_equivalent(kind, durable, auto_delete, internal, arguments)
+            return existing
+        if name.startswith("amq."):
+            raise errors.AccessRefused(
+                f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        ex = cls(self, name, durable, auto_delete, internal, arguments)
+        self.exchanges[name] = ex
+        return ex
+
+    def delete_exchange(self, name: str, if_unused: bool) -> None:
+        if not name or name.startswith("amq."):
+            raise errors.AccessRefused(
+                f"operation not permitted on the default exchange" if not name else
+                f"exchange '{name}' in vhost '{self.name}' is a built-in exchange")
+        ex = self.exchanges.get(name)
+        if ex is None:
+            return
+        if if_unused and ex.bindings:
+            raise errors.PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
+        self._remove_exchange(ex)
+
+    def _remove_exchange(self, ex: Exchange) -> None:
+        del self.exchanges[ex.name]
+        for dest in list(ex.by_dest):
+            ex.remove_dest(dest)
+        for source in list(ex.sources):
+            source.remove_dest(ex)
+            self._maybe_auto_delete(source)
+
+    def _maybe_auto_delete(self, ex: Exchange) -> None:
+        if ex.auto_delete and not ex.bindings and self.exchanges.get(ex.name) is ex:
+            self._remove_exchange(ex)
+
+    # -- queues -------------------------------------------------------------------------------
+    def declare_queue(self, name: str, owner, passive: bool, durable: bool, exclusive: bool,
+                      auto_delete: bool, arguments: dict) -> Queue:
+        if passive:
+            if not name:
+                raise errors.NotFound(f"no queue '' in vhost '{self.name}'")
+            return self.queue(name, owner)
+        if not name:
+            name = "amq.gen-" + secrets.token_urlsafe(16)
+        existing = self.queues.get(name)
+        if existing is not None:
+            check_exclusive(existing, owner)
+            existing.check_equivalent(durable, auto_delete, arguments)
+            return existing
+        if name.startswith("amq."):
+            raise errors.AccessRefused(
+                f"queue name '{name}' contains reserved prefix 'amq.*'")
+        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        self.queues[name] = q
+        if exclusive:
+            owner.exclusive_queues.add(q)
+        return q
+
+    def delete_queue(self, q: Queue) -> int:
+        """Remove a queue, its bindings and its consumers; returns the messages dropped."""
+        if q.deleted:
+            return 0
+        q.deleted = True
+        if self.queues.get(q.name) is q:
+            del self.queues[q.name]
+        for ex in list(q.sources):
+            ex.remove_dest(q)
+            self._maybe_auto_delete(ex)
+        for consumer in list(q.consumers):
+            consumer.channel.queue_deleted(consumer)
+        q.consumers.clear()
+        if q.exclusive_owner is not None:
+            q.exclusive_owner.exclusive_queues.discard(q)
+        return q.purge()
+
+    # -- bindings -----------------------------------------------------------------------------
+    def bind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
+        if source is self.default or dest is self.default:
+            raise errors.AccessRefused(f"operation not permitted on the default exchange")
+        source.validate_binding(key, arguments)
+        source.add_binding(dest, key, arguments)
+
+    def unbind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
+        if source is self.default or dest is self.default:
+            raise errors.AccessRefused(f"operation not permitted on the default exchange")
+        if source.remove_binding(dest, key, arguments):
+            self._maybe_auto_delete(source)
+
+    # -- routing ------------------------------------------------------------------------------
+    def route(self, ex: Exchange, message):
+        """The queues a message goes to, following exchange-to-exchange bindings once each."""
+        dests = ex.route(message)
+        if not ex.exchange_dests:
+            return dests
+        queues: dict = {}
+        seen = {ex}
+        pending = [dests]
+        while pending:
+            for d in pending.pop():
+                if isinstance(d, Exchange):
+                    if d not in seen:
+                        seen.add(d)
+                        pending.append(d.route(message))
+                else:
+                    queues[d] = None
+        return queues
+
+
+def check_exclusive(q: Queue, owner) -> None:
+    if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+        raise errors.ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{q.name}' in vhost "
+            f"'{q.vhost.name}'. It could be originally declared on another connection or the "
+            "exclusive property value does not match that of the original declaration.")
