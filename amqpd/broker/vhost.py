@@ -88,16 +88,17 @@ class VHost:
             if not name:
                 raise errors.NotFound(f"no queue '' in vhost '{self.name}'")
             return self.queue(name, owner)
-        if not name:
+        if name:
+            existing = self.queues.get(name)
+            if existing is not None:
+                check_exclusive(existing, owner)
+                existing.check_equivalent(durable, auto_delete, arguments)
+                return existing
+            if name.startswith("amq."):
+                raise errors.AccessRefused(
+                    f"queue name '{name}' contains reserved prefix 'amq.*'")
+        else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
-        existing = self.queues.get(name)
-        if existing is not None:
-            check_exclusive(existing, owner)
-            existing.check_equivalent(durable, auto_delete, arguments)
-            return existing
-        if name.startswith("amq."):
-            raise errors.AccessRefused(
-                f"queue name '{name}' contains reserved prefix 'amq.*'")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive:

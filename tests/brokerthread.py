@@ -1,0 +1,79 @@
+"""Run a real amqpd (the same Server the CLI runs) on a free port in a background thread, so
+blocking clients (pika) and asyncio clients (aio-pika) in the test can talk to it."""
+import asyncio
+import threading
+import time
+
+from amqpd import config as config_mod
+from amqpd.server import Server
+
+
+class BrokerThread:
+    def __init__(self, **overrides):
+        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}}}
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key].update(value)
+            else:
+                data[key] = value
+        self.config = config_mod.from_dict(data)
+        self.loop = asyncio.new_event_loop()
+        self.server = Server(self.config)
+        self.thread = threading.Thread(target=self._run, name="amqpd", daemon=True)
+        self._ready = threading.Event()
+        self._error = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # surfaced to the test by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.loop.run_forever()
+
+    def start(self) -> "BrokerThread":
+        self.thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("amqpd did not start within 10 s")
+        if self._error:
+            raise self._error
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def broker(self):
+        return self.server.broker
+
+    def call(self, fn, *args, timeout: float = 5):
+        """Run fn(*args) on the broker's loop and return its result (for inspecting state)."""
+        async def run():
+            return fn(*args)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout)
+
+    def wait_for(self, predicate, timeout: float = 5, what: str = "condition") -> None:
+        """Poll a predicate evaluated on the broker's loop until it holds."""
+        deadline = time.monotonic() + timeout
+        while not self.call(predicate):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.01)
+
+    def connection_count(self) -> int:
+        return self.call(lambda: len(self.server.protocols))
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)

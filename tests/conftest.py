@@ -1,0 +1,30 @@
+import pytest
+
+from .brokerthread import BrokerThread
+
+
+@pytest.fixture
+def make_broker():
+    """Start amqpd instances with config overrides; each is stopped at teardown, and the
+    teardown fails if a test left client connections open."""
+    started = []
+
+    def make(**overrides) -> BrokerThread:
+        b = BrokerThread(**overrides).start()
+        started.append(b)
+        return b
+
+    yield make
+    leaked = []
+    for b in started:
+        try:
+            b.wait_for(lambda: not b.server.protocols, timeout=3, what="clients to disconnect")
+        except AssertionError:
+            leaked.append(b.connection_count())
+        b.stop()
+    assert not leaked, f"test leaked {leaked} open client connection(s)"
+
+
+@pytest.fixture
+def broker(make_broker) -> BrokerThread:
+    return make_broker()

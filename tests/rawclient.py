@@ -1,0 +1,141 @@
+"""A raw-frame AMQP client over a plain socket (pamqp codec), for the error paths that client
+libraries hide: it sees every frame, reply code and class/method id the broker sends."""
+import socket
+import time
+
+from pamqp import commands as C, frame as pamqp_frame, header, body as pamqp_body
+from pamqp import heartbeat
+from pamqp.exceptions import UnmarshalingException
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class Closed(Exception):
+    """The broker closed the TCP connection."""
+
+
+class RawClient:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- sending ------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def method(self, channel: int, method) -> None:
+        self.send(pamqp_frame.marshal(method, channel))
+
+    def publish(self, channel: int, body: bytes, exchange: str = "", routing_key: str = "",
+                properties=None, frame_max: int = 131072, **kw) -> None:
+        props = properties or C.Basic.Properties()
+        data = [pamqp_frame.marshal(C.Basic.Publish(exchange=exchange, routing_key=routing_key,
+                                                    **kw), channel),
+                pamqp_frame.marshal(header.ContentHeader(0, len(body), props), channel)]
+        step = frame_max - 8
+        for i in range(0, len(body), step):
+            data.append(pamqp_frame.marshal(pamqp_body.ContentBody(body[i:i + step]), channel))
+        self.send(b"".join(data))
+
+    # -- receiving ----------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None):
+        """Next (channel, frame); raises Closed when the broker closed the socket."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            if len(self.buf) >= 8:
+                try:
+                    used, channel, frame = pamqp_frame.unmarshal(self.buf)
+                except UnmarshalingException:
+                    used = 0
+                if used:
+                    self.buf = self.buf[used:]
+                    return channel, frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no frame from the broker")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise Closed()
+            self.buf += chunk
+
+    def expect(self, cls, timeout: float | None = None):
+        """Next frame that is not a heartbeat; it must be of type ``cls``."""
+        while True:
+            channel, frame = self.recv(timeout)
+            if isinstance(frame, heartbeat.Heartbeat):
+                continue
+            assert isinstance(frame, cls), f"expected {cls.__name__}, got {frame!r}"
+            return frame
+
+    def read_raw(self, timeout: float = 2.0) -> bytes:
+        """Everything until the broker closes the socket (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        data = self.buf
+        self.buf = b""
+        while time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def is_closed(self, timeout: float = 2.0) -> bool:
+        """True once the broker has closed the socket (frames before that are dropped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.recv(deadline - time.monotonic())
+            except Closed:
+                return True
+            except (TimeoutError, socket.timeout):
+                return False
+            except OSError:
+                return True
+        return False
+
+    # -- conveniences -------------------------------------------------------------------------
+    def handshake(self, user: str = "guest", password: str = "guest", vhost: str = "/",
+                  capabilities: dict | None = None, mechanism: str = "PLAIN",
+                  heartbeat_s: int = 0, frame_max: int = 131072, channel_max: int = 0):
+        self.send(PROTOCOL_HEADER)
+        start = self.expect(C.Connection.Start)
+        caps = {"authentication_failure_close": True, "consumer_cancel_notify": True,
+                "basic.nack": True, "publisher_confirms": True}
+        if capabilities is not None:
+            caps = capabilities
+        if mechanism == "PLAIN":
+            response = f"\0{user}\0{password}"
+        else:
+            response = ""
+        self.method(0, C.Connection.StartOk(client_properties={"capabilities": caps,
+                                                                "product": "rawclient"},
+                                            mechanism=mechanism, response=response))
+        tune = self.expect(C.Connection.Tune)
+        self.method(0, C.Connection.TuneOk(channel_max=channel_max or tune.channel_max,
+                                           frame_max=frame_max, heartbeat=heartbeat_s))
+        self.method(0, C.Connection.Open(virtual_host=vhost))
+        self.expect(C.Connection.OpenOk)
+        return start, tune
+
+    def open_channel(self, number: int = 1) -> None:
+        self.method(number, C.Channel.Open())
+        self.expect(C.Channel.OpenOk)
+
+    def call(self, channel: int, method, reply_cls):
+        self.method(channel, method)
+        return self.expect(reply_cls)
