@@ -30,6 +30,7 @@ class Channel:
         self.publish_seq = 0             # confirm mode: sequence of the last publish
         self.confirmed = 0               # highest sequence confirmed so far
         self.tx = None                   # list of deferred actions while in tx mode
+        self.last_queue = ""             # "" in queue methods means the last declared queue
         # content assembly state
         self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
         self.header = None
@@ -52,12 +53,18 @@ class Channel:
         self.publishing = (ex, routing_key, route, mandatory)
 
     def on_header(self, payload: bytes) -> None:
-        if self.publishing is None or self.header is not None:
+        if self.publishing is None:
+            raise errors.UnexpectedFrame("expected method frame, got non method frame instead")
+        if self.header is not None:
             raise errors.UnexpectedFrame(
-                f"expected method frame, got non method frame instead")
-        class_id, body_size = fastpath.peek_content_header(payload)
+                "expected content body, got non content body frame instead", 60, 40)
+        class_id, weight, body_size = fastpath.peek_content_header(payload)
         if class_id != 60:
-            raise errors.FrameError(f"content header class id {class_id} is not basic (60)")
+            raise errors.UnexpectedFrame(f"expected content header for class 60, got one for "
+                                         f"class {class_id} instead", 60, 40)
+        if weight:
+            raise errors.UnexpectedFrame("expected content header for class 60, got non "
+                                         "content header frame instead", 60, 40)
         limit = self.conn.max_message_size
         if limit and body_size > limit:
             raise errors.PreconditionFailed(
@@ -69,7 +76,11 @@ class Channel:
 
     def on_body(self, payload: bytes) -> None:
         if self.header is None:
-            raise errors.UnexpectedFrame("expected content header, got content body instead")
+            if self.publishing is None:
+                raise errors.UnexpectedFrame(
+                    "expected method frame, got non method frame instead")
+            raise errors.UnexpectedFrame("expected content header for class 60, got non "
+                                         "content header frame instead", 60, 40)
         self.received += len(payload)
         if self.received > self.body_size:
             raise errors.FrameError(
@@ -83,9 +94,13 @@ class Channel:
             self.body_parts = []
             self._content_complete(body)
 
-    @property
-    def expecting_content(self) -> bool:
-        return self.publishing is not None
+    def content_interrupted(self) -> None:
+        """A method frame arrived where content frames were due."""
+        if self.header is None:
+            raise errors.UnexpectedFrame("expected content header for class 60, got non "
+                                         "content header frame instead", 60, 40)
+        raise errors.UnexpectedFrame(
+            "expected content body, got non content body frame instead", 60, 40)
 
     def _content_complete(self, body: bytes) -> None:
         ex, routing_key, route, mandatory = self.publishing
@@ -128,8 +143,7 @@ class Channel:
     def on_method(self, method) -> None:
         handler = HANDLERS.get(type(method))
         if handler is None:
-            raise errors.CommandInvalid(f"unexpected method {method.name} on a channel",
-                                        *class_method(method))
+            raise errors.CommandInvalid("unimplemented method", *class_method(method))
         handler(self, method)
 
     # -- delivery -----------------------------------------------------------------------------
@@ -287,6 +301,8 @@ def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
 
 
 def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
+    if not m.destination or not m.source:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
     dest = ch.vhost.exchange(m.destination)
     source = ch.vhost.exchange(m.source)
     ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
@@ -294,9 +310,12 @@ def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
 
 
 def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
-    dest = ch.vhost.exchange(m.destination)
-    source = ch.vhost.exchange(m.source)
-    ch.vhost.unbind(source, dest, m.routing_key, m.arguments or {})
+    if not m.destination or not m.source:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    dest = ch.vhost.exchanges.get(m.destination)
+    source = ch.vhost.exchanges.get(m.source)
+    if dest is not None and source is not None:
+        ch.vhost.unbind(source, dest, m.routing_key, m.arguments or {})
     _ok(ch, m, Exchange.UnbindOk())
 
 
@@ -304,7 +323,7 @@ def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
 def queue_declare(ch: Channel, m: Queue.Declare) -> None:
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
-    ch.conn.last_queue = q.name
+    ch.last_queue = q.name
     _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=q.message_count,
                                consumer_count=len(q.consumers)))
 
@@ -312,9 +331,9 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
 def _queue(ch: Channel, name: str):
     """An empty name means the channel's last declared queue, as in RabbitMQ."""
     if not name:
-        name = ch.conn.last_queue
+        name = ch.last_queue
         if not name:
-            raise errors.NotFound(f"no previously declared queue")
+            raise errors.NotFound("no previously declared queue")
     return ch.vhost.queue(name, ch.conn)
 
 
@@ -326,9 +345,13 @@ def queue_bind(ch: Channel, m: Queue.Bind) -> None:
 
 
 def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
-    q = _queue(ch, m.queue)
-    ex = ch.vhost.exchange(m.exchange)
-    ch.vhost.unbind(ex, q, m.routing_key, m.arguments or {})
+    # Unbinding is an idempotent assertion in RabbitMQ: missing things are not errors.
+    if not m.exchange:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    q = ch.vhost.queues.get(m.queue or ch.last_queue)
+    ex = ch.vhost.exchanges.get(m.exchange)
+    if q is not None and ex is not None:
+        ch.vhost.unbind(ex, q, m.routing_key, m.arguments or {})
     ch.send(Queue.UnbindOk())
 
 
@@ -338,7 +361,9 @@ def queue_purge(ch: Channel, m: Queue.Purge) -> None:
 
 
 def queue_delete(ch: Channel, m: Queue.Delete) -> None:
-    name = m.queue or ch.conn.last_queue
+    name = m.queue or ch.last_queue
+    if not name:
+        raise errors.NotFound("no previously declared queue")
     q = ch.vhost.queues.get(name)
     if q is None:
         _ok(ch, m, Queue.DeleteOk(message_count=0))
@@ -347,7 +372,7 @@ def queue_delete(ch: Channel, m: Queue.Delete) -> None:
     if m.if_unused and q.consumers:
         raise errors.PreconditionFailed(f"{q.label} in use", 50, 40)
     if m.if_empty and q.message_count:
-        raise errors.PreconditionFailed(f"{q.label} is not empty", 50, 40)
+        raise errors.PreconditionFailed(f"{q.label} not empty", 50, 40)
     _ok(ch, m, Queue.DeleteOk(message_count=ch.vhost.delete_queue(q)))
 
 

@@ -66,7 +66,6 @@ class Connection:
         self.client_properties: dict = {}
         self.capabilities: dict = {}
         self.exclusive_queues: set = set()
-        self.last_queue = ""
         self.received = True          # heartbeat bookkeeping, set per read (no clock calls)
         self.sent = True
         self.silent_ticks = 0
@@ -146,7 +145,7 @@ class Connection:
             self.reader.buf = buf
             return b""
         self.reader.buf = b""
-        if buf[:8] != PROTOCOL_HEADER:
+        if buf[:8] not in (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09"):
             self.write(PROTOCOL_HEADER)
             self._shutdown()
             return b""
@@ -176,9 +175,7 @@ class Connection:
                     if ftype == FRAME_METHOD:
                         index = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
                         if ch.publishing is not None:
-                            raise errors.UnexpectedFrame(
-                                "expected content header for class 60, got non content header "
-                                "frame instead", index >> 16, index & 0xFFFF)
+                            ch.content_interrupted()
                         if index == PUBLISH:
                             ch.on_publish(payload)
                         elif index in ACKS:
@@ -190,16 +187,20 @@ class Connection:
                     elif ftype == FRAME_HEADER:
                         ch.on_header(payload)
                     else:
-                        self._other_frame(ftype, number)
+                        self._other_frame(ftype, number, payload)
                     continue
                 self._slow_frame(ftype, number, payload, ch)
             except errors.AMQPError as exc:
+                if not exc.class_id and ftype == FRAME_METHOD and len(payload) >= 4:
+                    exc.class_id, exc.method_id = _class_method(payload)
                 self._frame_failed(exc, number)
             except Exception as exc:  # a bug of ours must never take the broker down
                 log.exception("internal error handling a frame from %s", self.peer)
                 self._connection_error(errors.InternalError(f"{type(exc).__name__}: {exc}"))
 
     def _decode(self, payload: bytes):
+        if len(payload) < 4:
+            raise errors.FrameError("method frame too short for class and method ids")
         index = struct.unpack_from(">I", payload)[0]
         cls = C.INDEX_MAPPING.get(index)
         if cls is None:
@@ -209,33 +210,31 @@ class Connection:
         try:
             method.unmarshal(payload[4:])
         except Exception:
-            raise errors.SyntaxError_(f"cannot decode {method.name} arguments",
-                                      index >> 16, index & 0xFFFF) from None
+            raise errors.FrameError(f"cannot decode {method.name} arguments",
+                                    index >> 16, index & 0xFFFF) from None
         if hasattr(method, "arguments") and method.arguments is None:
             method.arguments = {}
         return method
 
-    def _other_frame(self, ftype: int, number: int) -> None:
+    def _other_frame(self, ftype: int, number: int, payload: bytes = b"") -> None:
         if ftype == FRAME_HEARTBEAT:
             if number:
-                raise errors.FrameError(f"heartbeat frame on channel {number}")
+                raise errors.UnexpectedFrame(f"heartbeat frame on channel {number}")
+            if payload:
+                raise errors.FrameError("heartbeat frame with a payload")
             return
         raise errors.FrameError(f"unknown frame type {ftype}")
 
     def _slow_frame(self, ftype: int, number: int, payload: bytes, ch) -> None:
         """Everything but traffic on an open channel: handshake, channel 0, closing channels."""
         if ftype != FRAME_METHOD:
-            if ftype == FRAME_HEARTBEAT and not number:
-                return
-            if ch is not None and ch.state == CLOSING:
+            if ch is not None and ch.state == CLOSING and ftype in (FRAME_HEADER, FRAME_BODY):
                 return
             if ftype in (FRAME_HEADER, FRAME_BODY):
-                if self.state != RUNNING or (number and ch is None):
-                    raise errors.ChannelErrorConn(f"expected 'channel.open' on channel {number}"
-                                                  if number else "unexpected content frame "
-                                                  "on channel 0")
-                raise errors.UnexpectedFrame(f"content frame on channel 0")
-            self._other_frame(ftype, number)
+                if number and ch is None and self.state == RUNNING:
+                    raise errors.ChannelErrorConn("expected 'channel.open'")
+                raise errors.UnexpectedFrame(f"type {ftype} frame on channel {number}")
+            self._other_frame(ftype, number, payload)
             return
         if ch is not None and ch.state == CLOSING:
             try:
@@ -254,8 +253,9 @@ class Connection:
             if isinstance(method, C.Channel.Open):
                 self._open_channel(number)
                 return
-            raise errors.ChannelErrorConn(f"expected 'channel.open' on channel {number}",
-                                          *class_method(method))
+            raise errors.ChannelErrorConn("expected 'channel.open'", *class_method(method))
+        if isinstance(method, C.Channel.Open):
+            raise errors.ChannelErrorConn("second 'channel.open' seen", 20, 10)
         # The channel is closing: only close-ok (or a crossing close) matters.
         if isinstance(method, C.Channel.CloseOk):
             del self.channels[number]
@@ -264,9 +264,9 @@ class Connection:
 
     def _open_channel(self, number: int) -> None:
         if number > (self.channel_max or 65535):
-            raise errors.ChannelErrorConn(
+            raise errors.NotAllowed(
                 f"channel number {number} is higher than the negotiated channel_max "
-                f"{self.channel_max}", 20, 10)
+                f"({self.channel_max})", 20, 10)
         self.channels[number] = Channel(self, number)
         self.send_method(number, C.Channel.OpenOk())
 
@@ -373,7 +373,7 @@ class Connection:
             return
         if expected is not None:
             if not isinstance(method, expected):
-                raise errors.CommandInvalid(
+                raise errors.ChannelErrorConn(
                     f"expected '{expected.name.lower()}', got '{method.name.lower()}'",
                     *class_method(method))
             {START: self._start_ok, TUNE: self._tune_ok, OPENING: self._open,
@@ -385,7 +385,7 @@ class Connection:
         if isinstance(method, C.Connection.UpdateSecret):
             self.send_method(0, C.Connection.UpdateSecretOk())
             return
-        raise errors.ChannelErrorConn(f"unexpected method {method.name} on channel 0",
+        raise errors.ChannelErrorConn("unexpected method in connection state running",
                                       *class_method(method))
 
     def _start_ok(self, m: C.Connection.StartOk) -> None:
@@ -413,7 +413,7 @@ class Connection:
         log.warning("login refused for %s", self.peer)
         if self.capabilities.get("authentication_failure_close"):
             self.send_method(0, C.Connection.Close(reply_code=403, reply_text=text,
-                                                   class_id=10, method_id=11))
+                                                   class_id=0, method_id=0))
         self._shutdown()
 
     def _tune_ok(self, m: C.Connection.TuneOk) -> None:

@@ -2,8 +2,11 @@
 other exchanges; a binding is identified by (destination, routing key, arguments)."""
 from ..amqp import errors
 from . import headers as headers_match
-from .queue import same_value
+from .queue import describe, same_value
 from .topic import TopicTrie
+
+
+EQUIVALENCE_ARGS = ("alternate-exchange",)
 
 
 def freeze(value):
@@ -84,14 +87,14 @@ class Exchange:
                 raise errors.PreconditionFailed(
                     f"inequivalent arg '{arg}' for {self.label}: received {_show(new)} but "
                     f"current is {_show(old)}")
+        # RabbitMQ compares only the arguments it knows for exchanges.
         arguments = arguments or {}
-        for key in sorted(set(arguments) | set(self.arguments)):
-            if key.startswith("x-") or key == "alternate-exchange":
-                new, old = arguments.get(key), self.arguments.get(key)
-                if not same_value(new, old):
-                    raise errors.PreconditionFailed(
-                        f"inequivalent arg '{key}' for {self.label}: received {_show(new)} but "
-                        f"current is {_show(old)}")
+        for key in EQUIVALENCE_ARGS:
+            new, old = arguments.get(key), self.arguments.get(key)
+            if not same_value(new, old):
+                raise errors.PreconditionFailed(
+                    f"inequivalent arg '{key}' for {self.label}: received "
+                    f"{describe(new, old)} but current is {describe(old, new)}")
 
     def validate_binding(self, key: str, args: dict | None) -> None:
         """Hook for exchange types with argument rules (headers)."""

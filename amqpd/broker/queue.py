@@ -147,8 +147,9 @@ class Queue:
         arguments = arguments or {}
         for key in EQUIVALENCE_ARGS:
             new, old = arguments.get(key), self.arguments.get(key)
-            if not same_value(new, old):
-                self._inequivalent(key, _show(new), _show(old))
+            # RabbitMQ lets a re-declaration leave out an argument the queue has.
+            if new is not None and not same_value(new, old):
+                self._inequivalent(key, describe(new, old), describe(old, new))
 
     def _inequivalent(self, arg: str, received: str, current: str):
         raise errors.PreconditionFailed(
@@ -160,12 +161,38 @@ def _flag(value: bool) -> str:
     return "'true'" if value else "'false'"
 
 
-def _show(value) -> str:
+def describe(value, other) -> str:
+    """How RabbitMQ prints an argument in an inequivalence error: with its AMQP type when the
+    other side is missing. pamqp does not keep the wire type, so integers get the smallest type
+    that holds them (what most clients send)."""
     if value is None:
         return "none"
     if isinstance(value, bytes):
         value = value.decode(errors="replace")
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    if other is None:
+        return f"the value '{value}' of type '{amqp_type(value)}'"
     return f"'{value}'"
+
+
+def amqp_type(value) -> str:
+    if isinstance(value, bool) or value in ("true", "false"):
+        return "bool"
+    if isinstance(value, int):
+        for name, bits in (("byte", 8), ("short", 16), ("signedint", 32)):
+            if -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
+                return name
+        return "long"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
 
 
 def type_class(value):

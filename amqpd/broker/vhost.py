@@ -39,13 +39,13 @@ class VHost:
     # -- exchanges ----------------------------------------------------------------------------
     def declare_exchange(self, name: str, kind: str, passive: bool, durable: bool,
                          auto_delete: bool, internal: bool, arguments: dict) -> Exchange:
+        if not name:
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.exchange(name)
-        if not name:
-            raise errors.AccessRefused(f"operation not permitted on the default exchange")
         cls = TYPES.get(kind)
         if cls is None:
-            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
+            raise errors.CommandInvalid(f"invalid exchange type '{kind}'")
         existing = self.exchanges.get(name)
         if existing is not None:
             existing.check_equivalent(kind, durable, auto_delete, internal, arguments)
@@ -58,14 +58,16 @@ class VHost:
         return ex
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
-        if not name or name.startswith("amq."):
-            raise errors.AccessRefused(
-                f"operation not permitted on the default exchange" if not name else
-                f"exchange '{name}' in vhost '{self.name}' is a built-in exchange")
+        if not name:
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         ex = self.exchanges.get(name)
         if ex is None:
             return
-        if if_unused and ex.bindings:
+        if name.startswith("amq."):
+            raise errors.AccessRefused(
+                f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
+        # RabbitMQ counts only bindings to queues as "use" here.
+        if if_unused and any(isinstance(d, Queue) for d in ex.by_dest):
             raise errors.PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
         self._remove_exchange(ex)
 
@@ -92,6 +94,8 @@ class VHost:
             existing = self.queues.get(name)
             if existing is not None:
                 check_exclusive(existing, owner)
+                if exclusive != (existing.exclusive_owner is not None):
+                    raise_locked(existing)
                 existing.check_equivalent(durable, auto_delete, arguments)
                 return existing
             if name.startswith("amq."):
@@ -157,7 +161,11 @@ class VHost:
 
 def check_exclusive(q: Queue, owner) -> None:
     if q.exclusive_owner is not None and q.exclusive_owner is not owner:
-        raise errors.ResourceLocked(
+        raise_locked(q)
+
+
+def raise_locked(q: Queue):
+    raise errors.ResourceLocked(
             f"cannot obtain exclusive access to locked queue '{q.name}' in vhost "
             f"'{q.vhost.name}'. It could be originally declared on another connection or the "
             "exclusive property value does not match that of the original declaration.")

@@ -30,7 +30,8 @@ PUBLISH, RETURN, DELIVER, GET_OK, ACK, REJECT, NACK = 40, 50, 60, 71, 80, 90, 12
 
 
 def _syntax(what: str):
-    return errors.SyntaxError_(f"malformed {what} arguments")
+    # RabbitMQ answers undecodable method arguments with 501 FRAME_ERROR "cannot decode".
+    return errors.FrameError(f"cannot decode {what} arguments")
 
 
 def decode_publish(payload: bytes):
@@ -51,11 +52,10 @@ def decode_publish(payload: bytes):
 
 
 def peek_content_header(payload: bytes):
-    """Content header payload -> (class_id, body_size). The payload itself is kept raw."""
+    """Content header payload -> (class_id, weight, body_size). The payload is kept raw."""
     if len(payload) < 14:
         raise errors.FrameError("content header too short")
-    class_id, _weight, body_size = _header_peek.unpack_from(payload, 0)
-    return class_id, body_size
+    return _header_peek.unpack_from(payload, 0)
 
 
 def decode_ack(payload: bytes):
