@@ -475,7 +475,7 @@ def summarize(runs: list[dict], scenarios: list[str], brokers: list[Broker], rou
         table.append([f"{row['scenario']} ({'sent' if row['metric'] == 'sent_rate' else 'recv'}/s)", row["broker"],
                       *rate_cells, fmt_rate(row["median"]), fmt_ms(row["p50_us"]), fmt_ms(row["p99_us"]),
                       fmt_num(row["broker_cpu_pct"], 1),
-                      "" if row["ratio"] is None else f"{row['ratio']:.2f}x", row["status"]])
+                      "" if row["ratio"] is None else (f"{row['ratio']:.2f}x" if row["ratio"] >= 0.1 else f"{row['ratio']:.3f}x"), row["status"]])
     widths = [max(len(h), *(len(t[i]) for t in table)) if table else len(h) for i, h in enumerate(headers)]
     right = set(range(2, len(headers) - 1))
 

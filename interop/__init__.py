@@ -1,0 +1,1 @@
+"""End-to-end tests that run amqpd from its CLI as a subprocess and drive it with real clients."""
