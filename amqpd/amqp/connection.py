@@ -263,10 +263,11 @@ class Connection:
             self.send_method(number, C.Channel.CloseOk())
 
     def _open_channel(self, number: int) -> None:
-        if number > (self.channel_max or 65535):
+        # As in RabbitMQ, channel_max bounds how many channels are open, not their numbers.
+        if self.channel_max and len(self.channels) >= self.channel_max:
             raise errors.NotAllowed(
-                f"channel number {number} is higher than the negotiated channel_max "
-                f"({self.channel_max})", 20, 10)
+                f"number of channels opened ({len(self.channels)}) has reached the "
+                f"negotiated channel_max ({self.channel_max})", 20, 10)
         self.channels[number] = Channel(self, number)
         self.send_method(number, C.Channel.OpenOk())
 
