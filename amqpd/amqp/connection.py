@@ -69,6 +69,7 @@ class Connection:
         self.received = True          # heartbeat bookkeeping, set per read (no clock calls)
         self.sent = True
         self.silent_ticks = 0
+        self.retuned = False          # frame_max changed mid-batch: check the rest of it
 
     # -- output -------------------------------------------------------------------------------
     def wrote(self, size: int = 0) -> None:
@@ -125,18 +126,18 @@ class Connection:
                 return
         if self.state == CLOSED:
             return
-        try:
-            frames = self.reader.feed(data)
-        except errors.AMQPError as exc:
-            frames = None
-            self._connection_error(exc)
+        reader = self.reader
+        frames = reader.feed(data)
         if frames:
             self._frames(frames)
+            self.retuned = False
+        if reader.error is not None:
+            exc, reader.error = reader.error, None
+            self._connection_error(exc)
         self.broker.run_dispatch()
         if self.confirms:
             for ch in self.confirms:
-                if ch.state == OPEN:
-                    ch.flush_confirms()
+                ch.flush_confirms()
             self.confirms.clear()
 
     def _protocol_header(self, data: bytes) -> bytes:
@@ -165,6 +166,12 @@ class Connection:
     def _frames(self, frames: list) -> None:
         channels = self.channels
         for ftype, number, payload in frames:
+            if self.retuned and len(payload) > self.frame_max > 0:
+                # frames pipelined behind tune-ok were split with the pre-tune limit
+                self._connection_error(errors.FrameError(
+                    f"type {ftype}, frame payload {len(payload)} exceeds frame_max "
+                    f"{self.frame_max}"))
+                return
             if self.state >= CLOSING_:
                 if self.state == CLOSING_ and ftype == FRAME_METHOD and number == 0:
                     self._closing_method(payload)
@@ -434,6 +441,7 @@ class Connection:
                 f"value ({server_frame})", 10, 31)
         self.frame_max = m.frame_max or server_frame
         self.reader.frame_max = self.frame_max
+        self.retuned = True
         self.heartbeat = m.heartbeat
         self.state = OPENING
 

@@ -22,17 +22,41 @@ pack_frame_header = _frame_header.pack
 
 
 class FrameReader:
-    """Accumulates bytes and yields complete frames as ``(type, channel, payload)``."""
+    """Accumulates bytes and yields complete frames as ``(type, channel, payload)``.
 
-    __slots__ = ("buf", "frame_max")
+    A framing error does not discard the good frames read before it: ``feed`` returns them and
+    leaves the error in ``error`` for the caller to raise once they are handled.
+    """
+
+    __slots__ = ("chunks", "have", "need", "frame_max", "error")
 
     def __init__(self, frame_max: int):
-        self.buf = b""
+        self.chunks: list = []      # an incomplete tail, kept as pieces until it can complete
+        self.have = 0
+        self.need = 0               # bytes the tail's first frame needs (0: not known yet)
         # Before tune-ok the peer may only send frames up to the server's proposal.
         self.frame_max = frame_max
+        self.error = None
+
+    @property
+    def buf(self) -> bytes:
+        return b"".join(self.chunks)
+
+    @buf.setter
+    def buf(self, value: bytes) -> None:
+        self.chunks = [value] if value else []
+        self.have = len(value)
+        self.need = 0
 
     def feed(self, data: bytes) -> list:
-        buf = self.buf + data if self.buf else data
+        if self.chunks:
+            self.chunks.append(data)
+            self.have += len(data)
+            if self.have < self.need:
+                return []           # a large frame still arriving: no re-copying per read
+            buf = b"".join(self.chunks)
+        else:
+            buf = data
         frames = []
         pos = 0
         end = len(buf)
@@ -42,15 +66,21 @@ class FrameReader:
             # The spec counts the 8 bytes of framing in frame_max; RabbitMQ only refuses
             # payloads larger than frame_max, and clients rely on that slack.
             if limit and size > limit:
-                self.buf = b""
-                raise errors.FrameError(
+                self.error = errors.FrameError(
                     f"type {ftype}, frame payload {size} exceeds frame_max {limit}")
+                self.buf = b""
+                return frames
             stop = pos + 7 + size
             if stop >= end:
-                break
+                self.chunks = [buf[pos:]]
+                self.have = end - pos
+                self.need = size + 8
+                return frames
             if buf[stop] != FRAME_END:
+                self.error = errors.FrameError(
+                    f"type {ftype}, frame end octet 0x{buf[stop]:02x} is not 0xce")
                 self.buf = b""
-                raise errors.FrameError(f"type {ftype}, frame end octet 0x{buf[stop]:02x} is not 0xce")
+                return frames
             frames.append((ftype, channel, buf[pos + 7:stop]))
             pos = stop + 1
         self.buf = buf[pos:] if pos < end else b""
