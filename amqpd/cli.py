@@ -33,10 +33,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .server import run
+    from .store.store import StoreError
     try:
         run(cfg)
+    except StoreError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"amqpd: cannot listen: {exc}", file=sys.stderr)
+        print(f"amqpd: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

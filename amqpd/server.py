@@ -4,8 +4,11 @@ import asyncio
 import logging
 import signal
 
+from concurrent.futures import ThreadPoolExecutor
+
 from .amqp.connection import CLOSED, CLOSING_, RUNNING, Connection
 from .broker.broker import Broker
+from .store.store import Store
 
 log = logging.getLogger("amqpd.server")
 
@@ -131,7 +134,13 @@ class AMQPProtocol(asyncio.BufferedProtocol):
 class Server:
     def __init__(self, config):
         self.config = config
-        self.broker = Broker(config)
+        self.store = Store(config.storage.data_dir, config.storage.fsync)
+        self.broker = Broker(config, self.store)
+        self.broker.recover()
+        self.store.on_dirty = self.schedule_commit
+        self.fsync_worker = ThreadPoolExecutor(1, thread_name_prefix="amqpd-fsync")
+        self.syncing = False
+        self.commit_scheduled = False
         self.loop = None
         self.protocols: set = set()
         self.dirty: dict = {}
@@ -169,6 +178,52 @@ class Server:
                     self.loop.call_soon(self.flush)
                 return
 
+    # -- group commit -------------------------------------------------------------------------
+    def schedule_commit(self) -> None:
+        if not self.commit_scheduled and self.loop is not None:
+            self.commit_scheduled = True
+            self.loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """Once per loop turn: hand buffered records to the OS, then fsync them (group commit:
+        writes made while an fsync runs are covered by the next one)."""
+        self.commit_scheduled = False
+        store = self.store
+        if not store.write_pending():
+            return
+        mode = store.fsync_mode
+        if mode == "never":
+            self.broker.on_synced()
+        elif mode == "always":
+            job = store.begin_sync()
+            if job is not None:
+                Store.sync(job[1])
+                store.synced(job[0])
+            self.broker.on_synced()
+        elif not self.syncing:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        job = self.store.begin_sync()
+        if job is None:
+            return
+        gen, fds = job
+        self.syncing = True
+        future = self.loop.run_in_executor(self.fsync_worker, Store.sync, fds)
+        future.add_done_callback(lambda f: self._sync_done(gen, f))
+
+    def _sync_done(self, gen: int, future) -> None:
+        self.syncing = False
+        if future.cancelled() or future.exception() is not None:
+            # Without a successful fsync nothing may be confirmed; stop rather than lie.
+            log.critical("fsync failed: %s; stopping", future.exception())
+            self.loop.call_soon(self.loop.stop)
+            return
+        self.store.synced(gen)
+        self.broker.on_synced()
+        if self.store.gen > self.store.synced_gen:
+            self._start_sync()
+
     def closed_event(self) -> None:
         if self._all_closed is not None and not self.protocols:
             self._all_closed.set()
@@ -194,6 +249,8 @@ class Server:
             p.abort()
         if self.listener is not None:
             await self.listener.wait_closed()
+        self.fsync_worker.shutdown(wait=True)
+        self.store.close()
 
 
 async def serve(config, ready=None) -> None:

@@ -1,6 +1,7 @@
 """Run a real amqpd (the same Server the CLI runs) on a free port in a background thread, so
 blocking clients (pika) and asyncio clients (aio-pika) in the test can talk to it."""
 import asyncio
+import tempfile
 import threading
 import time
 
@@ -9,8 +10,14 @@ from amqpd.server import Server
 
 
 class BrokerThread:
-    def __init__(self, **overrides):
-        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}}}
+    def __init__(self, data_dir: str | None = None, **overrides):
+        self._tmp = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="amqpd-test-")
+            data_dir = self._tmp.name
+        self.data_dir = data_dir
+        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}},
+                "storage": {"data_dir": data_dir}}
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key].update(value)
@@ -18,7 +25,7 @@ class BrokerThread:
                 data[key] = value
         self.config = config_mod.from_dict(data)
         self.loop = asyncio.new_event_loop()
-        self.server = Server(self.config)
+        self.server = None
         self.thread = threading.Thread(target=self._run, name="amqpd", daemon=True)
         self._ready = threading.Event()
         self._error = None
@@ -26,6 +33,7 @@ class BrokerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
+            self.server = Server(self.config)
             self.loop.run_until_complete(self.server.start())
         except BaseException as exc:  # surfaced to the test by start()
             self._error = exc
@@ -77,3 +85,8 @@ class BrokerThread:
         asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()

@@ -22,6 +22,7 @@ def make_broker():
         except AssertionError:
             leaked.append(b.connection_count())
         b.stop()
+        b.cleanup()
     assert not leaked, f"test leaked {leaked} open client connection(s)"
 
 

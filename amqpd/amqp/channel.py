@@ -1,6 +1,7 @@
 """One AMQP channel: method handlers, content assembly, consumers, the unacked ledger,
 publisher confirms and transactions. Sans-IO: it writes frames into its connection's output."""
 import secrets
+from collections import deque
 
 from pamqp import commands as C
 
@@ -29,7 +30,9 @@ class Channel:
         self.confirm = False
         self.publish_seq = 0             # confirm mode: sequence of the last publish
         self.confirmed = 0               # highest sequence confirmed so far
+        self.pending_sync: deque = deque()  # (publish seq, store generation) awaiting fsync
         self.tx = None                   # list of deferred actions while in tx mode
+        self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
         # content assembly state
         self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
@@ -117,24 +120,42 @@ class Channel:
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))
             return
-        self._route(ex, msg, mandatory)
+        stored = self._route(ex, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
+            if stored:
+                self.pending_sync.append((self.publish_seq, self.conn.broker.store.next_gen))
             self.conn.confirm_due(self)
 
-    def _route(self, ex, msg: Message, mandatory: bool) -> None:
+    def _route(self, ex, msg: Message, mandatory: bool) -> bool:
+        """Enqueue everywhere the message routes; True if a durable queue logged it."""
         queues = self.vhost.route(ex, msg)
+        stored = False
         if queues:
             for q in queues:
-                q.enqueue(msg)
+                if q.enqueue(msg):
+                    stored = True
         elif mandatory:
             fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.route,
                                   msg.header, msg.body, self.conn.frame_max)
             self.conn.wrote()
+        return stored
 
     def flush_confirms(self) -> None:
-        """One ack per batch of frames, with multiple=true when it covers several publishes."""
+        """One ack per batch of frames, with multiple=true when it covers several publishes.
+        A publish that went to disk is confirmed only once the fsync covering it is done, and
+        confirms go out in order."""
+        if self.state != OPEN:
+            return
         upto = self.publish_seq
+        pending = self.pending_sync
+        if pending:
+            synced = self.conn.broker.store.synced_gen
+            while pending and pending[0][1] <= synced:
+                pending.popleft()
+            if pending:
+                upto = pending[0][0] - 1
+                self.conn.broker.sync_waiters[self] = None
         if upto > self.confirmed:
             multiple = upto - self.confirmed > 1
             self.confirmed = upto
@@ -154,7 +175,7 @@ class Channel:
             return True
         if consumer.prefetch and consumer.unacked >= consumer.prefetch:
             return False
-        if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
+        if self.global_prefetch and len(self.unacked) + self.tx_held >= self.global_prefetch:
             return False
         return True
 
@@ -191,6 +212,7 @@ class Channel:
             # Keep the tags, so a rollback can put the records back.
             tags = self._tags(tag, multiple, method_id)
             records = [(t, self.unacked.pop(t)) for t in tags]
+            self.tx_held += len(records)     # still count against prefetch until commit
             self.tx.append((self._settle_tagged, (records, settle, requeue)))
             return
         self._settle(self._take_unacked(tag, multiple, method_id), settle, requeue)
@@ -200,13 +222,22 @@ class Channel:
             if tag not in self.unacked:
                 raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
             return [tag]
-        tags = [t for t in self.unacked if tag == 0 or t <= tag]
-        if not tags and tag != 0:
+        if tag != 0 and tag not in self.unacked:
             raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
-        return tags
+        return [t for t in self.unacked if tag == 0 or t <= tag]
 
     def _settle_tagged(self, records: list, ack: bool, requeue: bool) -> None:
+        self.tx_held -= len(records)
         self._settle([r for _t, r in records], ack, requeue)
+
+    def restore_tx_acks(self) -> None:
+        """Acks of an open transaction did not happen: their records are unacked again."""
+        restored = dict(self.unacked)
+        for fn, args in self.tx or ():
+            if fn == self._settle_tagged:
+                restored.update(args[0])
+        self.unacked = dict(sorted(restored.items()))
+        self.tx_held = 0
 
     def _take_unacked(self, tag: int, multiple: bool, method_id: int) -> list:
         unacked = self.unacked
@@ -219,6 +250,8 @@ class Channel:
             records = list(unacked.values())
             unacked.clear()
             return records
+        if tag not in unacked:     # RabbitMQ looks the tag up even with multiple=true
+            raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
         tags = []
         for t in unacked:
             if t > tag:
@@ -255,6 +288,8 @@ class Channel:
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
+        if self.tx:
+            self.restore_tx_acks()
         self.requeue_all()
         self.publishing = self.header = None
         self.body_parts = []
@@ -433,7 +468,7 @@ def basic_get(ch: Channel, m: Basic.Get) -> None:
 
 def basic_recover(ch: Channel, m) -> None:
     if not m.requeue:
-        raise errors.NotImplemented_("requeue=false", 60, 110)
+        raise errors.NotImplemented_("requeue=false", *class_method(m))
     ch.requeue_all()
     if isinstance(m, Basic.Recover):
         ch.send(Basic.RecoverOk())
@@ -475,11 +510,7 @@ def tx_rollback(ch: Channel, m) -> None:
     if ch.tx is None:
         raise errors.PreconditionFailed("channel is not transactional", 90, 30)
     # Rolled-back acks leave their messages unacked on the channel, as RabbitMQ does.
-    restored = dict(ch.unacked)
-    for fn, args in ch.tx:
-        if fn == ch._settle_tagged:
-            restored.update(args[0])
-    ch.unacked = dict(sorted(restored.items()))
+    ch.restore_tx_acks()
     ch.tx = []
     ch.send(Tx.RollbackOk())
 

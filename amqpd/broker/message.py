@@ -3,7 +3,7 @@ from ..wire import properties
 
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "route", "header", "body", "persistent", "_props")
+    __slots__ = ("exchange", "routing_key", "route", "header", "body", "_persistent", "_props")
 
     def __init__(self, exchange: str, routing_key: str, route: bytes, header: bytes, body: bytes):
         self.exchange = exchange
@@ -11,8 +11,15 @@ class Message:
         self.route = route          # raw "exchange + routing key" shortstrs, re-emitted verbatim
         self.header = header        # raw content-header payload, re-emitted verbatim
         self.body = body
-        self.persistent = False
+        self._persistent = None
         self._props = None
+
+    @property
+    def persistent(self) -> bool:
+        """delivery_mode=2, peeked from the raw header only when a durable queue asks."""
+        if self._persistent is None:
+            self._persistent = properties.delivery_mode(self.header) == 2
+        return self._persistent
 
     @property
     def properties(self):
@@ -32,9 +39,20 @@ class Entry:
     """A message's place in one queue. ``seq`` orders the queue, so a requeued message goes
     back to its original position."""
 
-    __slots__ = ("seq", "message", "redelivered")
+    __slots__ = ("seq", "message", "redelivered", "segment")
 
-    def __init__(self, seq: int, message: Message, redelivered: bool = False):
+    def __init__(self, seq: int, message: Message, redelivered: bool = False, segment=None):
         self.seq = seq
         self.message = message
         self.redelivered = redelivered
+        self.segment = segment      # the log segment holding it, for persistent messages
+
+
+def from_route(route: bytes, header: bytes, body: bytes) -> Message:
+    """Rebuild a message from its stored raw parts."""
+    n = route[0]
+    exchange = route[1:1 + n].decode()
+    routing_key = route[2 + n:].decode()
+    msg = Message(exchange, routing_key, route, header, body)
+    msg._persistent = True
+    return msg

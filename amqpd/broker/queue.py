@@ -30,6 +30,7 @@ class Queue:
         self.had_consumer = False
         self.sources: set = set()        # exchanges with a binding to this queue
         self.deleted = False
+        self.log = None                  # QueueLog when durable and the broker has a store
 
     def __repr__(self):
         return f"<Queue {self.name!r}>"
@@ -39,11 +40,24 @@ class Queue:
         return f"queue '{self.name}' in vhost '{self.vhost.name}'"
 
     # -- messages -----------------------------------------------------------------------------
-    def enqueue(self, message) -> None:
-        self.next_seq += 1
-        self.ready.append(Entry(self.next_seq, message))
+    def enqueue(self, message) -> bool:
+        """Append a message; True when it went to the log and a confirm must wait for fsync."""
+        self.next_seq = seq = self.next_seq + 1
+        entry = Entry(seq, message)
+        self.ready.append(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
+        if self.log is not None and message.persistent:
+            entry.segment = self.log.append_message(seq, message.route, message.header,
+                                                    message.body)
+            self.vhost.broker.store.mark_dirty(self.log)
+            return True
+        return False
+
+    def restore(self, entry: Entry) -> None:
+        """A message recovered from the log at start-up (already in seq order)."""
+        self.ready.append(entry)
+        self.next_seq = max(self.next_seq, entry.seq)
 
     def requeue(self, entry: Entry) -> None:
         """Back to its original position (by sequence), marked redelivered."""
@@ -69,15 +83,32 @@ class Queue:
     def settle(self, entry: Entry) -> None:
         """The message left the queue for good (ack, or a no-ack delivery)."""
         self.unacked -= 1
+        if entry.segment is not None and self.log is not None:
+            self.log.settle(entry.seq, entry.segment)
+            self.vhost.broker.store.mark_dirty(self.log)
+
+    def delivering(self, entry: Entry) -> None:
+        """First hand-over of a stored message: recorded, so a crash brings it back marked
+        redelivered."""
+        self.unacked += 1
+        if entry.segment is not None and not entry.redelivered and self.log is not None:
+            self.log.delivered(entry.seq)
+            self.vhost.broker.store.mark_dirty(self.log)
 
     def take(self) -> Entry | None:
         if not self.ready:
             return None
-        self.unacked += 1
-        return self.ready.popleft()
+        entry = self.ready.popleft()
+        self.delivering(entry)
+        return entry
 
     def purge(self) -> int:
         n = len(self.ready)
+        if self.log is not None:
+            for entry in self.ready:
+                if entry.segment is not None:
+                    self.log.settle(entry.seq, entry.segment)
+            self.vhost.broker.store.mark_dirty(self.log)
         self.ready.clear()
         return n
 
@@ -135,7 +166,7 @@ class Queue:
             if consumer is None:
                 return
             entry = ready.popleft()
-            self.unacked += 1
+            self.delivering(entry)
             consumer.channel.deliver(consumer, entry)
 
     # -- declaration --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ import secrets
 
 from ..amqp import errors
 from .exchange import TYPES, DefaultExchange, Exchange
+from ..store.definitions import encode_args
 from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
@@ -55,6 +56,10 @@ class VHost:
                 f"exchange name '{name}' contains reserved prefix 'amq.*'")
         ex = cls(self, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = ex
+        if durable:
+            self.journal({"op": "exchange", "name": name, "type": kind, "durable": True,
+                          "auto_delete": auto_delete, "internal": internal,
+                          "args": encode_args(arguments)})
         return ex
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
@@ -73,6 +78,8 @@ class VHost:
 
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
+        if ex.durable:
+            self.journal({"op": "exchange.delete", "name": ex.name})
         for dest in list(ex.by_dest):
             ex.remove_dest(dest)
         for source in list(ex.sources):
@@ -107,7 +114,16 @@ class VHost:
         self.queues[name] = q
         if exclusive:
             owner.exclusive_queues.add(q)
+        elif durable:
+            self.journal({"op": "queue", "name": name, "durable": True,
+                          "auto_delete": auto_delete, "args": encode_args(arguments)})
+            self.attach_log(q)
         return q
+
+    def attach_log(self, q: Queue) -> None:
+        store = self.broker.store
+        if store is not None:
+            q.log = store.queue_log(self.name, q.name)
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""
@@ -124,20 +140,36 @@ class VHost:
         q.consumers.clear()
         if q.exclusive_owner is not None:
             q.exclusive_owner.exclusive_queues.discard(q)
-        return q.purge()
+        count = len(q.ready)
+        q.ready.clear()
+        if q.log is not None:
+            self.journal({"op": "queue.delete", "name": q.name})
+            self.broker.store.delete_queue_log(self.name, q.name)
+            q.log = None
+        return count
 
     # -- bindings -----------------------------------------------------------------------------
     def bind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
         if source is self.default or dest is self.default:
             raise errors.AccessRefused(f"operation not permitted on the default exchange")
         source.validate_binding(key, arguments)
-        source.add_binding(dest, key, arguments)
+        if source.add_binding(dest, key, arguments) and _durable_pair(source, dest):
+            self.journal(_binding("bind", source, dest, key, arguments))
 
     def unbind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
         if source is self.default or dest is self.default:
             raise errors.AccessRefused(f"operation not permitted on the default exchange")
         if source.remove_binding(dest, key, arguments):
+            if _durable_pair(source, dest):
+                self.journal(_binding("unbind", source, dest, key, arguments))
             self._maybe_auto_delete(source)
+
+    def journal(self, entry: dict) -> None:
+        """Record a durable definition change before the client hears about it."""
+        store = self.broker.store
+        if store is not None:
+            entry["vhost"] = self.name
+            store.journal.append(entry)
 
     # -- routing ------------------------------------------------------------------------------
     def route(self, ex: Exchange, message):
@@ -157,6 +189,18 @@ class VHost:
                 else:
                     queues[d] = None
         return queues
+
+
+def _durable_pair(source: Exchange, dest) -> bool:
+    if isinstance(dest, Queue) and dest.exclusive_owner is not None:
+        return False
+    return source.durable and dest.durable
+
+
+def _binding(op: str, source: Exchange, dest, key: str, arguments: dict) -> dict:
+    return {"op": op, "source": source.name,
+            "dest_kind": "exchange" if isinstance(dest, Exchange) else "queue",
+            "dest": dest.name, "key": key, "args": encode_args(arguments)}
 
 
 def check_exclusive(q: Queue, owner) -> None:
