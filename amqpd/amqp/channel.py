@@ -385,7 +385,8 @@ def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
         raise errors.AccessRefused("operation not permitted on the default exchange")
     q = ch.vhost.queues.get(m.queue or ch.last_queue)
     ex = ch.vhost.exchanges.get(m.exchange)
-    if q is not None and ex is not None:
+    if q is not None and ex is not None and ex.has_binding(q, m.routing_key, m.arguments):
+        ch.vhost.queue(q.name, ch.conn)       # another connection's exclusive queue: 405
         ch.vhost.unbind(ex, q, m.routing_key, m.arguments or {})
     ch.send(Queue.UnbindOk())
 

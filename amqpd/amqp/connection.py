@@ -310,13 +310,13 @@ class Connection:
             return
         if self.state < OPENING:
             # Before the handshake completes, clients cannot take a close: RabbitMQ just drops.
-            self.send_method(0, C.Connection.Close(reply_code=code, reply_text=text[:255],
+            self.send_method(0, C.Connection.Close(reply_code=code, reply_text=errors.shorten(text),
                                                    class_id=class_id, method_id=method_id))
             self._shutdown()
             return
         self.state = CLOSING_
         self._release()
-        self.send_method(0, C.Connection.Close(reply_code=code, reply_text=text[:255],
+        self.send_method(0, C.Connection.Close(reply_code=code, reply_text=errors.shorten(text),
                                                class_id=class_id, method_id=method_id))
 
     def _closing_method(self, payload: bytes) -> None:

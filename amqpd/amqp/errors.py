@@ -19,7 +19,16 @@ class AMQPError(Exception):
 
     @property
     def reply_text(self) -> str:
-        return f"{self.name} - {self.text}" if self.text else self.name
+        return shorten(f"{self.name} - {self.text}" if self.text else self.name)
+
+
+def shorten(text: str) -> str:
+    """Reply texts are short strings: at most 255 bytes. RabbitMQ cuts longer ones to 252
+    bytes and appends '...'."""
+    raw = text.encode()
+    if len(raw) <= 255:
+        return text
+    return raw[:252].decode(errors="ignore") + "..."
 
 
 class ChannelError(AMQPError):

@@ -55,6 +55,9 @@ class Exchange:
         self._index(dest, key, args or {})
         return True
 
+    def has_binding(self, dest, key: str, args: dict | None) -> bool:
+        return (dest, key, freeze(args or {})) in self.bindings
+
     def remove_binding(self, dest, key: str, args: dict | None) -> bool:
         bid = (dest, key, freeze(args or {}))
         if bid not in self.bindings:

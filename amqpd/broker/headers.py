@@ -32,6 +32,7 @@ import datetime as _dt
 import math
 from decimal import Decimal
 from typing import Any
+from ..wire.tables import type_name
 
 __all__ = ["X_MATCH_MODES", "validate_binding_args", "headers_match", "values_equal"]
 
@@ -67,7 +68,7 @@ def validate_binding_args(args: dict | None) -> str | None:
             "expected all, any, all-with-x, or any-with-x"
         )
     return (
-        f"Invalid x-match field type {_amqp_type(value)} "
+        f"Invalid x-match field type {type_name(value)} "
         f"(value {_erl_term(value)}); expected longstr"
     )
 
@@ -217,42 +218,6 @@ def _aware(t: _dt.datetime) -> _dt.datetime:
 # Erlang-style rendering for error texts (approximates io_lib "~tp")
 
 
-def _amqp_type(v: Any) -> str:
-    # Names RabbitMQ's parser gives each field type, for the type pamqp
-    # would pick when encoding this Python value.
-    if v is None:
-        return "void"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        if -128 <= v <= 127:
-            return "byte"
-        if -32768 <= v <= 32767:
-            return "short"
-        if 0 <= v <= 65535:
-            return "unsignedshort"
-        if -(2**31) <= v < 2**31:
-            return "signedint"
-        if 0 <= v < 2**32:
-            return "unsignedint"
-        return "long"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, Decimal):
-        return "decimal"
-    if isinstance(v, (str, bytes)):
-        return "longstr"
-    if isinstance(v, (bytearray, memoryview)):
-        return "binary"
-    if isinstance(v, _dt.datetime):
-        return "timestamp"
-    if isinstance(v, dict):
-        return "table"
-    if isinstance(v, (list, tuple)):
-        return "array"
-    return type(v).__name__
-
-
 _ERL_ESCAPES = {
     '"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t",
     "\v": "\\v", "\b": "\\b", "\f": "\\f", "\x1b": "\\e",
@@ -315,11 +280,11 @@ def _erl_term(v: Any) -> str:
         return str(int(_aware(v).timestamp()))
     if isinstance(v, dict):
         items = (
-            "{%s,%s,%s}" % (_erl_term(k), _amqp_type(x), _erl_term(x))
+            "{%s,%s,%s}" % (_erl_term(k), type_name(x), _erl_term(x))
             for k, x in v.items()
         )
         return "[" + ",".join(items) + "]"
     if isinstance(v, (list, tuple)):
-        items = ("{%s,%s}" % (_amqp_type(x), _erl_term(x)) for x in v)
+        items = ("{%s,%s}" % (type_name(x), _erl_term(x)) for x in v)
         return "[" + ",".join(items) + "]"
     return repr(v)

@@ -2,6 +2,7 @@
 from collections import deque
 
 from ..amqp import errors
+from ..wire.tables import type_name
 from .message import Entry
 
 # Arguments RabbitMQ compares when a queue is re-declared (rabbit_amqqueue declare_args).
@@ -178,8 +179,7 @@ class Queue:
         arguments = arguments or {}
         for key in EQUIVALENCE_ARGS:
             new, old = arguments.get(key), self.arguments.get(key)
-            # RabbitMQ lets a re-declaration leave out an argument the queue has.
-            if new is not None and not same_value(new, old):
+            if not same_value(new, old):
                 self._inequivalent(key, describe(new, old), describe(old, new))
 
     def _inequivalent(self, arg: str, received: str, current: str):
@@ -194,36 +194,15 @@ def _flag(value: bool) -> str:
 
 def describe(value, other) -> str:
     """How RabbitMQ prints an argument in an inequivalence error: with its AMQP type when the
-    other side is missing. pamqp does not keep the wire type, so integers get the smallest type
-    that holds them (what most clients send)."""
+    other side is missing."""
     if value is None:
         return "none"
-    if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    if isinstance(value, bool):
-        value = "true" if value else "false"
+    shown = value.decode(errors="replace") if isinstance(value, bytes) else value
+    if isinstance(shown, bool):
+        shown = "true" if shown else "false"
     if other is None:
-        return f"the value '{value}' of type '{amqp_type(value)}'"
-    return f"'{value}'"
-
-
-def amqp_type(value) -> str:
-    if isinstance(value, bool) or value in ("true", "false"):
-        return "bool"
-    if isinstance(value, int):
-        for name, bits in (("byte", 8), ("short", 16), ("signedint", 32)):
-            if -(1 << (bits - 1)) <= value < (1 << (bits - 1)):
-                return name
-        return "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "longstr"
-    if isinstance(value, dict):
-        return "table"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
+        return f"the value '{shown}' of type '{type_name(value)}'"
+    return f"'{shown}'"
 
 
 def type_class(value):

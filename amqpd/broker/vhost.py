@@ -40,13 +40,13 @@ class VHost:
     # -- exchanges ----------------------------------------------------------------------------
     def declare_exchange(self, name: str, kind: str, passive: bool, durable: bool,
                          auto_delete: bool, internal: bool, arguments: dict) -> Exchange:
+        cls = TYPES.get(kind)
+        if cls is None and not passive:     # RabbitMQ checks the type before the name
+            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
         if not name:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:
             return self.exchange(name)
-        cls = TYPES.get(kind)
-        if cls is None:
-            raise errors.CommandInvalid(f"invalid exchange type '{kind}'")
         existing = self.exchanges.get(name)
         if existing is not None:
             existing.check_equivalent(kind, durable, auto_delete, internal, arguments)

@@ -84,15 +84,15 @@ def test_validate_bad_value(value, text):
 @pytest.mark.parametrize(
     "value, text",
     [
-        (5, "Invalid x-match field type byte (value 5); expected longstr"),
-        (1000, "Invalid x-match field type short (value 1000); expected longstr"),
+        (5, "Invalid x-match field type signedint (value 5); expected longstr"),
+        (1000, "Invalid x-match field type signedint (value 1000); expected longstr"),
         (
             100000,
             "Invalid x-match field type signedint (value 100000); expected longstr",
         ),
         (True, "Invalid x-match field type bool (value true); expected longstr"),
         (None, "Invalid x-match field type void (value undefined); expected longstr"),
-        (1.5, "Invalid x-match field type float (value 1.5); expected longstr"),
+        (1.5, "Invalid x-match field type double (value 1.5); expected longstr"),
         (
             bytearray(b"all"),
             'Invalid x-match field type binary (value <<"all">>); expected longstr',
