@@ -64,8 +64,11 @@ class Broker:
                     continue
                 queues += 1
                 live, top = q.log.recover()
+                routes: dict = {}
+                ready = q.ready
                 for seq, route, header, body, delivered, segment in live:
-                    q.restore(Entry(seq, from_route(route, header, body), delivered, segment))
+                    ready.append(Entry(seq, from_route(route, header, body, routes), delivered,
+                                       segment))
                 q.next_seq = max(q.next_seq, top)
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,

@@ -48,11 +48,15 @@ class Entry:
         self.segment = segment      # the log segment holding it, for persistent messages
 
 
-def from_route(route: bytes, header: bytes, body: bytes) -> Message:
-    """Rebuild a message from its stored raw parts."""
-    n = route[0]
-    exchange = route[1:1 + n].decode()
-    routing_key = route[2 + n:].decode()
-    msg = Message(exchange, routing_key, route, header, body)
+def from_route(route: bytes, header: bytes, body: bytes, routes: dict | None = None) -> Message:
+    """Rebuild a message from its stored raw parts. ``routes`` caches the decoded
+    exchange/routing key (and shares the bytes) across the messages of a recovery."""
+    parsed = routes.get(route) if routes is not None else None
+    if parsed is None:
+        n = route[0]
+        parsed = (route[1:1 + n].decode(), route[2 + n:].decode(), route)
+        if routes is not None:
+            routes[route] = parsed
+    msg = Message(parsed[0], parsed[1], parsed[2], header, body)
     msg._persistent = True
     return msg

@@ -55,11 +55,6 @@ class Queue:
             return True
         return False
 
-    def restore(self, entry: Entry) -> None:
-        """A message recovered from the log at start-up (already in seq order)."""
-        self.ready.append(entry)
-        self.next_seq = max(self.next_seq, entry.seq)
-
     def requeue(self, entry: Entry) -> None:
         """Back to its original position (by sequence), marked redelivered."""
         entry.redelivered = True

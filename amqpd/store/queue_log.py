@@ -52,16 +52,20 @@ class QueueLog:
             with open(path, "rb") as f:
                 data = f.read()
             problems: list = []
-            good_end = 0
+            MESSAGE, SETTLED = records.MESSAGE, records.SETTLED
+            rec = None
             for rec in records.scan(data, problems):
-                good_end = rec.offset + rec.size
-                top = max(top, rec.seq)
-                if rec.kind == records.MESSAGE:
-                    messages[rec.seq] = (rec.route, rec.header, rec.body, number)
-                elif rec.kind == records.SETTLED:
-                    settled.add(rec.seq)
+                seq = rec.seq
+                if seq > top:
+                    top = seq
+                kind = rec.kind
+                if kind == MESSAGE:
+                    messages[seq] = (rec.route, rec.header, rec.body, number)
+                elif kind == SETTLED:
+                    settled.add(seq)
                 else:
-                    delivered.add(rec.seq)
+                    delivered.add(seq)
+            good_end = rec.offset + rec.size if rec is not None else 0
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
             if number == numbers[-1] and good_end < len(data):

@@ -3,9 +3,9 @@
 Every record is self-delimiting and self-checking, so a message can be read back from its
 (segment, offset) alone, and recovery can skip a damaged record and find the next intact one:
 
-    magic:u16 = 0xA5 0x17 | length:u32 | crc32:u32 | payload[length]
+    magic:u16 = 0xA5 0x17 | crc32:u32 | length:u32 | payload[length]
 
-The CRC covers the length field and the payload. Payloads:
+The CRC covers the length field and the payload (contiguous, so one crc32 call). Payloads:
 
     MESSAGE   type:u8=1 seq:u64 route_len:u16 route header_len:u32 header body
     SETTLED   type:u8=2 seq:u64          (acked, rejected, expired, purged, dead-lettered)
@@ -20,7 +20,7 @@ import zlib
 MAGIC = b"\xa5\x17"
 MESSAGE, SETTLED, DELIVERED = 1, 2, 3
 
-_head = struct.Struct(">2sII")           # magic, length, crc
+_head = struct.Struct(">2sII")           # magic, crc, length
 _len = struct.Struct(">I")
 _msg_head = struct.Struct(">BQH")        # type, seq, route_len
 _u32 = struct.Struct(">I")
@@ -30,10 +30,8 @@ MAX_RECORD = 1 << 31
 
 
 def _frame(payload_parts: list) -> bytes:
-    payload = b"".join(payload_parts)
-    length = _len.pack(len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(length))
-    return MAGIC + length + _u32.pack(crc) + payload
+    body = _len.pack(sum(map(len, payload_parts))) + b"".join(payload_parts)
+    return MAGIC + _u32.pack(zlib.crc32(body)) + body
 
 
 def message(seq: int, route: bytes, header: bytes, body: bytes) -> bytes:
@@ -53,29 +51,6 @@ class Record:
         self.offset, self.size = offset, size
 
 
-def decode_payload(payload: bytes, offset: int, size: int) -> Record | None:
-    if not payload:
-        return None
-    kind = payload[0]
-    if kind == MESSAGE:
-        if len(payload) < _msg_head.size + 4:
-            return None
-        _, seq, route_len = _msg_head.unpack_from(payload)
-        at = _msg_head.size
-        route = payload[at:at + route_len]
-        at += route_len
-        (header_len,) = _u32.unpack_from(payload, at)
-        at += 4
-        header = payload[at:at + header_len]
-        if len(route) != route_len or len(header) != header_len:
-            return None
-        return Record(MESSAGE, seq, route, header, payload[at + header_len:], offset, size)
-    if kind in (SETTLED, DELIVERED) and len(payload) == _marker.size:
-        _, seq = _marker.unpack(payload)
-        return Record(kind, seq, None, None, None, offset, size)
-    return None
-
-
 def scan(data: bytes, problems: list | None = None):
     """Yield every intact record of a segment's bytes, in order.
 
@@ -83,15 +58,16 @@ def scan(data: bytes, problems: list | None = None):
     the next magic that starts a valid record. Each skipped range is appended to ``problems`` as
     (offset, length, reason); a damaged tail shows up as the last problem.
     """
+    view = memoryview(data)
     pos, end = 0, len(data)
     while pos < end:
-        rec = _record_at(data, pos)
+        rec = _record_at(data, view, pos)
         if rec is not None:
             yield rec
             pos += rec.size
             continue
         nxt = data.find(MAGIC, pos + 1)
-        while nxt != -1 and _record_at(data, nxt) is None:
+        while nxt != -1 and _record_at(data, view, nxt) is None:
             nxt = data.find(MAGIC, nxt + 1)
         stop = end if nxt == -1 else nxt
         if problems is not None:
@@ -100,19 +76,42 @@ def scan(data: bytes, problems: list | None = None):
         pos = stop
 
 
-def _record_at(data: bytes, pos: int) -> Record | None:
+_unpack_head = _head.unpack_from
+_unpack_msg = _msg_head.unpack_from
+_unpack_marker = _marker.unpack_from
+_unpack_u32 = _u32.unpack_from
+_crc32 = zlib.crc32
+
+
+def _record_at(data: bytes, view: memoryview, pos: int) -> Record | None:
+    """Parse and check the record at pos; markers are decoded without copying."""
     if pos + HEAD_SIZE > len(data):
         return None
-    magic, length, crc = _head.unpack_from(data, pos)
-    if magic != MAGIC or length > MAX_RECORD:
-        return None
+    magic, crc, length = _unpack_head(data, pos)
     start = pos + HEAD_SIZE
-    payload = data[start:start + length]
-    if len(payload) != length:
+    stop = start + length
+    if magic != MAGIC or stop > len(data) or length == 0:
         return None
-    if zlib.crc32(payload, zlib.crc32(data[pos + 2:pos + 6])) != crc:
+    if _crc32(view[pos + 6:stop]) != crc:
         return None
-    return decode_payload(payload, pos, HEAD_SIZE + length)
+    kind = data[start]
+    size = HEAD_SIZE + length
+    if kind == MESSAGE:
+        if length < _msg_head.size + 4:
+            return None
+        _, seq, route_len = _unpack_msg(data, start)
+        at = start + _msg_head.size
+        route_end = at + route_len
+        (header_len,) = _unpack_u32(data, route_end)
+        header_at = route_end + 4
+        body_at = header_at + header_len
+        if body_at > stop:
+            return None
+        return Record(MESSAGE, seq, data[at:route_end], data[header_at:body_at],
+                      data[body_at:stop], pos, size)
+    if (kind == SETTLED or kind == DELIVERED) and length == _marker.size:
+        return Record(kind, _unpack_marker(data, start)[1], None, None, None, pos, size)
+    return None
 
 
 def read_at(path: str, offset: int) -> Record | None:
@@ -122,5 +121,6 @@ def read_at(path: str, offset: int) -> Record | None:
         head = f.read(HEAD_SIZE)
         if len(head) < HEAD_SIZE:
             return None
-        _, length, _ = _head.unpack(head)
-        return _record_at(head + f.read(length), 0)
+        _, _, length = _head.unpack(head)
+        data = head + f.read(length)
+        return _record_at(data, memoryview(data), 0)
