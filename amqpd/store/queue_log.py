@@ -7,6 +7,7 @@ segments go oldest first, and disk use follows the live backlog.
 """
 import logging
 import os
+import shutil
 
 from . import records
 
@@ -24,6 +25,8 @@ class QueueLog:
         self.active_size = 0
         self.fd = None
         self.pending: list = []
+        self.seed = 0                      # CRC seed of the active segment (its salt)
+        self.base_size = 0                 # bytes of the active segment's header
         self.deleted = False
         os.makedirs(path, exist_ok=True)
 
@@ -76,6 +79,7 @@ class QueueLog:
             self.live[number] = 0
             if number == numbers[-1]:
                 self.active, self.active_size = number, len(data)
+                self.seed, self.base_size = records.segment_seed(data)
         live = []
         for seq in sorted(messages):
             if seq in settled:
@@ -89,9 +93,12 @@ class QueueLog:
     # -- appends ------------------------------------------------------------------------------
     def append_message(self, seq: int, route: bytes, header: bytes, body: bytes) -> int:
         """Buffer a message record; returns the segment it lands in."""
-        rec = records.message(seq, route, header, body)
-        if self.active_size and self.active_size + len(rec) > self.segment_size:
+        if self.active_size == 0:
+            self._open_segment()
+        rec = records.message(seq, route, header, body, self.seed)
+        if self.active_size + len(rec) > self.segment_size and self.active_size > self.base_size:
             self._roll()
+            rec = records.message(seq, route, header, body, self.seed)
         self.pending.append(rec)
         self.active_size += len(rec)
         self.live[self.active] = self.live.get(self.active, 0) + 1
@@ -108,9 +115,19 @@ class QueueLog:
         self._marker(records.DELIVERED, seq)
 
     def _marker(self, kind: int, seq: int) -> None:
-        rec = records.marker(kind, seq)
+        if self.active_size == 0:
+            self._open_segment()
+        rec = records.marker(kind, seq, self.seed)
         self.pending.append(rec)
         self.active_size += len(rec)
+
+    def _open_segment(self) -> None:
+        """A new segment starts with its own random salt (see records.py)."""
+        salt = os.urandom(8)
+        self.seed = records.seed_of(salt)
+        header = records.segment_header(salt)
+        self.pending.append(header)
+        self.active_size = self.base_size = len(header)
 
     def _roll(self) -> None:
         """Start a new segment (the buffered records belong to the old one)."""
@@ -120,8 +137,9 @@ class QueueLog:
             os.close(self.fd)
             self.fd = None
         self.active += 1
-        self.active_size = 0
         self.live.setdefault(self.active, 0)
+        self._open_segment()
+        self._drop_settled_prefix()
 
     def _drop_settled_prefix(self) -> None:
         for number in sorted(self.live):
@@ -164,9 +182,4 @@ class QueueLog:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-        for number in self._segments_on_disk():
-            os.unlink(self._segment_path(number))
-        try:
-            os.rmdir(self.path)
-        except OSError:
-            pass
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -5,20 +5,27 @@ Every record is self-delimiting and self-checking, so a message can be read back
 
     magic:u16 = 0xA5 0x17 | crc32:u32 | length:u32 | payload[length]
 
-The CRC covers the length field and the payload (contiguous, so one crc32 call). Payloads:
+The CRC covers the length field and the payload (contiguous, so one crc32 call), seeded with
+the CRC of a random salt that opens each segment file:
 
+    SEGMENT   type:u8=0 salt[8]          (first record of a segment, CRC seed 0)
     MESSAGE   type:u8=1 seq:u64 route_len:u16 route header_len:u32 header body
     SETTLED   type:u8=2 seq:u64          (acked, rejected, expired, purged, dead-lettered)
     DELIVERED type:u8=3 seq:u64          (handed to a consumer at least once: redelivered on recovery)
 
 ``route`` is the raw exchange + routing-key shortstr pair of the publish and ``header`` the raw
 content-header payload, both exactly as received.
+
+Why the salt: recovery resynchronises after a damaged record by looking for the next magic with
+a valid CRC. A message body may itself contain bytes that look like a record (a publisher can
+send anything); without knowing the segment's salt it cannot carry a record that validates, so
+recovery never invents a message out of a body.
 """
 import struct
 import zlib
 
 MAGIC = b"\xa5\x17"
-MESSAGE, SETTLED, DELIVERED = 1, 2, 3
+SEGMENT, MESSAGE, SETTLED, DELIVERED = 0, 1, 2, 3
 
 _head = struct.Struct(">2sII")           # magic, crc, length
 _len = struct.Struct(">I")
@@ -29,18 +36,34 @@ HEAD_SIZE = _head.size
 MAX_RECORD = 1 << 31
 
 
-def _frame(payload_parts: list) -> bytes:
+def _frame(payload_parts: list, seed: int) -> bytes:
     body = _len.pack(sum(map(len, payload_parts))) + b"".join(payload_parts)
-    return MAGIC + _u32.pack(zlib.crc32(body)) + body
+    return MAGIC + _u32.pack(zlib.crc32(body, seed)) + body
 
 
-def message(seq: int, route: bytes, header: bytes, body: bytes) -> bytes:
+def segment_header(salt: bytes) -> bytes:
+    return _frame([bytes([SEGMENT]), salt], 0)
+
+
+def seed_of(salt: bytes) -> int:
+    return zlib.crc32(salt)
+
+
+def message(seq: int, route: bytes, header: bytes, body: bytes, seed: int = 0) -> bytes:
     return _frame([_msg_head.pack(MESSAGE, seq, len(route)), route, _u32.pack(len(header)),
-                   header, body])
+                   header, body], seed)
 
 
-def marker(kind: int, seq: int) -> bytes:
-    return _frame([_marker.pack(kind, seq)])
+def marker(kind: int, seq: int, seed: int = 0) -> bytes:
+    return _frame([_marker.pack(kind, seq)], seed)
+
+
+def segment_seed(data: bytes) -> tuple[int, int]:
+    """(CRC seed, bytes the segment header takes) of a segment's bytes; (0, 0) without one."""
+    rec = _record_at(data, memoryview(data), 0, 0, header=True)
+    if rec is None:
+        return 0, 0
+    return seed_of(rec.body), rec.size
 
 
 class Record:
@@ -59,15 +82,16 @@ def scan(data: bytes, problems: list | None = None):
     (offset, length, reason); a damaged tail shows up as the last problem.
     """
     view = memoryview(data)
-    pos, end = 0, len(data)
+    seed, pos = segment_seed(data)
+    end = len(data)
     while pos < end:
-        rec = _record_at(data, view, pos)
+        rec = _record_at(data, view, pos, seed)
         if rec is not None:
             yield rec
             pos += rec.size
             continue
         nxt = data.find(MAGIC, pos + 1)
-        while nxt != -1 and _record_at(data, view, nxt) is None:
+        while nxt != -1 and _record_at(data, view, nxt, seed) is None:
             nxt = data.find(MAGIC, nxt + 1)
         stop = end if nxt == -1 else nxt
         if problems is not None:
@@ -83,7 +107,8 @@ _unpack_u32 = _u32.unpack_from
 _crc32 = zlib.crc32
 
 
-def _record_at(data: bytes, view: memoryview, pos: int) -> Record | None:
+def _record_at(data: bytes, view: memoryview, pos: int, seed: int,
+               header: bool = False) -> Record | None:
     """Parse and check the record at pos; markers are decoded without copying."""
     if pos + HEAD_SIZE > len(data):
         return None
@@ -92,10 +117,14 @@ def _record_at(data: bytes, view: memoryview, pos: int) -> Record | None:
     stop = start + length
     if magic != MAGIC or stop > len(data) or length == 0:
         return None
-    if _crc32(view[pos + 6:stop]) != crc:
+    if _crc32(view[pos + 6:stop], seed) != crc:
         return None
     kind = data[start]
     size = HEAD_SIZE + length
+    if header:
+        if kind != SEGMENT or length != 9:
+            return None
+        return Record(SEGMENT, 0, None, None, data[start + 1:stop], pos, size)
     if kind == MESSAGE:
         if length < _msg_head.size + 4:
             return None
@@ -117,10 +146,11 @@ def _record_at(data: bytes, view: memoryview, pos: int) -> Record | None:
 def read_at(path: str, offset: int) -> Record | None:
     """Read one record back by position (for queues larger than memory)."""
     with open(path, "rb") as f:
+        seed, _ = segment_seed(f.read(HEAD_SIZE + 9))
         f.seek(offset)
         head = f.read(HEAD_SIZE)
         if len(head) < HEAD_SIZE:
             return None
         _, _, length = _head.unpack(head)
         data = head + f.read(length)
-        return _record_at(data, memoryview(data), 0)
+        return _record_at(data, memoryview(data), 0, seed)

@@ -25,7 +25,11 @@ class Store:
         self.fsync_mode = fsync
         os.makedirs(os.path.join(self.data_dir, "queues"), exist_ok=True)
         self._lock_fd = self._lock()
-        self._check_format()
+        try:
+            self._check_format()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self.journal = DefinitionsJournal(os.path.join(self.data_dir, "definitions.jsonl"),
                                           fsync=fsync != "never")
         self.logs: dict[tuple, QueueLog] = {}
