@@ -338,8 +338,8 @@ def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
 def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
     if not m.destination or not m.source:
         raise errors.AccessRefused("operation not permitted on the default exchange")
-    dest = ch.vhost.exchange(m.destination)
     source = ch.vhost.exchange(m.source)
+    dest = ch.vhost.exchange(m.destination)
     ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
     _ok(ch, m, Exchange.BindOk())
 
@@ -373,8 +373,8 @@ def _queue(ch: Channel, name: str):
 
 
 def queue_bind(ch: Channel, m: Queue.Bind) -> None:
-    q = _queue(ch, m.queue)
     ex = ch.vhost.exchange(m.exchange)
+    q = _queue(ch, m.queue)
     ch.vhost.bind(ex, q, m.routing_key, m.arguments or {})
     _ok(ch, m, Queue.BindOk())
 

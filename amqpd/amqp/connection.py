@@ -180,6 +180,9 @@ class Connection:
             try:
                 if ch is not None and ch.state == OPEN:
                     if ftype == FRAME_METHOD:
+                        if len(payload) < 4:
+                            raise errors.FrameError("method frame too short for class and "
+                                                    "method ids")
                         index = (payload[0] << 24) | (payload[1] << 16) | (payload[2] << 8) | payload[3]
                         if ch.publishing is not None:
                             ch.content_interrupted()
@@ -198,7 +201,7 @@ class Connection:
                     continue
                 self._slow_frame(ftype, number, payload, ch)
             except errors.AMQPError as exc:
-                if not exc.class_id and ftype == FRAME_METHOD and len(payload) >= 4:
+                if exc.class_id is None and ftype == FRAME_METHOD and len(payload) >= 4:
                     exc.class_id, exc.method_id = _class_method(payload)
                 self._frame_failed(exc, number)
             except Exception as exc:  # a bug of ours must never take the broker down
@@ -274,7 +277,7 @@ class Connection:
         if self.channel_max and len(self.channels) >= self.channel_max:
             raise errors.NotAllowed(
                 f"number of channels opened ({len(self.channels)}) has reached the "
-                f"negotiated channel_max ({self.channel_max})", 20, 10)
+                f"negotiated channel_max ({self.channel_max})", 0, 0)
         self.channels[number] = Channel(self, number)
         self.send_method(number, C.Channel.OpenOk())
 
@@ -297,11 +300,12 @@ class Connection:
         ch.cleanup()
         ch.state = CLOSING
         self.send_method(number, C.Channel.Close(reply_code=exc.code, reply_text=exc.reply_text,
-                                                 class_id=exc.class_id, method_id=exc.method_id))
+                                                 class_id=exc.class_id or 0,
+                                                 method_id=exc.method_id or 0))
 
     def _connection_error(self, exc: errors.AMQPError) -> None:
         log.info("closing connection %s: %s %s", self.peer, exc.code, exc.reply_text)
-        self.close(exc.code, exc.reply_text, exc.class_id, exc.method_id)
+        self.close(exc.code, exc.reply_text, exc.class_id or 0, exc.method_id or 0)
 
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Server-initiated close: send connection.close and wait for close-ok (the I/O edge

@@ -11,9 +11,11 @@ class AMQPError(Exception):
     name = "INTERNAL_ERROR"
     connection_level = True
 
-    def __init__(self, text: str = "", class_id: int = 0, method_id: int = 0):
+    def __init__(self, text: str = "", class_id: int | None = None,
+                 method_id: int | None = None):
         super().__init__(text)
         self.text = text
+        # None: "the method being handled", filled in by the connection; 0 is sent as given.
         self.class_id = class_id
         self.method_id = method_id
 

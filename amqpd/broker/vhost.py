@@ -8,7 +8,7 @@ from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"),
-                      ("amq.match", "headers"))
+                      ("amq.match", "headers"), ("amq.rabbitmq.trace", "topic"))
 
 
 class VHost:
@@ -20,7 +20,9 @@ class VHost:
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
-            self.exchanges[xname] = TYPES[kind](self, xname, durable=True)
+            # amq.rabbitmq.trace exists for clients that bind to it; nothing publishes there yet
+            self.exchanges[xname] = TYPES[kind](self, xname, durable=True,
+                                                internal=xname == "amq.rabbitmq.trace")
 
     # -- lookups ------------------------------------------------------------------------------
     def exchange(self, name: str) -> Exchange:
@@ -71,8 +73,8 @@ class VHost:
         if name.startswith("amq."):
             raise errors.AccessRefused(
                 f"deletion of system exchange '{name}' in vhost '{self.name}' not allowed")
-        # RabbitMQ counts only bindings to queues as "use" here.
-        if if_unused and any(isinstance(d, Queue) for d in ex.by_dest):
+        # "In use" means it is the source of a binding (rabbit_binding:has_for_source).
+        if if_unused and ex.bindings:
             raise errors.PreconditionFailed(f"exchange '{name}' in vhost '{self.name}' in use")
         self._remove_exchange(ex)
 
