@@ -112,6 +112,11 @@ class VHost:
                     f"queue name '{name}' contains reserved prefix 'amq.*'")
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
+        limit = getattr(self.broker.config.limits, "max_queues_per_vhost", 0)
+        if limit and len(self.queues) >= limit:
+            raise errors.PreconditionFailed(
+                f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
+                f"'{self.name}' ({limit}) is reached")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
         self.queues[name] = q
         if exclusive:
