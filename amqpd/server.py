@@ -156,6 +156,7 @@ class Server:
             lambda: AMQPProtocol(self), listen.host, listen.port, reuse_address=True,
             backlog=1024)
         self.port = self.listener.sockets[0].getsockname()[1]
+        self.broker.set_scheduler(self.loop)       # timers (TTL, expiry, delays) run on the loop
         log.info("amqpd listening on amqp://%s:%d", listen.host, self.port)
 
     def mark_dirty(self, protocol: AMQPProtocol) -> None:
