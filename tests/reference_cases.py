@@ -526,8 +526,7 @@ QUEUES = [
     Case("redeclare-unknown-arg", method(1, C.Queue.Declare(queue="q1", arguments={"x-foo": "b"})),
          Replies(F(1, C.Queue.DeclareOk)), setup=(declare_q(arguments={"x-foo": "a"}),)),
     *[Case(f"invalid-{label}", method(1, C.Queue.Declare(queue="q1", arguments={arg: value})),
-           CC(406, invalid_arg(arg, detail), 50, 10),
-           xfail=f"BUG: queue arguments are not validated ({arg}={value!r} gives Declare-Ok)")
+           CC(406, invalid_arg(arg, detail), 50, 10))
       for label, arg, value, detail in [
           ("ttl-negative", "x-message-ttl", -1, "{value_negative,-1}"),
           ("ttl-string", "x-message-ttl", "abc", '"expected integer, got longstr"'),

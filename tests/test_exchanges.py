@@ -597,9 +597,6 @@ def test_alternate_exchange_argument_equivalence(conn, vh):
                              "value 'a' of type 'longstr'")
 
 
-@pytest.mark.xfail(reason="BUG: the alternate-exchange argument is accepted but ignored: "
-                          "unroutable messages are dropped/returned instead of going to the AE",
-                   strict=True)
 def test_alternate_exchange_routes_unroutable(conn):
     ch = conn.channel()
     returned = []

@@ -7,6 +7,7 @@ from pamqp import commands as C
 
 from ..broker.consumer import Consumer
 from ..broker.message import Message
+from ..broker.queue import REJECTED, STORED
 from ..wire import fastpath, properties
 from . import errors
 
@@ -31,6 +32,7 @@ class Channel:
         self.publish_seq = 0             # confirm mode: sequence of the last publish
         self.confirmed = 0               # highest sequence confirmed so far
         self.pending_sync: deque = deque()  # (publish seq, store generation) awaiting fsync
+        self.nacks: deque = deque()      # publish seqs a queue refused (x-overflow)
         self.tx = None                   # list of deferred actions while in tx mode
         self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
@@ -125,26 +127,34 @@ class Channel:
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))
             return
-        stored = self._route(ex, msg, mandatory)
+        verdict = self._route(ex, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
-            if stored:
+            if verdict == STORED:
                 self.pending_sync.append((self.publish_seq, self.conn.broker.store.next_gen))
+            elif verdict == REJECTED:
+                self.nacks.append(self.publish_seq)
             self.conn.confirm_due(self)
 
-    def _route(self, ex, msg: Message, mandatory: bool) -> bool:
-        """Enqueue everywhere the message routes; True if a durable queue logged it."""
+    def _route(self, ex, msg: Message, mandatory: bool) -> int:
+        """Enqueue everywhere the message routes. STORED if a durable queue logged it (the
+        confirm waits for fsync), REJECTED if a queue refused it (x-overflow: nack), else 0."""
         queues = self.vhost.route(ex, msg)
-        stored = False
+        if not queues and ex.alternate is not None:
+            queues = self.vhost.route_with_alternates(ex, msg)
+        verdict = 0
         if queues:
             for q in queues:
-                if q.enqueue(msg):
-                    stored = True
+                v = q.enqueue(msg)
+                if v == REJECTED:
+                    verdict = REJECTED
+                elif v == STORED and verdict != REJECTED:
+                    verdict = STORED
         elif mandatory:
             fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.route,
                                   msg.header, msg.body, self.conn.frame_max)
             self.conn.wrote()
-        return stored
+        return verdict
 
     def flush_confirms(self) -> None:
         """One ack per batch of frames, with multiple=true when it covers several publishes.
@@ -161,10 +171,22 @@ class Channel:
             if pending:
                 upto = pending[0][0] - 1
                 self.conn.broker.sync_waiters[self] = None
+        if self.nacks:
+            self._flush_nacks(upto)
         if upto > self.confirmed:
             multiple = upto - self.confirmed > 1
             self.confirmed = upto
             self.conn.write(fastpath.encode_ack(self.number, upto, multiple))
+
+    def _flush_nacks(self, upto: int) -> None:
+        """Acks up to each rejected publish, then its nack (rare: x-overflow reject-publish)."""
+        while self.nacks and self.nacks[0] <= upto:
+            seq = self.nacks.popleft()
+            if seq - 1 > self.confirmed:
+                self.conn.write(fastpath.encode_ack(self.number, seq - 1,
+                                                    seq - 1 - self.confirmed > 1))
+            self.conn.write(fastpath.encode_ack(self.number, seq, False, fastpath.NACK))
+            self.confirmed = seq
 
     def on_method(self, method) -> None:
         handler = HANDLERS.get(type(method))
@@ -276,8 +298,10 @@ class Channel:
                 schedule(queue)
             if requeue and not queue.deleted:
                 queue.requeue(entry)
-            else:
+            elif ack or queue.deleted:
                 queue.settle(entry)
+            else:
+                queue.reject(entry)       # dead-lettered when the queue has a DLX
         if self.global_prefetch:
             for c in self.consumers.values():
                 schedule(c.queue)

@@ -1,5 +1,7 @@
 """The broker: vhosts, users, the set of queues waiting to dispatch, and (optionally) the store
 that makes durable definitions and persistent messages survive a restart."""
+import heapq
+import itertools
 import logging
 import time
 
@@ -14,6 +16,13 @@ class Broker:
     def __init__(self, config, store=None):
         self.config = config
         self.store = store
+        # Time is read through the scheduler the I/O edge provides (anything with time() and
+        # call_at(), such as the event loop); until then, a plain monotonic clock.
+        self.clock = time.monotonic
+        self.scheduler = None
+        self.timers: list = []         # heap of (deadline, n, callback)
+        self._timer_seq = itertools.count()
+        self._armed = None             # (deadline, handle) of the scheduler callback
         self.vhosts: dict[str, VHost] = {name: VHost(self, name) for name in config.vhosts}
         self.connections: set = set()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
@@ -31,6 +40,35 @@ class Broker:
             for q in queues:
                 if not q.deleted:
                     q.dispatch()
+
+    # -- timers -------------------------------------------------------------------------------
+    def set_scheduler(self, scheduler) -> None:
+        self.scheduler = scheduler
+        self.clock = scheduler.time
+        if self.timers:
+            self._arm(self.timers[0][0])
+
+    def call_at(self, deadline: float, callback) -> None:
+        """Run callback once the clock reaches deadline (TTL, queue expiry, delayed messages).
+        One scheduler callback is armed, for the earliest deadline."""
+        heapq.heappush(self.timers, (deadline, next(self._timer_seq), callback))
+        if self.scheduler is not None and (self._armed is None or deadline < self._armed[0]):
+            self._arm(deadline)
+
+    def _arm(self, deadline: float) -> None:
+        if self._armed is not None:
+            self._armed[1].cancel()
+        self._armed = (deadline, self.scheduler.call_at(deadline, self.run_timers))
+
+    def run_timers(self) -> None:
+        self._armed = None
+        now = self.clock()
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            heapq.heappop(timers)[2]()
+        self.run_dispatch()
+        if timers and self.scheduler is not None:
+            self._arm(timers[0][0])
 
     def on_synced(self) -> None:
         """The store finished an fsync: send the confirms it covered."""
@@ -67,8 +105,11 @@ class Broker:
                 routes: dict = {}
                 ready = q.ready
                 for seq, route, header, body, delivered, segment in live:
-                    ready.append(Entry(seq, from_route(route, header, body, routes), delivered,
-                                       segment))
+                    entry = Entry(seq, from_route(route, header, body, routes), delivered,
+                                  segment)
+                    if q.special:
+                        q._prepare(entry)     # priority, TTL (restarting now), limits
+                    ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,

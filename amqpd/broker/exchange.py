@@ -35,6 +35,8 @@ class Exchange:
         self.by_dest: dict = {}        # dest -> set of binding ids, for fast removal
         self.exchange_dests = 0        # bindings to exchanges: routing must follow them
         self.sources: set = set()      # exchanges with an e2e binding to this one
+        ae = self.arguments.get("alternate-exchange")
+        self.alternate = (ae.decode() if isinstance(ae, bytes) else ae) or None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}>"

@@ -35,17 +35,25 @@ class Message:
         return self.properties.headers
 
 
+READY, OUT, GONE = 0, 1, 2       # an entry's place: in the ready list, delivered, removed
+
+
 class Entry:
     """A message's place in one queue. ``seq`` orders the queue, so a requeued message goes
     back to its original position."""
 
-    __slots__ = ("seq", "message", "redelivered", "segment")
+    __slots__ = ("seq", "message", "redelivered", "segment", "expires", "state", "deliveries",
+                 "priority")
 
     def __init__(self, seq: int, message: Message, redelivered: bool = False, segment=None):
         self.seq = seq
         self.message = message
         self.redelivered = redelivered
         self.segment = segment      # the log segment holding it, for persistent messages
+        self.expires = None         # monotonic deadline (TTL), or None
+        self.state = READY          # tracked only by queues that need it (TTL)
+        self.deliveries = 0         # counted only by queues with a delivery limit
+        self.priority = 0           # only in priority queues
 
 
 def from_route(route: bytes, header: bytes, body: bytes, routes: dict | None = None) -> Message:

@@ -1,9 +1,17 @@
-"""A queue: messages ready in order, consumers served round-robin by priority."""
-from collections import deque
+"""A queue: messages ready in order, consumers served round-robin by priority, and the
+lifecycle RabbitMQ's queue arguments give it (TTL, limits, dead-lettering, priorities, single
+active consumer, delivery limit, expiry of unused queues, deduplication)."""
+import heapq
 
 from ..amqp import errors
+from ..wire import properties
 from ..wire.tables import type_name
-from .message import Entry
+from .arguments import QueueOptions
+from .deadletter import dead_letter
+from .message import GONE, OUT, READY, Entry, Message
+from .ready import PriorityReady, Ready
+
+STORED, REJECTED, DUPLICATE = 1, 2, 3     # enqueue verdicts besides 0 (kept in memory)
 
 # Arguments RabbitMQ compares when a queue is re-declared (rabbit_amqqueue declare_args).
 EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
@@ -22,7 +30,8 @@ class Queue:
         self.exclusive_owner = exclusive_owner   # the declaring connection, or None
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
-        self.ready: deque = deque()
+        self.opts = opts = QueueOptions(self.arguments)
+        self.ready = PriorityReady(opts.max_priority) if opts.max_priority else Ready()
         self.consumers: list = []
         self.unacked = 0
         self.next_seq = 0
@@ -32,6 +41,17 @@ class Queue:
         self.sources: set = set()        # exchanges with a binding to this queue
         self.deleted = False
         self.log = None                  # QueueLog when durable and the broker has a store
+        self.gone = 0                    # expired entries still sitting in ready (lazy removal)
+        self.ready_bytes = 0             # body bytes in ready, kept only with x-max-length-bytes
+        self.expiring = None             # heap of (deadline, seq, entry) once TTL is in use
+        # Features that cost something per message are switched on only when configured:
+        self.limited = opts.max_length is not None or opts.max_bytes is not None
+        self.special = bool(opts.max_priority or opts.message_ttl is not None or self.limited
+                            or opts.delivery_limit is not None or opts.dedup)
+        self.dedup_ids = {} if opts.dedup else None
+        self.last_used = None            # x-expires bookkeeping
+        if opts.expires:
+            self.touch()
 
     def __repr__(self):
         return f"<Queue {self.name!r}>"
@@ -41,47 +61,113 @@ class Queue:
         return f"queue '{self.name}' in vhost '{self.vhost.name}'"
 
     # -- messages -----------------------------------------------------------------------------
-    def enqueue(self, message) -> bool:
-        """Append a message; True when it went to the log and a confirm must wait for fsync."""
+    def enqueue(self, message) -> int:
+        """Append a message. Returns STORED when it went to the log (a confirm must wait for
+        fsync), REJECTED when x-overflow refused it, else 0."""
+        if self.special:
+            verdict = self._admit(message)
+            if verdict is not None:
+                return verdict
         self.next_seq = seq = self.next_seq + 1
         entry = Entry(seq, message)
+        if self.special:
+            self._prepare(entry)
         self.ready.append(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
+        stored = 0
         if self.log is not None and message.persistent:
             entry.segment = self.log.append_message(seq, message.route, message.header,
                                                     message.body)
             self.vhost.broker.store.mark_dirty(self.log)
-            return True
-        return False
+            stored = STORED
+        if self.limited:
+            self._trim_head()
+        return stored
+
+    def _admit(self, message):
+        """x-overflow reject-publish(-dlx) and deduplication decide before a message is added."""
+        opts = self.opts
+        if self.dedup_ids is not None:
+            key = dedup_key(message)
+            if key is not None:
+                if key in self.dedup_ids:
+                    return DUPLICATE
+        if self.limited and opts.overflow != "drop-head" and self._full(len(message.body)):
+            if opts.overflow == "reject-publish-dlx":
+                dead_letter(self, message, "maxlen")
+            return REJECTED
+        return None
+
+    def _prepare(self, entry: Entry) -> None:
+        opts = self.opts
+        message = entry.message
+        if opts.max_priority:
+            p = properties.peek(message.header, properties.PRIORITY) or 0
+            entry.priority = min(p, opts.max_priority)
+        ttl = opts.message_ttl
+        expiration = properties.peek(message.header, properties.EXPIRATION)
+        if expiration is not None:
+            try:
+                per_message = int(expiration)
+            except ValueError:
+                per_message = None
+            if per_message is not None and per_message >= 0:
+                ttl = per_message if ttl is None else min(ttl, per_message)
+        if ttl is not None:
+            self._expire_at(entry, self.vhost.broker.clock() + ttl / 1000.0)
+        if self.limited:
+            self.ready_bytes += len(message.body)
+        if self.dedup_ids is not None:
+            key = dedup_key(message)
+            if key is not None:
+                self.dedup_ids[key] = entry
 
     def requeue(self, entry: Entry) -> None:
-        """Back to its original position (by sequence), marked redelivered."""
+        """Back to its original position (by sequence), marked redelivered; or dead-lettered
+        when its TTL passed meanwhile or it hit the delivery limit."""
         entry.redelivered = True
         self.unacked -= 1
-        ready = self.ready
-        if not ready or entry.seq < ready[0].seq:
-            ready.appendleft(entry)
-        elif entry.seq > ready[-1].seq:
-            ready.append(entry)
-        else:
-            lo, hi = 0, len(ready)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if ready[mid].seq < entry.seq:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            ready.insert(lo, entry)
+        if self.special:
+            if entry.expires is not None and entry.expires <= self.vhost.broker.clock():
+                self._remove(entry, "expired")
+                return
+            limit = self.opts.delivery_limit
+            if limit is not None:
+                if entry.deliveries > limit:
+                    self._remove(entry, "delivery_limit")
+                    return
+                entry.message = with_delivery_count(entry.message, entry.deliveries)
+            entry.state = READY
+            if self.limited:
+                self.ready_bytes += len(entry.message.body)
+        self.ready.put_back(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
+
+    def reject(self, entry: Entry) -> None:
+        """A consumer rejected or nacked it without requeue."""
+        self.unacked -= 1
+        self._remove(entry, "rejected")
 
     def settle(self, entry: Entry) -> None:
         """The message left the queue for good (ack, or a no-ack delivery)."""
         self.unacked -= 1
+        self._forget(entry)
+
+    def _forget(self, entry: Entry) -> None:
+        entry.state = GONE
         if entry.segment is not None and self.log is not None:
             self.log.settle(entry.seq, entry.segment)
             self.vhost.broker.store.mark_dirty(self.log)
+        if self.dedup_ids is not None:
+            key = dedup_key(entry.message)
+            if key is not None and self.dedup_ids.get(key) is entry:
+                del self.dedup_ids[key]
+
+    def _remove(self, entry: Entry, reason: str) -> None:
+        self._forget(entry)
+        dead_letter(self, entry.message, reason)
 
     def delivering(self, entry: Entry) -> None:
         """First hand-over of a stored message: recorded, so a crash brings it back marked
@@ -90,27 +176,111 @@ class Queue:
         if entry.segment is not None and not entry.redelivered and self.log is not None:
             self.log.delivered(entry.seq)
             self.vhost.broker.store.mark_dirty(self.log)
+        if self.special:
+            entry.state = OUT
+            entry.deliveries += 1
+            if self.limited:
+                self.ready_bytes -= len(entry.message.body)
+
+    def _pop(self) -> Entry | None:
+        """The next live entry of the ready list (skipping expired ones left in place)."""
+        ready = self.ready
+        while ready:
+            entry = ready.popleft()
+            if entry.state != GONE:
+                return entry
+            self.gone -= 1
+        return None
 
     def take(self) -> Entry | None:
-        if not self.ready:
-            return None
-        entry = self.ready.popleft()
-        self.delivering(entry)
+        if self.opts.expires:
+            self.touch()
+        entry = self._pop() if self.gone else (self.ready.popleft() if self.ready else None)
+        if entry is not None:
+            self.delivering(entry)
         return entry
 
     def purge(self) -> int:
-        n = len(self.ready)
-        if self.log is not None:
-            for entry in self.ready:
-                if entry.segment is not None:
-                    self.log.settle(entry.seq, entry.segment)
-            self.vhost.broker.store.mark_dirty(self.log)
+        n = self.message_count
+        for entry in self.ready:
+            if entry.state != GONE:
+                self._forget(entry)
         self.ready.clear()
+        self.gone = 0
+        self.ready_bytes = 0
         return n
 
     @property
     def message_count(self) -> int:
-        return len(self.ready)
+        return len(self.ready) - self.gone
+
+    # -- limits and expiry ----------------------------------------------------------------------
+    def _full(self, incoming: int) -> bool:
+        """Would one more message of ``incoming`` bytes exceed x-max-length(-bytes)?"""
+        opts = self.opts
+        if opts.max_length is not None and self.message_count >= opts.max_length:
+            return True
+        return opts.max_bytes is not None and self.ready_bytes + incoming > opts.max_bytes
+
+    def _trim_head(self) -> None:
+        """x-overflow drop-head: the oldest ready messages go (dead-lettered as maxlen)."""
+        opts = self.opts
+        while self.message_count and (
+                (opts.max_length is not None and self.message_count > opts.max_length)
+                or (opts.max_bytes is not None and self.ready_bytes > opts.max_bytes)):
+            entry = self._pop()
+            if entry is None:
+                break
+            self.ready_bytes -= len(entry.message.body)
+            self._remove(entry, "maxlen")
+
+    def _expire_at(self, entry: Entry, deadline: float) -> None:
+        entry.expires = deadline
+        if self.expiring is None:
+            self.expiring = []
+        heap = self.expiring
+        if not heap or deadline < heap[0][0]:
+            self.vhost.broker.call_at(deadline, self.expire)
+        heapq.heappush(heap, (deadline, entry.seq, entry))
+
+    def expire(self) -> None:
+        """Timer: drop (dead-letter) every ready message whose time is up, wherever it sits in
+        the queue; RabbitMQ only looks at the head."""
+        heap = self.expiring
+        if self.deleted or not heap:
+            return
+        now = self.vhost.broker.clock()
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.state != READY:
+                continue              # delivered (checked again if requeued) or gone
+            self.gone += 1
+            if self.limited:
+                self.ready_bytes -= len(entry.message.body)
+            self._remove(entry, "expired")
+        if heap:
+            self.vhost.broker.call_at(heap[0][0], self.expire)
+        if self.gone > 1024 and self.gone * 2 > len(self.ready):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Many expired entries left in place: rebuild the ready list without them."""
+        live = [e for e in self.ready if e.state != GONE]
+        self.ready.clear()
+        for e in live:
+            self.ready.append(e)
+        self.gone = 0
+
+    def touch(self) -> None:
+        """x-expires: the queue was used (declared, consumed from, got from)."""
+        self.last_used = now = self.vhost.broker.clock()
+        self.vhost.broker.call_at(now + self.opts.expires / 1000.0, self.check_unused)
+
+    def check_unused(self) -> None:
+        if self.deleted or self.consumers or self.last_used is None:
+            return
+        if self.vhost.broker.clock() >= self.last_used + self.opts.expires / 1000.0 - 0.001:
+            self.vhost.delete_queue(self)
 
     # -- consumers ----------------------------------------------------------------------------
     def add_consumer(self, consumer) -> None:
@@ -132,12 +302,22 @@ class Queue:
         except ValueError:
             return
         self.priorities = any(c.priority for c in self.consumers)
-        if not self.consumers and self.auto_delete and self.had_consumer and not self.deleted:
-            self.vhost.delete_queue(self)
+        if not self.consumers:
+            if self.auto_delete and self.had_consumer and not self.deleted:
+                self.vhost.delete_queue(self)
+                return
+            if self.opts.expires:
+                self.touch()
+        elif self.opts.single_active:
+            self.vhost.broker.schedule(self)     # the next consumer takes over
 
     def next_consumer(self):
-        """Round-robin over consumers with credit; the highest priority group wins."""
+        """Round-robin over consumers with credit; the highest priority group wins. With
+        x-single-active-consumer only the first (oldest) consumer is served."""
         consumers = self.consumers
+        if self.opts.single_active:
+            c = consumers[0]
+            return c if c.has_credit() else None
         n = len(consumers)
         start = self.rr
         best = None
@@ -161,7 +341,12 @@ class Queue:
             consumer = self.next_consumer()
             if consumer is None:
                 return
-            entry = ready.popleft()
+            if self.gone:
+                entry = self._pop()
+                if entry is None:
+                    return
+            else:
+                entry = ready.popleft()
             self.delivering(entry)
             consumer.channel.deliver(consumer, entry)
 
@@ -219,3 +404,24 @@ def same_value(a, b) -> bool:
     if isinstance(b, bytes):
         b = b.decode(errors="replace")
     return a == b
+
+
+def dedup_key(message):
+    """The x-deduplication-header value of a message (the deduplication plugin's header)."""
+    if not properties.flags(message.header) & properties.HEADERS:
+        return None
+    headers = message.headers or {}
+    key = headers.get("x-deduplication-header")
+    if isinstance(key, (dict, list)):
+        return repr(key)
+    return key
+
+
+def with_delivery_count(message: Message, count: int) -> Message:
+    """Quorum queues tell consumers how often a message was delivered before."""
+    headers = dict(message.headers or {})
+    headers["x-delivery-count"] = count
+    copy = Message(message.exchange, message.routing_key, message.route,
+                   properties.rewrite(message.header, headers=headers), message.body)
+    copy._persistent = message._persistent
+    return copy

@@ -4,6 +4,7 @@ import secrets
 from ..amqp import errors
 from .exchange import TYPES, DefaultExchange, Exchange
 from ..store.definitions import encode_args
+from .arguments import validate as validate_arguments
 from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
@@ -106,12 +107,16 @@ class VHost:
                 if exclusive != (existing.exclusive_owner is not None):
                     raise_locked(existing)
                 existing.check_equivalent(durable, auto_delete, arguments)
+                if existing.opts.expires:
+                    existing.touch()
                 return existing
             if name.startswith("amq."):
                 raise errors.AccessRefused(
                     f"queue name '{name}' contains reserved prefix 'amq.*'")
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
+        validate_arguments(f"queue '{name}' in vhost '{self.name}'", arguments or {}, durable,
+                           exclusive, auto_delete)
         limit = getattr(self.broker.config.limits, "max_queues_per_vhost", 0)
         if limit and len(self.queues) >= limit:
             raise errors.PreconditionFailed(
@@ -147,7 +152,7 @@ class VHost:
         q.consumers.clear()
         if q.exclusive_owner is not None:
             q.exclusive_owner.exclusive_queues.discard(q)
-        count = len(q.ready)
+        count = q.message_count
         q.ready.clear()
         if q.log is not None:
             self.journal({"op": "queue.delete", "name": q.name})
@@ -177,6 +182,19 @@ class VHost:
         if store is not None:
             entry["vhost"] = self.name
             store.journal.append(entry)
+
+    def route_with_alternates(self, ex: Exchange, message):
+        """Route; when nothing matches, follow alternate-exchange arguments (each exchange at
+        most once, so a loop of alternates ends)."""
+        queues = self.route(ex, message)
+        seen = {ex}
+        while not queues and ex.alternate is not None:
+            ex = self.exchanges.get(ex.alternate)
+            if ex is None or ex in seen:
+                break
+            seen.add(ex)
+            queues = self.route(ex, message)
+        return queues
 
     # -- routing ------------------------------------------------------------------------------
     def route(self, ex: Exchange, message):

@@ -36,16 +36,82 @@ def decode(header: bytes) -> commands.Basic.Properties:
     return content.properties
 
 
-def delivery_mode(header: bytes) -> int:
-    """Cheap peek: delivery_mode is the 4th property, so only earlier ones need skipping."""
+# Property order and wire kinds: s shortstr, t table, o octet, q u64 timestamp.
+_LAYOUT = ((CONTENT_TYPE, "s", "content_type"), (CONTENT_ENCODING, "s", "content_encoding"),
+           (HEADERS, "t", "headers"), (DELIVERY_MODE, "o", "delivery_mode"),
+           (PRIORITY, "o", "priority"), (CORRELATION_ID, "s", "correlation_id"),
+           (REPLY_TO, "s", "reply_to"), (EXPIRATION, "s", "expiration"),
+           (MESSAGE_ID, "s", "message_id"), (TIMESTAMP, "q", "timestamp"), (TYPE, "s", "type"),
+           (USER_ID, "s", "user_id"), (APP_ID, "s", "app_id"), (CLUSTER_ID, "s", "cluster_id"))
+
+
+def peek(header: bytes, flag: int):
+    """One property's value without decoding the others (walks the raw bytes by their
+    lengths); None when absent. Tables and continuation flag words fall back to pamqp."""
     f = flags(header)
-    if not f & DELIVERY_MODE:
-        return 1
-    if f & (CONTENT_TYPE | CONTENT_ENCODING | HEADERS):
-        return decode(header).delivery_mode or 1
-    if f & 1:  # continuation flag word: rare, let pamqp handle it
-        return decode(header).delivery_mode or 1
-    return header[14] if len(header) > 14 else 1
+    if not f & flag:
+        return None
+    if f & 1:
+        return getattr(decode(header), _name(flag))
+    pos = 14
+    try:
+        for bit, kind, name in _LAYOUT:
+            if not f & bit:
+                continue
+            if bit == flag:
+                if kind == "s":
+                    n = header[pos]
+                    return header[pos + 1:pos + 1 + n].decode()
+                if kind == "o":
+                    return header[pos]
+                return getattr(decode(header), name)
+            if kind == "s":
+                pos += 1 + header[pos]
+            elif kind == "t":
+                pos += 4 + int.from_bytes(header[pos:pos + 4], "big")
+            elif kind == "o":
+                pos += 1
+            else:
+                pos += 8
+    except (IndexError, UnicodeDecodeError):
+        raise errors.FrameError("cannot decode content header properties") from None
+    return None
+
+
+def _name(flag: int) -> str:
+    return next(name for bit, _kind, name in _LAYOUT if bit == flag)
+
+
+def delivery_mode(header: bytes) -> int:
+    return peek(header, DELIVERY_MODE) or 1
+
+
+def rewrite(header: bytes, **changes) -> bytes:
+    """A new content header with some properties changed (dead-lettering, direct reply-to,
+    x-delivery-count). Not on the hot path: decodes and re-encodes with pamqp."""
+    content = pamqp_header.ContentHeader()
+    content.unmarshal(header)
+    props = content.properties
+    for name, value in changes.items():
+        setattr(props, name, value)
+    if props.headers:
+        props.headers = _encodable(props.headers)
+    return encode(content.body_size, props)
+
+
+def _encodable(value):
+    """pamqp decodes a non-UTF-8 long string as bytes but cannot encode bytes: send it back as
+    a byte array."""
+    if isinstance(value, dict):
+        return {k: _encodable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_encodable(v) for v in value]
+    if isinstance(value, bytes):
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            return bytearray(value)
+    return value
 
 
 def encode(body_size: int, properties: commands.Basic.Properties) -> bytes:

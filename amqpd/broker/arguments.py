@@ -1,0 +1,118 @@
+"""Queue arguments: validation with RabbitMQ's 406 texts, and the parsed options a queue uses.
+
+RabbitMQ validates each x-argument it knows when a queue is declared (rabbit_amqqueue
+declare_args) and answers ``PRECONDITION_FAILED - invalid arg 'x-...' for queue 'q' in vhost
+'/': <reason>``. Unknown arguments are stored and ignored, as there.
+"""
+from ..amqp import errors
+from ..wire.tables import type_name
+
+MAX_TTL = 2 ** 32 - 1            # RabbitMQ's maximum TTL in milliseconds
+QUEUE_TYPES = ("classic", "quorum")
+OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int(value, *, zero_ok: bool = True, maximum: int | None = None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f'"expected integer, got {type_name(value)}"'
+    if value < 0:
+        return f"{{value_negative,{value}}}"
+    if value == 0 and not zero_ok:
+        return f"{{value_zero,{value}}}"
+    if maximum is not None and value > maximum:
+        return f"{{max_value_exceeded,{value}}}"
+    return None
+
+
+def _string(value):
+    if not isinstance(value, (str, bytes)):
+        return f"{{unacceptable_type,{type_name(value)}}}"
+    return None
+
+
+def _bool(value):
+    if not isinstance(value, bool):
+        return f"{{unacceptable_type,{type_name(value)}}}"
+    return None
+
+
+VALIDATORS = {
+    "x-expires": lambda v: _int(v, zero_ok=False, maximum=MAX_TTL),
+    "x-message-ttl": lambda v: _int(v, maximum=MAX_TTL),
+    "x-dead-letter-exchange": _string,
+    "x-dead-letter-routing-key": _string,
+    "x-max-length": _int,
+    "x-max-length-bytes": _int,
+    "x-max-priority": lambda v: _int(v, maximum=255),
+    "x-overflow": lambda v: _string(v) or (None if _text(v) in OVERFLOW else "invalid_overflow"),
+    "x-single-active-consumer": _bool,
+    "x-delivery-limit": _int,
+    "x-queue-mode": lambda v: _string(v) or (None if _text(v) in ("default", "lazy")
+                                             else "invalid_queue_mode"),
+    "x-queue-type": lambda v: _string(v) or (None if _text(v) in QUEUE_TYPES else
+                                             f"\"unsupported queue type '{_text(v)}'\""),
+    "x-message-deduplication": _bool,
+    "x-cache-size": lambda v: _int(v, zero_ok=False),
+    "x-cache-ttl": lambda v: _int(v, zero_ok=False),
+}
+
+# Arguments a quorum queue on a single RabbitMQ node refuses (rabbit_quorum_queue).
+QUORUM_UNSUPPORTED = ("x-max-priority", "x-queue-mode", "x-message-deduplication")
+
+
+def validate(label: str, arguments: dict, durable: bool, exclusive: bool,
+             auto_delete: bool) -> None:
+    for key, check in VALIDATORS.items():
+        if key in arguments:
+            problem = check(arguments[key])
+            if problem:
+                raise errors.PreconditionFailed(f"invalid arg '{key}' for {label}: {problem}")
+    if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-dead-letter-routing-key' for {label}: "
+            "{missing_dependent_args,[<<\"x-dead-letter-exchange\">>]}")
+    if _text(arguments.get("x-queue-type", "classic")) == "quorum":
+        if not durable:
+            raise errors.PreconditionFailed(f"invalid property 'non-durable' for {label}")
+        if exclusive:
+            raise errors.PreconditionFailed(f"invalid property 'exclusive-owner' for {label}")
+        if auto_delete:
+            raise errors.PreconditionFailed(f"invalid property 'auto-delete' for {label}")
+        for key in QUORUM_UNSUPPORTED:
+            if key in arguments:
+                raise errors.PreconditionFailed(
+                    f"invalid arg '{key}' for {label}: not supported by quorum queues")
+        overflow = _text(arguments.get("x-overflow", "drop-head"))
+        if overflow == "reject-publish-dlx":
+            raise errors.PreconditionFailed(
+                f"invalid arg 'x-overflow' for {label}: reject-publish-dlx is not supported "
+                "by quorum queues")
+
+
+class QueueOptions:
+    """The arguments a queue acts on, parsed once at declaration."""
+
+    __slots__ = ("message_ttl", "expires", "dlx", "dlrk", "max_length", "max_bytes",
+                 "overflow", "max_priority", "single_active", "delivery_limit", "quorum",
+                 "dedup", "dedup_size")
+
+    def __init__(self, arguments: dict):
+        a = arguments
+        self.message_ttl = a.get("x-message-ttl")
+        self.expires = a.get("x-expires")
+        self.dlx = _text(a["x-dead-letter-exchange"]) if "x-dead-letter-exchange" in a else None
+        self.dlrk = (_text(a["x-dead-letter-routing-key"])
+                     if "x-dead-letter-routing-key" in a else None)
+        self.max_length = a.get("x-max-length")
+        self.max_bytes = a.get("x-max-length-bytes")
+        self.overflow = _text(a.get("x-overflow", "drop-head"))
+        self.max_priority = a.get("x-max-priority") or None
+        self.single_active = bool(a.get("x-single-active-consumer", False))
+        self.quorum = _text(a.get("x-queue-type", "classic")) == "quorum"
+        self.delivery_limit = a.get("x-delivery-limit") if self.quorum else None
+        self.dedup = bool(a.get("x-message-deduplication", False))
+        self.dedup_size = a.get("x-cache-size")

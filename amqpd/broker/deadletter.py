@@ -1,0 +1,77 @@
+"""Dead-lettering as RabbitMQ does it: the message is republished to the queue's
+x-dead-letter-exchange with an ``x-death`` history, the ``x-first-death-*`` and
+``x-last-death-*`` headers, its expiration removed, and cycles broken.
+"""
+import datetime
+import logging
+
+from ..wire import fastpath, properties
+from .message import Message
+
+log = logging.getLogger("amqpd.deadletter")
+
+
+def dead_letter(queue, message: Message, reason: str) -> None:
+    """Republish ``message``, which left ``queue`` for ``reason`` (rejected, expired, maxlen,
+    delivery_limit), to the queue's dead-letter exchange; drop it when there is none."""
+    opts = queue.opts
+    if opts.dlx is None:
+        return
+    vhost = queue.vhost
+    exchange = vhost.exchanges.get(opts.dlx)
+    if exchange is None:
+        log.debug("dead-letter exchange %r of %s does not exist: message dropped", opts.dlx,
+                  queue.label)
+        return
+    props = message.properties
+    headers = dict(props.headers or {})
+    deaths = _record_death(headers, queue, message, reason, props.expiration)
+    routing_key = opts.dlrk if opts.dlrk is not None else message.routing_key
+    header = properties.rewrite(message.header, headers=headers, expiration=None)
+    dead = Message(exchange.name, routing_key, fastpath.route_bytes(exchange.name, routing_key),
+                   header, message.body)
+    for target in vhost.route_with_alternates(exchange, dead):
+        if reason != "rejected" and _is_cycle(target.name, deaths):
+            log.debug("dead-letter cycle through %s: message dropped there", target.label)
+            continue
+        target.enqueue(dead)
+
+
+def _record_death(headers: dict, queue, message: Message, reason: str, expiration) -> list:
+    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    for i, death in enumerate(deaths):
+        if _text(death.get("queue")) == queue.name and _text(death.get("reason")) == reason:
+            death = dict(death, count=(death.get("count") or 0) + 1)
+            deaths = [death] + deaths[:i] + deaths[i + 1:]
+            break
+    else:
+        death = {"count": 1, "reason": reason, "queue": queue.name,
+                 "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
+                 "exchange": message.exchange, "routing-keys": [message.routing_key]}
+        if reason == "expired" and expiration is not None:
+            death["original-expiration"] = expiration
+        deaths = [death] + deaths
+    headers["x-death"] = deaths
+    if "x-first-death-reason" not in headers:
+        headers["x-first-death-reason"] = reason
+        headers["x-first-death-queue"] = queue.name
+        headers["x-first-death-exchange"] = message.exchange
+    headers["x-last-death-reason"] = reason
+    headers["x-last-death-queue"] = queue.name
+    headers["x-last-death-exchange"] = message.exchange
+    return deaths
+
+
+def _is_cycle(queue_name: str, deaths: list) -> bool:
+    """RabbitMQ's rule: routing back to a queue the message already died in is a cycle unless
+    a rejection happened on the way (a consumer decided, not a timer)."""
+    passed = []
+    for death in deaths:
+        passed.append(death)
+        if _text(death.get("queue")) == queue_name:
+            return all(_text(d.get("reason")) != "rejected" for d in passed)
+    return False
+
+
+def _text(value):
+    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else value
