@@ -25,6 +25,7 @@ SCENARIOS = [
     "many_channels",
     "heartbeats",
     "consumer_killed",
+    "reserved_names",
 ]
 
 DESCRIPTIONS = {
@@ -44,6 +45,8 @@ DESCRIPTIONS = {
     "heartbeats": "heartbeat 2 s negotiated, connection idle 5 s stays up",
     "consumer_killed": "a consumer process SIGKILLed holding 10 unacked messages; they are "
                        "redelivered first, in order, redelivered=true, none lost",
+    "reserved_names": "a server-named queue (amq.gen-) redeclared non-passively, and a new "
+                      "amq.* queue, are 403 ACCESS_REFUSED; a passive redeclare is fine",
 }
 
 CLIENTS = ["pika", "aio-pika", "aiormq", "py-amqp", "kombu", "amqplib", "java"]
@@ -191,6 +194,13 @@ EXPECTED = {
     },
 }
 
+EXPECTED["reserved_names"] = {
+    "server_named": "server (amq.gen-)",
+    "passive_redeclare": "ok",
+    "redeclare": 403,
+    "amq_custom": 403,
+}
+
 # Observations that legitimately differ for one client: its API cannot show the field.
 CLIENT_EXPECTED: dict[tuple[str, str], dict] = {
     # a robust channel names its queues itself ("amq_<hex>") so it can redeclare them after a
@@ -209,6 +219,10 @@ KNOWN_AMQPD: dict[tuple[str, str], str] = {
     ("*", "dead_letter"): "NOT YET: dead-lettering (x-dead-letter-exchange is stored but "
                           "has no effect)",
     ("*", "direct_reply_to"): "NOT YET: direct reply-to (amq.rabbitmq.reply-to)",
+    ("*", "reserved_names"): "BUG: a non-passive queue.declare of an existing amq.gen-* queue "
+                             "succeeds; RabbitMQ refuses every non-passive amq.* queue name "
+                             "with 403 (amqpd/broker/vhost.py declare_queue checks the prefix "
+                             "only for new queues)",
 }
 
 

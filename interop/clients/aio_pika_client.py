@@ -24,6 +24,13 @@ async def get_all(queue) -> list[str]:
         out.append(m.body.decode())
 
 
+async def ready(ch, name: str) -> int:
+    """Messages ready in a queue. Not ch.declare_queue(passive=True): a robust channel returns
+    its cached Queue object, whose declaration_result is the one of the first declare."""
+    underlay = await ch.get_underlay_channel()
+    return (await underlay.queue_declare(name, passive=True)).message_count
+
+
 async def next_message(it, timeout=10.0):
     return await asyncio.wait_for(it.__anext__(), timeout)
 
@@ -130,7 +137,7 @@ async def s_publish_consume_ack(ctx):
             got.append(int(m.body))
             redelivered |= bool(m.redelivered)
             await m.ack()
-    left = (await ch.declare_queue(q.name, passive=True)).declaration_result.message_count
+    left = await ready(ch, q.name)
     await conn.close()
     return {"count": len(got), "in_order": got == list(range(100)),
             "any_redelivered": redelivered, "props": first, "left": left}
@@ -161,7 +168,7 @@ async def s_nack_requeue(ctx):
         await msgs["m4"].nack(multiple=True, requeue=True)
         await take(2)
         await msgs["m4"].ack(multiple=True)
-    left = (await ch.declare_queue(q.name, passive=True)).declaration_result.message_count
+    left = await ready(ch, q.name)
     await conn.close()
     return {"deliveries": deliveries, "left": left}
 
@@ -212,7 +219,7 @@ async def s_dead_letter(ctx):
         m = await wait_get(dlq)
         dead.append(dead_info(m))
         await m.ack()
-        left = (await ch.declare_queue(work.name, passive=True)).declaration_result.message_count
+        left = await ready(ch, work.name)
     finally:
         await dlx.delete()
         await conn.close()
@@ -415,7 +422,7 @@ async def s_consumer_killed(ctx):
         obs = await asyncio.get_running_loop().run_in_executor(
             None, base.run_worker_and_kill, ctx.worker_cmd(q.name))
         deadline = time.monotonic() + 10
-        while ((await ch.declare_queue(q.name, passive=True)).declaration_result.message_count
+        while (await ready(ch, q.name)
                < 25 and time.monotonic() < deadline):
             await asyncio.sleep(0.05)
         after = []
@@ -445,6 +452,24 @@ async def worker(url, queue):
                 await m.ack()
             if count == base.WORKER_HOLD:
                 print("holding", flush=True)
+
+
+async def s_reserved_names(ctx):
+    # a plain (not robust) connection: a robust channel names "" queues itself
+    conn = await aio_pika.connect(ctx.url)
+    ch = await conn.channel()
+    name = (await ch.declare_queue("", exclusive=True)).name
+    obs = {"server_named": base.named_by(name)}
+    await ch.declare_queue(name, passive=True)
+    obs["passive_redeclare"] = "ok"
+    for key, q in (("redeclare", name), ("amq_custom", "amq.custom-" + ctx.prefix)):
+        try:
+            await (await conn.channel()).declare_queue(q, exclusive=True)
+            obs[key] = "ok"
+        except Exception as e:
+            obs[key] = base.reply_code_in(e)
+    await conn.close()
+    return obs
 
 
 SCENARIOS = {name[2:]: fn for name, fn in globals().items() if name.startswith("s_")}

@@ -477,6 +477,23 @@ def worker(url, queue):
     ch.start_consuming()
 
 
+def s_reserved_names(ctx):
+    conn = connect(ctx.url)
+    ch = conn.channel()
+    name = ch.queue_declare("", exclusive=True).method.queue
+    obs = {"server_named": base.named_by(name)}
+    ch.queue_declare(name, passive=True)
+    obs["passive_redeclare"] = "ok"
+    for key, q in (("redeclare", name), ("amq_custom", "amq.custom-" + ctx.prefix)):
+        try:
+            conn.channel().queue_declare(q, exclusive=True)
+            obs[key] = "ok"
+        except px.ChannelClosedByBroker as e:
+            obs[key] = e.reply_code
+    conn.close()
+    return obs
+
+
 SCENARIOS = {name[2:]: fn for name, fn in globals().items() if name.startswith("s_")}
 
 if __name__ == "__main__":
