@@ -15,6 +15,7 @@ Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange,
                                                  C.Confirm, C.Tx)
 
 OPEN, CLOSING = "open", "closing"
+REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 class Channel:
@@ -37,6 +38,7 @@ class Channel:
         self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
         self.write_checked = None        # the exchange last authorised for publishing
+        self.reply_queue = None          # the hidden queue of a direct reply-to consumer
         # content assembly state
         self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
         self.header = None
@@ -118,6 +120,8 @@ class Channel:
         self.publishing = self.header = None
         self.received = 0
         msg = Message(ex.name, routing_key, route, header, body)
+        if properties.flags(header) & properties.REPLY_TO:
+            self._direct_reply_to(msg)
         if properties.flags(header) & properties.USER_ID:
             user_id = msg.properties.user_id
             if user_id != self.conn.user:
@@ -136,9 +140,23 @@ class Channel:
                 self.nacks.append(self.publish_seq)
             self.conn.confirm_due(self)
 
+    def _direct_reply_to(self, msg: Message) -> None:
+        """reply_to=amq.rabbitmq.reply-to names this channel's reply consumer: rewrite it to the
+        routable name of that consumer (RabbitMQ's direct reply-to)."""
+        if properties.peek(msg.header, properties.REPLY_TO) != REPLY_TO:
+            return
+        if self.reply_queue is None:
+            raise errors.PreconditionFailed("fast reply consumer does not exist", 60, 40)
+        msg.header = properties.rewrite(msg.header, reply_to=self.reply_queue.name)
+        msg._props = None
+
     def _route(self, ex, msg: Message, mandatory: bool) -> int:
         """Enqueue everywhere the message routes. STORED if a durable queue logged it (the
         confirm waits for fsync), REJECTED if a queue refused it (x-overflow: nack), else 0."""
+        if ex.hold is not None:
+            held = ex.hold(msg)
+            if held is not None:
+                return STORED if held else 0
         queues = self.vhost.route(ex, msg)
         if not queues and ex.alternate is not None:
             queues = self.vhost.route_with_alternates(ex, msg)
@@ -317,6 +335,7 @@ class Channel:
         for consumer in list(self.consumers.values()):
             consumer.queue.remove_consumer(consumer)
         self.consumers.clear()
+        self.reply_queue = None
         if self.tx:
             self.restore_tx_acks()
         self.requeue_all()
@@ -482,6 +501,9 @@ def basic_qos(ch: Channel, m: Basic.Qos) -> None:
 
 
 def basic_consume(ch: Channel, m: Basic.Consume) -> None:
+    if m.queue == REPLY_TO:
+        _reply_consume(ch, m)
+        return
     q = _queue(ch, m.queue)
     ch.conn.authorize("read", "queue", q.name)
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
@@ -498,9 +520,29 @@ def basic_consume(ch: Channel, m: Basic.Consume) -> None:
     _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
 
 
+def _reply_consume(ch: Channel, m: Basic.Consume) -> None:
+    """Direct reply-to: a consumer on the pseudo-queue amq.rabbitmq.reply-to gets a hidden,
+    connection-exclusive queue whose name is what publishers' reply_to is rewritten to."""
+    if not m.no_ack:
+        raise errors.PreconditionFailed("reply consumer cannot acknowledge", 60, 20)
+    if ch.reply_queue is not None:
+        raise errors.PreconditionFailed("reply consumer already set", 60, 20)
+    q = ch.vhost.reply_queue(ch.conn)
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+    if tag in ch.consumers:
+        raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    consumer = Consumer(tag, ch, q, True, False, 0, 0, {})
+    q.add_consumer(consumer)
+    ch.consumers[tag] = consumer
+    ch.reply_queue = q
+    _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
+
+
 def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
     consumer = ch.consumers.pop(m.consumer_tag, None)
     if consumer is not None:
+        if consumer.queue is ch.reply_queue:
+            ch.reply_queue = None
         consumer.queue.remove_consumer(consumer)
     _ok(ch, m, Basic.CancelOk(consumer_tag=m.consumer_tag))
 

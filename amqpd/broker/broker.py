@@ -97,6 +97,9 @@ class Broker:
         self.store.journal.rewrite(kept)
         messages = queues = 0
         for vhost in self.vhosts.values():
+            for ex in vhost.exchanges.values():
+                if getattr(ex, "log", None) is not None:
+                    messages += ex.recover(*ex.log.recover())
             for q in vhost.queues.values():
                 if q.log is None:
                     continue
@@ -107,7 +110,7 @@ class Broker:
                 for seq, route, header, body, delivered, segment in live:
                     entry = Entry(seq, from_route(route, header, body, routes), delivered,
                                   segment)
-                    if q.special:
+                    if q.special or header[12] & 1:
                         q._prepare(entry)     # priority, TTL (restarting now), limits
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
@@ -116,7 +119,7 @@ class Broker:
                  time.monotonic() - started)
 
     def _restore_definition(self, vhost: VHost, d: dict) -> bool:
-        from .exchange import TYPES
+        from .exchange_types import TYPES
         from .queue import Queue
         op = d["op"]
         if op == "exchange":
@@ -124,8 +127,11 @@ class Broker:
             if cls is None:
                 log.warning("exchange %r of unknown type %r not loaded", d["name"], d["type"])
                 return True
-            vhost.exchanges[d["name"]] = cls(vhost, d["name"], True, d["auto_delete"],
-                                             d["internal"], decode_args(d["args"]))
+            ex = cls(vhost, d["name"], True, d["auto_delete"], d["internal"],
+                     decode_args(d["args"]))
+            vhost.exchanges[d["name"]] = ex
+            if cls.hold is not None:
+                vhost.attach_delay_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
             vhost.queues[d["name"]] = q

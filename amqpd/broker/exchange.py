@@ -2,6 +2,7 @@
 other exchanges; a binding is identified by (destination, routing key, arguments)."""
 from ..amqp import errors
 from . import headers as headers_match
+from ..wire.tables import type_name
 from .queue import describe, same_value
 from .topic import TopicTrie
 
@@ -103,6 +104,16 @@ class Exchange:
 
     def validate_binding(self, key: str, args: dict | None) -> None:
         """Hook for exchange types with argument rules (headers)."""
+
+    @classmethod
+    def validate_arguments(cls, label: str, arguments: dict) -> None:
+        """Declare-time checks of the exchange's arguments (406 as RabbitMQ and its plugins)."""
+        ae = arguments.get("alternate-exchange")
+        if ae is not None and not isinstance(ae, (str, bytes)):
+            raise errors.PreconditionFailed(
+                f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' in {label}")
+
+    hold = None        # delayed exchanges take messages aside before routing
 
     # Subclasses maintain an index and answer route() from it.
     def _index(self, dest, key, args): ...
@@ -214,7 +225,8 @@ class DefaultExchange(DirectExchange):
 
     def route(self, message):
         queue = self.vhost.queues.get(message.routing_key)
+        if queue is None and message.routing_key.startswith("amq.rabbitmq.reply-to."):
+            queue = self.vhost.reply_queues.get(message.routing_key)
         return (queue,) if queue is not None else ()
 
 
-TYPES = {cls.kind: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange)}

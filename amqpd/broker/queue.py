@@ -70,7 +70,8 @@ class Queue:
                 return verdict
         self.next_seq = seq = self.next_seq + 1
         entry = Entry(seq, message)
-        if self.special:
+        # header[12] & 1 is the expiration property's flag bit: per-message TTL on any queue
+        if self.special or message.header[12] & 1:
             self._prepare(entry)
         self.ready.append(entry)
         if self.consumers:
@@ -116,6 +117,7 @@ class Queue:
                 ttl = per_message if ttl is None else min(ttl, per_message)
         if ttl is not None:
             self._expire_at(entry, self.vhost.broker.clock() + ttl / 1000.0)
+            self.special = True       # entries now need their state tracked
         if self.limited:
             self.ready_bytes += len(message.body)
         if self.dedup_ids is not None:

@@ -2,7 +2,8 @@
 import secrets
 
 from ..amqp import errors
-from .exchange import TYPES, DefaultExchange, Exchange
+from .exchange import DefaultExchange, Exchange
+from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
 from .queue import Queue
@@ -18,6 +19,7 @@ class VHost:
         self.name = name
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
+        self.reply_queues: dict[str, Queue] = {}     # direct reply-to consumers' queues
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
@@ -57,8 +59,11 @@ class VHost:
         if name.startswith("amq."):
             raise errors.AccessRefused(
                 f"exchange name '{name}' contains reserved prefix 'amq.*'")
+        cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {})
         ex = cls(self, name, durable, auto_delete, internal, arguments)
         self.exchanges[name] = ex
+        if durable and cls.hold is not None:
+            self.attach_delay_log(ex)
         if durable:
             self.journal({"op": "exchange", "name": name, "type": kind, "durable": True,
                           "auto_delete": auto_delete, "internal": internal,
@@ -81,6 +86,9 @@ class VHost:
 
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
+        if getattr(ex, "log", None) is not None:
+            self.broker.store.delete_queue_log(self.name, "\0delayed:" + ex.name)
+            ex.log = None
         if ex.durable:
             self.journal({"op": "exchange.delete", "name": ex.name})
         for dest in list(ex.by_dest):
@@ -132,6 +140,20 @@ class VHost:
             self.attach_log(q)
         return q
 
+    def reply_queue(self, owner) -> Queue:
+        """A hidden queue for a direct reply-to consumer: routable only by its name through
+        the default exchange, gone with its consumer."""
+        name = "amq.rabbitmq.reply-to." + secrets.token_urlsafe(24)
+        q = Queue(self, name, False, owner, True, {})
+        self.reply_queues[name] = q
+        owner.exclusive_queues.add(q)
+        return q
+
+    def attach_delay_log(self, ex) -> None:
+        store = self.broker.store
+        if store is not None:
+            ex.log = store.queue_log(self.name, "\0delayed:" + ex.name)
+
     def attach_log(self, q: Queue) -> None:
         store = self.broker.store
         if store is not None:
@@ -144,6 +166,7 @@ class VHost:
         q.deleted = True
         if self.queues.get(q.name) is q:
             del self.queues[q.name]
+        self.reply_queues.pop(q.name, None)
         for ex in list(q.sources):
             ex.remove_dest(q)
             self._maybe_auto_delete(ex)
