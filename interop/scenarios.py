@@ -210,6 +210,9 @@ CLIENT_EXPECTED: dict[tuple[str, str], dict] = {
     # Connection.OpenOk, got Connection.Close") and drops the reply code
     ("aio-pika", "connect"): {**EXPECTED["connect"], "bad_vhost": "InvalidFrameError"},
     ("aiormq", "connect"): {**EXPECTED["connect"], "bad_vhost": "InvalidFrameError"},
+    # amqplib likewise: the handshake fails with this text and no code
+    ("amqplib", "connect"): {**EXPECTED["connect"],
+                            "bad_vhost": "Expected ConnectionOpenOk; got <ConnectionClose channel:0>"},
 }
 
 # (client or "*", scenario) -> reason. "NOT YET" is amqpd work in progress (xfail, not strict:
