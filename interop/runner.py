@@ -35,9 +35,13 @@ PYTHON_DRIVERS = {
     "aiormq": ("aiormq", "aiormq_client"),
     "py-amqp": ("amqp", "py_amqp_client"),
     "kombu": ("kombu", "kombu_client"),
+    "celery": ("celery", "celery_client"),
 }
 
-TIMEOUTS = {"consumer_killed": 45.0, "heartbeats": 25.0, "large_message": 40.0}
+TIMEOUTS = {"consumer_killed": 45.0, "heartbeats": 25.0, "large_message": 40.0,
+            "celery_acks_late_1000": 150.0, "celery_sigkill_redelivery": 150.0,
+            "celery_eta_countdown": 60.0, "celery_retry_backoff": 60.0,
+            "celery_inspect_ping": 90.0, "celery_events": 60.0}
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -274,6 +278,9 @@ def evaluate(broker: Broker, client: str, scenario: str, raw: dict, prefix: str)
 
 
 def run_client(broker: Broker, client: str, names: list[str], log=None) -> list[Result]:
+    names = [n for n in names if n in S.scenarios_for(client)]
+    if not names:
+        return []
     cmd, why = prepare(client)
     if cmd is None:
         return [Result(broker.name, client, s, "skip", reason=why) for s in names]

@@ -49,7 +49,30 @@ DESCRIPTIONS = {
                       "amq.* queue, are 403 ACCESS_REFUSED; a passive redeclare is fine",
 }
 
-CLIENTS = ["pika", "aio-pika", "aiormq", "py-amqp", "kombu", "amqplib", "java"]
+CELERY_SCENARIOS = [
+    "celery_acks_late_1000",
+    "celery_sigkill_redelivery",
+    "celery_eta_countdown",
+    "celery_retry_backoff",
+    "celery_inspect_ping",
+    "celery_events",
+]
+
+DESCRIPTIONS.update({
+    "celery_acks_late_1000": "a worker (threads pool, acks_late, prefetch x4) runs 1,000 tasks, "
+                             "each exactly once",
+    "celery_sigkill_redelivery": "a worker SIGKILLed mid-run: its unacked tasks come back "
+                                 "redelivered to a new worker and all 100 complete",
+    "celery_eta_countdown": "countdown=2 and eta=now+3 tasks run on time (not early, < 1.5 s "
+                            "late)",
+    "celery_retry_backoff": "autoretry with retry_backoff=1: attempts 1 s then 2 s apart",
+    "celery_inspect_ping": "`celery inspect ping` gets the worker's pong (pidbox remote "
+                           "control)",
+    "celery_events": "task-sent/received/started/succeeded and worker-heartbeat events reach "
+                     "an event receiver",
+})
+
+CLIENTS = ["pika", "aio-pika", "aiormq", "py-amqp", "kombu", "amqplib", "java", "celery"]
 
 CLIENT_DESCRIPTIONS = {
     "pika": "pika (BlockingConnection)",
@@ -59,7 +82,12 @@ CLIENT_DESCRIPTIONS = {
     "kombu": "kombu (Connection/Producer/Consumer/SimpleQueue)",
     "amqplib": "Node amqplib (promise API)",
     "java": "RabbitMQ Java client (com.rabbitmq:amqp-client)",
+    "celery": "Celery workers, CLI and event receiver (kombu/py-amqp underneath)",
 }
+
+
+def scenarios_for(client: str) -> list[str]:
+    return CELERY_SCENARIOS if client == "celery" else SCENARIOS
 
 CAPABILITIES = sorted([
     "authentication_failure_close", "basic.nack", "connection.blocked", "consumer_cancel_notify",
@@ -200,6 +228,20 @@ EXPECTED["reserved_names"] = {
     "redeclare": 403,
     "amq_custom": 403,
 }
+
+EXPECTED.update({
+    "celery_acks_late_1000": {"completed": 1000, "missing": 0, "duplicates": 0,
+                              "redelivered": 0, "seconds_under_60": True},
+    "celery_sigkill_redelivery": {"completed": 100, "missing": 0,
+                                  "killed_worker_ran_some": True,
+                                  "redelivered_after_kill": True,
+                                  "redelivered_ones_completed": True},
+    "celery_eta_countdown": {"now": "on time", "countdown": "on time", "eta": "on time"},
+    "celery_retry_backoff": {"attempts": 3, "retries": [0, 1, 2], "gaps": ["1 s", "2 s"]},
+    "celery_inspect_ping": {"rc": 0, "reply": "pong"},
+    "celery_events": {"task-sent": 3, "task-received": 3, "task-started": 3,
+                      "task-succeeded": 3, "worker-heartbeat": True},
+})
 
 # Observations that legitimately differ for one client: its API cannot show the field.
 CLIENT_EXPECTED: dict[tuple[str, str], dict] = {
