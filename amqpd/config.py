@@ -1,6 +1,11 @@
 """Configuration: frozen dataclasses loaded from YAML. Unknown keys and wrong types are errors
-that name the key's path, so a typo never silently falls back to a default."""
+that name the key's path, so a typo never silently falls back to a default.
+
+Every key, its default and its meaning is listed in ``conf/amqpd.yaml`` and
+``docs/configuration.md``; a test keeps the three in step.
+"""
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 
@@ -11,6 +16,49 @@ class ConfigError(ValueError):
     pass
 
 
+class Size(int):
+    """A number of bytes: an integer, or a string with a unit as RabbitMQ writes them
+    ("50MB" = 50 * 1000**2, "2GiB" = 2 * 1024**3, "512k" = 512 * 1024)."""
+
+
+class Watermark(float):
+    """The memory high watermark: a fraction of the machine's memory (0..1), or an absolute
+    size (an integer above 1, or a string with a unit). See ``parse_watermark``."""
+
+
+_UNITS = {"": 1, "b": 1,
+          "k": 1024, "kib": 1024, "m": 1024 ** 2, "mib": 1024 ** 2, "g": 1024 ** 3,
+          "gib": 1024 ** 3, "t": 1024 ** 4, "tib": 1024 ** 4,
+          "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(value, path: str) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{path}: expected a size (bytes, or a string like 50MB), got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{path}: expected a size of 0 or more, got {value}")
+        return value
+    if isinstance(value, str):
+        m = _SIZE.fullmatch(value)
+        if m and m.group(2).lower() in _UNITS:
+            return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    raise ConfigError(f"{path}: expected a size (bytes, or a string like 50MB, 2GiB), "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def parse_watermark(value, path: str):
+    """A float in 0..1 is a fraction of total memory; anything else is a size in bytes."""
+    if isinstance(value, float) or (isinstance(value, int) and not isinstance(value, bool)
+                                    and value in (0, 1)):
+        if not 0 <= value <= 1:
+            raise ConfigError(f"{path}: expected a fraction between 0 and 1 or a size like "
+                              f"200MB, got {value!r}")
+        return float(value)
+    return parse_size(value, path)
+
+
 @dataclass(frozen=True)
 class Listener:
     host: str = "127.0.0.1"
@@ -18,8 +66,20 @@ class Listener:
 
 
 @dataclass(frozen=True)
+class TLSListener:
+    host: str = "127.0.0.1"
+    port: int = 5671
+    certfile: str = ""
+    keyfile: typing.Optional[str] = None
+    cafile: typing.Optional[str] = None
+    verify_peer: bool = False
+    fail_if_no_peer_cert: bool = False
+
+
+@dataclass(frozen=True)
 class Listeners:
-    amqp: Listener = Listener()
+    amqp: typing.Optional[Listener] = Listener()
+    amqps: typing.Optional[TLSListener] = None
 
 
 @dataclass(frozen=True)
@@ -28,12 +88,20 @@ class Storage:
     fsync: str = "batch"
 
 
+HASHING_ALGORITHMS = ("rabbit_password_hashing_sha256", "rabbit_password_hashing_sha512",
+                      "rabbit_password_hashing_md5")
+
+
 @dataclass(frozen=True)
 class User:
     name: str
     password: typing.Optional[str] = None
     password_hash: typing.Optional[str] = None
+    hashing_algorithm: str = "rabbit_password_hashing_sha256"
     tags: tuple = ()
+    max_connections: int = 0        # 0: no limit
+    max_channels: int = 0           # 0: no limit (over all of the user's connections)
+    max_publish_rate: float = 0     # messages per second over all connections; 0: no limit
 
 
 @dataclass(frozen=True)
@@ -48,6 +116,8 @@ class Permission:
 @dataclass(frozen=True)
 class Limits:
     max_connections: int = 10000
+    max_connections_per_vhost: int = 0
+    max_queues_per_vhost: int = 0
     channel_max: int = 2047
     frame_max: int = 131072
     heartbeat: int = 60
@@ -56,13 +126,27 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Resources:
+    memory_high_watermark: Watermark = 0.4
+    disk_free_limit: Size = 50_000_000
+    check_interval: float = 0.25
+
+
+MECHANISMS = ("AMQPLAIN", "PLAIN", "EXTERNAL")
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: Listeners = Listeners()
     storage: Storage = Storage()
     vhosts: tuple = ("/",)
-    users: tuple = (User("guest", "guest", None, ("administrator",)),)
+    users: tuple = (User("guest", "guest", None, tags=("administrator",)),)
     permissions: tuple = (Permission("guest"),)
+    loopback_users: tuple = ("guest",)
+    auth_mechanisms: tuple = ("PLAIN", "AMQPLAIN")
     limits: Limits = Limits()
+    resources: Resources = Resources()
+    load_definitions: typing.Optional[str] = None
     log_level: str = "info"
 
     def user(self, name: str) -> typing.Optional[User]:
@@ -84,7 +168,7 @@ def _build(cls, data, path: str):
             raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
             raise ConfigError(f"{_join(path, unknown[0])}: unknown key (expected one of "
                               f"{', '.join(sorted(names))})")
@@ -95,6 +179,10 @@ def _build(cls, data, path: str):
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{_join(path, f.name)}: required")
         return cls(**kwargs)
+    if cls is Size:
+        return parse_size(data, path)
+    if cls is Watermark:
+        return parse_watermark(data, path)
     origin = typing.get_origin(cls)
     if origin is typing.Union:
         if data is None:
@@ -109,11 +197,14 @@ def _build(cls, data, path: str):
     if cls is float and isinstance(data, int) and not isinstance(data, bool):
         return float(data)
     if not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
-        raise ConfigError(f"{path}: expected {cls.__name__}, got {type(data).__name__} {data!r}")
+        raise ConfigError(f"{path}: expected {_TYPE_NAMES.get(cls, cls.__name__)}, got "
+                          f"{type(data).__name__} {data!r}")
     return data
 
 
-_ITEMS = {"users": User, "permissions": Permission, "vhosts": str, "tags": str}
+_ITEMS = {"users": User, "permissions": Permission, "vhosts": str, "tags": str,
+          "loopback_users": str, "auth_mechanisms": str}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
 def _join(path: str, key: str) -> str:
@@ -123,15 +214,58 @@ def _join(path: str, key: str) -> str:
 def _validate(cfg: Config) -> Config:
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
-    if not 0 <= cfg.listeners.amqp.port <= 65535:
-        raise ConfigError("listeners.amqp.port: expected 0..65535")
-    if not 0 <= cfg.limits.channel_max <= 65535:
+    listeners = cfg.listeners
+    if listeners.amqp is None and listeners.amqps is None:
+        raise ConfigError("listeners: at least one of amqp and amqps is needed")
+    for name in ("amqp", "amqps"):
+        lst = getattr(listeners, name)
+        if lst is not None and not 0 <= lst.port <= 65535:
+            raise ConfigError(f"listeners.{name}.port: expected 0..65535, got {lst.port}")
+    tls = listeners.amqps
+    if tls is not None:
+        if not tls.certfile:
+            raise ConfigError("listeners.amqps.certfile: required (PEM certificate chain)")
+        if (tls.verify_peer or tls.fail_if_no_peer_cert) and not tls.cafile:
+            raise ConfigError("listeners.amqps.cafile: required to verify client certificates")
+    limits = cfg.limits
+    for key in ("max_connections", "max_connections_per_vhost", "max_queues_per_vhost",
+                "heartbeat", "max_message_size", "handshake_timeout"):
+        if getattr(limits, key) < 0:
+            raise ConfigError(f"limits.{key}: expected 0 or more, got {getattr(limits, key)}")
+    if not 0 <= limits.channel_max <= 65535:
         raise ConfigError("limits.channel_max: expected 0..65535")
-    if cfg.limits.frame_max and cfg.limits.frame_max < 4096:
+    if limits.frame_max and limits.frame_max < 4096:
         raise ConfigError("limits.frame_max: expected 0 or at least 4096")
+    if limits.heartbeat > 65535:
+        raise ConfigError("limits.heartbeat: expected 0..65535 seconds")
+    if cfg.resources.check_interval < 0:
+        raise ConfigError("resources.check_interval: expected 0 or more seconds")
+    seen = set()
     for i, u in enumerate(cfg.users):
         if u.password is None and u.password_hash is None:
             raise ConfigError(f"users[{i}]: needs password or password_hash")
+        if u.name in seen:
+            raise ConfigError(f"users[{i}].name: user {u.name!r} is listed twice")
+        seen.add(u.name)
+        if u.hashing_algorithm not in HASHING_ALGORITHMS:
+            raise ConfigError(f"users[{i}].hashing_algorithm: expected one of "
+                              f"{', '.join(HASHING_ALGORITHMS)}")
+        for key in ("max_connections", "max_channels", "max_publish_rate"):
+            if getattr(u, key) < 0:
+                raise ConfigError(f"users[{i}].{key}: expected 0 (no limit) or more")
+    for i, p in enumerate(cfg.permissions):
+        for key in ("configure", "write", "read"):
+            try:
+                re.compile(getattr(p, key))
+            except re.error as exc:
+                raise ConfigError(f"permissions[{i}].{key}: invalid regular expression: "
+                                  f"{exc}") from None
+    for i, m in enumerate(cfg.auth_mechanisms):
+        if m not in MECHANISMS:
+            raise ConfigError(f"auth_mechanisms[{i}]: expected one of {', '.join(MECHANISMS)}, "
+                              f"got {m!r}")
+    if not cfg.auth_mechanisms:
+        raise ConfigError("auth_mechanisms: at least one mechanism is needed")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r}")
     return cfg
@@ -156,13 +290,31 @@ def load(path: str | None) -> Config:
 
 def override(cfg: Config, host=None, port=None, data_dir=None, log_level=None) -> Config:
     """Command-line flags win over the file."""
-    amqp = cfg.listeners.amqp
+    amqp = cfg.listeners.amqp or Listener()
     if host is not None or port is not None:
         amqp = dataclasses.replace(amqp, host=host if host is not None else amqp.host,
                                    port=port if port is not None else amqp.port)
-    cfg = dataclasses.replace(cfg, listeners=dataclasses.replace(cfg.listeners, amqp=amqp))
+        cfg = dataclasses.replace(cfg, listeners=dataclasses.replace(cfg.listeners, amqp=amqp))
     if data_dir is not None:
         cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, data_dir=data_dir))
     if log_level is not None:
         cfg = dataclasses.replace(cfg, log_level=log_level)
     return _validate(cfg)
+
+
+def keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every configuration key path (``limits.frame_max``, ``users[].name``...), for the test
+    that keeps the documentation complete."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = _join(prefix, f.name)
+        out.append(path)
+        t = hints[f.name]
+        if typing.get_origin(t) is typing.Union:
+            t = [a for a in typing.get_args(t) if a is not type(None)][0]
+        if dataclasses.is_dataclass(t):
+            out.extend(keys(t, path))
+        elif t is tuple and dataclasses.is_dataclass(_ITEMS.get(f.name)):
+            out.extend(keys(_ITEMS[f.name], path + "[]"))
+    return out

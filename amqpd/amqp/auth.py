@@ -1,4 +1,4 @@
-"""SASL PLAIN / AMQPLAIN and RabbitMQ-compatible password hashes."""
+"""SASL PLAIN / AMQPLAIN / EXTERNAL and RabbitMQ-compatible password hashes."""
 import base64
 import hashlib
 import hmac
@@ -24,7 +24,8 @@ def check_password(user, password: str) -> bool:
         algo = hashlib.sha512 if len(digest) == 64 else hashlib.md5 if len(digest) == 16 \
             else hashlib.sha256
         return hmac.compare_digest(algo(salt + password.encode()).digest(), digest)
-    return user.password is not None and hmac.compare_digest(user.password, password)
+    return user.password is not None and hmac.compare_digest(user.password.encode(),
+                                                             password.encode())
 
 
 def parse_response(mechanism: str, response) -> tuple[str, str] | None:
@@ -50,4 +51,16 @@ def parse_response(mechanism: str, response) -> tuple[str, str] | None:
             return str(login), str(password)
     except (ValueError, UnicodeDecodeError, struct.error):
         return None
+    return None
+
+
+def peer_cert_name(peercert: dict | None) -> str | None:
+    """The user name SASL EXTERNAL takes from a verified client certificate: the subject's
+    common name (RabbitMQ's ``ssl_cert_login_from = common_name``)."""
+    if not peercert:
+        return None
+    for rdn in peercert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return value
     return None

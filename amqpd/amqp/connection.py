@@ -16,6 +16,7 @@ from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_MET
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader)
 from . import auth, errors
 from .channel import CLOSING, OPEN, Channel, class_method
+from .permissions import AccessControl
 
 # Field-table integers as RabbitMQ and every client decode them (b, s, I, l only).
 pamqp_encode.support_deprecated_rabbitmq(True)
@@ -31,7 +32,7 @@ CAPABILITIES = {
     "consumer_cancel_notify": True, "connection.blocked": True, "consumer_priorities": True,
     "authentication_failure_close": True, "per_consumer_qos": True, "direct_reply_to": True,
 }
-MECHANISMS = "AMQPLAIN PLAIN"
+MECHANISM_ORDER = ("EXTERNAL", "AMQPLAIN", "PLAIN")   # as RabbitMQ lists them
 OUT_LIMIT = 1 << 20       # bytes buffered for one connection before deliveries to it pause
 
 # Connection states
@@ -42,11 +43,27 @@ class Connection:
     """``io`` is the I/O edge: it provides ``wake(conn)`` (output is pending) and
     ``close(conn)`` (drop the transport once pending output is written)."""
 
-    def __init__(self, broker, io, peer: str = "?"):
+    def __init__(self, broker, io, peer: str = "?", peer_ip: str | None = None,
+                 tls: dict | None = None):
         self.broker = broker
         self.io = io
         self.peer = peer
+        self.peer_ip = peer_ip        # None: not a network socket (unit tests): loopback
+        self.tls = tls                # None, or {"peercert": dict | None, "verified": bool}
         self.config = broker.config
+        access = getattr(broker, "access", None)
+        if access is None:            # a broker built without the server (unit tests)
+            access = broker.access = AccessControl(broker.config)
+        self.access = access
+        self.grant = None             # the user's permissions in the vhost, once open
+        self._authz: dict = {}        # (permission, kind, name) -> allowed, per connection
+        self._everything: dict = {}   # permission -> the grant allows every name
+        self.counted = False          # registered in access's live connection tables
+        self.close_reason = ""
+        self.close_logged = False
+        self.blocked_sent = False     # connection.blocked went out, unblocked is due
+        self.publish_limited = False  # count publishes for a per-user rate limit
+        self.published = 0
         limits = self.config.limits
         self.state = HEADER
         self.reader = FrameReader(limits.frame_max or 0)
@@ -154,8 +171,16 @@ class Connection:
         self.state = START
         self.send_method(0, C.Connection.Start(
             version_major=0, version_minor=9, server_properties=self._server_properties(),
-            mechanisms=MECHANISMS, locales="en_US"))
+            mechanisms=" ".join(self.mechanisms()), locales="en_US"))
         return buf[8:]
+
+    def mechanisms(self) -> list:
+        """The configured SASL mechanisms; EXTERNAL only on TLS connections (as RabbitMQ's
+        rabbitmq_auth_mechanism_ssl, which offers it even without a client certificate so the
+        refusal can say why)."""
+        configured = self.config.auth_mechanisms
+        return [m for m in MECHANISM_ORDER
+                if m in configured and (m != "EXTERNAL" or self.tls is not None)]
 
     @staticmethod
     def _server_properties() -> dict:
@@ -189,6 +214,8 @@ class Connection:
                             ch.content_interrupted()
                         if index == PUBLISH:
                             ch.on_publish(payload)
+                            if self.publish_limited:
+                                self.published += 1
                         elif index in ACKS:
                             ch.on_ack(payload, ACKS[index])
                         else:
@@ -279,6 +306,11 @@ class Connection:
             raise errors.NotAllowed(
                 f"number of channels opened ({len(self.channels)}) has reached the "
                 f"negotiated channel_max ({self.channel_max})", 0, 0)
+        limit = self.user_record.max_channels if self.user_record is not None else None
+        if limit is not None and self.access.user_channels(self.user) >= limit:
+            raise errors.NotAllowed(
+                f"number of channels opened for user '{self.user}' has reached the maximum "
+                f"allowed user limit of ({limit})", 0, 0)
         self.channels[number] = Channel(self, number)
         self.send_method(number, C.Channel.OpenOk())
 
@@ -291,7 +323,26 @@ class Connection:
     def authorize(self, permission: str, kind: str, name: str) -> None:
         """Check the user's configure/write/read permission on a resource; raise
         AccessRefused (403) when refused. Every method handler calls this the way RabbitMQ's
-        permission table says. (Enforcement of the configured regexes: see permissions.)"""
+        permission table says. Results are cached per connection (permissions do not change
+        while it is open); a grant of ``.*`` needs no lookup at all."""
+        if self._everything.get(permission):
+            return
+        key = (permission, kind, name)
+        allowed = self._authz.get(key)
+        if allowed is None:
+            grant = self.grant
+            if kind == "exchange" and not name:
+                name = "amq.default"       # as RabbitMQ names the default exchange here
+            allowed = grant is not None and grant.allows(permission, name)
+            if len(self._authz) >= 4096:   # names made up per call must not grow it forever
+                self._authz.clear()
+            self._authz[key] = allowed
+        if not allowed:
+            if kind == "exchange" and not name:
+                name = "amq.default"
+            raise errors.AccessRefused(
+                f"access to {kind} '{name}' in vhost '{self.vhost.name}' refused for user "
+                f"'{self.user}'")
 
     def confirm_due(self, ch: Channel) -> None:
         self.confirms[ch] = None
@@ -313,11 +364,27 @@ class Connection:
         log.info("closing connection %s: %s %s", self.peer, exc.code, exc.reply_text)
         self.close(exc.code, exc.reply_text, exc.class_id or 0, exc.method_id or 0)
 
+    # -- resource alarms ----------------------------------------------------------------------
+    def block(self, reason: str) -> None:
+        """A resource alarm stops reading from this publishing connection (the I/O edge does
+        that): tell the client why, if it asked to be told."""
+        if not self.blocked_sent and self.state == RUNNING \
+                and self.capabilities.get("connection.blocked"):
+            self.send_method(0, C.Connection.Blocked(reason=reason))
+            self.blocked_sent = True
+
+    def unblock(self) -> None:
+        if self.blocked_sent:
+            self.blocked_sent = False
+            if self.state == RUNNING:
+                self.send_method(0, C.Connection.Unblocked())
+
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
         """Server-initiated close: send connection.close and wait for close-ok (the I/O edge
         enforces a timeout). Unacked messages are requeued right away."""
         if self.state >= CLOSING_:
             return
+        self.close_reason = f"closed by the broker: {code} {text}"
         if self.state < OPENING:
             # Before the handshake completes, clients cannot take a close: RabbitMQ just drops.
             self.send_method(0, C.Connection.Close(reply_code=code, reply_text=errors.shorten(text),
@@ -340,17 +407,34 @@ class Connection:
             self.send_method(0, C.Connection.CloseOk())
             self._shutdown()
 
+    def _client_closed(self, method) -> None:
+        if method.reply_code and method.reply_code != 200:
+            self.close_reason = f"closed by the client: {method.reply_code} {method.reply_text}"
+        else:
+            self.close_reason = "closed by the client"
+
     def _shutdown(self) -> None:
         self._release()
         self.state = CLOSED
         self.io.close(self)
 
     def connection_lost(self) -> None:
-        """The transport is gone (clean or not): requeue what was in flight."""
+        """The transport is gone (clean or not): requeue what was in flight, and log the one
+        line a closed connection gets (if it ever got as far as connection.open)."""
         self._release()
         self.state = CLOSED
+        if self.vhost is not None and not self.close_logged:
+            self.close_logged = True
+            product = self.client_properties.get("product", "?")
+            version = self.client_properties.get("version", "?")
+            log.info("connection %s closed: user '%s' vhost '%s' client %s %s (%s)", self.peer,
+                     self.user, self.vhost.name, product, version,
+                     self.close_reason or "connection lost")
 
     def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.access.closed(self, self.user, self.vhost.name)
         for ch in list(self.channels.values()):
             ch.cleanup()
         self.channels.clear()
@@ -383,6 +467,7 @@ class Connection:
         expected = {START: C.Connection.StartOk, SECURE: C.Connection.SecureOk,
                     TUNE: C.Connection.TuneOk, OPENING: C.Connection.Open}.get(self.state)
         if isinstance(method, C.Connection.Close):
+            self._client_closed(method)
             self.send_method(0, C.Connection.CloseOk())
             self._shutdown()
             return
@@ -411,24 +496,56 @@ class Connection:
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
         mechanism = m.mechanism
-        if mechanism not in MECHANISMS.split():
+        if mechanism not in self.mechanisms():
             raise errors.ConnectionAccessRefused(
                 f"unsupported authentication mechanism '{mechanism}'", 10, 11)
-        creds = auth.parse_response(mechanism, m.response)
-        user = self.config.user(creds[0]) if creds else None
-        if user is None or not auth.check_password(user, creds[1]):
-            self._refuse_login(mechanism)
+        access = self.access
+        if mechanism == "EXTERNAL":
+            name, why = self._certificate_user()
+            user = access.user(name) if name is not None else None
+            if user is None:
+                self._refuse_login(mechanism, why or f"user '{name}' does not exist", name)
+                return
+        else:
+            creds = auth.parse_response(mechanism, m.response)
+            if creds is None:
+                self._refuse_login(mechanism, "malformed response")
+                return
+            user = access.user(creds[0])
+            if user is None or not user.check_password(creds[1]):
+                self._refuse_login(mechanism, "invalid credentials", creds[0])
+                return
+        if not access.may_log_in_from(user.name, self.peer_ip):
+            self._refuse_login(mechanism, f"user '{user.name}' can only connect via localhost",
+                               user.name)
             return
         self.user = user.name
+        self.user_record = user
         self.state = TUNE
         self.send_method(0, C.Connection.Tune(channel_max=self.channel_max,
                                               frame_max=self.frame_max,
                                               heartbeat=self.config.limits.heartbeat))
 
-    def _refuse_login(self, mechanism: str) -> None:
+    user_record = None
+
+    def _certificate_user(self):
+        """(user name, None) from the client certificate's CN, or (None, why not)."""
+        tls = self.tls or {}
+        if not tls.get("verified"):
+            return None, "TLS configuration is unsafe (listeners.amqps.verify_peer is off)"
+        if not tls.get("peercert"):
+            return None, "connection peer presented no TLS (x.509) certificate"
+        name = auth.peer_cert_name(tls["peercert"])
+        if name is None:
+            return None, "no name found"
+        return name, None
+
+    def _refuse_login(self, mechanism: str, why: str = "", user: str | None = None) -> None:
+        # The client gets RabbitMQ's deliberately vague text; the log says why.
         text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
                 f"{mechanism}. For details see the broker logfile.")
-        log.warning("login refused for %s", self.peer)
+        log.warning("login refused for %s: %s login refused: %s%s", self.peer, mechanism, why,
+                    f" (user '{user}')" if user and f"'{user}'" not in why else "")
         if self.capabilities.get("authentication_failure_close"):
             self.send_method(0, C.Connection.Close(reply_code=403, reply_text=text,
                                                    class_id=0, method_id=0))
@@ -456,13 +573,20 @@ class Connection:
         self.state = OPENING
 
     def _open(self, m: C.Connection.Open) -> None:
-        vhost = self.broker.vhosts.get(m.virtual_host)
-        if vhost is None:
-            raise errors.NotAllowed(f"vhost {m.virtual_host} not found", 10, 40)
-        if self.config.permission(self.user, m.virtual_host) is None:
-            raise errors.NotAllowed(
-                f"access to vhost '{m.virtual_host}' refused for user '{self.user}'", 10, 40)
+        name = m.virtual_host
+        vhost = self.broker.vhosts.get(name)
+        access = self.access
+        # In RabbitMQ's order: node limit, vhost (exists, limit), user limit, permissions.
+        refusal = access.check_open(self.user, name, vhost is not None)
+        if refusal is not None:
+            raise errors.NotAllowed(refusal, 10, 40)
+        self.grant = grant = access.grant(self.user, name)
+        self._everything = {p: grant.allows_everything(p) for p in ("configure", "write", "read")}
         self.vhost = vhost
+        access.opened(self, self.user, name)
+        self.counted = True
+        rate = self.user_record.max_publish_rate if self.user_record is not None else 0
+        self.publish_limited = bool(rate)
         self.state = RUNNING
         self.send_method(0, C.Connection.OpenOk())
         product = self.client_properties.get("product", "?")
