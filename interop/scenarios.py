@@ -34,7 +34,8 @@ DESCRIPTIONS = {
                  "exchange-to-exchange binding), publish, read back what each queue got",
     "publish_consume_ack": "100 messages with properties, consumed with prefetch 10 and acked",
     "nack_requeue": "nack and reject with requeue; redelivered=true; multiple nack",
-    "dead_letter": "reject/nack requeue=false into a dead-letter exchange; x-death contents",
+    "dead_letter": "dead-lettering by reject/nack requeue=false (twice: x-death count 2), "
+                   "x-max-length overflow and per-message expiration; x-death contents",
     "confirms": "publisher confirms: 50 acks; unroutable mandatory returned then acked; 404",
     "mandatory": "mandatory unroutable publish comes back as basic.return 312 NO_ROUTE",
     "basic_get": "basic.get: get-empty, message_count, reject-requeue then redelivered",
@@ -110,6 +111,16 @@ def _large_sha() -> str:
 LARGE_SHA256 = _large_sha()
 
 
+def _dead(body, count, reason, queue, extra=None):
+    """A dead-lettered message as the drivers report it (queue names after the P prefix)."""
+    return {"body": body, "exchange": "P.dlx", "routing_key": "dead", "redelivered": False,
+            "expiration": None,
+            "x-death": [{"count": count, "reason": reason, "queue": f"P.{queue}", "exchange": "",
+                         "routing-keys": [f"P.{queue}"], "time": True, **(extra or {})}],
+            "x-first-death-reason": reason, "x-first-death-queue": f"P.{queue}",
+            "x-first-death-exchange": ""}
+
+
 def _deliveries(*items):
     return [[body, redelivered] for body, redelivered in items]
 
@@ -156,22 +167,14 @@ EXPECTED = {
     },
     "dead_letter": {
         "dead": [
-            {"body": "r1", "exchange": "P.dlx", "routing_key": "dead", "redelivered": False,
-             "x-death": [{"count": 1, "reason": "rejected", "queue": "P.work", "exchange": "",
-                          "routing-keys": ["P.work"], "time": True}],
-             "x-first-death-reason": "rejected", "x-first-death-queue": "P.work",
-             "x-first-death-exchange": ""},
-            {"body": "n1", "exchange": "P.dlx", "routing_key": "dead", "redelivered": False,
-             "x-death": [{"count": 1, "reason": "rejected", "queue": "P.work", "exchange": "",
-                          "routing-keys": ["P.work"], "time": True}],
-             "x-first-death-reason": "rejected", "x-first-death-queue": "P.work",
-             "x-first-death-exchange": ""},
+            _dead("r1", 1, "rejected", "work"),
+            _dead("n1", 1, "rejected", "work"),
             # r1 republished with its headers to the work queue and rejected again
-            {"body": "r1", "exchange": "P.dlx", "routing_key": "dead", "redelivered": False,
-             "x-death": [{"count": 2, "reason": "rejected", "queue": "P.work", "exchange": "",
-                          "routing-keys": ["P.work"], "time": True}],
-             "x-first-death-reason": "rejected", "x-first-death-queue": "P.work",
-             "x-first-death-exchange": ""},
+            _dead("r1", 2, "rejected", "work"),
+            # l1: head of a full x-max-length=1 queue when l2 came
+            _dead("l1", 1, "maxlen", "maxlen"),
+            # e1: published with expiration "50" (ms); the property moves into x-death
+            _dead("e1", 1, "expired", "ttl", {"original-expiration": "50"}),
         ],
         "work_left": 0,
     },

@@ -177,9 +177,12 @@ def dead_info(m):
     h = m.headers or {}
     xd = [{"count": e.get("count"), "reason": e.get("reason"), "queue": e.get("queue"),
            "exchange": e.get("exchange"), "routing-keys": list(e.get("routing-keys") or []),
-           "time": "time" in e} for e in h.get("x-death", [])]
+           "time": "time" in e,
+           **({"original-expiration": e["original-expiration"]}
+              if "original-expiration" in e else {})} for e in h.get("x-death", [])]
     return {"body": m.body.decode(), "exchange": m.exchange, "routing_key": m.routing_key,
-            "redelivered": bool(m.redelivered), "x-death": xd,
+            "redelivered": bool(m.redelivered), "expiration": m.properties.expiration,
+            "x-death": xd,
             "x-first-death-reason": h.get("x-first-death-reason"),
             "x-first-death-queue": h.get("x-first-death-queue"),
             "x-first-death-exchange": h.get("x-first-death-exchange")}
@@ -216,6 +219,19 @@ async def s_dead_letter(ctx):
             if m.body == b"r1":
                 await ch.default_exchange.publish(Message(m.body, headers=m.headers), work.name)
         await (await wait_get(work)).reject(requeue=False)
+        m = await wait_get(dlq)
+        dead.append(dead_info(m))
+        await m.ack()
+        dl = {"x-dead-letter-exchange": dlx.name, "x-dead-letter-routing-key": "dead"}
+        maxlen = await ch.declare_queue(ctx.name("maxlen"), exclusive=True,
+                                        arguments={**dl, "x-max-length": 1})
+        ttl = await ch.declare_queue(ctx.name("ttl"), exclusive=True, arguments=dl)
+        await ch.default_exchange.publish(Message(b"l1"), maxlen.name)
+        await ch.default_exchange.publish(Message(b"l2"), maxlen.name)
+        m = await wait_get(dlq)
+        dead.append(dead_info(m))
+        await m.ack()
+        await ch.default_exchange.publish(Message(b"e1", expiration=0.05), ttl.name)
         m = await wait_get(dlq)
         dead.append(dead_info(m))
         await m.ack()

@@ -182,10 +182,12 @@ def dead_info(m):
     h = m.header.properties.headers or {}
     xd = [{"count": e.get("count"), "reason": e.get("reason"), "queue": e.get("queue"),
            "exchange": e.get("exchange"), "routing-keys": list(e.get("routing-keys") or []),
-           "time": "time" in e} for e in h.get("x-death", [])]
+           "time": "time" in e,
+           **({"original-expiration": e["original-expiration"]}
+              if "original-expiration" in e else {})} for e in h.get("x-death", [])]
     return {"body": m.body.decode(), "exchange": m.delivery.exchange,
             "routing_key": m.delivery.routing_key, "redelivered": m.delivery.redelivered,
-            "x-death": xd,
+            "expiration": m.header.properties.expiration, "x-death": xd,
             "x-first-death-reason": h.get("x-first-death-reason"),
             "x-first-death-queue": h.get("x-first-death-queue"),
             "x-first-death-exchange": h.get("x-first-death-exchange")}
@@ -224,6 +226,19 @@ async def s_dead_letter(ctx):
                 await ch.basic_publish(m.body, routing_key=work,
                                        properties=P(headers=m.header.properties.headers))
         await ch.basic_reject((await wait_get(ch, work)).delivery.delivery_tag, requeue=False)
+        m = await wait_get(ch, dlq)
+        dead.append(dead_info(m))
+        await ch.basic_ack(m.delivery.delivery_tag)
+        dl = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dead"}
+        await ch.queue_declare(ctx.name("maxlen"), exclusive=True,
+                               arguments={**dl, "x-max-length": 1})
+        await ch.queue_declare(ctx.name("ttl"), exclusive=True, arguments=dl)
+        await ch.basic_publish(b"l1", routing_key=ctx.name("maxlen"))
+        await ch.basic_publish(b"l2", routing_key=ctx.name("maxlen"))
+        m = await wait_get(ch, dlq)
+        dead.append(dead_info(m))
+        await ch.basic_ack(m.delivery.delivery_tag)
+        await ch.basic_publish(b"e1", routing_key=ctx.name("ttl"), properties=P(expiration="50"))
         m = await wait_get(ch, dlq)
         dead.append(dead_info(m))
         await ch.basic_ack(m.delivery.delivery_tag)

@@ -194,10 +194,13 @@ def dead_info(m):
     h = m.headers or {}
     xd = [{"count": e.get("count"), "reason": e.get("reason"), "queue": e.get("queue"),
            "exchange": e.get("exchange"), "routing-keys": list(e.get("routing-keys") or []),
-           "time": "time" in e} for e in h.get("x-death", [])]
+           "time": "time" in e,
+           **({"original-expiration": e["original-expiration"]}
+              if "original-expiration" in e else {})} for e in h.get("x-death", [])]
     return {"body": body_text(m), "exchange": m.delivery_info["exchange"],
             "routing_key": m.delivery_info["routing_key"],
-            "redelivered": m.delivery_info["redelivered"], "x-death": xd,
+            "redelivered": m.delivery_info["redelivered"],
+            "expiration": m.properties.get("expiration"), "x-death": xd,
             "x-first-death-reason": h.get("x-first-death-reason"),
             "x-first-death-queue": h.get("x-first-death-queue"),
             "x-first-death-exchange": h.get("x-first-death-exchange")}
@@ -237,6 +240,21 @@ def s_dead_letter(ctx):
             if body_text(m) == "r1":
                 publish(producer, m.body, routing_key=work.name, headers=m.headers)
         wait_get(work).reject()
+        m = wait_get(dlq)
+        dead.append(dead_info(m))
+        m.ack()
+        dl = {"x-dead-letter-exchange": dlx.name, "x-dead-letter-routing-key": "dead"}
+        maxlen = Queue(ctx.name("maxlen"), exclusive=True, auto_delete=False, max_length=1,
+                       queue_arguments=dl)(ch)
+        maxlen.declare()
+        ttl = Queue(ctx.name("ttl"), exclusive=True, auto_delete=False, queue_arguments=dl)(ch)
+        ttl.declare()
+        publish(producer, "l1", routing_key=maxlen.name)
+        publish(producer, "l2", routing_key=maxlen.name)
+        m = wait_get(dlq)
+        dead.append(dead_info(m))
+        m.ack()
+        publish(producer, "e1", routing_key=ttl.name, expiration=0.05)
         m = wait_get(dlq)
         dead.append(dead_info(m))
         m.ack()

@@ -193,10 +193,12 @@ def dead_info(method, props, body):
     for e in h.get("x-death", []):
         xd.append({"count": e.get("count"), "reason": e.get("reason"), "queue": e.get("queue"),
                    "exchange": e.get("exchange"), "routing-keys": e.get("routing-keys"),
-                   "time": "time" in e})
+                   "time": "time" in e,
+                   **({"original-expiration": e["original-expiration"]}
+                      if "original-expiration" in e else {})})
     return {"body": body.decode(), "exchange": method.exchange,
             "routing_key": method.routing_key, "redelivered": method.redelivered,
-            "x-death": xd,
+            "expiration": props.expiration, "x-death": xd,
             "x-first-death-reason": h.get("x-first-death-reason"),
             "x-first-death-queue": h.get("x-first-death-queue"),
             "x-first-death-exchange": h.get("x-first-death-exchange")}
@@ -237,6 +239,20 @@ def s_dead_letter(ctx):
                 ch.basic_publish("", work, b, pika.BasicProperties(headers=p.headers))
         m, _, _ = wait_get(ch, work)
         ch.basic_reject(m.delivery_tag, requeue=False)
+        m, p, b = wait_get(ch, dlq)
+        dead.append(dead_info(m, p, b))
+        ch.basic_ack(m.delivery_tag)
+        # reason maxlen: the head of a full x-max-length=1 queue; reason expired: a message
+        # with a 50 ms expiration property
+        dl = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dead"}
+        ch.queue_declare(ctx.name("maxlen"), exclusive=True, arguments={**dl, "x-max-length": 1})
+        ch.queue_declare(ctx.name("ttl"), exclusive=True, arguments=dl)
+        ch.basic_publish("", ctx.name("maxlen"), b"l1")
+        ch.basic_publish("", ctx.name("maxlen"), b"l2")
+        m, p, b = wait_get(ch, dlq)
+        dead.append(dead_info(m, p, b))
+        ch.basic_ack(m.delivery_tag)
+        ch.basic_publish("", ctx.name("ttl"), b"e1", pika.BasicProperties(expiration="50"))
         m, p, b = wait_get(ch, dlq)
         dead.append(dead_info(m, p, b))
         ch.basic_ack(m.delivery_tag)

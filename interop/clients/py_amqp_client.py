@@ -193,10 +193,13 @@ def dead_info(m):
     h = m.properties.get("application_headers") or {}
     xd = [{"count": e.get("count"), "reason": e.get("reason"), "queue": e.get("queue"),
            "exchange": e.get("exchange"), "routing-keys": list(e.get("routing-keys") or []),
-           "time": "time" in e} for e in h.get("x-death", [])]
+           "time": "time" in e,
+           **({"original-expiration": e["original-expiration"]}
+              if "original-expiration" in e else {})} for e in h.get("x-death", [])]
     return {"body": text(m.body), "exchange": m.delivery_info["exchange"],
             "routing_key": m.delivery_info["routing_key"],
-            "redelivered": m.delivery_info["redelivered"], "x-death": xd,
+            "redelivered": m.delivery_info["redelivered"],
+            "expiration": m.properties.get("expiration"), "x-death": xd,
             "x-first-death-reason": h.get("x-first-death-reason"),
             "x-first-death-queue": h.get("x-first-death-queue"),
             "x-first-death-exchange": h.get("x-first-death-exchange")}
@@ -235,6 +238,19 @@ def s_dead_letter(ctx):
                 ch.basic_publish(Message(m.body, application_headers=m.properties.get(
                     "application_headers")), "", work)
         ch.basic_reject(wait_get(ch, work).delivery_tag, requeue=False)
+        m = wait_get(ch, dlq)
+        dead.append(dead_info(m))
+        ch.basic_ack(m.delivery_tag)
+        dl = {"x-dead-letter-exchange": dlx, "x-dead-letter-routing-key": "dead"}
+        ch.queue_declare(ctx.name("maxlen"), exclusive=True, auto_delete=False,
+                         arguments={**dl, "x-max-length": 1})
+        ch.queue_declare(ctx.name("ttl"), exclusive=True, auto_delete=False, arguments=dl)
+        ch.basic_publish(Message("l1"), "", ctx.name("maxlen"))
+        ch.basic_publish(Message("l2"), "", ctx.name("maxlen"))
+        m = wait_get(ch, dlq)
+        dead.append(dead_info(m))
+        ch.basic_ack(m.delivery_tag)
+        ch.basic_publish(Message("e1", expiration="50"), "", ctx.name("ttl"))
         m = wait_get(ch, dlq)
         dead.append(dead_info(m))
         ch.basic_ack(m.delivery_tag)

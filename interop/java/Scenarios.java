@@ -321,14 +321,16 @@ public class Scenarios {
         if (raw instanceof List) {
             for (Object o : (List<?>) raw) {
                 @SuppressWarnings("unchecked") Map<String, Object> e = (Map<String, Object>) plain(o);
-                xd.add(map("count", e.get("count"), "reason", e.get("reason"), "queue", e.get("queue"),
-                        "exchange", e.get("exchange"), "routing-keys", e.get("routing-keys"),
-                        "time", e.containsKey("time")));
+                Map<String, Object> entry = map("count", e.get("count"), "reason", e.get("reason"),
+                        "queue", e.get("queue"), "exchange", e.get("exchange"),
+                        "routing-keys", e.get("routing-keys"), "time", e.containsKey("time"));
+                if (e.containsKey("original-expiration")) entry.put("original-expiration", e.get("original-expiration"));
+                xd.add(entry);
             }
         }
         return map("body", str(r.getBody()), "exchange", r.getEnvelope().getExchange(),
                 "routing_key", r.getEnvelope().getRoutingKey(), "redelivered", r.getEnvelope().isRedeliver(),
-                "x-death", xd, "x-first-death-reason", plain(h.get("x-first-death-reason")),
+                "expiration", r.getProps().getExpiration(), "x-death", xd, "x-first-death-reason", plain(h.get("x-first-death-reason")),
                 "x-first-death-queue", plain(h.get("x-first-death-queue")),
                 "x-first-death-exchange", plain(h.get("x-first-death-exchange")));
     }
@@ -362,6 +364,20 @@ public class Scenarios {
             GetResponse r = waitGet(ch, dlq);
             dead.add(deadInfo(r));
             ch.basicAck(r.getEnvelope().getDeliveryTag(), false);
+            // reason maxlen: the head of a full x-max-length=1 queue; reason expired: a 50 ms expiration
+            Map<String, Object> maxArgs = new HashMap<>(args);
+            maxArgs.put("x-max-length", 1);
+            ch.queueDeclare(name("maxlen"), false, true, false, maxArgs);
+            ch.queueDeclare(name("ttl"), false, true, false, args);
+            ch.basicPublish("", name("maxlen"), null, utf8("l1"));
+            ch.basicPublish("", name("maxlen"), null, utf8("l2"));
+            GetResponse d = waitGet(ch, dlq);
+            dead.add(deadInfo(d));
+            ch.basicAck(d.getEnvelope().getDeliveryTag(), false);
+            ch.basicPublish("", name("ttl"), new AMQP.BasicProperties.Builder().expiration("50").build(), utf8("e1"));
+            d = waitGet(ch, dlq);
+            dead.add(deadInfo(d));
+            ch.basicAck(d.getEnvelope().getDeliveryTag(), false);
             long left = ch.queueDeclarePassive(work).getMessageCount();
             return map("dead", dead, "work_left", left);
         } finally {

@@ -218,10 +218,15 @@ S.nack_requeue = async (ctx) => {
 
 function deadInfo(m) {
   const h = m.properties.headers || {};
-  const xd = (h['x-death'] || []).map((e) => ({ count: e.count, reason: e.reason, queue: e.queue,
-    exchange: e.exchange, 'routing-keys': e['routing-keys'], time: 'time' in e }));
+  const xd = (h['x-death'] || []).map((e) => {
+    const out = { count: e.count, reason: e.reason, queue: e.queue, exchange: e.exchange,
+      'routing-keys': e['routing-keys'], time: 'time' in e };
+    if ('original-expiration' in e) out['original-expiration'] = e['original-expiration'];
+    return out;
+  });
   return { body: m.content.toString(), exchange: m.fields.exchange, routing_key: m.fields.routingKey,
-    redelivered: m.fields.redelivered, 'x-death': xd,
+    redelivered: m.fields.redelivered, expiration: m.properties.expiration === undefined ? null : m.properties.expiration,
+    'x-death': xd,
     'x-first-death-reason': h['x-first-death-reason'], 'x-first-death-queue': h['x-first-death-queue'],
     'x-first-death-exchange': h['x-first-death-exchange'] };
 }
@@ -261,6 +266,19 @@ S.dead_letter = async (ctx) => {
     const m = await waitGet(ch, dlq);
     dead.push(deadInfo(m));
     ch.ack(m);
+    // reason maxlen: the head of a full x-max-length=1 queue; reason expired: a 50 ms expiration
+    await ch.assertQueue(ctx.name('maxlen'), { exclusive: true, maxLength: 1, deadLetterExchange: dlx,
+      deadLetterRoutingKey: 'dead' });
+    await ch.assertQueue(ctx.name('ttl'), { exclusive: true, deadLetterExchange: dlx, deadLetterRoutingKey: 'dead' });
+    ch.sendToQueue(ctx.name('maxlen'), Buffer.from('l1'));
+    ch.sendToQueue(ctx.name('maxlen'), Buffer.from('l2'));
+    let d = await waitGet(ch, dlq);
+    dead.push(deadInfo(d));
+    ch.ack(d);
+    ch.sendToQueue(ctx.name('ttl'), Buffer.from('e1'), { expiration: '50' });
+    d = await waitGet(ch, dlq);
+    dead.push(deadInfo(d));
+    ch.ack(d);
     left = (await ch.checkQueue(work)).messageCount;
   } finally {
     const c2 = await channel(conn);
