@@ -8,6 +8,7 @@ side. Exit status 0 when nothing failed (xfail and skipped clients do not fail t
 """
 import argparse
 import json
+import subprocess
 import sys
 import time
 
@@ -106,9 +107,15 @@ def markdown(results, brokers, clients, names, seconds) -> str:
     ref = next((b for b in brokers if b.name == "reference"), None)
     amqpd = next(b for b in brokers if b.name == "amqpd")
     out = [BEGIN, ""]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=runner.ROOT,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
     out.append(f"Run: `python -m interop{' --reference-url ...' if ref else ''}` "
                f"({time.strftime('%Y-%m-%d')}, {seconds:.0f} s). amqpd: {amqpd.product} "
-               f"{amqpd.version}" + (f"; reference: {ref.product} {ref.version}." if ref else "."))
+               f"{amqpd.version}{f' at commit {commit}' if commit else ''}"
+               + (f"; reference: {ref.product} {ref.version}." if ref else "."))
     out.append("")
     out.append("### Scenario results on amqpd")
     out.append("")
