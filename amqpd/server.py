@@ -3,11 +3,13 @@ graceful shutdown. Everything below this module is sans-IO."""
 import asyncio
 import logging
 import signal
+import ssl
 
 from concurrent.futures import ThreadPoolExecutor
 
+from . import alarms as alarms_mod
+from . import definitions
 from .amqp.connection import CLOSED, CLOSING_, RUNNING, Connection
-from .broker.broker import Broker
 from .store.store import Store
 
 log = logging.getLogger("amqpd.server")
@@ -22,8 +24,12 @@ READ_BUDGET = READ_SIZE
 
 
 class AMQPProtocol(asyncio.BufferedProtocol):
-    def __init__(self, server: "Server"):
+    def __init__(self, server: "Server", tls: bool = False):
         self.server = server
+        self.tls = tls
+        self.blocked = False          # a resource alarm stopped reading from this publisher
+        self.rate_paused = False      # over the user's publish rate: reading resumes later
+        self.transport_paused = False
         self.loop = server.loop
         self.transport = None
         self.conn: Connection | None = None
@@ -40,10 +46,27 @@ class AMQPProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        peer = transport.get_extra_info("peername")
-        peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.conn = Connection(self.server.broker, self, peer)
-        self.server.protocols.add(self)
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple):
+            peer, peer_ip = f"{peername[0]}:{peername[1]}", peername[0]
+        else:
+            peer, peer_ip = str(peername), None
+        tls = None
+        if self.tls:      # asyncio calls connection_made once the TLS handshake is done
+            tls = {"peercert": transport.get_extra_info("peercert"),
+                   "verified": self.server.tls_verifies}
+        self.conn = Connection(self.server.broker, self, peer, peer_ip, tls)
+        server = self.server
+        limit = server.config.limits.max_connections
+        if limit and len(server.protocols) >= 2 * limit:
+            # Over the limit, clients hear 530 at connection.open; this far over, the socket
+            # is dropped at once so a flood cannot exhaust file descriptors.
+            log.warning("refusing connection from %s: %d sockets open (limit %d)", peer,
+                        len(server.protocols), limit)
+            self.conn.state = CLOSED
+            transport.abort()
+            return
+        server.protocols.add(self)
         limit = self.server.config.limits.handshake_timeout
         if limit:
             self.timers.append(self.loop.call_later(limit, self._handshake_timeout))
@@ -61,8 +84,12 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         if self.read_budget <= 0 and not self.reading_paused:
             # Yield to the other connections; read again on the next loop turn.
             self.reading_paused = True
-            self.transport.pause_reading()
+            self._set_reading()
             self.loop.call_soon(self._resume_reading)
+        if conn.has_published and self.server.alarms and not self.blocked:
+            self.server.block(self)       # RabbitMQ blocks a connection when it publishes
+        if conn.published:
+            self._rate_limit()
         if conn.heartbeat and not self.heartbeat_on and conn.state >= RUNNING - 1:
             self.heartbeat_on = True
             self.timers.append(self.loop.call_later(conn.heartbeat / 2, self._heartbeat))
@@ -72,8 +99,49 @@ class AMQPProtocol(asyncio.BufferedProtocol):
     def _resume_reading(self) -> None:
         self.read_budget = READ_BUDGET
         self.reading_paused = False
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        """Reading stops for any of: the per-turn budget, a resource alarm, a rate limit."""
+        paused = self.reading_paused or self.blocked or self.rate_paused
+        if paused != self.transport_paused and not self.transport.is_closing():
+            self.transport_paused = paused
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _rate_limit(self) -> None:
+        """Per-user publish rate (messages/s): a token bucket shared by the user's
+        connections, holding one second's worth; overdrawn, reading pauses until it refills."""
+        conn = self.conn
+        count, conn.published = conn.published, 0
+        rate = conn.user_record.max_publish_rate
+        now = self.loop.time()
+        bucket = self.server.buckets.get(conn.user)
+        if bucket is None:
+            bucket = self.server.buckets[conn.user] = [float(max(rate, 1.0)), now]
+        tokens = min(max(rate, 1.0), bucket[0] + (now - bucket[1]) * rate) - count
+        bucket[0], bucket[1] = tokens, now
+        if tokens < 0 and not self.rate_paused:
+            self.rate_paused = True
+            self._set_reading()
+            self.timers.append(self.loop.call_later(-tokens / rate, self._rate_resume))
+
+    def _rate_resume(self) -> None:
+        self.rate_paused = False
+        self._set_reading()
+
+    def set_blocked(self, blocked: bool, reason: str = "") -> None:
+        if blocked == self.blocked:
+            return
+        self.blocked = blocked
+        if blocked:
+            self.conn.block(reason)
+        else:
+            self.conn.unblock()
+        if self.transport is not None:
+            self._set_reading()
 
     def pause_writing(self) -> None:
         self.conn.set_writable(False)
@@ -82,7 +150,10 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.conn.set_writable(True)
 
     def connection_lost(self, exc) -> None:
+        if self not in self.server.protocols:      # dropped at accept
+            return
         self.server.protocols.discard(self)
+        self.server.blocked.discard(self)
         self.server.dirty.pop(self, None)
         for t in self.timers:
             t.cancel()
@@ -108,6 +179,10 @@ class AMQPProtocol(asyncio.BufferedProtocol):
     def _heartbeat(self) -> None:
         if self.transport is None or self.transport.is_closing():
             return
+        if self.transport_paused:
+            # Not reading is our doing (alarm, rate limit): the peer is not silent. RabbitMQ
+            # pauses its heartbeat monitor for blocked connections the same way.
+            self.conn.received = True
         if not self.conn.heartbeat_tick():
             self.abort()
             return
@@ -134,10 +209,17 @@ class AMQPProtocol(asyncio.BufferedProtocol):
 class Server:
     def __init__(self, config):
         self.config = config
-        self.store = Store(config.storage.data_dir, config.storage.fsync)
-        self.broker = Broker(config, self.store)
-        self.broker.recover()
+        # The data dir (lock), users/vhosts/permissions, recovery and load_definitions.
+        self.store, self.access, self.broker = definitions.open_broker(config)
         self.store.on_dirty = self.schedule_commit
+        self.monitor = alarms_mod.ResourceMonitor(config.resources, self.store.data_dir)
+        self.alarms: set = set()          # resource alarms in force: "memory", "disk"
+        self.blocked: set = set()         # protocols not read from because of them
+        self.buckets: dict = {}           # user -> [tokens, time] for publish rate limits
+        self.check_timer = None
+        self.tls_listener = None
+        self.tls_port = None
+        self.tls_verifies = False
         self.fsync_worker = ThreadPoolExecutor(1, thread_name_prefix="amqpd-fsync")
         self.syncing = False
         self.commit_scheduled = False
@@ -152,12 +234,53 @@ class Server:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         listen = self.config.listeners.amqp
-        self.listener = await self.loop.create_server(
-            lambda: AMQPProtocol(self), listen.host, listen.port, reuse_address=True,
-            backlog=1024)
-        self.port = self.listener.sockets[0].getsockname()[1]
+        tls = self.config.listeners.amqps
+        context = tls_context(tls) if tls is not None else None
+        if listen is not None:
+            self.listener = await self.loop.create_server(
+                lambda: AMQPProtocol(self), listen.host, listen.port, reuse_address=True,
+                backlog=1024)
+            self.port = self.listener.sockets[0].getsockname()[1]
+        if tls is not None:
+            self.tls_verifies = context.verify_mode != ssl.CERT_NONE
+            self.tls_listener = await self.loop.create_server(
+                lambda: AMQPProtocol(self, tls=True), tls.host, tls.port, ssl=context,
+                reuse_address=True, backlog=1024,
+                ssl_handshake_timeout=self.config.limits.handshake_timeout or None)
+            self.tls_port = self.tls_listener.sockets[0].getsockname()[1]
         self.broker.set_scheduler(self.loop)       # timers (TTL, expiry, delays) run on the loop
-        log.info("amqpd listening on amqp://%s:%d", listen.host, self.port)
+        if listen is not None:
+            log.info("amqpd listening on amqp://%s:%d", listen.host, self.port)
+        if tls is not None:
+            log.info("amqpd listening on amqps://%s:%d", tls.host, self.tls_port)
+        if self.config.resources.check_interval:
+            log.info("resource limits: %s", self.monitor.describe())
+            self._check_resources()
+
+    # -- resource alarms ----------------------------------------------------------------------
+    def _check_resources(self) -> None:
+        self.set_alarms(self.monitor.check())
+        self.check_timer = self.loop.call_later(self.config.resources.check_interval,
+                                                self._check_resources)
+
+    def set_alarms(self, alarms: set) -> None:
+        """Raise or clear resource alarms. As in RabbitMQ, a connection is blocked when it
+        next publishes (``has_published`` is re-armed here and checked after each read), so
+        connections that only consume keep going; all are unblocked when every alarm clears."""
+        alarms = set(alarms)
+        before, self.alarms = self.alarms, alarms
+        if alarms and not before:
+            for p in self.protocols:
+                p.conn.has_published = False
+        elif before and not alarms:
+            for p in list(self.blocked):
+                p.set_blocked(False)
+            self.blocked.clear()
+            self.flush()
+
+    def block(self, protocol: AMQPProtocol) -> None:
+        self.blocked.add(protocol)
+        protocol.set_blocked(True, alarms_mod.blocked_reason(self.alarms))
 
     def mark_dirty(self, protocol: AMQPProtocol) -> None:
         self.dirty[protocol] = None
@@ -233,6 +356,14 @@ class Server:
         """Stop accepting, close every client with 320 CONNECTION_FORCED, wait briefly."""
         if self.listener is not None:
             self.listener.close()
+        if self.tls_listener is not None:
+            self.tls_listener.close()
+        if self.check_timer is not None:
+            self.check_timer.cancel()
+        for p in list(self.protocols):       # read the close-ok of blocked publishers too
+            p.blocked = p.rate_paused = False
+            if p.transport is not None:
+                p._set_reading()
         self._all_closed = asyncio.Event()
         for p in list(self.protocols):
             if p.conn.state == RUNNING:
@@ -250,8 +381,27 @@ class Server:
             p.abort()
         if self.listener is not None:
             await self.listener.wait_closed()
+        if self.tls_listener is not None:
+            await self.tls_listener.wait_closed()
         self.fsync_worker.shutdown(wait=True)
         self.store.close()
+
+
+def tls_context(tls) -> ssl.SSLContext:
+    """The AMQPS listener's context: TLS 1.2 or later; client certificates requested when
+    verify_peer is on (required with fail_if_no_peer_cert), checked against cafile."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.certfile, tls.keyfile)
+    if tls.cafile:
+        context.load_verify_locations(tls.cafile)
+    if tls.fail_if_no_peer_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.verify_peer:
+        context.verify_mode = ssl.CERT_OPTIONAL
+    else:
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def serve(config, ready=None) -> None:
