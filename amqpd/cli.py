@@ -1,4 +1,6 @@
-"""``amqpd [--config FILE] [--host H] [--port N] [--data-dir DIR] [--log-level LEVEL]``."""
+"""``amqpd [--config FILE] [--host H] [--port N] [--data-dir DIR] [--log-level LEVEL]`` runs
+the broker; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
+out of a data directory in RabbitMQ's JSON format."""
 import argparse
 import logging
 import sys
@@ -7,20 +9,32 @@ from . import __version__, config as config_mod
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="amqpd", description="AMQP 0-9-1 message broker")
+    p = argparse.ArgumentParser(
+        prog="amqpd", description="AMQP 0-9-1 message broker",
+        epilog="definitions: 'amqpd [-c FILE] definitions export FILE' writes users, vhosts, "
+               "permissions and durable exchanges/queues/bindings as RabbitMQ definitions "
+               "JSON ('-' for stdout; works while the broker runs); 'amqpd [-c FILE] "
+               "definitions import FILE' imports a RabbitMQ definitions file into the data "
+               "directory (the broker must be stopped; to import into a running setup, use "
+               "load_definitions and restart).")
     p.add_argument("--config", "-c", help="YAML configuration file (default: built-in defaults)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 5672)")
     p.add_argument("--data-dir", help="where durable state lives (default ./data)")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--check-config", action="store_true",
-                   help="validate the configuration and exit")
+                   help="validate the configuration (and TLS files, load_definitions) and exit")
     p.add_argument("--version", action="version", version=f"amqpd {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="definitions {export,import} FILE")
+    d = sub.add_parser("definitions", help="export or import RabbitMQ definitions JSON")
+    d.add_argument("action", choices=["export", "import"])
+    d.add_argument("file", help="the JSON file ('-' is stdout for export)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from .definitions import DefinitionsError
     try:
         cfg = config_mod.load(args.config)
         cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level)
@@ -28,14 +42,18 @@ def main(argv=None) -> int:
         print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
-        print("configuration ok")
-        return 0
+        return check(cfg)
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "definitions":
+        return definitions_command(cfg, args.action, args.file)
     from .server import run
     from .store.store import StoreError
     try:
         run(cfg)
+    except DefinitionsError as exc:
+        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         print(f"amqpd: {exc}", file=sys.stderr)
         return 1
@@ -43,6 +61,53 @@ def main(argv=None) -> int:
         print(f"amqpd: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def check(cfg) -> int:
+    """What start-up would refuse, without starting: the file, the TLS material, the
+    definitions file."""
+    from . import definitions
+    from .server import tls_context
+    try:
+        if cfg.listeners.amqps is not None:
+            tls_context(cfg.listeners.amqps)
+    except (OSError, ValueError) as exc:
+        print(f"amqpd: configuration error: listeners.amqps: cannot load the certificate or "
+              f"key: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if cfg.load_definitions:
+            definitions.read(cfg.load_definitions)
+    except definitions.DefinitionsError as exc:
+        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+        return 2
+    print("configuration ok")
+    return 0
+
+
+def definitions_command(cfg, action: str, path: str) -> int:
+    from . import definitions
+    from .store.store import StoreError
+    try:
+        if action == "export":
+            definitions.write(definitions.export_data_dir(cfg), path)
+            if path != "-":
+                print(f"exported definitions to {path}", file=sys.stderr)
+            return 0
+        store, _access, _broker = definitions.open_broker(cfg, [path])
+        store.close()
+        print(f"imported definitions from {path} into {store.data_dir}", file=sys.stderr)
+        return 0
+    except definitions.DefinitionsError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"amqpd: {exc}; stop it first, or put the file in load_definitions",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
