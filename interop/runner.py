@@ -283,7 +283,10 @@ def run_client(broker: Broker, client: str, names: list[str], log=None) -> list[
         return []
     cmd, why = prepare(client)
     if cmd is None:
-        return [Result(broker.name, client, s, "skip", reason=why) for s in names]
+        # a missing runtime is a skip; a driver that does not compile is a failure
+        status = "error" if why.startswith("javac failed") else "skip"
+        return [Result(broker.name, client, s, status, reason=why,
+                       error=why if status == "error" else None) for s in names]
     prefix = f"ix-{client}-{uuid.uuid4().hex[:8]}"
     t0 = time.monotonic()
     raw = run_driver(cmd, broker.url, prefix, names, log=log)
