@@ -50,20 +50,26 @@ def interop_broker():
 
 
 @pytest.fixture(scope="session")
-def client_results(interop_broker):
-    """client -> Future[list[Result]]; every driver starts at the first request."""
+def client_results(interop_broker, request):
+    """client -> {scenario: Result}; at the first request every selected driver starts (only
+    the scenarios selected with -k or node ids), several at a time."""
     pool = ThreadPoolExecutor(max_workers=JOBS)
     futures = {}
     lock = threading.Lock()
+    wanted: dict[str, list[str]] = {}
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "originalname", "") == "test_client_scenario" and "client" in params:
+            wanted.setdefault(params["client"], []).append(params["scenario"])
 
     def get(client: str) -> dict:
         with lock:
             if not futures:
                 # slow first: Celery and the JVM, so the quick ones fill the gaps
-                order = sorted(CLIENTS, key=lambda c: c not in ("celery", "java", "amqplib"))
+                order = sorted((c for c in CLIENTS if c in wanted),
+                               key=lambda c: c not in ("celery", "java", "amqplib"))
                 for c in order:
-                    futures[c] = pool.submit(runner.run_client, interop_broker, c,
-                                             S.scenarios_for(c))
+                    futures[c] = pool.submit(runner.run_client, interop_broker, c, wanted[c])
         return {r.scenario: r for r in futures[client].result()}
 
     yield get
