@@ -153,3 +153,12 @@ def test_one_log_line_per_connection_opened_and_closed(make_broker, caplog):
                      r"log-test-client 9\.9", opened), opened
     assert re.search(rf"connection 127\.0\.0\.1:{port} closed: user 'guest' vhost '/' client "
                      r"log-test-client 9\.9 \(closed by the client\)", closed), closed
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/security.md", "docs/configuration.md"])
+def test_yaml_examples_in_the_docs_are_valid(doc):
+    import yaml
+    text = open(os.path.join(ROOT, doc)).read()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    for block in blocks:
+        config.from_dict(yaml.safe_load(block))

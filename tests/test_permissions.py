@@ -366,3 +366,54 @@ def test_vhosts_are_isolated(make_broker):
     assert blue_ch.basic_get("same-name", auto_ack=True)[0] is None
     root.close()
     blue.close()
+
+
+# -- loopback users -----------------------------------------------------------------------------------
+def local_address() -> str | None:
+    """A non-loopback address of this machine, if it has one."""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.123", 9))        # no packet is sent for a UDP connect
+        addr = s.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+    return None if addr.startswith("127.") else addr
+
+
+def test_guest_only_from_loopback_sans_io():
+    """The rule itself, with the peer address the I/O edge would pass."""
+    from tests.unit.stubs import Client, PROTOCOL_HEADER, start_ok
+    for peer, allowed in (("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+                          ("10.1.2.3", False), ("::ffff:10.1.2.3", False)):
+        c = Client()
+        c.conn.peer_ip = peer
+        c.send(PROTOCOL_HEADER + start_ok("guest", "guest"))
+        frames = [type(f).__name__ for _, f in c.methods()]
+        assert frames == (["Start", "Tune"] if allowed else ["Start", "Close"]), (peer, frames)
+    c = Client(loopback_users=[])
+    c.conn.peer_ip = "10.1.2.3"
+    c.send(PROTOCOL_HEADER + start_ok("guest", "guest"))
+    assert [type(f).__name__ for _, f in c.methods()] == ["Start", "Tune"]
+
+
+def test_guest_only_from_loopback_on_a_real_socket(make_broker, caplog):
+    addr = local_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address")
+    b = make_broker(listeners={"amqp": {"host": "0.0.0.0", "port": 0}},
+                    users=USERS, permissions=PERMISSIONS)
+    with RawClient(b.port, host=addr) as c:
+        c.send(b"AMQP\x00\x00\x09\x01")
+        c.expect(C.Connection.Start)
+        c.method(0, C.Connection.StartOk(
+            client_properties={"capabilities": {"authentication_failure_close": True}},
+            mechanism="PLAIN", response="\0guest\0guest"))
+        close = c.expect(C.Connection.Close)
+        assert (close.reply_code, close.reply_text) == (403, LOGIN_REFUSED.format("PLAIN"))
+    assert "user 'guest' can only connect via localhost" in caplog.text
+    c = RawClient(b.port, host=addr)            # other users may come from anywhere
+    c.handshake("alice", "alice-pw")
+    c.close()
