@@ -158,8 +158,6 @@ class Channel:
             if held is not None:
                 return STORED if held else 0
         queues = self.vhost.route(ex, msg)
-        if not queues and ex.alternate is not None:
-            queues = self.vhost.route_with_alternates(ex, msg)
         verdict = 0
         if queues:
             for q in queues:
@@ -415,6 +413,9 @@ def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
 
 # -- queue class ----------------------------------------------------------------------------------
 def queue_declare(ch: Channel, m: Queue.Declare) -> None:
+    if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO + "."):
+        _reply_declare(ch, m)
+        return
     if not m.passive:
         # A server-named queue is checked under its generated name by RabbitMQ; "amq.gen-*"
         # is what a permission regex can match for it.
@@ -429,6 +430,18 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
     ch.last_queue = q.name
     _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=q.message_count,
                                consumer_count=len(q.consumers)))
+
+
+def _reply_declare(ch: Channel, m: Queue.Declare) -> None:
+    """Declaring the direct reply-to pseudo-queue (or a live reply name) succeeds, as in
+    RabbitMQ; clients such as Spring AMQP probe for the feature this way."""
+    if m.queue == REPLY_TO:
+        _ok(ch, m, Queue.DeclareOk(queue=REPLY_TO, message_count=0, consumer_count=1))
+        return
+    q = ch.vhost.reply_queues.get(m.queue)
+    if q is None:
+        raise errors.NotFound(f"no queue '{m.queue}' in vhost '{ch.vhost.name}'")
+    _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=0, consumer_count=len(q.consumers)))
 
 
 def _queue(ch: Channel, name: str):

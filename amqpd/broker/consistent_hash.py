@@ -50,18 +50,14 @@ class ConsistentHashExchange(Exchange):
         if prop is not None:
             prop = prop.decode() if isinstance(prop, bytes) else prop
             if prop not in HASH_PROPERTIES:
-                raise errors.PreconditionFailed(
-                    f"Unsupported property: {prop}; supported: "
-                    f"{', '.join(sorted(HASH_PROPERTIES))}")
+                raise errors.PreconditionFailed(f"Unsupported property: {prop}")
 
     def validate_binding(self, key: str, args) -> None:
-        try:
-            weight = int(key)
-        except ValueError:
-            weight = -1
-        if weight < 0:
+        if not key.lstrip("-").isdigit():
             raise errors.PreconditionFailed(
-                f"The binding key must be an integer weight (got '{key}')")
+                f'The binding key must be an integer: <<"{key}">>')
+        if int(key) < 1:
+            raise errors.PreconditionFailed("The binding key must be greater than 0")
 
     def _points(self, dest, key: str) -> list:
         base = f"{type(dest).__name__}:{dest.name}:{key}:"

@@ -30,7 +30,7 @@ def dead_letter(queue, message: Message, reason: str) -> None:
     header = properties.rewrite(message.header, headers=headers, expiration=None)
     dead = Message(exchange.name, routing_key, fastpath.route_bytes(exchange.name, routing_key),
                    header, message.body)
-    for target in vhost.route_with_alternates(exchange, dead):
+    for target in vhost.route(exchange, dead):
         if reason != "rejected" and _is_cycle(target.name, deaths):
             log.debug("dead-letter cycle through %s: message dropped there", target.label)
             continue

@@ -18,6 +18,38 @@ from ..amqp import errors
 from .exchange import Exchange
 
 _due = struct.Struct(">Q")
+MAX_DELAY = 2 ** 32 - 1       # the plugin routes longer delays at once
+
+
+def _milliseconds(value):
+    """x-delay as the plugin reads it: integers, numeric strings and floats."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode(errors="replace")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) or hasattr(value, "to_integral_value"):
+        return int(value)
+    return None
+
+
+def _delivered_copy(message):
+    """The plugin delivers the message with x-delay negated."""
+    from ..wire import properties
+    from .message import Message
+    headers = dict(message.headers or {})
+    delay = _milliseconds(headers.get("x-delay"))
+    if delay is None:
+        return message
+    headers["x-delay"] = -delay
+    copy = Message(message.exchange, message.routing_key, message.route,
+                   properties.rewrite(message.header, headers=headers), message.body)
+    copy._persistent = message._persistent
+    return copy
 
 
 class DelayedExchange(Exchange):
@@ -41,9 +73,15 @@ class DelayedExchange(Exchange):
         super().validate_arguments(label, arguments)
         kind = arguments.get("x-delayed-type")
         kind = kind.decode() if isinstance(kind, bytes) else kind
-        if kind not in cls.registry or kind == cls.kind:
+        if not isinstance(kind, str):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-type' must be an existing exchange type")
+        if kind == cls.kind:
+            raise errors.PreconditionFailed(
+                "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
+        if kind not in cls.registry:
+            # the plugin checks the type like a declare does: a connection error
+            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
 
     def validate_binding(self, key, args):
         self.inner.validate_binding(key, args)
@@ -62,8 +100,8 @@ class DelayedExchange(Exchange):
         """Called before routing a publish. None: route it now. Otherwise it is held and the
         result is the enqueue verdict (STORED when logged, so the confirm waits for fsync)."""
         headers = message.headers
-        delay = headers.get("x-delay") if headers else None
-        if isinstance(delay, bool) or not isinstance(delay, int) or delay <= 0:
+        delay = _milliseconds(headers.get("x-delay")) if headers else None
+        if delay is None or delay <= 0 or delay > MAX_DELAY:
             return None
         return self._hold(message, self.vhost.broker.clock() + delay / 1000.0,
                           time.time() + delay / 1000.0)
@@ -90,7 +128,8 @@ class DelayedExchange(Exchange):
         now = self.vhost.broker.clock()
         while pending and pending[0][0] <= now:
             _, _, message, seq = heapq.heappop(pending)
-            for q in self.vhost.route_with_alternates(self, message):
+            message = _delivered_copy(message)
+            for q in self.vhost.route(self, message):
                 q.enqueue(message)
             if seq is not None and self.log is not None:
                 self.log.settle(seq, self.segments.pop(seq))
@@ -107,6 +146,7 @@ class DelayedExchange(Exchange):
             due_wall = _due.unpack_from(route)[0] / 1000.0
             message = from_route(route[8:], header, body, routes)
             self.segments[seq] = segment
-            self._hold(message, clock + max(0.0, due_wall - wall), due_wall, seq)
+            # overdue ones get deadlines in the past, so they still come out in due order
+            self._hold(message, clock + (due_wall - wall), due_wall, seq)
         self.log_seq = top
         return len(live)

@@ -109,7 +109,7 @@ class Exchange:
     def validate_arguments(cls, label: str, arguments: dict) -> None:
         """Declare-time checks of the exchange's arguments (406 as RabbitMQ and its plugins)."""
         ae = arguments.get("alternate-exchange")
-        if ae is not None and not isinstance(ae, (str, bytes)):
+        if "alternate-exchange" in arguments and not isinstance(ae, (str, bytes)):
             raise errors.PreconditionFailed(
                 f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' in {label}")
 

@@ -206,36 +206,33 @@ class VHost:
             entry["vhost"] = self.name
             store.journal.append(entry)
 
-    def route_with_alternates(self, ex: Exchange, message):
-        """Route; when nothing matches, follow alternate-exchange arguments (each exchange at
-        most once, so a loop of alternates ends)."""
-        queues = self.route(ex, message)
-        seen = {ex}
-        while not queues and ex.alternate is not None:
-            ex = self.exchanges.get(ex.alternate)
-            if ex is None or ex in seen:
-                break
-            seen.add(ex)
-            queues = self.route(ex, message)
-        return queues
-
     # -- routing ------------------------------------------------------------------------------
     def route(self, ex: Exchange, message):
-        """The queues a message goes to, following exchange-to-exchange bindings once each."""
+        """The queues a message goes to. Exchange-to-exchange bindings are followed once per
+        exchange; an exchange whose own bindings match nothing hands the message to its
+        alternate exchange (as RabbitMQ: per exchange, after e2e routing)."""
         dests = ex.route(message)
-        if not ex.exchange_dests:
-            return dests
+        if not ex.exchange_dests and (dests or ex.alternate is None):
+            return dests                       # the common case: one exchange, no detours
         queues: dict = {}
         seen = {ex}
-        pending = [dests]
+        pending = [(ex, dests)]
         while pending:
-            for d in pending.pop():
+            x, found = pending.pop()
+            matched = False
+            for d in found:
+                matched = True
                 if isinstance(d, Exchange):
                     if d not in seen:
                         seen.add(d)
-                        pending.append(d.route(message))
+                        pending.append((d, d.route(message)))
                 else:
                     queues[d] = None
+            if not matched and x.alternate is not None:
+                alt = self.exchanges.get(x.alternate)
+                if alt is not None and alt not in seen:
+                    seen.add(alt)
+                    pending.append((alt, alt.route(message)))
         return queues
 
 
