@@ -1,6 +1,7 @@
 """``amqpd [--config FILE] [--host H] [--port N] [--data-dir DIR] [--log-level LEVEL]`` runs
 the broker; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
-out of a data directory in RabbitMQ's JSON format."""
+out of a data directory in RabbitMQ's JSON format; ``amqpd hash-password [PW]`` prints a
+password_hash for the configuration (as ``rabbitmqctl hash_password``)."""
 import argparse
 import logging
 import sys
@@ -25,15 +26,25 @@ def parse_args(argv=None):
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and TLS files, load_definitions) and exit")
     p.add_argument("--version", action="version", version=f"amqpd {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="definitions {export,import} FILE")
+    sub = p.add_subparsers(dest="command",
+                           metavar="{definitions {export,import} FILE, hash-password [PW]}")
     d = sub.add_parser("definitions", help="export or import RabbitMQ definitions JSON")
     d.add_argument("action", choices=["export", "import"])
     d.add_argument("file", help="the JSON file ('-' is stdout for export)")
+    h = sub.add_parser("hash-password", help="print a RabbitMQ-compatible password_hash")
+    h.add_argument("password", nargs="?", help="the password (default: read from stdin)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.command == "hash-password":
+        from .amqp.auth import hash_password
+        password = args.password
+        if password is None:
+            password = sys.stdin.readline().rstrip("\n")
+        print(hash_password(password))
+        return 0
     from .definitions import DefinitionsError
     try:
         cfg = config_mod.load(args.config)

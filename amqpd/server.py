@@ -279,6 +279,8 @@ class Server:
             self.flush()
 
     def block(self, protocol: AMQPProtocol) -> None:
+        if protocol.conn.state != RUNNING:     # a closing connection must still be read
+            return
         self.blocked.add(protocol)
         protocol.set_blocked(True, alarms_mod.blocked_reason(self.alarms))
 

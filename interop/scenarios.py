@@ -264,11 +264,8 @@ CLIENT_EXPECTED: dict[tuple[str, str], dict] = {
 # when the feature lands these XPASS and the entry should go); "BUG" is a broker bug this suite
 # found (strict xfail). Only used when the broker under test is amqpd.
 KNOWN_AMQPD: dict[tuple[str, str], str] = {
-    # dead-lettering and direct reply-to were "NOT YET" entries until they landed in amqpd
-    ("*", "reserved_names"): "BUG: a non-passive queue.declare of an existing amq.gen-* queue "
-                             "succeeds; RabbitMQ refuses every non-passive amq.* queue name "
-                             "with 403 (amqpd/broker/vhost.py declare_queue checks the prefix "
-                             "only for new queues)",
+    # dead-lettering and direct reply-to were "NOT YET" entries until they landed in amqpd;
+    # reserved_names was a BUG entry (amq.gen-* re-declared non-passively), fixed in vhost.py
 }
 
 

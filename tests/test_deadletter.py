@@ -261,9 +261,6 @@ def test_expiration_removed_from_dead_lettered_copy(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ records original-expiration in the x-death "
-                   "entry whenever the message had an expiration, whatever the reason (here: "
-                   "rejected); amqpd only does it for reason expired (deadletter._record_death)")
 def test_original_expiration_recorded_for_rejected_message(broker):
     conn = connect(broker)
     try:
@@ -279,10 +276,6 @@ def test_original_expiration_recorded_for_rejected_message(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ sends x-death 'count' as a 64-bit long "
-                   "('l'); amqpd re-encodes headers with pamqp, which picks the smallest integer "
-                   "type ('b' for 1), so typed clients (Java: (Long) death.get(\"count\"), as "
-                   "Spring AMQP does) break (deadletter._record_death / properties.rewrite)")
 def test_x_death_count_is_a_long(broker):
     conn = connect(broker)
     try:

@@ -82,17 +82,12 @@ def test_bad_argument_value_is_406_with_rabbitmq_text(broker, arguments, arg, re
 
 
 # Where amqpd's text (or its accepted range) differs from RabbitMQ 3.10's.
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ's TTL maximum is 315360000000 ms (10 years) "
-                   "and the error is {value_too_large,N}; amqpd caps at 2^32-1 with "
-                   "{max_value_exceeded,N} (arguments.MAX_TTL / _int)")
 @pytest.mark.parametrize("arg", ["x-expires", "x-message-ttl"])
 def test_ttl_too_large_text(broker, arg):
     assert declare_error(broker, {arg: 2 ** 40}) == (
         406, invalid(arg, "{value_too_large,1099511627776}"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ accepts TTLs up to 315360000000 ms; amqpd "
-                   "refuses anything above 2^32-1 (arguments.MAX_TTL)")
 @pytest.mark.parametrize("arg", ["x-expires", "x-message-ttl"])
 def test_ttl_up_to_ten_years_accepted(broker, arg):
     assert declare_error(broker, {arg: 315360000000}) is None
@@ -101,9 +96,6 @@ def test_ttl_up_to_ten_years_accepted(broker, arg):
              "{value_too_large,315360000001}")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ checks the DLX name type in the channel: "
-                   "\"invalid type 'signedint' for arg 'x-dead-letter-exchange' in queue ...\"; "
-                   "amqpd answers with the generic invalid-arg text")
 def test_dead_letter_exchange_not_a_string(broker):
     assert declare_error(broker, {"x-dead-letter-exchange": 5}) == (
         406, "PRECONDITION_FAILED - invalid type 'signedint' for arg 'x-dead-letter-exchange' "
@@ -117,16 +109,11 @@ def test_dead_letter_routing_key_without_exchange_is_406(broker):
     assert not queue_exists(broker, Q)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ says 'routing_key_but_no_dlx_defined'; amqpd "
-                   "says {missing_dependent_args,[<<\"x-dead-letter-exchange\">>]} "
-                   "(arguments.validate)")
 def test_dead_letter_routing_key_without_exchange_text(broker):
     assert declare_error(broker, {"x-dead-letter-routing-key": "rk"}) == (
         406, invalid("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ says \"unsupported queue mode 'foo'\"; amqpd "
-                   "says invalid_queue_mode (arguments.VALIDATORS['x-queue-mode'])")
 def test_bad_queue_mode_text(broker):
     assert declare_error(broker, {"x-queue-mode": "foo"}) == (
         406, invalid("x-queue-mode", "\"unsupported queue mode 'foo'\""))
@@ -223,15 +210,11 @@ def test_quorum_queue_accepts_what_a_rabbitmq_node_accepts(broker, arguments):
 @pytest.mark.parametrize("arg,value", [("x-max-priority", 5), ("x-queue-mode", "lazy")])
 def test_quorum_queue_refuses_classic_only_arguments(broker, arg, value):
     code, text = declare_error(broker, {**QUORUM, arg: value}, durable=True)
-    assert code == 406 and text.startswith(PREFIX.format(arg=arg))
+    assert code == 406 and text == (f"PRECONDITION_FAILED - invalid arg '{arg}' for queue "
+                                   f"'{Q}' in vhost '/' of queue type rabbit_quorum_queue")
     assert not queue_exists(broker, Q)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RabbitMQ says \"invalid arg 'x-max-priority' for queue "
-           "'q' in vhost '/' of queue type rabbit_quorum_queue\"; amqpd says \"...: not "
-           "supported by quorum queues\" (arguments.validate, QUORUM_UNSUPPORTED)")
 @pytest.mark.parametrize("arg,value", [("x-max-priority", 5), ("x-queue-mode", "lazy")])
 def test_quorum_queue_refusal_text(broker, arg, value):
     assert declare_error(broker, {**QUORUM, arg: value}, durable=True) == (
@@ -256,10 +239,6 @@ def test_quorum_bad_delivery_limit_is_406(broker):
     assert (code, text) == (406, invalid("x-delivery-limit", "{value_negative,-1}"))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: x-delivery-limit on a classic queue is refused by "
-                   "RabbitMQ (\"invalid arg 'x-delivery-limit' for queue 'q' in vhost '/' of queue "
-                   "type rabbit_classic_queue\"); amqpd accepts it and silently ignores it, the "
-                   "silent downgrade the issue rules out (QueueOptions.delivery_limit)")
 def test_delivery_limit_on_classic_queue_is_406(broker):
     assert declare_error(broker, {"x-delivery-limit": 3}) == (
         406, f"PRECONDITION_FAILED - invalid arg 'x-delivery-limit' for queue '{Q}' in vhost "
@@ -378,9 +357,6 @@ def test_redeclare_quorum_queue(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ treats x-queue-type 'classic' and no "
-                   "x-queue-type as the same on redeclare (both directions); amqpd answers 406 "
-                   "inequivalent arg 'x-queue-type' (Queue.check_equivalent compares raw values)")
 @pytest.mark.parametrize("first,second", [({}, {"x-queue-type": "classic"}),
                                           ({"x-queue-type": "classic"}, {})],
                          ids=["absent-then-classic", "classic-then-absent"])

@@ -204,10 +204,6 @@ def test_requeue_over_the_limit_with_reject_publish_keeps_both(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with drop-head RabbitMQ enforces x-max-length when a "
-                   "message is requeued (the requeued head is dropped / dead-lettered as maxlen at "
-                   "once); amqpd leaves the queue over its limit until the next publish "
-                   "(Queue.requeue does not call _trim_head)")
 def test_requeue_over_the_limit_with_drop_head_drops_the_head(broker):
     conn = connect(broker)
     try:
@@ -340,10 +336,6 @@ async def test_aio_pika_reject_publish(broker):
 
 
 # -- limits and a consumer that is keeping up ----------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ hands a message to a waiting consumer "
-                   "before applying x-max-length (x-max-length=0 with a consumer delivers "
-                   "everything); amqpd trims/refuses in Queue.enqueue (_trim_head/_admit) before "
-                   "the deferred dispatch runs, so the message is dropped")
 def test_max_length_zero_still_delivers_to_waiting_consumer(broker):
     conn = connect(broker)
     try:
@@ -358,10 +350,6 @@ def test_max_length_zero_still_delivers_to_waiting_consumer(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a burst of publishes (one read) to a queue with "
-                   "x-max-length=1 and a consumer with free prefetch: RabbitMQ delivers all 10; "
-                   "amqpd applies drop-head to the whole batch before dispatching, delivering 1 "
-                   "(Queue.enqueue -> _trim_head, dispatch deferred by Broker.schedule)")
 def test_burst_to_limited_queue_with_ready_consumer_drops_nothing(broker):
     with RawClient(broker.port) as rc:
         rc.handshake()
@@ -379,11 +367,6 @@ def test_burst_to_limited_queue_with_ready_consumer_drops_nothing(broker):
         assert delivered == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: same as above with reject-publish: RabbitMQ acks all 10 "
-           "publishes (each is delivered at once to the ready consumer); amqpd nacks 9 "
-           "(Queue._admit counts messages not yet dispatched)")
 def test_burst_to_reject_publish_queue_with_ready_consumer_nacks_nothing(broker):
     with RawClient(broker.port) as rc:
         rc.handshake()

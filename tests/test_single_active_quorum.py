@@ -124,11 +124,6 @@ def test_cancel_hands_over_to_the_next_consumer(broker):
         conn.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a cancelled active consumer that still holds unacked "
-                   "messages stays the active one in RabbitMQ 3.10 until they are settled, then "
-                   "the next consumer gets everything in order (m0, m1 redelivered, m2..m4); amqpd "
-                   "activates the next consumer at once (Queue.remove_consumer), so it processes "
-                   "m2..m4 before m0, m1: the order single-active-consumer exists to keep is lost")
 def test_cancelled_consumer_holding_unacked_keeps_the_order(broker):
     conn = connect(broker)
     try:
@@ -406,11 +401,6 @@ def test_quorum_queue_with_single_active_consumer(broker):
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RabbitMQ sends x-delivery-count as a 64-bit long ('l'); "
-           "amqpd re-encodes it with pamqp's smallest integer type ('b') "
-           "(queue.with_delivery_count / properties.rewrite)")
 def test_delivery_count_header_is_a_long(broker):
     conn = connect(broker)
     try:
@@ -427,12 +417,6 @@ def test_delivery_count_header_is_a_long(broker):
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RabbitMQ adds x-delivery-count when it delivers, so the "
-           "dead-lettered copy of a message that hit its delivery limit has no "
-           "x-delivery-count header; amqpd stores the header in the message "
-           "(queue.with_delivery_count) and it leaks into the dead letter")
 def test_dead_lettered_copy_has_no_delivery_count(broker):
     conn = connect(broker)
     try:

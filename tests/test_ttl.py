@@ -452,10 +452,6 @@ async def test_aio_pika_expiration(broker):
 
 
 # -- invalid expiration --------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="BUG: RabbitMQ closes the channel with 406 \"invalid "
-                   "expiration '<value>': <reason>\" for an expiration that is not a "
-                   "non-negative integer string within 315360000000; amqpd accepts the message and "
-                   "ignores the property (Queue._prepare, Channel._content_complete)")
 @pytest.mark.parametrize("value,reason", [
     ("abc", "no_integer"), ("-1", "{value_negative,-1}"), ("1.5", '{leftover_string,".5"}'),
     ("315360000001", "{value_too_large,315360000001}"),

@@ -5,6 +5,7 @@ from collections import deque
 
 from pamqp import commands as C
 
+from ..broker.arguments import check_expiration
 from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED, STORED
@@ -120,6 +121,8 @@ class Channel:
         self.publishing = self.header = None
         self.received = 0
         msg = Message(ex.name, routing_key, route, header, body)
+        if header[12] & 1:              # the expiration property is set
+            check_expiration(properties.peek(header, properties.EXPIRATION))
         if properties.flags(header) & properties.REPLY_TO:
             self._direct_reply_to(msg)
         if properties.flags(header) & properties.USER_ID:
@@ -312,6 +315,8 @@ class Channel:
             if consumer is not None:
                 consumer.unacked -= 1
                 schedule(queue)
+                if queue.sac_waiting is consumer and not consumer.unacked:
+                    queue.sac_waiting = None      # the next single active consumer may start
             if requeue and not queue.deleted:
                 queue.requeue(entry)
             elif ack or queue.deleted:

@@ -7,7 +7,7 @@ declare_args) and answers ``PRECONDITION_FAILED - invalid arg 'x-...' for queue 
 from ..amqp import errors
 from ..wire.tables import type_name
 
-MAX_TTL = 2 ** 32 - 1            # RabbitMQ's maximum TTL in milliseconds
+MAX_TTL = 315_360_000_000        # RabbitMQ's maximum TTL in milliseconds (ten years)
 QUEUE_TYPES = ("classic", "quorum")
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
 
@@ -24,7 +24,8 @@ def _int(value, *, zero_ok: bool = True, maximum: int | None = None):
     if value == 0 and not zero_ok:
         return f"{{value_zero,{value}}}"
     if maximum is not None and value > maximum:
-        return f"{{max_value_exceeded,{value}}}"
+        return (f"{{value_too_large,{value}}}" if maximum == MAX_TTL
+                else f"{{max_value_exceeded,{value}}}")
     return None
 
 
@@ -52,12 +53,10 @@ VALIDATORS = {
     "x-single-active-consumer": _bool,
     "x-delivery-limit": _int,
     "x-queue-mode": lambda v: _string(v) or (None if _text(v) in ("default", "lazy")
-                                             else "invalid_queue_mode"),
+                                             else f"\"unsupported queue mode '{_text(v)}'\""),
     "x-queue-type": lambda v: _string(v) or (None if _text(v) in QUEUE_TYPES else
                                              f"\"unsupported queue type '{_text(v)}'\""),
     "x-message-deduplication": _bool,
-    "x-cache-size": lambda v: _int(v, zero_ok=False),
-    "x-cache-ttl": lambda v: _int(v, zero_ok=False),
 }
 
 # Arguments a quorum queue on a single RabbitMQ node refuses (rabbit_quorum_queue).
@@ -66,6 +65,10 @@ QUORUM_UNSUPPORTED = ("x-max-priority", "x-queue-mode", "x-message-deduplication
 
 def validate(label: str, arguments: dict, durable: bool, exclusive: bool,
              auto_delete: bool) -> None:
+    dlx = arguments.get("x-dead-letter-exchange")
+    if "x-dead-letter-exchange" in arguments and not isinstance(dlx, (str, bytes)):
+        raise errors.PreconditionFailed(
+            f"invalid type '{type_name(dlx)}' for arg 'x-dead-letter-exchange' in {label}")
     for key, check in VALIDATORS.items():
         if key in arguments:
             problem = check(arguments[key])
@@ -74,8 +77,12 @@ def validate(label: str, arguments: dict, durable: bool, exclusive: bool,
     if "x-dead-letter-routing-key" in arguments and "x-dead-letter-exchange" not in arguments:
         raise errors.PreconditionFailed(
             f"invalid arg 'x-dead-letter-routing-key' for {label}: "
-            "{missing_dependent_args,[<<\"x-dead-letter-exchange\">>]}")
-    if _text(arguments.get("x-queue-type", "classic")) == "quorum":
+            "routing_key_but_no_dlx_defined")
+    if _text(arguments.get("x-queue-type", "classic")) != "quorum":
+        if "x-delivery-limit" in arguments:     # classic queues have no delivery limit
+            raise errors.PreconditionFailed(
+                f"invalid arg 'x-delivery-limit' for {label} of queue type rabbit_classic_queue")
+    else:
         if not durable:
             raise errors.PreconditionFailed(f"invalid property 'non-durable' for {label}")
         if exclusive:
@@ -85,7 +92,7 @@ def validate(label: str, arguments: dict, durable: bool, exclusive: bool,
         for key in QUORUM_UNSUPPORTED:
             if key in arguments:
                 raise errors.PreconditionFailed(
-                    f"invalid arg '{key}' for {label}: not supported by quorum queues")
+                    f"invalid arg '{key}' for {label} of queue type rabbit_quorum_queue")
         overflow = _text(arguments.get("x-overflow", "drop-head"))
         if overflow == "reject-publish-dlx":
             raise errors.PreconditionFailed(
@@ -98,7 +105,7 @@ class QueueOptions:
 
     __slots__ = ("message_ttl", "expires", "dlx", "dlrk", "max_length", "max_bytes",
                  "overflow", "max_priority", "single_active", "delivery_limit", "quorum",
-                 "dedup", "dedup_size")
+                 "dedup")
 
     def __init__(self, arguments: dict):
         a = arguments
@@ -115,4 +122,22 @@ class QueueOptions:
         self.quorum = _text(a.get("x-queue-type", "classic")) == "quorum"
         self.delivery_limit = a.get("x-delivery-limit") if self.quorum else None
         self.dedup = bool(a.get("x-message-deduplication", False))
-        self.dedup_size = a.get("x-cache-size")
+
+
+MAX_EXPIRATION = MAX_TTL
+
+
+def check_expiration(value: str) -> None:
+    """The per-message expiration property, validated at publish as RabbitMQ does (406)."""
+    if value.lstrip("-").isdigit():
+        n = int(value)
+        if n < 0:
+            problem = f"{{value_negative,{n}}}"
+        elif n > MAX_EXPIRATION:
+            problem = f"{{value_too_large,{n}}}"
+        else:
+            return
+    else:
+        digits = len(value) - len(value.lstrip("0123456789"))
+        problem = (f'{{leftover_string,"{value[digits:]}"}}' if digits else "no_integer")
+    raise errors.PreconditionFailed(f"invalid expiration '{value}': {problem}", 60, 40)

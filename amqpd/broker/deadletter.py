@@ -6,6 +6,7 @@ import datetime
 import logging
 
 from ..wire import fastpath, properties
+from ..wire.tables import Long
 from .message import Message
 
 log = logging.getLogger("amqpd.deadletter")
@@ -25,6 +26,7 @@ def dead_letter(queue, message: Message, reason: str) -> None:
         return
     props = message.properties
     headers = dict(props.headers or {})
+    headers.pop("x-delivery-count", None)     # added for a delivery, not part of the message
     deaths = _record_death(headers, queue, message, reason, props.expiration)
     routing_key = opts.dlrk if opts.dlrk is not None else message.routing_key
     header = properties.rewrite(message.header, headers=headers, expiration=None)
@@ -41,14 +43,14 @@ def _record_death(headers: dict, queue, message: Message, reason: str, expiratio
     deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
     for i, death in enumerate(deaths):
         if _text(death.get("queue")) == queue.name and _text(death.get("reason")) == reason:
-            death = dict(death, count=(death.get("count") or 0) + 1)
+            death = dict(death, count=Long((death.get("count") or 0) + 1))
             deaths = [death] + deaths[:i] + deaths[i + 1:]
             break
     else:
-        death = {"count": 1, "reason": reason, "queue": queue.name,
+        death = {"count": Long(1), "reason": reason, "queue": queue.name,
                  "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
                  "exchange": message.exchange, "routing-keys": [message.routing_key]}
-        if reason == "expired" and expiration is not None:
+        if expiration is not None:
             death["original-expiration"] = expiration
         deaths = [death] + deaths
     headers["x-death"] = deaths

@@ -5,7 +5,7 @@ import heapq
 
 from ..amqp import errors
 from ..wire import properties
-from ..wire.tables import type_name
+from ..wire.tables import Long, type_name
 from .arguments import QueueOptions
 from .deadletter import dead_letter
 from .message import GONE, OUT, READY, Entry, Message
@@ -49,6 +49,7 @@ class Queue:
         self.special = bool(opts.max_priority or opts.message_ttl is not None or self.limited
                             or opts.delivery_limit is not None or opts.dedup)
         self.dedup_ids = {} if opts.dedup else None
+        self.sac_waiting = None          # a departed single active consumer still holding messages
         self.last_used = None            # x-expires bookkeeping
         if opts.expires:
             self.touch()
@@ -83,8 +84,17 @@ class Queue:
             self.vhost.broker.store.mark_dirty(self.log)
             stored = STORED
         if self.limited:
+            if self.consumers:
+                self.dispatch()        # a waiting consumer takes it before the limit applies
             self._trim_head()
         return stored
+
+    def _taken_at_once(self) -> bool:
+        """Would a consumer take a new message right now (so it never waits in the queue)?"""
+        if not self.consumers:
+            return False
+        self.dispatch()
+        return not self.message_count and any(c.has_credit() for c in self.consumers)
 
     def _admit(self, message):
         """x-overflow reject-publish(-dlx) and deduplication decide before a message is added."""
@@ -94,7 +104,8 @@ class Queue:
             if key is not None:
                 if key in self.dedup_ids:
                     return DUPLICATE
-        if self.limited and opts.overflow != "drop-head" and self._full(len(message.body)):
+        if self.limited and opts.overflow != "drop-head" and self._full(len(message.body)) \
+                and not self._taken_at_once():
             if opts.overflow == "reject-publish-dlx":
                 dead_letter(self, message, "maxlen")
             return REJECTED
@@ -146,6 +157,8 @@ class Queue:
         self.ready.put_back(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
+        if self.limited and self.opts.overflow == "drop-head":
+            self._trim_head()
 
     def reject(self, entry: Entry) -> None:
         """A consumer rejected or nacked it without requeue."""
@@ -304,6 +317,9 @@ class Queue:
         except ValueError:
             return
         self.priorities = any(c.priority for c in self.consumers)
+        if self.opts.single_active and consumer.unacked:
+            # its messages come back first (requeued in order) before the next one starts
+            self.sac_waiting = consumer
         if not self.consumers:
             if self.auto_delete and self.had_consumer and not self.deleted:
                 self.vhost.delete_queue(self)
@@ -319,7 +335,7 @@ class Queue:
         consumers = self.consumers
         if self.opts.single_active:
             c = consumers[0]
-            return c if c.has_credit() else None
+            return c if self.sac_waiting is None and c.has_credit() else None
         n = len(consumers)
         start = self.rr
         best = None
@@ -361,6 +377,9 @@ class Queue:
         arguments = arguments or {}
         for key in EQUIVALENCE_ARGS:
             new, old = arguments.get(key), self.arguments.get(key)
+            if key == "x-queue-type":          # an explicit "classic" is the default
+                new = None if _is_classic(new) else new
+                old = None if _is_classic(old) else old
             if not same_value(new, old):
                 self._inequivalent(key, describe(new, old), describe(old, new))
 
@@ -422,8 +441,12 @@ def dedup_key(message):
 def with_delivery_count(message: Message, count: int) -> Message:
     """Quorum queues tell consumers how often a message was delivered before."""
     headers = dict(message.headers or {})
-    headers["x-delivery-count"] = count
+    headers["x-delivery-count"] = Long(count)
     copy = Message(message.exchange, message.routing_key, message.route,
                    properties.rewrite(message.header, headers=headers), message.body)
     copy._persistent = message._persistent
     return copy
+
+
+def _is_classic(value) -> bool:
+    return value in ("classic", b"classic")

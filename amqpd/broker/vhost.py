@@ -109,6 +109,9 @@ class VHost:
                 raise errors.NotFound(f"no queue '' in vhost '{self.name}'")
             return self.queue(name, owner)
         if name:
+            if name.startswith("amq."):     # checked before the lookup, as RabbitMQ does
+                raise errors.AccessRefused(
+                    f"queue name '{name}' contains reserved prefix 'amq.*'")
             existing = self.queues.get(name)
             if existing is not None:
                 check_exclusive(existing, owner)
@@ -118,9 +121,6 @@ class VHost:
                 if existing.opts.expires:
                     existing.touch()
                 return existing
-            if name.startswith("amq."):
-                raise errors.AccessRefused(
-                    f"queue name '{name}' contains reserved prefix 'amq.*'")
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         validate_arguments(f"queue '{name}' in vhost '{self.name}'", arguments or {}, durable,

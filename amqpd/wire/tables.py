@@ -1,6 +1,9 @@
 """Field-table helpers shared by error texts and argument checks."""
 import datetime
+import struct
 from decimal import Decimal
+
+from pamqp import encode as pamqp_encode
 
 
 def type_name(value) -> str:
@@ -31,3 +34,19 @@ def type_name(value) -> str:
     if isinstance(value, (list, tuple)):
         return "array"
     return type(value).__name__
+
+
+class Long(int):
+    """An integer that must go on the wire as a 64-bit signed long ('l'), as RabbitMQ sends
+    x-death counts and x-delivery-count (Java clients cast them to Long)."""
+
+
+def _table_integer(value: int) -> bytes:
+    if type(value) is Long:
+        return b"l" + struct.pack(">q", value)
+    return _pamqp_table_integer(value)
+
+
+# pamqp picks the smallest integer type for every table value; teach it about Long.
+_pamqp_table_integer = pamqp_encode.table_integer
+pamqp_encode.table_integer = _table_integer
