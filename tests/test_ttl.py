@@ -580,12 +580,6 @@ def test_ttl_message_recovered_after_restart_still_expires(tmp_path):
         second.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: RabbitMQ stores a message's expiry as an absolute time, "
-           "so a restart does not extend it; amqpd restarts the TTL at recovery "
-           "(Broker.recover calls Queue._prepare, which computes clock()+ttl), so a "
-           "broker that restarts more often than the TTL never expires the message")
 def test_ttl_deadline_not_extended_by_restart(tmp_path):
     second, t0 = publish_and_restart(tmp_path, 1000, 0.6)
     try:

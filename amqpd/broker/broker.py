@@ -19,6 +19,7 @@ class Broker:
         # Time is read through the scheduler the I/O edge provides (anything with time() and
         # call_at(), such as the event loop); until then, a plain monotonic clock.
         self.clock = time.monotonic
+        self.wallclock = time.time      # only for what outlives the process (TTL deadlines)
         self.scheduler = None
         self.timers: list = []         # heap of (deadline, n, callback)
         self._timer_seq = itertools.count()
@@ -107,11 +108,14 @@ class Broker:
                 live, top = q.log.recover()
                 routes: dict = {}
                 ready = q.ready
-                for seq, route, header, body, delivered, segment in live:
+                now, wall = self.clock(), self.wallclock()
+                for seq, route, header, body, delivered, segment, expiry in live:
                     entry = Entry(seq, from_route(route, header, body, routes), delivered,
                                   segment)
                     if q.special or header[12] & 1:
-                        q._prepare(entry)     # priority, TTL (restarting now), limits
+                        # priority, limits, and the TTL deadline it had before the restart
+                        deadline = None if expiry is None else now + (expiry / 1000.0 - wall)
+                        q._prepare(entry, deadline)
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
                 messages += len(live)

@@ -142,7 +142,7 @@ class DelayedExchange(Exchange):
         from .message import from_route
         clock, wall = self.vhost.broker.clock(), time.time()
         routes: dict = {}
-        for seq, route, header, body, _delivered, segment in live:
+        for seq, route, header, body, _delivered, segment, _expiry in live:
             due_wall = _due.unpack_from(route)[0] / 1000.0
             message = from_route(route[8:], header, body, routes)
             self.segments[seq] = segment

@@ -81,6 +81,10 @@ class Queue:
         if self.log is not None and message.persistent:
             entry.segment = self.log.append_message(seq, message.route, message.header,
                                                     message.body)
+            if entry.expires is not None:
+                broker = self.vhost.broker
+                left = entry.expires - broker.clock()
+                self.log.expiry(seq, int((broker.wallclock() + left) * 1000))
             self.vhost.broker.store.mark_dirty(self.log)
             stored = STORED
         if self.limited:
@@ -111,7 +115,9 @@ class Queue:
             return REJECTED
         return None
 
-    def _prepare(self, entry: Entry) -> None:
+    def _prepare(self, entry: Entry, deadline: float | None = None) -> None:
+        """Per-entry state for the features this queue has; ``deadline`` is a TTL deadline
+        recovered from the log (a restart does not extend a TTL)."""
         opts = self.opts
         message = entry.message
         if opts.max_priority:
@@ -126,7 +132,10 @@ class Queue:
                 per_message = None
             if per_message is not None and per_message >= 0:
                 ttl = per_message if ttl is None else min(ttl, per_message)
-        if ttl is not None:
+        if deadline is not None:
+            self._expire_at(entry, deadline)
+            self.special = True
+        elif ttl is not None:
             self._expire_at(entry, self.vhost.broker.clock() + ttl / 1000.0)
             self.special = True       # entries now need their state tracked
         if self.limited:

@@ -41,13 +41,15 @@ class QueueLog:
     def recover(self) -> tuple[list, int]:
         """Read every segment; return (live messages sorted by seq, highest seq seen).
 
-        Each live message is (seq, route, header, body, delivered, segment). A damaged record
+        Each live message is (seq, route, header, body, delivered, segment, expiry), expiry
+        being its TTL deadline in ms since the epoch, or None. A damaged record
         is skipped and logged; a torn tail of the last segment is cut off so appends continue
         from a clean end.
         """
         messages: dict[int, tuple] = {}
         settled: set[int] = set()
         delivered: set[int] = set()
+        expiries: dict[int, int] = {}
         top = 0
         numbers = self._segments_on_disk()
         for number in numbers:
@@ -66,8 +68,10 @@ class QueueLog:
                     messages[seq] = (rec.route, rec.header, rec.body, number)
                 elif kind == SETTLED:
                     settled.add(seq)
-                else:
+                elif kind == records.DELIVERED:
                     delivered.add(seq)
+                else:
+                    expiries[seq] = rec.body
             good_end = rec.offset + rec.size if rec is not None else 0
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
@@ -86,7 +90,7 @@ class QueueLog:
                 continue
             route, header, body, number = messages[seq]
             self.live[number] += 1
-            live.append((seq, route, header, body, seq in delivered, number))
+            live.append((seq, route, header, body, seq in delivered, number, expiries.get(seq)))
         self._drop_settled_prefix()
         return live, top
 
@@ -113,6 +117,13 @@ class QueueLog:
 
     def delivered(self, seq: int) -> None:
         self._marker(records.DELIVERED, seq)
+
+    def expiry(self, seq: int, at_ms: int) -> None:
+        if self.active_size == 0:
+            self._open_segment()
+        rec = records.expiry(seq, at_ms, self.seed)
+        self.pending.append(rec)
+        self.active_size += len(rec)
 
     def _marker(self, kind: int, seq: int) -> None:
         if self.active_size == 0:

@@ -12,6 +12,7 @@ the CRC of a random salt that opens each segment file:
     MESSAGE   type:u8=1 seq:u64 route_len:u16 route header_len:u32 header body
     SETTLED   type:u8=2 seq:u64          (acked, rejected, expired, purged, dead-lettered)
     DELIVERED type:u8=3 seq:u64          (handed to a consumer at least once: redelivered on recovery)
+    EXPIRY    type:u8=4 seq:u64 at:u64   (its TTL deadline, ms since the epoch: a restart keeps it)
 
 ``route`` is the raw exchange + routing-key shortstr pair of the publish and ``header`` the raw
 content-header payload, both exactly as received.
@@ -25,13 +26,14 @@ import struct
 import zlib
 
 MAGIC = b"\xa5\x17"
-SEGMENT, MESSAGE, SETTLED, DELIVERED = 0, 1, 2, 3
+SEGMENT, MESSAGE, SETTLED, DELIVERED, EXPIRY = 0, 1, 2, 3, 4
 
 _head = struct.Struct(">2sII")           # magic, crc, length
 _len = struct.Struct(">I")
 _msg_head = struct.Struct(">BQH")        # type, seq, route_len
 _u32 = struct.Struct(">I")
 _marker = struct.Struct(">BQ")
+_expiry = struct.Struct(">BQQ")
 HEAD_SIZE = _head.size
 MAX_RECORD = 1 << 31
 
@@ -56,6 +58,10 @@ def message(seq: int, route: bytes, header: bytes, body: bytes, seed: int = 0) -
 
 def marker(kind: int, seq: int, seed: int = 0) -> bytes:
     return _frame([_marker.pack(kind, seq)], seed)
+
+
+def expiry(seq: int, at_ms: int, seed: int = 0) -> bytes:
+    return _frame([_expiry.pack(EXPIRY, seq, at_ms)], seed)
 
 
 def segment_seed(data: bytes) -> tuple[int, int]:
@@ -140,6 +146,9 @@ def _record_at(data: bytes, view: memoryview, pos: int, seed: int,
                       data[body_at:stop], pos, size)
     if (kind == SETTLED or kind == DELIVERED) and length == _marker.size:
         return Record(kind, _unpack_marker(data, start)[1], None, None, None, pos, size)
+    if kind == EXPIRY and length == _expiry.size:
+        _, seq, at_ms = _expiry.unpack_from(data, start)
+        return Record(EXPIRY, seq, None, None, at_ms, pos, size)     # body holds the deadline
     return None
 
 

@@ -115,9 +115,22 @@ def test_append_settle_delivered_write_and_recover_in_order(tmp_path):
 
     live, top = recover(path)
     assert top == 6
-    assert [(s, route, header, b, delivered, seg) for s, route, header, b, delivered, seg in live] \
-        == [(1, ROUTE, HEADER, body(1), False, 0), (3, ROUTE, HEADER, body(3), True, 0),
-            (4, ROUTE, HEADER, body(4), False, 0), (6, ROUTE, HEADER, body(6), False, 0)]
+    assert live == [(1, ROUTE, HEADER, body(1), False, 0, None),
+                    (3, ROUTE, HEADER, body(3), True, 0, None),
+                    (4, ROUTE, HEADER, body(4), False, 0, None),
+                    (6, ROUTE, HEADER, body(6), False, 0, None)]
+
+
+def test_expiry_markers_carry_the_ttl_deadline_across_recovery(tmp_path):
+    path = tmp_path / "q"
+    qlog = QueueLog(str(path))
+    seg = qlog.append_message(1, ROUTE, HEADER, body(1))
+    qlog.expiry(1, 1_700_000_000_123)
+    qlog.append_message(2, ROUTE, HEADER, body(2))
+    qlog.close()
+    live, _ = recover(path)
+    assert [(m[0], m[6]) for m in live] == [(1, 1_700_000_000_123), (2, None)]
+    assert seg == 0
 
 
 def test_recovered_log_keeps_appending_and_settling(tmp_path):
