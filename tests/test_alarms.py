@@ -130,6 +130,33 @@ def test_disk_free_limit_measured_on_the_data_dir(make_broker):
     c.close()
 
 
+def test_blocked_connections_are_not_dropped_for_missed_heartbeats(make_broker):
+    """The broker does not read a blocked connection, so its heartbeats pile up unread: the
+    heartbeat monitor is paused meanwhile, as in RabbitMQ. Ticks are driven by hand here."""
+    b = make_broker(resources={"check_interval": 0})
+    pub = RawClient(b.port, timeout=3)
+    pub.handshake(capabilities=BLOCKING, heartbeat_s=60)
+    pub.open_channel(1)
+    b.call(b.server.set_alarms, {"memory"})
+    pub.publish(1, b"x", routing_key="nowhere")
+    pub.expect(C.Connection.Blocked)
+
+    def tick_all():
+        for p in list(b.server.protocols):
+            p.conn.received = False     # as if nothing came in since the last tick
+            p._heartbeat()
+
+    for _ in range(6):                  # three intervals without reading a byte
+        b.call(tick_all)
+    assert b.connection_count() == 1
+    b.call(b.server.set_alarms, set())
+    pub.expect(C.Connection.Unblocked)
+    for _ in range(4):                  # unblocked and silent: now it is dropped
+        b.call(tick_all)
+    b.wait_for(lambda: not b.server.protocols, what="the silent peer to be dropped")
+    pub.close()
+
+
 def test_blocked_publishers_are_closed_cleanly_at_shutdown():
     """Shutdown reads blocked connections again, so their close-ok arrives (no 3 s wait)."""
     b = BrokerThread(resources={"check_interval": 0}).start()

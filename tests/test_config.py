@@ -162,3 +162,11 @@ def test_yaml_examples_in_the_docs_are_valid(doc):
     blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
     for block in blocks:
         config.from_dict(yaml.safe_load(block))
+
+
+def test_hash_password_makes_hashes_amqpd_and_rabbitmq_accept(capsys):
+    from amqpd.amqp import auth
+    assert cli.main(["hash-password", "s3cret"]) == 0
+    digest = capsys.readouterr().out.strip()
+    user = config.User("u", password_hash=digest)
+    assert auth.check_password(user, "s3cret") and not auth.check_password(user, "other")
