@@ -189,8 +189,6 @@ def test_definitions_directory_and_plain_passwords(tmp_path):
     assert "carol-pw" not in json.dumps(stored)            # hashed before it is stored
 
 
-@pytest.mark.xfail(strict=True, reason="broker/vhost.py reads only limits.max_queues_per_vhost; "
-                   "a vhost's own max-queues (set as VHost.max_queues) needs it to look there")
 def test_imported_vhost_queue_limit(tmp_path):
     defs = tmp_path / "d.json"
     defs.write_text(json.dumps({"vhosts": [{"name": "small", "limits": [["max-queues", 1]]}],

@@ -177,10 +177,7 @@ CASES = [
 ]
 
 # RabbitMQ checks permissions before it looks the resources up, and (AE/DLX) read before
-# write; channel.py does some of it the other way round, so where both are wrong the reply
-# differs. Asserting RabbitMQ's reply, xfail until channel.py changes (see docs/security.md).
-ORDER = ("channel.py looks the resource up (404/405) or checks write on the AE/DLX before the "
-         "permission RabbitMQ checks first")
+# write: where both are wrong, the permission error is the reply.
 ORDER_CASES = [
     ("exchange.declare AE neither", [],
      X.Declare(exchange="p-C-x30", exchange_type="fanout",
@@ -228,7 +225,7 @@ def test_permission_table(broker, guest, alice, steps, method, want):
 
 
 @pytest.mark.parametrize("steps,method,want", [
-    pytest.param(*c[1:], marks=pytest.mark.xfail(strict=True, reason=ORDER))
+    pytest.param(*c[1:])
     for c in ORDER_CASES], ids=[c[0] for c in ORDER_CASES])
 def test_permission_check_order(broker, guest, alice, steps, method, want):
     run_case(broker, guest, alice, steps, method, want)

@@ -380,8 +380,8 @@ def exchange_declare(ch: Channel, m: Exchange.Declare) -> None:
         ch.conn.authorize("configure", "exchange", m.exchange)
         ae = (m.arguments or {}).get("alternate-exchange")
         if isinstance(ae, (str, bytes)) and ae:
-            ch.conn.authorize("write", "exchange", ae.decode() if isinstance(ae, bytes) else ae)
             ch.conn.authorize("read", "exchange", m.exchange)
+            ch.conn.authorize("write", "exchange", ae.decode() if isinstance(ae, bytes) else ae)
     ch.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete,
                               m.internal, m.arguments or {})
     _ok(ch, m, Exchange.DeclareOk())
@@ -394,12 +394,14 @@ def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
 
 
 def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
+    # RabbitMQ's order: write on the destination, the default-exchange rule, read on the
+    # source, then existence.
+    ch.conn.authorize("write", "exchange", m.destination)
     if not m.destination or not m.source:
         raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("read", "exchange", m.source)
     source = ch.vhost.exchange(m.source)
     dest = ch.vhost.exchange(m.destination)
-    ch.conn.authorize("write", "exchange", m.destination)
-    ch.conn.authorize("read", "exchange", m.source)
     ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
     _ok(ch, m, Exchange.BindOk())
 
@@ -427,9 +429,9 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
         ch.conn.authorize("configure", "queue", m.queue or "amq.gen-")
         dlx = (m.arguments or {}).get("x-dead-letter-exchange")
         if isinstance(dlx, (str, bytes)) and dlx:
+            ch.conn.authorize("read", "queue", m.queue or "amq.gen-")
             ch.conn.authorize("write", "exchange",
                               dlx.decode() if isinstance(dlx, bytes) else dlx)
-            ch.conn.authorize("read", "queue", m.queue or "amq.gen-")
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name
@@ -449,6 +451,14 @@ def _reply_declare(ch: Channel, m: Queue.Declare) -> None:
     _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=0, consumer_count=len(q.consumers)))
 
 
+def _queue_name(ch: Channel, name: str) -> str:
+    """The queue a method names ("" is the channel's last declared queue); 404 when none."""
+    name = name or ch.last_queue
+    if not name:
+        raise errors.NotFound("no previously declared queue")
+    return name
+
+
 def _queue(ch: Channel, name: str):
     """An empty name means the channel's last declared queue, as in RabbitMQ."""
     if not name:
@@ -459,10 +469,10 @@ def _queue(ch: Channel, name: str):
 
 
 def queue_bind(ch: Channel, m: Queue.Bind) -> None:
+    ch.conn.authorize("write", "queue", _queue_name(ch, m.queue))   # permissions first
+    ch.conn.authorize("read", "exchange", m.exchange)
     ex = ch.vhost.exchange(m.exchange)
     q = _queue(ch, m.queue)
-    ch.conn.authorize("write", "queue", q.name)
-    ch.conn.authorize("read", "exchange", m.exchange)
     ch.vhost.bind(ex, q, m.routing_key, m.arguments or {})
     _ok(ch, m, Queue.BindOk())
 
@@ -482,8 +492,8 @@ def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
 
 
 def queue_purge(ch: Channel, m: Queue.Purge) -> None:
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
-    ch.conn.authorize("read", "queue", q.name)
     _ok(ch, m, Queue.PurgeOk(message_count=q.purge()))
 
 
@@ -522,8 +532,8 @@ def basic_consume(ch: Channel, m: Basic.Consume) -> None:
     if m.queue == REPLY_TO:
         _reply_consume(ch, m)
         return
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
-    ch.conn.authorize("read", "queue", q.name)
     tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
     if tag in ch.consumers:
         raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
@@ -566,8 +576,8 @@ def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
 
 
 def basic_get(ch: Channel, m: Basic.Get) -> None:
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
-    ch.conn.authorize("read", "queue", q.name)
     entry = q.take()
     if entry is None:
         ch.send(Basic.GetEmpty())

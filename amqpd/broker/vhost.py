@@ -20,6 +20,7 @@ class VHost:
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}     # direct reply-to consumers' queues
+        self.max_queues = None          # vhost limit set by definitions (None: the config's)
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
@@ -125,8 +126,10 @@ class VHost:
             name = "amq.gen-" + secrets.token_urlsafe(16)
         validate_arguments(f"queue '{name}' in vhost '{self.name}'", arguments or {}, durable,
                            exclusive, auto_delete)
-        limit = getattr(self.broker.config.limits, "max_queues_per_vhost", 0)
-        if limit and len(self.queues) >= limit:
+        limit = self.max_queues         # from imported definitions: 0 forbids, as RabbitMQ
+        if limit is None:
+            limit = getattr(self.broker.config.limits, "max_queues_per_vhost", 0) or None
+        if limit is not None and len(self.queues) >= limit:
             raise errors.PreconditionFailed(
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
