@@ -1,6 +1,8 @@
+import pika
 import pytest
 
 from .brokerthread import BrokerThread
+from .helpers import vhost_of
 
 
 @pytest.fixture
@@ -29,3 +31,34 @@ def make_broker():
 @pytest.fixture
 def broker(make_broker) -> BrokerThread:
     return make_broker()
+
+
+@pytest.fixture
+def connect(broker):
+    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
+    conns = []
+
+    def make() -> pika.BlockingConnection:
+        c = pika.BlockingConnection(pika.URLParameters(broker.url))
+        conns.append(c)
+        return c
+
+    yield make
+    for c in conns:
+        if c.is_open:
+            c.close()
+
+
+@pytest.fixture
+def conn(connect):
+    return connect()
+
+
+@pytest.fixture
+def ch(conn):
+    return conn.channel()
+
+
+@pytest.fixture
+def vh(broker):
+    return vhost_of(broker)

@@ -1,27 +1,15 @@
 """Consumer acknowledgements: ack / nack / reject with multiple and requeue, requeue position and
 the redelivered flag, unknown delivery tags, ack(0, multiple) and basic.recover."""
-import time
 
 import pika
 import pytest
 from pamqp import body as pamqp_body, commands as C, header
 
 from .rawclient import RawClient
+from .helpers import connect, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.02)
-
-
 def fill(ch, queue: str, n: int) -> None:
     ch.queue_declare(queue)
     for i in range(n):

@@ -7,33 +7,13 @@ import aio_pika
 import pika
 import pytest
 from pamqp import commands as C
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import UnroutableError
 
 from tests.rawclient import RawClient
+from .helpers import drain, refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def connect(broker):
-    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def conn(connect):
-    return connect()
-
-
 class Returns:
     """A channel whose basic.return frames are collected."""
 
@@ -64,26 +44,11 @@ def fence(ch) -> None:
     ch.basic_qos(prefetch_count=0)
 
 
-def drain(ch, queue: str) -> list:
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
 def new_queue(ch, exchange: str = "", key: str = "") -> str:
     q = ch.queue_declare("", exclusive=True).method.queue
     if exchange:
         ch.queue_bind(q, exchange, key)
     return q
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
 
 
 # -- routing ----------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 """Publisher confirms and transactions (tx.select / commit / rollback over publishes and acks)."""
 import asyncio
-import time
 
 import aio_pika
 import pika
@@ -8,25 +7,10 @@ import pytest
 from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, header
 
 from .rawclient import RawClient
+from .helpers import connect, count, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.02)
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 def get_all(ch, queue: str) -> list:
     out = []
     while True:

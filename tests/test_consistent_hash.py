@@ -11,34 +11,14 @@ import uuid
 import pika
 import pytest
 from pamqp import commands as C
-from pika.exceptions import ChannelClosedByBroker
 
 from tests.rawclient import RawClient
+from .helpers import count, refused
 
 FRAME_END = b"\xce"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def connect(broker):
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def ch(connect):
-    return connect().channel()
-
-
 def _shortstr(s: str) -> bytes:
     b = s.encode()
     return bytes([len(b)]) + b
@@ -75,10 +55,6 @@ def blast(broker, exchange: str, keys) -> None:
         raw.expect(C.Channel.CloseOk)
         raw.method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
         raw.expect(C.Connection.CloseOk)
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
 
 
 def new_queue(ch, exchange: str = "", key: str = "") -> str:
@@ -123,12 +99,6 @@ def bodies_by_queue(ch, queues) -> dict:
             got.append(body)
         out[q] = got
     return out
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
 
 
 # -- spread -----------------------------------------------------------------------------------

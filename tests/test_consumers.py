@@ -6,7 +6,6 @@ Waiting is always on a condition (pika's process_data_events with a deadline, Ra
 with a timeout, broker.wait_for), never a bare sleep."""
 import asyncio
 import socket
-import time
 
 import aio_pika
 import pika
@@ -14,28 +13,10 @@ import pytest
 from pamqp import body as pamqp_body, commands as C, header
 
 from .rawclient import RawClient
+from .helpers import connect, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker, **params) -> pika.BlockingConnection:
-    p = pika.URLParameters(broker.url)
-    for key, value in params.items():
-        setattr(p, key, value)
-    return pika.BlockingConnection(p)
-
-
-def pump(conns, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    """Let pika dispatch callbacks on ``conns`` until ``pred()`` holds."""
-    if not isinstance(conns, (list, tuple)):
-        conns = [conns]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        for c in conns:
-            c.process_data_events(time_limit=0.02)
-
-
 def ready(broker, name: str) -> int:
     return broker.call(lambda: broker.broker.vhosts["/"].queues[name].message_count)
 

@@ -11,34 +11,13 @@ import aio_pika
 import pika
 import pika.compat
 import pytest
+from .helpers import connect, count, let_time_pass, pump
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.01)
-
-
-def let_time_pass(conn, seconds: float) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        conn.process_data_events(time_limit=min(0.02, max(0.0, end - time.monotonic())))
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 class Recorder:
     """A consumer (auto-ack) that keeps (method, properties, body) of what it receives."""
 

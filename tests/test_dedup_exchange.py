@@ -8,35 +8,16 @@ import time
 import pika
 import pytest
 from pamqp import commands as C
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import UnroutableError
 
 from tests.rawclient import RawClient
+from .helpers import drain, refused
 
 SIZE_TEXT = "'x-cache-size' must be an integer greater than 0"
 TTL_TEXT = "'x-cache-ttl' must be an integer greater than 0"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def connect(broker):
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def ch(connect):
-    return connect().channel()
-
-
 def declare(ch, name: str = "dedup", **args) -> None:
     ch.exchange_declare(name, "x-message-deduplication", arguments=args)
 
@@ -48,23 +29,8 @@ def new_queue(ch, exchange: str = "", key: str = "") -> str:
     return q
 
 
-def drain(ch, queue: str) -> list:
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
 def dedup(value, **headers) -> pika.BasicProperties:
     return pika.BasicProperties(headers={"x-deduplication-header": value, **headers})
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
 
 
 def wait_past(deadline: float) -> None:

@@ -16,29 +16,10 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from interop.process import AmqpdProcess
 from tests.brokerthread import BrokerThread
 from tests.rawclient import RawClient
+from .helpers import refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def connect(broker):
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def ch(connect):
-    return connect().channel()
-
-
 class Collector:
     """Consumes a queue (no-ack) and records (body, arrival monotonic, arrival wall, headers,
     redelivered, properties)."""
@@ -85,12 +66,6 @@ def new_queue(ch, exchange: str = "", key: str = "") -> str:
     if exchange:
         ch.queue_bind(q, exchange, key)
     return q
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
 
 
 # -- timing and order -------------------------------------------------------------------------

@@ -3,45 +3,19 @@ and aio-pika, the rewritten reply_to, the 406s for misuse (RabbitMQ 3.10's texts
 requester that went away, and many concurrent RPC clients. Expected behaviour and texts were
 checked against RabbitMQ 3.10."""
 import asyncio
-import time
 
 import aio_pika
 import pika
 import pytest
 from pamqp import commands as C
-from pika.exceptions import ChannelClosedByBroker
 
 from tests.rawclient import RawClient
+from .helpers import pump, refused
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 # -- helpers ----------------------------------------------------------------------------------
-@pytest.fixture
-def connect(broker):
-    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-def pump(conns, predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Run the pika connections' I/O until predicate() holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        for c in conns:
-            c.process_data_events(time_limit=0.005)
-
-
 class EchoServer:
     """An RPC server on its own connection: consumes 'rpcq', remembers each request's
     reply_to and answers 're:<body>' to it through the default exchange."""
@@ -62,12 +36,6 @@ class EchoServer:
         ch.basic_publish("", props.reply_to, b"re:" + body,
                          pika.BasicProperties(correlation_id=props.correlation_id,
                                               headers={"served": "yes"}))
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
 
 
 # -- RPC --------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import aio_pika
 import pika
@@ -23,6 +22,7 @@ from interop.process import ROOT, AmqpdProcess
 
 from .brokerthread import BrokerThread
 from .rawclient import Closed, RawClient
+from .helpers import count, pump
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 TRANSIENT = pika.BasicProperties(delivery_mode=1)
@@ -112,10 +112,6 @@ def exchange_exists(conn, name: str) -> bool:
     return code is None
 
 
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 def drain(ch, queue: str, ack: bool = True) -> list:
     """Every message of the queue as (body, redelivered)."""
     out = []
@@ -124,13 +120,6 @@ def drain(ch, queue: str, ack: bool = True) -> list:
         if method is None:
             return out
         out.append((body, method.redelivered))
-
-
-def pump(conn, pred, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        conn.process_data_events(time_limit=0.02)
 
 
 def bodies(messages) -> list:

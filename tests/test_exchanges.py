@@ -2,75 +2,19 @@
 type, the pre-declared amq.* exchanges, exchange-to-exchange bindings, auto-delete and internal
 exchanges. Expected codes and texts are RabbitMQ 3.10's."""
 import re
-import urllib.parse
 
 import aio_pika
 import aiormq
 import pika
 import pytest
 from pamqp import commands as C
-from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
+from pika.exceptions import ConnectionClosedByBroker
 
 from tests.rawclient import RawClient
+from .helpers import drain, refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def vhost_of(broker) -> str:
-    return urllib.parse.unquote(urllib.parse.urlparse(broker.url).path[1:]) or "/"
-
-
-@pytest.fixture
-def connect(broker):
-    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def conn(connect):
-    return connect()
-
-
-@pytest.fixture
-def ch(conn):
-    return conn.channel()
-
-
-@pytest.fixture
-def vh(broker):
-    return vhost_of(broker)
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    """Run a synchronous pika call that the broker must answer with channel.close."""
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
-
-
-def reply(exc) -> tuple:
-    return exc.reply_code, exc.reply_text
-
-
-def drain(ch, queue: str) -> list:
-    """Every ready message body in the queue, in order (basic.get, no-ack)."""
-    bodies = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return bodies
-        bodies.append(body)
-
-
 def new_queue(ch, exchange: str = "", key: str = "", arguments=None) -> str:
     q = ch.queue_declare("", exclusive=True).method.queue
     if exchange:

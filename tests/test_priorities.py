@@ -3,28 +3,16 @@ priority, priorities above the maximum treated as the maximum, no priority = 0),
 priority order, priority with TTL, consumer priorities (x-priority) together with prefetch, and a
 durable priority queue recovered in priority order after a restart."""
 import asyncio
-import time
 
 import aio_pika
 import pika
 import pytest
 
 from .brokerthread import BrokerThread
+from .helpers import connect, count, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.01)
-
-
 def publish(ch, queue: str, items, persistent: bool = False) -> None:
     """items: (priority or None, body)"""
     for priority, body in items:
@@ -39,10 +27,6 @@ def get_all(ch, queue: str, with_flags: bool = False) -> list:
         if method is None:
             return out
         out.append((body, method.redelivered) if with_flags else body)
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
 
 
 # -- priority queues -----------------------------------------------------------------------------

@@ -5,7 +5,6 @@ RabbitMQ 3.10's."""
 import datetime
 import struct
 import time
-import urllib.parse
 from decimal import Decimal
 
 import aio_pika
@@ -13,49 +12,15 @@ import pika
 import pytest
 from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame
 from pamqp import header as pamqp_header
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import UnroutableError
 
 from tests.rawclient import Closed, RawClient
+from .helpers import refused, reply
 
 FRAME_MAX = 131072          # what amqpd and RabbitMQ offer and pika accepts
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def vhost_of(broker) -> str:
-    return urllib.parse.unquote(urllib.parse.urlparse(broker.url).path[1:]) or "/"
-
-
-@pytest.fixture
-def connect(broker):
-    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def conn(connect):
-    return connect()
-
-
-@pytest.fixture
-def ch(conn):
-    return conn.channel()
-
-
-@pytest.fixture
-def vh(broker):
-    return vhost_of(broker)
-
-
 @pytest.fixture
 def raw(broker, vh):
     client = RawClient(broker.port)
@@ -68,16 +33,6 @@ def raw(broker, vh):
     except (OSError, Closed, AssertionError):
         pass            # a test that ended the connection itself
     client.close()
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
-
-
-def reply(exc) -> tuple:
-    return exc.reply_code, exc.reply_text
 
 
 def new_queue(ch) -> str:

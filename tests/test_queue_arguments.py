@@ -8,16 +8,13 @@ import pytest
 from pamqp import commands as C
 
 from .rawclient import RawClient
+from .helpers import connect
 
 Q = "q"
 PREFIX = f"PRECONDITION_FAILED - invalid arg '{{arg}}' for queue '{Q}' in vhost '/': "
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
 def declare_error(broker, arguments: dict, durable: bool = False, exclusive: bool = False,
                   auto_delete: bool = False, name: str = Q):
     """Declare a queue; (reply code, reply text) of the channel error, or None when it worked.

@@ -3,7 +3,6 @@ x-overflow drop-head (oldest dropped / dead-lettered as maxlen), reject-publish 
 basic.nack under confirms), reject-publish-dlx (nacked and dead-lettered); unacked messages do not
 count toward a limit. And queue-level deduplication (x-message-deduplication, semantics of the
 rabbitmq-message-deduplication plugin)."""
-import time
 
 import aio_pika
 import pika
@@ -11,28 +10,13 @@ import pytest
 from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, header
 
 from .rawclient import RawClient
+from .helpers import connect, count, pump
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.01)
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 def get_all(ch, queue: str) -> list:
     out = []
     while True:

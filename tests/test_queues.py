@@ -3,64 +3,18 @@ exclusive ownership, declare-ok counts, purge, delete (if_unused / if_empty), un
 auto-delete. Expected codes and texts are RabbitMQ 3.10's."""
 import re
 import time
-import urllib.parse
 
 import aio_pika
 import aiormq
-import pika
 import pytest
 from pamqp import commands as C
 from pika.exceptions import ChannelClosedByBroker
 
 from tests.rawclient import RawClient
+from .helpers import refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def vhost_of(broker) -> str:
-    return urllib.parse.unquote(urllib.parse.urlparse(broker.url).path[1:]) or "/"
-
-
-@pytest.fixture
-def connect(broker):
-    """pika connections that are closed at teardown (the broker fixture fails on leaks)."""
-    conns = []
-
-    def make() -> pika.BlockingConnection:
-        c = pika.BlockingConnection(pika.URLParameters(broker.url))
-        conns.append(c)
-        return c
-
-    yield make
-    for c in conns:
-        if c.is_open:
-            c.close()
-
-
-@pytest.fixture
-def conn(connect):
-    return connect()
-
-
-@pytest.fixture
-def ch(conn):
-    return conn.channel()
-
-
-@pytest.fixture
-def vh(broker):
-    return vhost_of(broker)
-
-
-def refused(fn, *args, **kw) -> ChannelClosedByBroker:
-    with pytest.raises(ChannelClosedByBroker) as info:
-        fn(*args, **kw)
-    return info.value
-
-
-def reply(exc) -> tuple:
-    return exc.reply_code, exc.reply_text
-
-
 def exists(conn, queue: str) -> bool:
     """Passive declare on a throw-away channel."""
     ch = conn.channel()

@@ -10,24 +10,10 @@ import pytest
 from pamqp import body as pamqp_body, commands as C, header
 
 from .rawclient import Closed, RawClient
+from .helpers import connect, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker, **params) -> pika.BlockingConnection:
-    p = pika.URLParameters(broker.url)
-    for key, value in params.items():
-        setattr(p, key, value)
-    return pika.BlockingConnection(p)
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.02)
-
-
 def queue_state(broker, name: str):
     q = broker.broker.vhosts["/"].queues[name]
     return q.message_count, q.unacked, len(q.consumers)

@@ -7,37 +7,20 @@ messages of the first are redelivered to it.
 Quorum queues (as a single RabbitMQ node gives them): x-delivery-limit dead-letters a message
 with reason delivery_limit after the limit; redeliveries carry an x-delivery-count header."""
 import asyncio
-import time
 
 import aio_pika
 import pika
 import pika.compat
-import pytest
 from pamqp import body as pamqp_body, commands as C, header
 
 from .rawclient import RawClient
+from .helpers import connect, count, pump
 
 SAC = {"x-single-active-consumer": True}
 QUORUM = {"x-queue-type": "quorum"}
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.01)
-
-
-def count(ch, queue: str, durable: bool = False) -> int:
-    return ch.queue_declare(queue, passive=True, durable=durable).method.message_count
-
-
 class Consumer:
     """One consumer on its own channel, recording (tag, body, redelivered, headers)."""
 

@@ -15,35 +15,13 @@ from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, heade
 
 from .brokerthread import BrokerThread
 from .rawclient import RawClient
+from .helpers import connect, count, let_time_pass, pump
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def connect(broker) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.URLParameters(broker.url))
-
-
-def pump(conn, pred, timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        conn.process_data_events(time_limit=0.01)
-
-
-def let_time_pass(conn, seconds: float) -> None:
-    """Keep the connection serviced while time passes (the point of the test is time)."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        conn.process_data_events(time_limit=min(0.02, max(0.0, end - time.monotonic())))
-
-
-def count(ch, queue: str) -> int:
-    return ch.queue_declare(queue, passive=True).method.message_count
-
-
 def get_all(ch, queue: str) -> list:
     out = []
     while True:
