@@ -7,7 +7,7 @@ Every key, its default and its meaning is listed in ``conf/amqpd.yaml`` and
 import dataclasses
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import yaml
 

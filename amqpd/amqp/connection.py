@@ -11,7 +11,6 @@ from pamqp import commands as C, frame as pamqp_frame
 from pamqp import encode as pamqp_encode
 
 from .. import __version__
-from ..wire import fastpath
 from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader)
 from . import auth, errors

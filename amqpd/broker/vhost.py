@@ -189,14 +189,14 @@ class VHost:
     # -- bindings -----------------------------------------------------------------------------
     def bind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
         if source is self.default or dest is self.default:
-            raise errors.AccessRefused(f"operation not permitted on the default exchange")
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         source.validate_binding(key, arguments)
         if source.add_binding(dest, key, arguments) and _durable_pair(source, dest):
             self.journal(_binding("bind", source, dest, key, arguments))
 
     def unbind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
         if source is self.default or dest is self.default:
-            raise errors.AccessRefused(f"operation not permitted on the default exchange")
+            raise errors.AccessRefused("operation not permitted on the default exchange")
         if source.remove_binding(dest, key, arguments):
             if _durable_pair(source, dest):
                 self.journal(_binding("unbind", source, dest, key, arguments))
