@@ -17,6 +17,10 @@ Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange,
 
 OPEN, CLOSING = "open", "closing"
 REPLY_TO = "amq.rabbitmq.reply-to"
+# The property flag bits _check_properties looks at, split by the two bytes of the flag word
+# (header[12] high, header[13] low), so the common message costs two byte tests.
+_CHECKED = properties.EXPIRATION | properties.REPLY_TO | properties.USER_ID
+CHECKED_HIGH, CHECKED_LOW = _CHECKED >> 8, _CHECKED & 0xFF
 
 
 class Channel:
@@ -121,16 +125,8 @@ class Channel:
         self.publishing = self.header = None
         self.received = 0
         msg = Message(ex.name, routing_key, route, header, body)
-        if header[12] & 1:              # the expiration property is set
-            check_expiration(properties.peek(header, properties.EXPIRATION))
-        if properties.flags(header) & properties.REPLY_TO:
-            self._direct_reply_to(msg)
-        if properties.flags(header) & properties.USER_ID:
-            user_id = msg.properties.user_id
-            if user_id != self.conn.user:
-                raise errors.PreconditionFailed(
-                    f"user_id property set to '{user_id}' but authenticated user was "
-                    f"'{self.conn.user}'", 60, 40)
+        if header[12] & CHECKED_HIGH or header[13] & CHECKED_LOW:
+            self._check_properties(msg)
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))
             return
@@ -142,6 +138,21 @@ class Channel:
             elif verdict == REJECTED:
                 self.nacks.append(self.publish_seq)
             self.conn.confirm_due(self)
+
+    def _check_properties(self, msg: Message) -> None:
+        """expiration, reply_to and user_id need a look (most messages have none of them)."""
+        header = msg.header
+        f = properties.flags(header)
+        if f & properties.EXPIRATION:
+            check_expiration(properties.peek(header, properties.EXPIRATION))
+        if f & properties.REPLY_TO:
+            self._direct_reply_to(msg)
+        if f & properties.USER_ID:
+            user_id = msg.properties.user_id
+            if user_id != self.conn.user:
+                raise errors.PreconditionFailed(
+                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"'{self.conn.user}'", 60, 40)
 
     def _direct_reply_to(self, msg: Message) -> None:
         """reply_to=amq.rabbitmq.reply-to names this channel's reply consumer: rewrite it to the

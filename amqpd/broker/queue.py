@@ -177,7 +177,8 @@ class Queue:
     def settle(self, entry: Entry) -> None:
         """The message left the queue for good (ack, or a no-ack delivery)."""
         self.unacked -= 1
-        self._forget(entry)
+        if entry.segment is not None or self.special:
+            self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
         entry.state = GONE
