@@ -364,14 +364,7 @@ async def rpc(ctx, direct):
         pass
     await conn.close()
     await server.close()
-    obs = {"replies": replies}
-    if direct:
-        obs["server_saw_prefix"] = ("amq.rabbitmq.reply-to."
-                                    if seen and all(s.startswith("amq.rabbitmq.reply-to.")
-                                                    for s in seen) else seen)
-    else:
-        obs["reply_queue"] = base.named_by(reply_to)
-    return obs
+    return base.rpc_observation(replies, direct, seen, reply_to)
 
 
 async def s_rpc(ctx):

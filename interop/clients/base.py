@@ -65,6 +65,20 @@ def named_by(queue: str) -> str:
     return "server (amq.gen-)" if queue.startswith("amq.gen-") else "client"
 
 
+def rpc_observation(replies, direct: bool, seen: list, reply_to: str) -> dict:
+    """What an RPC scenario reports: the replies, and either which reply_to the server saw
+    (direct reply-to: the broker's rewritten amq.rabbitmq.reply-to.<token>) or who named the
+    reply queue."""
+    obs = {"replies": replies}
+    if direct:
+        obs["server_saw_prefix"] = ("amq.rabbitmq.reply-to."
+                                    if seen and all(s.startswith("amq.rabbitmq.reply-to.")
+                                                    for s in seen) else seen)
+    else:
+        obs["reply_queue"] = named_by(reply_to)
+    return obs
+
+
 def emit(obj) -> None:
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()

@@ -384,14 +384,7 @@ def rpc(ctx, direct):
                 pass
     conn.release()
     server.release()
-    obs = {"replies": replies}
-    if direct:
-        obs["server_saw_prefix"] = ("amq.rabbitmq.reply-to."
-                                    if seen and all(s.startswith("amq.rabbitmq.reply-to.")
-                                                    for s in seen) else seen)
-    else:
-        obs["reply_queue"] = base.named_by(reply_to)
-    return obs
+    return base.rpc_observation(replies, direct, seen, reply_to)
 
 
 def s_rpc(ctx):

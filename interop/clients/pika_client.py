@@ -377,14 +377,7 @@ def rpc(ctx, direct: bool):
         conn.process_data_events(0.01)
     conn.close()
     server_conn.close()
-    obs = {"replies": replies}
-    if direct:
-        obs["server_saw_prefix"] = ("amq.rabbitmq.reply-to."
-                                    if seen and all(s.startswith("amq.rabbitmq.reply-to.")
-                                                    for s in seen) else seen)
-    else:
-        obs["reply_queue"] = base.named_by(reply_to)
-    return obs
+    return base.rpc_observation(replies, direct, seen, reply_to)
 
 
 def s_rpc(ctx):
