@@ -275,13 +275,21 @@ class Channel:
         self._settle(self._take_unacked(tag, multiple, method_id), settle, requeue)
 
     def _tags(self, tag: int, multiple: bool, method_id: int) -> list:
-        if not multiple:
-            if tag not in self.unacked:
-                raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
-            return [tag]
-        if tag != 0 and tag not in self.unacked:
+        """The delivery tags an ack/nack/reject covers; RabbitMQ looks the tag up even with
+        multiple=true (only 0 means "everything outstanding")."""
+        unacked = self.unacked
+        if tag not in unacked and (tag != 0 or not multiple):
             raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
-        return [t for t in self.unacked if tag == 0 or t <= tag]
+        if not multiple:
+            return [tag]
+        if tag == 0:
+            return list(unacked)
+        tags = []
+        for t in unacked:            # ordered by tag
+            if t > tag:
+                break
+            tags.append(t)
+        return tags
 
     def _settle_tagged(self, records: list, ack: bool, requeue: bool) -> None:
         self.tx_held -= len(records)
@@ -297,26 +305,13 @@ class Channel:
         self.tx_held = 0
 
     def _take_unacked(self, tag: int, multiple: bool, method_id: int) -> list:
-        unacked = self.unacked
-        if not multiple:
-            record = unacked.pop(tag, None)
+        if not multiple:             # the common single ack: one dict pop
+            record = self.unacked.pop(tag, None)
             if record is None:
                 raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
             return [record]
-        if tag == 0:
-            records = list(unacked.values())
-            unacked.clear()
-            return records
-        if tag not in unacked:     # RabbitMQ looks the tag up even with multiple=true
-            raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
-        tags = []
-        for t in unacked:
-            if t > tag:
-                break
-            tags.append(t)
-        if not tags:
-            raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
-        return [unacked.pop(t) for t in tags]
+        unacked = self.unacked
+        return [unacked.pop(t) for t in self._tags(tag, True, method_id)]
 
     def _settle(self, records: list, ack: bool, requeue: bool) -> None:
         schedule = self.conn.broker.schedule
