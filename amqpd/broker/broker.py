@@ -4,6 +4,7 @@ import heapq
 import itertools
 import logging
 import time
+from collections import deque
 
 from ..store.definitions import decode_args
 from .message import Entry, from_route
@@ -28,6 +29,7 @@ class Broker:
         self.connections: set = set()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.sync_waiters: dict = {}  # channels with confirms waiting for an fsync
+        self.tasks: deque = deque()   # long jobs run a slice per turn (background())
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -41,6 +43,32 @@ class Broker:
             for q in queues:
                 if not q.deleted:
                     q.dispatch()
+
+    # -- long work in slices ------------------------------------------------------------------
+    def background(self, task) -> None:
+        """Run a long job (purging or freeing a big queue) without stalling other clients:
+        ``task`` is a generator that does one bounded slice of work per ``next()``; one slice
+        runs per event-loop turn, jobs taking turns."""
+        self.tasks.append(task)
+        if len(self.tasks) == 1:
+            self.call_at(self.clock(), self._run_background)
+
+    def _run_background(self) -> None:
+        task = self.tasks.popleft()
+        try:
+            next(task)
+        except StopIteration:
+            pass
+        else:
+            self.tasks.append(task)
+        if self.tasks:
+            self.call_at(self.clock(), self._run_background)
+
+    def finish_background(self) -> None:
+        """Run every pending job to the end (shutdown, unit tests)."""
+        while self.tasks:
+            for _ in self.tasks.popleft():
+                pass
 
     # -- timers -------------------------------------------------------------------------------
     def set_scheduler(self, scheduler) -> None:

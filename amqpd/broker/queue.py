@@ -12,6 +12,7 @@ from .message import GONE, OUT, READY, Entry, Message
 from .ready import PriorityReady, Ready
 
 STORED, REJECTED, DUPLICATE = 1, 2, 3     # enqueue verdicts besides 0 (kept in memory)
+SLICE = 1024         # entries purged or freed per event-loop turn (a few ms of work)
 
 # Arguments RabbitMQ compares when a queue is re-declared (rabbit_amqqueue declare_args).
 EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
@@ -31,7 +32,7 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.opts = opts = QueueOptions(self.arguments)
-        self.ready = PriorityReady(opts.max_priority) if opts.max_priority else Ready()
+        self.ready = self._new_ready()
         self.consumers: list = []
         self.unacked = 0
         self.next_seq = 0
@@ -210,8 +211,8 @@ class Queue:
     def _pop(self) -> Entry | None:
         """The next live entry of the ready list (skipping expired ones left in place)."""
         ready = self.ready
-        while ready:
-            entry = ready.popleft()
+        while ready or ready.back:
+            entry = ready.take()
             if entry.state != GONE:
                 return entry
             self.gone -= 1
@@ -220,24 +221,57 @@ class Queue:
     def take(self) -> Entry | None:
         if self.opts.expires:
             self.touch()
-        entry = self._pop() if self.gone else (self.ready.popleft() if self.ready else None)
+        ready = self.ready
+        if self.gone or ready.back:
+            entry = self._pop()
+        else:
+            entry = ready.popleft() if ready else None
         if entry is not None:
             self.delivering(entry)
         return entry
 
+    def _new_ready(self):
+        return PriorityReady(self.opts.max_priority) if self.opts.max_priority else Ready()
+
     def purge(self) -> int:
+        """Empty the ready list at once (the count is exact, and new messages queue behind an
+        empty list). Settling the removed messages in the log and freeing them runs in slices
+        (``Broker.background``), so purging a million messages does not stall other clients."""
         n = self.message_count
-        for entry in self.ready:
-            if entry.state != GONE:
-                self._forget(entry)
-        self.ready.clear()
+        old, self.ready = self.ready, self._new_ready()
         self.gone = 0
         self.ready_bytes = 0
+        if self.expiring:             # keep the deadlines of delivered messages only
+            self.expiring = [item for item in self.expiring if item[2].state == OUT]
+            heapq.heapify(self.expiring)
+        if self.dedup_ids:
+            self.dedup_ids = {k: e for k, e in self.dedup_ids.items() if e.state == OUT}
+        if old.size():
+            self.vhost.broker.background(self._release(old, settle=True))
         return n
+
+    def discard(self) -> None:
+        """The queue was deleted: free its messages in slices (its log goes as a whole)."""
+        old, self.ready = self.ready, self._new_ready()
+        self.expiring = None
+        if old.size():
+            self.vhost.broker.background(self._release(old, settle=False))
+
+    def _release(self, entries, settle: bool):
+        """Take ``entries`` apart, SLICE entries per step, settling them in the log when
+        ``settle``; each popped entry is freed as soon as it is dropped."""
+        while entries or entries.back:
+            for _ in range(SLICE):
+                if not (entries or entries.back):
+                    break
+                entry = entries.take()
+                if settle and entry.state != GONE:
+                    self._forget(entry)
+            yield
 
     @property
     def message_count(self) -> int:
-        return len(self.ready) - self.gone
+        return self.ready.size() - self.gone
 
     # -- limits and expiry ----------------------------------------------------------------------
     def _full(self, incoming: int) -> bool:
@@ -285,7 +319,7 @@ class Queue:
             self._remove(entry, "expired")
         if heap:
             self.vhost.broker.call_at(heap[0][0], self.expire)
-        if self.gone > 1024 and self.gone * 2 > len(self.ready):
+        if self.gone > 1024 and self.gone * 2 > self.ready.size():
             self._compact()
 
     def _compact(self) -> None:
@@ -365,11 +399,11 @@ class Queue:
 
     def dispatch(self) -> None:
         ready = self.ready
-        while ready and self.consumers:
+        while (ready or ready.back) and self.consumers:
             consumer = self.next_consumer()
             if consumer is None:
                 return
-            if self.gone:
+            if self.gone or ready.back:
                 entry = self._pop()
                 if entry is None:
                     return

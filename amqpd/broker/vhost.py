@@ -179,7 +179,7 @@ class VHost:
         if q.exclusive_owner is not None:
             q.exclusive_owner.exclusive_queues.discard(q)
         count = q.message_count
-        q.ready.clear()
+        q.discard()
         if q.log is not None:
             self.journal({"op": "queue.delete", "name": q.name})
             self.broker.store.delete_queue_log(self.name, q.name)
