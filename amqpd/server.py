@@ -8,13 +8,13 @@ import ssl
 from concurrent.futures import ThreadPoolExecutor
 
 from . import alarms as alarms_mod
-from . import definitions
-from .amqp.connection import CLOSED, CLOSING_, RUNNING, Connection
+from . import definitions, gc_policy
+from .amqp.connection import CLOSED, DETACHED, RUNNING, Connection
 from .store.store import Store
 
 log = logging.getLogger("amqpd.server")
 
-CLOSE_OK_TIMEOUT = 3.0          # how long a closing peer gets to answer connection.close
+CLOSE_OK_TIMEOUT = 3.0          # how long a shutdown waits for clients to answer connection.close
 WRITE_HIGH_WATER = 4 << 20      # transport buffer above this pauses deliveries
 # Bytes one connection may feed us per event-loop turn. libuv keeps reading a busy socket up to
 # 32 times per turn, so without a budget a fast publisher starves every consumer's acks; a small
@@ -37,6 +37,7 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.heartbeat_on = False
         self.close_timer = None
         self.closing = False
+        self.deaf = False             # a closing connection whose input is no longer read
         self.read_budget = READ_BUDGET
         self.reading_paused = False
         self.rbuf = bytearray(READ_SIZE)
@@ -64,6 +65,7 @@ class AMQPProtocol(asyncio.BufferedProtocol):
             log.warning("refusing connection from %s: %d sockets open (limit %d)", peer,
                         len(server.protocols), limit)
             self.conn.state = CLOSED
+            self.conn.io = DETACHED
             transport.abort()
             return
         server.protocols.add(self)
@@ -93,8 +95,6 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         if conn.heartbeat and not self.heartbeat_on and conn.state >= RUNNING - 1:
             self.heartbeat_on = True
             self.timers.append(self.loop.call_later(conn.heartbeat / 2, self._heartbeat))
-        if conn.state == CLOSING_ and self.close_timer is None:
-            self.close_timer = self.loop.call_later(CLOSE_OK_TIMEOUT, self.abort)
 
     def _resume_reading(self) -> None:
         self.read_budget = READ_BUDGET
@@ -103,7 +103,9 @@ class AMQPProtocol(asyncio.BufferedProtocol):
 
     def _set_reading(self) -> None:
         """Reading stops for any of: the per-turn budget, a resource alarm, a rate limit."""
-        paused = self.reading_paused or self.blocked or self.rate_paused
+        paused = self.reading_paused or self.blocked or self.rate_paused or self.deaf
+        if self.transport is None:
+            return
         if paused != self.transport_paused and not self.transport.is_closing():
             self.transport_paused = paused
             if paused:
@@ -160,6 +162,13 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         if self.close_timer:
             self.close_timer.cancel()
         self.conn.connection_lost()
+        # Break the reference cycles (core <-> edge, timers -> bound methods) so the closed
+        # connection is freed at once by reference counting: full garbage collections are rare
+        # (see gc_policy.py).
+        self.conn.io = DETACHED
+        self.timers = []
+        self.close_timer = None
+        self.transport = None
         self.server.closed_event()
 
     # -- the core's I/O interface -------------------------------------------------------------
@@ -169,6 +178,16 @@ class AMQPProtocol(asyncio.BufferedProtocol):
     def close(self, conn) -> None:
         self.closing = True
         self.server.mark_dirty(self)
+
+    def linger(self, conn, seconds: float, reading: bool = True) -> None:
+        """The core is closing the connection: keep the socket at most ``seconds`` longer
+        (still reading, unless ``reading`` is false), for the peer to answer or hang up."""
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.close_timer = self.loop.call_later(seconds, self.abort)
+        if not reading:
+            self.deaf = True
+            self._set_reading()
 
     # -- timers -------------------------------------------------------------------------------
     def _handshake_timeout(self) -> None:
@@ -385,6 +404,7 @@ class Server:
             await self.listener.wait_closed()
         if self.tls_listener is not None:
             await self.tls_listener.wait_closed()
+        self.broker.finish_background()     # a purge in progress is written out in full
         self.fsync_worker.shutdown(wait=True)
         self.store.close()
 
@@ -417,6 +437,7 @@ async def serve(config, ready=None) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    gc_policy.install(loop)
     if ready is not None:
         ready(server)
     await stop.wait()

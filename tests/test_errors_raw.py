@@ -133,9 +133,11 @@ def check_connection_close(c: RawClient, want: XC) -> None:
 
 
 def check_refused_before_open(c: RawClient, want: XC) -> None:
-    """Errors before connection.open: a Connection.Close and the socket closed at once, without
-    waiting for close-ok."""
+    """Errors before connection.open: a Connection.Close; as RabbitMQ, the socket waits (up to
+    3 s) for the close-ok, which closes it at once."""
     expect_connection_close(c, want)
+    assert_silent(c, 0.2)
+    c.method(0, C.Connection.CloseOk())
     assert_closed(c, 1.0)
 
 
@@ -299,7 +301,8 @@ def test_handshake_timeout(make_broker, data):
                  XC(504, "CHANNEL_ERROR - *", 10, 40), id="open-instead-of-tune-ok"),
 ])
 def test_wrong_method_during_handshake(client, sent, want):
-    # differs from RabbitMQ: it closes silently after 3 s; amqpd sends 504 and closes at once
+    # differs from RabbitMQ: it closes silently after 3 s; amqpd sends 504 first (and, as
+    # RabbitMQ, keeps the socket 3 s for the close-ok)
     client.send(PROTOCOL_HEADER)
     client.expect(C.Connection.Start)
     sent(client)
@@ -322,7 +325,37 @@ def test_client_connection_close(client):
     client.method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0,
                                         method_id=0))
     expect_frame(client, F(0, C.Connection.CloseOk))
+    # As RabbitMQ: the client closes the socket. Until it does (at most min(heartbeat, 30 s)),
+    # what it still sends is read and dropped, a repeated close gets close-ok again.
+    client.send(ref.publish(1, "", "q-late") + ref.method(2, C.Channel.Open()))
+    assert_silent(client, 0.5)
+    client.method(0, C.Connection.Close(reply_code=200, reply_text="again", class_id=0,
+                                        method_id=0))
+    expect_frame(client, F(0, C.Connection.CloseOk))
+    client.method(0, C.Connection.CloseOk())        # ends it at once
     assert_closed(client, 1.0)
+
+
+def test_client_close_socket_dropped_after_heartbeat(client):
+    client.handshake(heartbeat_s=1)
+    client.method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0,
+                                        method_id=0))
+    expect_frame(client, F(0, C.Connection.CloseOk))
+    t0 = time.monotonic()
+    while True:          # heartbeats go on while the socket waits for the client to close it
+        try:
+            ch, f = client.recv(3.0)
+        except (Closed, ConnectionResetError):
+            break
+        assert isinstance(f, pamqp_heartbeat.Heartbeat), f
+    assert 0.5 < time.monotonic() - t0 < 2.5       # min(heartbeat, 30 s) = 1 s
+
+
+def test_bad_credentials_socket_kept_3_s_for_close_ok(client):
+    start(client, "PLAIN", "\0guest\0wrong", {"authentication_failure_close": True})
+    expect_connection_close(client, XC(403, LOGIN_REFUSED.format("PLAIN"), 0, 0))
+    gone = closed_after(client, 5.0)
+    assert gone is not None and 2.5 < gone < 4.0, gone
 
 
 # == §3 tune-ok ===================================================================================
@@ -336,7 +369,7 @@ def test_client_connection_close(client):
 ], ids=["frame-max-1048576", "frame-max-1024", "channel-max-65535"])
 def test_tune_ok_out_of_range(client, tune, text):
     # differs from RabbitMQ: it closes silently after 3 s (the text is only in its log); amqpd
-    # sends 530 with that text and closes at once
+    # sends 530 with that text first
     start(client)
     client.expect(C.Connection.Tune)
     tune_and_open(client, **tune)
@@ -394,9 +427,6 @@ def test_heartbeat_1_silent_client_is_dropped(client):
     assert 1.5 <= dropped < 3.0, dropped
 
 
-@pytest.mark.xfail(reason="BUG: the first heartbeat comes one heartbeat/2 tick late (1.0 s for "
-                          "heartbeat=1, 2.0 s for heartbeat=2): the Open-Ok counts as traffic "
-                          "in the first tick (connection.py heartbeat_tick)", strict=True)
 @pytest.mark.parametrize("heartbeat", [1, 2])
 def test_first_heartbeat_half_an_interval_after_open(client, heartbeat):
     """RabbitMQ: Open-Ok, then heartbeats at 0.5, 1.0, 1.5 ... s (1.0, 2.0 ... for 2)."""
@@ -454,7 +484,7 @@ def test_bad_credentials_with_capability(client, mechanism, response):
     ("EXTERNAL", "", {"authentication_failure_close": True}),
 ], ids=["plain-malformed", "unknown-mechanism", "unknown-mechanism-capability", "external"])
 def test_sasl_errors(client, mechanism, response, caps):
-    # differs from RabbitMQ: it closes silently after 3 s; amqpd sends 403 and closes at once
+    # differs from RabbitMQ: it closes silently after 3 s; amqpd sends 403 first
     start(client, mechanism, response, caps)
     check_refused_before_open(client, XC(403, "ACCESS_REFUSED - *", *((0, 0) if mechanism ==
                                                                       "PLAIN" else (10, 11))))
@@ -542,8 +572,6 @@ def test_frame_error_close_without_close_ok(broker):
         assert gone is not None and 2.5 < gone < 4.0, gone
 
 
-@pytest.mark.xfail(reason="BUG: after a FRAME_ERROR close-ok amqpd closes at once; RabbitMQ "
-                          "ignores the close-ok and closes 3 s after its Close", strict=True)
 def test_frame_error_close_ignores_close_ok(broker):
     with opened(broker) as c:
         c.send(ref.raw_method(1, 20, 10, pamqp_encode.short_string(""), end=0))
@@ -572,8 +600,6 @@ def test_methods_and_content_on_closing_channel_are_dropped(broker):
         c.method(1, C.Channel.CloseOk())
 
 
-@pytest.mark.xfail(reason="BUG: frames on a closing channel are not parsed: a stray body frame "
-                          "is dropped; RabbitMQ sends 505 'expected method frame'", strict=True)
 def test_stray_body_on_closing_channel(broker):
     with opened(broker) as c:
         passive_missing_queue(c)
@@ -599,9 +625,6 @@ def test_crossing_channel_close(broker):
         check_connection_close(c, XC(504, ref.SECOND_OPEN, 20, 10))
 
 
-@pytest.mark.xfail(reason="BUG: amqpd drops the socket 3 s after its Connection.Close when no "
-                          "close-ok comes (server.py CLOSE_OK_TIMEOUT); RabbitMQ waits 30 s",
-                   strict=True)
 def test_connection_close_waits_for_close_ok(broker):
     with opened(broker) as c:
         c.method(1, C.Channel.Open())
@@ -609,9 +632,6 @@ def test_connection_close_waits_for_close_ok(broker):
         assert closed_after(c, 3.5) is None     # RabbitMQ: 30 s (only 3.5 s checked here)
 
 
-@pytest.mark.xfail(reason="BUG: the 404 for a publish to a missing exchange is sent as soon as "
-                          "the basic.publish method arrives; RabbitMQ sends it once the whole "
-                          "content is in", strict=True)
 def test_publish_error_waits_for_the_content(broker):
     with opened(broker) as c:
         c.send(ref.method(1, C.Basic.Publish(exchange="nx", routing_key="k")) + ref.header(1, 5))

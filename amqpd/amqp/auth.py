@@ -49,7 +49,8 @@ def parse_response(mechanism: str, response) -> tuple[str, str] | None:
             if isinstance(password, bytes):
                 password = password.decode()
             return str(login), str(password)
-    except (ValueError, UnicodeDecodeError, struct.error):
+    except (ValueError, UnicodeDecodeError, struct.error, RecursionError):
+        # RecursionError: a response nested hundreds of tables deep (refused, not a crash)
         return None
     return None
 

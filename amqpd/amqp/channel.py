@@ -1,6 +1,7 @@
 """One AMQP channel: method handlers, content assembly, consumers, the unacked ledger,
 publisher confirms and transactions. Sans-IO: it writes frames into its connection's output."""
 import secrets
+import struct
 from collections import deque
 
 from pamqp import commands as C
@@ -9,13 +10,15 @@ from ..broker.arguments import check_expiration
 from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED, STORED
-from ..wire import fastpath, properties
+from ..wire import fastpath, framing, properties
+from ..wire.framing import FRAME_METHOD
 from . import errors
 
 Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
                                                  C.Confirm, C.Tx)
 
 OPEN, CLOSING = "open", "closing"
+DISCARD = "discard"          # Channel.publishing of a publish whose content is dropped
 REPLY_TO = "amq.rabbitmq.reply-to"
 # The property flag bits _check_properties looks at, split by the two bytes of the flag word
 # (header[12] high, header[13] low), so the common message costs two byte tests.
@@ -42,7 +45,7 @@ class Channel:
         self.tx = None                   # list of deferred actions while in tx mode
         self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
-        self.write_checked = None        # the exchange last authorised for publishing
+        self.write_checked = False       # the exchange last authorised for publishing
         self.reply_queue = None          # the hidden queue of a direct reply-to consumer
         # content assembly state
         self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
@@ -54,20 +57,43 @@ class Channel:
     # -- frames -------------------------------------------------------------------------------
     def on_publish(self, payload: bytes) -> None:
         exchange, routing_key, route, mandatory, immediate = fastpath.decode_publish(payload)
-        if immediate:
-            raise errors.NotImplemented_("immediate=true", 60, 40)
         ex = self.vhost.exchanges.get(exchange)
-        if ex is None:
-            raise errors.NotFound(f"no exchange '{exchange}' in vhost '{self.vhost.name}'", 60, 40)
-        if ex is not self.write_checked:      # checked once per exchange, not per message
-            self.conn.authorize("write", "exchange", exchange)
-            self.write_checked = ex
         self.conn.has_published = True
-        if ex.internal:
-            raise errors.AccessRefused(
-                f"cannot publish to internal exchange '{exchange}' in vhost '{self.vhost.name}'",
-                60, 40)
+        if ex is not self.write_checked or immediate:   # authorised once per exchange
+            refusal = self._refusal(ex, exchange, immediate)
+            if refusal is not None:
+                self.publishing = refusal
+                return
         self.publishing = (ex, routing_key, route, mandatory)
+
+    def _refusal(self, ex, exchange: str, immediate: bool):
+        """Why a publish is refused, or None. RabbitMQ checks a publish once its content is
+        in, so the error is kept and raised when the content completes."""
+        try:
+            if immediate:
+                raise errors.NotImplemented_("immediate=true", 60, 40)
+            if ex is None:
+                raise errors.NotFound(f"no exchange '{exchange}' in vhost '{self.vhost.name}'",
+                                      60, 40)
+            self.conn.authorize("write", "exchange", exchange)
+            if ex.internal:
+                raise errors.AccessRefused(f"cannot publish to internal exchange '{exchange}' "
+                                           f"in vhost '{self.vhost.name}'", 60, 40)
+        except errors.AMQPError as exc:
+            if exc.class_id is None:
+                exc.class_id, exc.method_id = 60, 40
+            return exc
+        self.write_checked = ex
+        return None
+
+    def on_content_method(self, payload: bytes) -> None:
+        """A content-bearing method only a server sends (basic.deliver, get-ok, return): like
+        RabbitMQ, take its content first, then refuse it."""
+        self.publishing = errors.CommandInvalid("unimplemented method", *_class_method(payload))
+
+    def discard_content(self) -> None:
+        """A publish on a closing channel: its content frames are checked, then dropped."""
+        self.publishing = DISCARD
 
     def on_header(self, payload: bytes) -> None:
         if self.publishing is None:
@@ -120,10 +146,15 @@ class Channel:
             "expected content body, got non content body frame instead", 60, 40)
 
     def _content_complete(self, body: bytes) -> None:
-        ex, routing_key, route, mandatory = self.publishing
+        publishing = self.publishing
         header = self.header
         self.publishing = self.header = None
         self.received = 0
+        if type(publishing) is not tuple:
+            if publishing is DISCARD:
+                return
+            raise publishing            # a refusal kept until the content was in
+        ex, routing_key, route, mandatory = publishing
         msg = Message(ex.name, routing_key, route, header, body)
         if header[12] & CHECKED_HIGH or header[13] & CHECKED_LOW:
             self._check_properties(msg)
@@ -315,8 +346,6 @@ class Channel:
 
     def _settle(self, records: list, ack: bool, requeue: bool) -> None:
         schedule = self.conn.broker.schedule
-        if requeue:
-            records = reversed(records)   # so each lands in front of the later ones
         for queue, entry, consumer in records:
             if consumer is not None:
                 consumer.unacked -= 1
@@ -351,6 +380,7 @@ class Channel:
         self.publishing = self.header = None
         self.body_parts = []
         self.tx = None
+        self.state = CLOSING             # from now on nothing is sent on this channel
 
     def send(self, method) -> None:
         self.conn.send_method(self.number, method)
@@ -358,6 +388,10 @@ class Channel:
 
 def class_method(method) -> tuple[int, int]:
     return method.index >> 16, method.index & 0xFFFF
+
+
+def _class_method(payload: bytes) -> tuple[int, int]:
+    return (payload[0] << 8) | payload[1], (payload[2] << 8) | payload[3]
 
 
 def _ok(ch: Channel, method, reply) -> None:
@@ -441,20 +475,31 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name
-    _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=q.message_count,
-                               consumer_count=len(q.consumers)))
+    _declare_ok(ch, m, q.name, q.message_count, len(q.consumers))
+
+
+def _declare_ok(ch: Channel, m: Queue.Declare, name: str, messages: int, consumers: int) -> None:
+    """Queue.Declare-Ok, encoded here: pamqp refuses to build one for a name outside its
+    ASCII pattern (``tâche``, ``a*b``), and RabbitMQ accepts any UTF-8 name up to 255 bytes."""
+    if not m.nowait:
+        ch.conn.write(framing.frame(FRAME_METHOD, ch.number, _DECLARE_OK + fastpath.shortstr(name)
+                                    + _counts(messages, consumers)))
+
+
+_DECLARE_OK = struct.pack(">HH", 50, 11)
+_counts = struct.Struct(">II").pack
 
 
 def _reply_declare(ch: Channel, m: Queue.Declare) -> None:
     """Declaring the direct reply-to pseudo-queue (or a live reply name) succeeds, as in
     RabbitMQ; clients such as Spring AMQP probe for the feature this way."""
     if m.queue == REPLY_TO:
-        _ok(ch, m, Queue.DeclareOk(queue=REPLY_TO, message_count=0, consumer_count=1))
+        _declare_ok(ch, m, REPLY_TO, 0, 1)
         return
     q = ch.vhost.reply_queues.get(m.queue)
     if q is None:
         raise errors.NotFound(f"no queue '{m.queue}' in vhost '{ch.vhost.name}'")
-    _ok(ch, m, Queue.DeclareOk(queue=q.name, message_count=0, consumer_count=len(q.consumers)))
+    _declare_ok(ch, m, q.name, 0, len(q.consumers))
 
 
 def _queue_name(ch: Channel, name: str) -> str:

@@ -25,6 +25,7 @@ log = logging.getLogger("amqpd.connection")
 _class_method = struct.Struct(">HH").unpack_from
 PUBLISH = (60 << 16) | 40
 ACKS = {(60 << 16) | 80: 80, (60 << 16) | 90: 90, (60 << 16) | 120: 120}
+SERVER_CONTENT = {(60 << 16) | 50, (60 << 16) | 60, (60 << 16) | 71}   # return, deliver, get-ok
 
 CAPABILITIES = {
     "publisher_confirms": True, "exchange_exchange_bindings": True, "basic.nack": True,
@@ -34,8 +35,27 @@ CAPABILITIES = {
 MECHANISM_ORDER = ("EXTERNAL", "AMQPLAIN", "PLAIN")   # as RabbitMQ lists them
 OUT_LIMIT = 1 << 20       # bytes buffered for one connection before deliveries to it pause
 
-# Connection states
-HEADER, START, SECURE, TUNE, OPENING, RUNNING, CLOSING_, CLOSED = range(8)
+# Connection states. CLOSING_: we sent connection.close and wait for close-ok. ENDED: the close
+# handshake is over (we sent close-ok) and we wait for the peer to drop the socket. CLOSED: the
+# socket goes (or is gone); input is ignored.
+HEADER, START, SECURE, TUNE, OPENING, RUNNING, CLOSING_, ENDED, CLOSED = range(9)
+CLOSE_WAIT_MAX = 30.0     # RabbitMQ's ?CLOSING_TIMEOUT: the longest a closing peer gets
+SHORT_CLOSE_WAIT = 3.0    # before tune-ok, and after a framing error that lost the stream's sync
+
+
+class _Detached:
+    """The I/O edge of a connection whose socket is gone: output goes nowhere."""
+
+    @staticmethod
+    def wake(conn) -> None:
+        pass
+
+    @staticmethod
+    def close(conn) -> None:
+        pass
+
+
+DETACHED = _Detached()
 
 
 class Connection:
@@ -150,7 +170,7 @@ class Connection:
             self.retuned = False
         if reader.error is not None:
             exc, reader.error = reader.error, None
-            self._connection_error(exc)
+            self._lost_sync(exc)
         self.broker.run_dispatch()
         if self.confirms:
             for ch in self.confirms:
@@ -198,7 +218,7 @@ class Connection:
                     f"{self.frame_max}"))
                 return
             if self.state >= CLOSING_:
-                if self.state == CLOSING_ and ftype == FRAME_METHOD and number == 0:
+                if ftype == FRAME_METHOD and number == 0 and self.state != CLOSED:
                     self._closing_method(payload)
                 continue
             ch = channels.get(number) if number else None
@@ -217,6 +237,8 @@ class Connection:
                                 self.published += 1
                         elif index in ACKS:
                             ch.on_ack(payload, ACKS[index])
+                        elif index in SERVER_CONTENT:
+                            ch.on_content_method(payload)
                         else:
                             ch.on_method(self._decode(payload))
                     elif ftype == FRAME_BODY:
@@ -256,30 +278,25 @@ class Connection:
     def _other_frame(self, ftype: int, number: int, payload: bytes = b"") -> None:
         if ftype == FRAME_HEARTBEAT:
             if number:
-                raise errors.UnexpectedFrame(f"heartbeat frame on channel {number}")
+                raise errors.UnexpectedFrame(_octets(ftype, payload))
             if payload:
                 raise errors.FrameError("heartbeat frame with a payload")
             return
-        raise errors.FrameError(f"unknown frame type {ftype}")
+        raise errors.FrameError(_octets(ftype, payload) + ": unknown_frame")
 
     def _slow_frame(self, ftype: int, number: int, payload: bytes, ch) -> None:
         """Everything but traffic on an open channel: handshake, channel 0, closing channels."""
+        if ch is not None and ch.state == CLOSING:
+            self._closing_channel_frame(ch, ftype, payload)
+            return
         if ftype != FRAME_METHOD:
-            if ch is not None and ch.state == CLOSING and ftype in (FRAME_HEADER, FRAME_BODY):
-                return
             if ftype in (FRAME_HEADER, FRAME_BODY):
                 if number and ch is None and self.state == RUNNING:
                     raise errors.ChannelErrorConn("expected 'channel.open'")
-                raise errors.UnexpectedFrame(f"type {ftype} frame on channel {number}")
+                raise errors.UnexpectedFrame(_octets(ftype, payload))
             self._other_frame(ftype, number, payload)
             return
-        if ch is not None and ch.state == CLOSING:
-            try:
-                method = self._decode(payload)
-            except errors.AMQPError:
-                return      # discarded like everything else until close-ok
-        else:
-            method = self._decode(payload)
+        method = self._decode(payload)
         if number == 0:
             self._connection_method(method)
             return
@@ -291,13 +308,34 @@ class Connection:
                 self._open_channel(number)
                 return
             raise errors.ChannelErrorConn("expected 'channel.open'", *class_method(method))
-        if isinstance(method, C.Channel.Open):
-            raise errors.ChannelErrorConn("second 'channel.open' seen", 20, 10)
-        # The channel is closing: only close-ok (or a crossing close) matters.
-        if isinstance(method, C.Channel.CloseOk):
-            del self.channels[number]
-        elif isinstance(method, C.Channel.Close):
-            self.send_method(number, C.Channel.CloseOk())
+
+    def _closing_channel_frame(self, ch: Channel, ftype: int, payload: bytes) -> None:
+        """We closed this channel and wait for its close-ok: its methods are dropped, but its
+        content frames must still come in order (RabbitMQ still assembles them: a stray body
+        frame is 505), and a second channel.open is an error."""
+        if ftype == FRAME_HEADER:
+            ch.on_header(payload)
+        elif ftype == FRAME_BODY:
+            ch.on_body(payload)
+        elif ftype != FRAME_METHOD:
+            self._other_frame(ftype, ch.number, payload)
+        elif len(payload) >= 4 and _class_method(payload) == (60, 40):
+            if ch.publishing is not None:
+                ch.content_interrupted()
+            ch.discard_content()
+        else:
+            if ch.publishing is not None:
+                ch.content_interrupted()
+            try:
+                method = self._decode(payload)
+            except errors.AMQPError:
+                return
+            if isinstance(method, C.Channel.Open):
+                raise errors.ChannelErrorConn("second 'channel.open' seen", 20, 10)
+            if isinstance(method, C.Channel.CloseOk):
+                del self.channels[ch.number]
+            elif isinstance(method, C.Channel.Close):
+                self.send_method(ch.number, C.Channel.CloseOk())
 
     def _open_channel(self, number: int) -> None:
         # As in RabbitMQ, channel_max bounds how many channels are open, not their numbers.
@@ -314,7 +352,12 @@ class Connection:
         self.send_method(number, C.Channel.OpenOk())
 
     def close_channel(self, ch: Channel, client_initiated: bool) -> None:
+        """Confirms that are due go out before the close-ok, as RabbitMQ sends them; the
+        others are never sent (nothing may reach a channel number after its close-ok, which
+        the client may already have reused)."""
+        ch.flush_confirms()
         ch.cleanup()
+        ch.state = CLOSING
         if client_initiated:
             del self.channels[ch.number]
             self.send_method(ch.number, C.Channel.CloseOk())
@@ -379,23 +422,36 @@ class Connection:
                 self.send_method(0, C.Connection.Unblocked())
 
     def close(self, code: int, text: str, class_id: int = 0, method_id: int = 0) -> None:
-        """Server-initiated close: send connection.close and wait for close-ok (the I/O edge
-        enforces a timeout). Unacked messages are requeued right away."""
+        """Server-initiated close: send connection.close and wait for close-ok, as long as
+        RabbitMQ does (the I/O edge drops the socket when the wait is over). Unacked messages
+        are requeued right away."""
         if self.state >= CLOSING_:
             return
         self.close_reason = f"closed by the broker: {code} {text}"
-        if self.state < OPENING:
-            # Before the handshake completes, clients cannot take a close: RabbitMQ just drops.
-            self.send_method(0, C.Connection.Close(reply_code=code, reply_text=errors.shorten(text),
-                                                   class_id=class_id, method_id=method_id))
-            self._shutdown()
-            return
+        wait = self._close_wait()
         self.state = CLOSING_
         self._release()
         self.send_method(0, C.Connection.Close(reply_code=code, reply_text=errors.shorten(text),
                                                class_id=class_id, method_id=method_id))
+        self.io.linger(self, wait)
+
+    def _close_wait(self) -> float:
+        """How long a closing peer gets: min(heartbeat, 30 s) once tuned, 3 s before."""
+        if self.state < OPENING:
+            return SHORT_CLOSE_WAIT
+        return min(self.heartbeat, CLOSE_WAIT_MAX) if self.heartbeat else CLOSE_WAIT_MAX
+
+    def _lost_sync(self, exc: errors.AMQPError) -> None:
+        """A framing error that leaves the byte stream unreadable (bad frame-end octet, frame
+        too large): send connection.close, read nothing more (not even close-ok), and drop the
+        socket after 3 s, as RabbitMQ does."""
+        self._connection_error(exc)
+        self.state = CLOSED
+        self.io.linger(self, SHORT_CLOSE_WAIT, reading=False)
 
     def _closing_method(self, payload: bytes) -> None:
+        """Channel 0 while closing (CLOSING_) or closed (ENDED): close-ok means "drop the
+        socket now"; a connection.close is answered with close-ok. Everything else is dropped."""
         try:
             method = self._decode(payload)
         except errors.AMQPError:
@@ -404,13 +460,26 @@ class Connection:
             self._shutdown()
         elif isinstance(method, C.Connection.Close):
             self.send_method(0, C.Connection.CloseOk())
-            self._shutdown()
+            if self.state == CLOSING_:
+                self._shutdown()
 
     def _client_closed(self, method) -> None:
+        """Everything the client sent before its close has been handled (frames are handled
+        in order). Answer close-ok, then leave the socket to the client: closing it ourselves
+        while it still flushes publishes makes its writes fail (amqplib: 'write EPIPE'). As in
+        RabbitMQ, what still comes is read and dropped until the client closes, for at most
+        min(heartbeat, 30 s)."""
         if method.reply_code and method.reply_code != 200:
             self.close_reason = f"closed by the client: {method.reply_code} {method.reply_text}"
         else:
             self.close_reason = "closed by the client"
+        wait = self._close_wait()
+        for ch in self.channels.values():
+            ch.flush_confirms()        # due confirms before the close-ok, none after
+        self._release()
+        self.state = ENDED
+        self.send_method(0, C.Connection.CloseOk())
+        self.io.linger(self, wait)
 
     def _shutdown(self) -> None:
         self._release()
@@ -467,8 +536,6 @@ class Connection:
                     TUNE: C.Connection.TuneOk, OPENING: C.Connection.Open}.get(self.state)
         if isinstance(method, C.Connection.Close):
             self._client_closed(method)
-            self.send_method(0, C.Connection.CloseOk())
-            self._shutdown()
             return
         if isinstance(method, C.Connection.CloseOk):
             self._shutdown()
@@ -546,9 +613,12 @@ class Connection:
         log.warning("login refused for %s: %s login refused: %s%s", self.peer, mechanism, why,
                     f" (user '{user}')" if user and f"'{user}'" not in why else "")
         if self.capabilities.get("authentication_failure_close"):
-            self.send_method(0, C.Connection.Close(reply_code=403, reply_text=text,
-                                                   class_id=0, method_id=0))
-        self._shutdown()
+            self.close(403, text)        # and wait up to 3 s for close-ok, as RabbitMQ
+            return
+        # Without the capability the client gets no frame; RabbitMQ keeps the socket 3 s
+        # before dropping it, a brake on password guessing.
+        self.state = CLOSED
+        self.io.linger(self, SHORT_CLOSE_WAIT, reading=False)
 
     def _tune_ok(self, m: C.Connection.TuneOk) -> None:
         server_channels, server_frame = self.channel_max, self.frame_max
@@ -588,6 +658,7 @@ class Connection:
         self.publish_limited = bool(rate)
         self.state = RUNNING
         self.send_method(0, C.Connection.OpenOk())
+        self.sent = False     # RabbitMQ's first heartbeat comes heartbeat/2 after open-ok
         product = self.client_properties.get("product", "?")
         version = self.client_properties.get("version", "?")
         log.info("connection %s opened: user '%s' vhost '%s' client %s %s", self.peer,
@@ -596,3 +667,12 @@ class Connection:
     @property
     def is_open(self) -> bool:
         return self.state == RUNNING
+
+
+def _octets(ftype: int, payload: bytes) -> str:
+    """RabbitMQ's description of a frame it did not expect: its type and every octet of its
+    payload, as Erlang prints a binary."""
+    if payload and all(32 <= b < 127 for b in payload):
+        text = payload.decode().replace("\\", "\\\\").replace('"', '\\"')
+        return f'type {ftype}, all octets = <<"{text}">>'
+    return f"type {ftype}, all octets = <<{','.join(map(str, payload))}>>"

@@ -23,12 +23,16 @@ class StubIO:
     def __init__(self):
         self.woken: list = []
         self.closed: list = []
+        self.lingering: list = []
 
     def wake(self, conn) -> None:
         self.woken.append(conn)
 
     def close(self, conn) -> None:
         self.closed.append(conn)
+
+    def linger(self, conn, seconds: float, reading: bool = True) -> None:
+        self.lingering.append((conn, seconds, reading))
 
 
 def make_broker(**cfg) -> Broker:

@@ -147,15 +147,21 @@ def test_bad_password_with_authentication_failure_close(user, password):
     assert close.reply_text == ("ACCESS_REFUSED - Login was refused using authentication "
                                 "mechanism PLAIN. For details see the broker logfile.")
     assert (close.class_id, close.method_id) == (0, 0)
-    assert c.io.closed == [c.conn]
     assert not c.conn.is_open
+    # as RabbitMQ: the socket stays up to 3 s for the close-ok, which ends it at once
+    assert c.io.lingering == [(c.conn, 3.0, True)] and c.io.closed == []
+    c.send(method(0, C.Connection.CloseOk()))
+    assert c.io.closed == [c.conn]
 
 
 def test_bad_password_without_the_capability_just_drops():
     c = Client()
     c.send(PROTOCOL_HEADER + start_ok("guest", "wrong", caps={}))
     assert names(c.methods()) == [(0, "Start")]
-    assert c.io.closed == [c.conn]
+    # no frame; RabbitMQ drops the socket after 3 s without reading any more
+    assert c.io.lingering == [(c.conn, 3.0, False)]
+    c.send(method(0, C.Connection.CloseOk()))
+    assert c.methods() == [] and c.io.closed == []
 
 
 def test_unsupported_mechanism_refused():
@@ -163,7 +169,7 @@ def test_unsupported_mechanism_refused():
     c.send(PROTOCOL_HEADER + start_ok(mechanism="EXTERNAL"))
     frames = c.methods()
     assert all(not isinstance(f, C.Connection.Tune) for _, f in frames)
-    assert c.io.closed == [c.conn]
+    assert c.io.lingering == [(c.conn, 3.0, True)]
 
 
 def test_unknown_vhost_is_530():
@@ -205,7 +211,7 @@ def test_tune_ok_out_of_bounds_is_530(kw, what):
     assert what in close.reply_text
     assert (close.class_id, close.method_id) == (10, 31)
     assert not any(isinstance(f, C.Connection.OpenOk) for _, f in frames)
-    assert c.io.closed == [c.conn]
+    assert c.io.lingering == [(c.conn, 3.0, True)]      # not tuned: RabbitMQ waits 3 s
 
 
 def test_client_connection_close_gets_close_ok():
@@ -214,8 +220,24 @@ def test_client_connection_close_gets_close_ok():
     c.open_channel(1)
     c.send_method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
     c.expect_one(C.Connection.CloseOk, 0)
-    assert c.io.closed == [c.conn]
+    # the client closes the socket; until it does (at most 30 s) its input is read and dropped
+    assert c.io.closed == [] and c.io.lingering == [(c.conn, 30.0, True)]
+    c.send(publish(1, b"late", "", "q") + method(1, C.Channel.Open()))
+    assert c.frames() == []
+    c.send_method(0, C.Connection.Close(reply_code=200, reply_text="again", class_id=0,
+                                        method_id=0))
+    c.expect_one(C.Connection.CloseOk, 0)
     c.conn.connection_lost()
+
+
+def test_client_close_waits_heartbeat_at_most():
+    c = Client()
+    c.handshake(heartbeat=5)
+    c.send_method(0, C.Connection.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
+    c.expect_one(C.Connection.CloseOk, 0)
+    assert c.io.lingering == [(c.conn, 5, True)]
+    c.send_method(0, C.Connection.CloseOk())       # "close now"
+    assert c.io.closed == [c.conn]
 
 
 # -- in-memory round trip -----------------------------------------------------------------------
@@ -356,8 +378,7 @@ def test_frames_on_a_closing_channel_are_discarded_until_close_ok():
     c = _channel_error_client()
     c.expect_one(C.Channel.Close, 1)
     c.send_method(1, C.Queue.Declare(queue="would-be-created"))
-    c.send(publish(1, b"discarded", routing_key="x"))
-    c.send(content(1, b"stray content frames"))
+    c.send(publish(1, b"discarded", routing_key="x"))      # its content is checked, dropped
     c.send_method(1, C.Basic.Get(queue="nope"))
     c.send_method(1, C.Basic.Ack(delivery_tag=99))
     c.send_method(1, C.Queue.Declare(queue="nope", passive=True))
@@ -537,16 +558,14 @@ def test_heartbeat_sent_when_idle_and_dead_peer_detected():
     c.handshake(heartbeat=10)
     c.frames()
     wakes = len(c.io.woken)
-    # tick 1: the peer spoke and we spoke since the last tick: nothing to do
-    assert c.conn.heartbeat_tick() is True
-    assert c.frames() == []
+    # tick 1: the peer spoke; RabbitMQ's first heartbeat comes half an interval after open-ok
     # ticks 2-4: silence both ways: we send heartbeats, the peer is not dead yet
-    for _ in range(3):
+    for _ in range(4):
         assert c.conn.heartbeat_tick() is True
         frames = c.frames()
         assert _heartbeats(frames) == 1 and len(frames) == 1
         assert frames[0][0] == 0
-    assert len(c.io.woken) == wakes + 3
+    assert len(c.io.woken) == wakes + 4
     # tick 5: four silent ticks (two heartbeat intervals): the peer is gone
     assert c.conn.heartbeat_tick() is False
     assert not c.conn.is_open
@@ -754,7 +773,7 @@ def test_full_session_frame_by_frame():
     out, c = run_session(split_stream(full_session()))
     frames = decode_frames(out)
     assert names(frames) == EXPECTED_SESSION
-    assert c.io.closed == [c.conn]
+    assert c.io.lingering == [(c.conn, 30.0, True)]
     methods = [f for _, f in frames if not isinstance(f, (pamqp_header.ContentHeader,
                                                          pamqp_body.ContentBody))]
     deliveries = [m for m in methods if isinstance(m, C.Basic.Deliver)]
@@ -775,7 +794,7 @@ def test_full_session_byte_by_byte_equals_frame_by_frame():
     reference, _ = run_session(split_stream(data))
     out, c = run_session(data[i:i + 1] for i in range(len(data)))
     assert out == reference
-    assert c.io.closed == [c.conn]
+    assert c.io.lingering == [(c.conn, 30.0, True)]
 
 
 def session_without_dispatch_races() -> bytes:
