@@ -45,7 +45,6 @@ def main(argv=None) -> int:
             password = sys.stdin.readline().rstrip("\n")
         print(hash_password(password))
         return 0
-    from .definitions import DefinitionsError
     try:
         cfg = config_mod.load(args.config)
         cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level)
@@ -58,15 +57,15 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "definitions":
         return definitions_command(cfg, args.action, args.file)
-    from .server import run
+    from .server import StartError, run
     from .store.store import StoreError
     try:
         run(cfg)
-    except DefinitionsError as exc:
-        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+    except config_mod.ConfigError as exc:      # what --check-config would have refused
+        print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
-    except StoreError as exc:
-        print(f"amqpd: {exc}", file=sys.stderr)
+    except (StartError, StoreError) as exc:
+        print(f"amqpd: cannot start: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"amqpd: cannot start: {exc}", file=sys.stderr)
@@ -75,22 +74,38 @@ def main(argv=None) -> int:
 
 
 def check(cfg) -> int:
-    """What start-up would refuse, without starting: the file, the TLS material, the
-    definitions file."""
+    """Everything start-up would refuse, and what would make logins fail, without starting:
+    nothing is created, no port is kept, the data dir is not locked (so a running broker's
+    configuration can be checked). Every problem is printed; exit 2 if there is one."""
     from . import definitions
-    from .server import tls_context
-    try:
-        if cfg.listeners.amqps is not None:
-            tls_context(cfg.listeners.amqps)
-    except (OSError, ValueError) as exc:
-        print(f"amqpd: configuration error: listeners.amqps: cannot load the certificate or "
-              f"key: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if cfg.load_definitions:
-            definitions.read(cfg.load_definitions)
-    except definitions.DefinitionsError as exc:
-        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+    from .server import check_listener, tls_context
+    errors, notes = [], []
+
+    def attempt(fn, *args):
+        try:
+            return fn(*args)
+        except config_mod.ConfigError as exc:
+            errors.append(str(exc))
+            return None
+
+    if cfg.listeners.amqps is not None:
+        attempt(tls_context, cfg.listeners.amqps)
+    for name in ("amqp", "amqps"):
+        listener = getattr(cfg.listeners, name)
+        if listener is not None:
+            notes.append(attempt(check_listener, name, listener))
+    docs = attempt(definitions.load_definitions, cfg)
+    attempt(definitions.check_data_dir, cfg.storage.data_dir)
+    layer = attempt(definitions.stored_access, cfg)
+    if docs is not None and layer is not None:
+        for _path, defs in docs:
+            layer.merge(defs)
+        errors.extend(definitions.access_problems(cfg, layer, docs))
+    for note in filter(None, notes):
+        print(f"note: {note}")
+    if errors:
+        for error in errors:
+            print(f"amqpd: configuration error: {error}", file=sys.stderr)
         return 2
     print("configuration ok")
     return 0
