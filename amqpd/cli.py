@@ -78,7 +78,7 @@ def check(cfg) -> int:
     nothing is created, no port is kept, the data dir is not locked (so a running broker's
     configuration can be checked). Every problem is printed; exit 2 if there is one."""
     from . import definitions
-    from .server import check_listener, tls_context
+    from .server import check_listener, reaches_loopback, tls_context
     errors, notes = [], []
 
     def attempt(fn, *args):
@@ -101,6 +101,14 @@ def check(cfg) -> int:
         for _path, defs in docs:
             layer.merge(defs)
         errors.extend(definitions.access_problems(cfg, layer, docs))
+        listeners = [x for x in (cfg.listeners.amqp, cfg.listeners.amqps) if x is not None]
+        if not any(reaches_loopback(x) for x in listeners):
+            users = {u.name for u in cfg.users} | set(layer.users)
+            errors.extend(
+                f"loopback_users: {name!r} may connect only from this machine's loopback "
+                f"address, and no listener is on one ({', '.join(x.host for x in listeners)}): "
+                f"{name!r} can never log in (listen on 127.0.0.1 too, or set loopback_users)"
+                for name in cfg.loopback_users if name in users)
     for note in filter(None, notes):
         print(f"note: {note}")
     if errors:

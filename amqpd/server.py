@@ -2,6 +2,7 @@
 graceful shutdown. Everything below this module is sans-IO."""
 import asyncio
 import errno
+import ipaddress
 import logging
 import signal
 import socket
@@ -519,6 +520,21 @@ def listen_error(name: str, listener, exc: OSError) -> Exception:
         return StartError(f"listeners.{name}: {where} is already in use")
     return ConfigError(f"listeners.{name}: cannot listen on {where}: "
                        f"{exc.strerror or exc}")
+
+
+def reaches_loopback(listener) -> bool:
+    """Whether clients on this machine can connect from a loopback address (127.0.0.1, ::1):
+    the listener is on one, or on every address."""
+    try:
+        infos = socket.getaddrinfo(listener.host or None, listener.port,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    for _family, _kind, _proto, _name, address in infos:
+        ip = ipaddress.ip_address(address[0].split("%")[0])
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+    return False
 
 
 def check_listener(name: str, listener) -> str | None:

@@ -151,6 +151,21 @@ def test_users_and_mechanisms_nobody_can_log_in_with(tmp_path, pki):
     refused(check("-c", cfg, "--port", "0", "--data-dir", data), "users", "nobody can log in")
 
 
+def test_loopback_user_behind_a_listener_that_is_not_on_loopback(tmp_path):
+    from tests.test_permissions import local_address
+    addr = local_address()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback address")
+    data = str(tmp_path / "data")
+    refused(check("--host", addr, "--port", "0", "--data-dir", data), "loopback_users",
+            "'guest'", addr, "never log in")
+    cfg = write(tmp_path / "c.yaml", "loopback_users: []\n")
+    r = check("-c", cfg, "--host", addr, "--port", "0", "--data-dir", data)
+    assert r.returncode == 0, r.stderr
+    r = check("--host", "0.0.0.0", "--port", "0", "--data-dir", data)
+    assert r.returncode == 0, r.stderr
+
+
 # -- the data directory ---------------------------------------------------------------------
 def _unwritable_dir(tmp_path):
     """A directory this process cannot create files in, or None (root writes everywhere,
@@ -263,7 +278,7 @@ def test_good_tls_files_and_both_in_one_file_pass(tmp_path, tls_files):
 # -- listeners: bound before recovery, named when wrong ----------------------------------------
 @pytest.mark.parametrize("host,words", [
     ("no-such-host.invalid", ("'no-such-host.invalid'", "does not resolve")),
-    ("192.0.2.1", ("'192.0.2.1'", "not an address of this machine")),     # TEST-NET-1
+    ("203.0.113.77", ("'203.0.113.77'", "not an address of this machine")),  # TEST-NET-3
 ])
 def test_a_bad_host_is_named(tmp_path, host, words):
     data = str(tmp_path / "data")
