@@ -78,7 +78,7 @@ def check(cfg) -> int:
     nothing is created, no port is kept, the data dir is not locked (so a running broker's
     configuration can be checked). Every problem is printed; exit 2 if there is one."""
     from . import definitions
-    from .server import check_listener, reaches_loopback, tls_context
+    from .server import check_listener, tls_context
     errors, notes = [], []
 
     def attempt(fn, *args):
@@ -101,14 +101,7 @@ def check(cfg) -> int:
         for _path, defs in docs:
             layer.merge(defs)
         errors.extend(definitions.access_problems(cfg, layer, docs))
-        listeners = [x for x in (cfg.listeners.amqp, cfg.listeners.amqps) if x is not None]
-        if not any(reaches_loopback(x) for x in listeners):
-            users = {u.name for u in cfg.users} | set(layer.users)
-            errors.extend(
-                f"loopback_users: {name!r} may connect only from this machine's loopback "
-                f"address, and no listener is on one ({', '.join(x.host for x in listeners)}): "
-                f"{name!r} can never log in (listen on 127.0.0.1 too, or set loopback_users)"
-                for name in cfg.loopback_users if name in users)
+        errors.extend(_loopback_problems(cfg, {u.name for u in cfg.users} | set(layer.users)))
     for note in filter(None, notes):
         print(f"note: {note}")
     if errors:
@@ -117,6 +110,20 @@ def check(cfg) -> int:
         return 2
     print("configuration ok")
     return 0
+
+
+def _loopback_problems(cfg, users) -> list:
+    """loopback_users that exist can log in only from a loopback address: some listener must
+    be on one (``--host 192.168.1.10`` alone locks guest out)."""
+    from .server import reaches_loopback
+    listeners = [x for x in (cfg.listeners.amqp, cfg.listeners.amqps) if x is not None]
+    if any(reaches_loopback(x) for x in listeners):
+        return []
+    hosts = ", ".join(x.host for x in listeners)
+    return [f"loopback_users: {name!r} may connect only from this machine's loopback address, "
+            f"and no listener is on one ({hosts}): {name!r} can never log in (listen on "
+            f"127.0.0.1 too, or set loopback_users)"
+            for name in cfg.loopback_users if name in users]
 
 
 def definitions_command(cfg, action: str, path: str) -> int:
@@ -132,7 +139,7 @@ def definitions_command(cfg, action: str, path: str) -> int:
         store.close()
         print(f"imported definitions from {path} into {store.data_dir}", file=sys.stderr)
         return 0
-    except definitions.DefinitionsError as exc:
+    except config_mod.ConfigError as exc:      # the file, or a data dir that cannot be used
         print(f"amqpd: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

@@ -321,3 +321,12 @@ def test_failed_start_for_bad_definitions_creates_nothing(tmp_path):
     refused(amqpd("-c", cfg, "--port", "0", "--data-dir", data), "load_definitions",
             "not valid JSON")
     assert nothing_created(data)
+
+
+def test_definitions_import_into_an_unusable_data_dir_is_refused(tmp_path):
+    a_file = write(tmp_path / "file", "x")
+    defs = write(tmp_path / "d.json", "{}")
+    r = amqpd("--data-dir", f"{a_file}/data", "definitions", "import", defs)
+    assert r.returncode == 2, r.stderr
+    assert f"cannot create {a_file}/data: {a_file} is not a directory" in r.stderr
+    assert "Traceback" not in r.stderr
