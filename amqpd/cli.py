@@ -64,8 +64,11 @@ def main(argv=None) -> int:
     except config_mod.ConfigError as exc:      # what --check-config would have refused
         print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
-    except (StartError, StoreError) as exc:
+    except StartError as exc:
         print(f"amqpd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"amqpd: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"amqpd: cannot start: {exc}", file=sys.stderr)
