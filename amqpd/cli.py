@@ -45,7 +45,6 @@ def main(argv=None) -> int:
             password = sys.stdin.readline().rstrip("\n")
         print(hash_password(password))
         return 0
-    from .definitions import DefinitionsError
     try:
         cfg = config_mod.load(args.config)
         cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level)
@@ -58,13 +57,16 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "definitions":
         return definitions_command(cfg, args.action, args.file)
-    from .server import run
+    from .server import StartError, run
     from .store.store import StoreError
     try:
         run(cfg)
-    except DefinitionsError as exc:
-        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+    except config_mod.ConfigError as exc:      # what --check-config would have refused
+        print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        print(f"amqpd: cannot start: {exc}", file=sys.stderr)
+        return 1
     except StoreError as exc:
         print(f"amqpd: {exc}", file=sys.stderr)
         return 1
@@ -75,25 +77,56 @@ def main(argv=None) -> int:
 
 
 def check(cfg) -> int:
-    """What start-up would refuse, without starting: the file, the TLS material, the
-    definitions file."""
+    """Everything start-up would refuse, and what would make logins fail, without starting:
+    nothing is created, no port is kept, the data dir is not locked (so a running broker's
+    configuration can be checked). Every problem is printed; exit 2 if there is one."""
     from . import definitions
-    from .server import tls_context
-    try:
-        if cfg.listeners.amqps is not None:
-            tls_context(cfg.listeners.amqps)
-    except (OSError, ValueError) as exc:
-        print(f"amqpd: configuration error: listeners.amqps: cannot load the certificate or "
-              f"key: {exc}", file=sys.stderr)
-        return 2
-    try:
-        if cfg.load_definitions:
-            definitions.read(cfg.load_definitions)
-    except definitions.DefinitionsError as exc:
-        print(f"amqpd: configuration error: load_definitions: {exc}", file=sys.stderr)
+    from .server import check_listener, tls_context
+    errors, notes = [], []
+
+    def attempt(fn, *args):
+        try:
+            return fn(*args)
+        except config_mod.ConfigError as exc:
+            errors.append(str(exc))
+            return None
+
+    if cfg.listeners.amqps is not None:
+        attempt(tls_context, cfg.listeners.amqps)
+    for name in ("amqp", "amqps"):
+        listener = getattr(cfg.listeners, name)
+        if listener is not None:
+            notes.append(attempt(check_listener, name, listener))
+    docs = attempt(definitions.load_definitions, cfg)
+    attempt(definitions.check_data_dir, cfg.storage.data_dir)
+    layer = attempt(definitions.stored_access, cfg)
+    if docs is not None and layer is not None:
+        for _path, defs in docs:
+            layer.merge(defs)
+        errors.extend(definitions.access_problems(cfg, layer, docs))
+        errors.extend(_loopback_problems(cfg, {u.name for u in cfg.users} | set(layer.users)))
+    for note in filter(None, notes):
+        print(f"note: {note}")
+    if errors:
+        for error in errors:
+            print(f"amqpd: configuration error: {error}", file=sys.stderr)
         return 2
     print("configuration ok")
     return 0
+
+
+def _loopback_problems(cfg, users) -> list:
+    """loopback_users that exist can log in only from a loopback address: some listener must
+    be on one (``--host 192.168.1.10`` alone locks guest out)."""
+    from .server import reaches_loopback
+    listeners = [x for x in (cfg.listeners.amqp, cfg.listeners.amqps) if x is not None]
+    if any(reaches_loopback(x) for x in listeners):
+        return []
+    hosts = ", ".join(x.host for x in listeners)
+    return [f"loopback_users: {name!r} may connect only from this machine's loopback address, "
+            f"and no listener is on one ({hosts}): {name!r} can never log in (listen on "
+            f"127.0.0.1 too, or set loopback_users)"
+            for name in cfg.loopback_users if name in users]
 
 
 def definitions_command(cfg, action: str, path: str) -> int:
@@ -109,7 +142,7 @@ def definitions_command(cfg, action: str, path: str) -> int:
         store.close()
         print(f"imported definitions from {path} into {store.data_dir}", file=sys.stderr)
         return 0
-    except definitions.DefinitionsError as exc:
+    except config_mod.ConfigError as exc:      # the file, or a data dir that cannot be used
         print(f"amqpd: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:

@@ -4,6 +4,7 @@ that name the key's path, so a typo never silently falls back to a default.
 Every key, its default and its meaning is listed in ``conf/amqpd.yaml`` and
 ``docs/configuration.md``; a test keeps the three in step.
 """
+import base64
 import dataclasses
 import re
 import typing
@@ -90,6 +91,22 @@ class Storage:
 
 HASHING_ALGORITHMS = ("rabbit_password_hashing_sha256", "rabbit_password_hashing_sha512",
                       "rabbit_password_hashing_md5")
+DIGEST_SIZES = (32, 64, 16)     # SHA-256, SHA-512, MD5: what a password_hash holds after its salt
+
+
+def password_hash_problem(value: str):
+    """Why no password can ever match this RabbitMQ ``password_hash`` (base64 of a 4-byte salt
+    and a digest), or None. The empty string is allowed: a user without a password."""
+    if value == "":
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        return "not base64"
+    if len(raw) - 4 not in DIGEST_SIZES:
+        return (f"decodes to {len(raw)} bytes, where a RabbitMQ hash is a 4-byte salt and a "
+                f"32-, 64- or 16-byte digest (SHA-256, SHA-512, MD5)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,9 @@ class Resources:
 
 
 MECHANISMS = ("AMQPLAIN", "PLAIN", "EXTERNAL")
+# guest's entry when the file lists no permissions; compared by identity, so checks that a
+# permission names an existing user apply to what the operator wrote, not to this default
+DEFAULT_PERMISSIONS = (Permission("guest"),)
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,7 @@ class Config:
     storage: Storage = Storage()
     vhosts: tuple = ("/",)
     users: tuple = (User("guest", "guest", None, tags=("administrator",)),)
-    permissions: tuple = (Permission("guest"),)
+    permissions: tuple = DEFAULT_PERMISSIONS
     loopback_users: tuple = ("guest",)
     auth_mechanisms: tuple = ("PLAIN", "AMQPLAIN")
     limits: Limits = Limits()
@@ -247,6 +267,9 @@ def _validate(cfg: Config) -> Config:
         if u.name in seen:
             raise ConfigError(f"users[{i}].name: user {u.name!r} is listed twice")
         seen.add(u.name)
+        problem = None if u.password_hash is None else password_hash_problem(u.password_hash)
+        if problem:
+            raise ConfigError(f"users[{i}].password_hash: {problem}")
         if u.hashing_algorithm not in HASHING_ALGORITHMS:
             raise ConfigError(f"users[{i}].hashing_algorithm: expected one of "
                               f"{', '.join(HASHING_ALGORITHMS)}")

@@ -26,6 +26,7 @@ import os
 from . import __version__
 from .amqp import errors
 from .amqp.permissions import AccessControl, Grant, UserRecord, VHostRecord
+from . import config as config_mod
 from .config import ConfigError
 
 log = logging.getLogger("amqpd.definitions")
@@ -365,18 +366,37 @@ def _report_ignored(defs: dict, source: str) -> None:
                     source, len(others))
 
 
-def open_broker(config, import_files=()):
+def prepare(config, import_files=()) -> list:
+    """What start-up checks before it binds a port or creates a file: the definitions files
+    (``import_files``, default ``config.load_definitions``) read, and the data directory
+    usable. Returns [(path, definitions)]; raises ConfigError."""
+    docs = [(path, read(path)) for path in import_files] or load_definitions(config)
+    check_data_dir(config.storage.data_dir)
+    return docs
+
+
+def load_definitions(config) -> list:
+    """[(path, definitions)] of ``config.load_definitions`` (empty when unset)."""
+    if not config.load_definitions:
+        return []
+    try:
+        return [(config.load_definitions, read(config.load_definitions))]
+    except DefinitionsError as exc:
+        raise DefinitionsError(f"load_definitions: {exc}") from None
+
+
+def open_broker(config, import_files=(), docs=None):
     """The broker as the server runs it: take the data directory (store lock), build access
     control from the configuration + access.json + definitions files, create every vhost,
     recover durable state, then declare the files' exchanges, queues and bindings.
 
-    ``import_files`` defaults to ``config.load_definitions``. Returns (store, access, broker);
-    the caller closes the store."""
+    ``docs`` is what ``prepare`` returned (it is called here when None). Returns (store,
+    access, broker); the caller closes the store."""
     from .broker.broker import Broker
     from .store.store import Store
 
-    files = list(import_files) or ([config.load_definitions] if config.load_definitions else [])
-    docs = [(path, read(path)) for path in files]         # fail before touching the data dir
+    if docs is None:
+        docs = prepare(config, import_files)     # fail before touching the data dir
     store = Store(config.storage.data_dir, config.storage.fsync)
     try:
         layer = AccessLayer.load(store.data_dir)
@@ -387,6 +407,8 @@ def open_broker(config, import_files=()):
             _report_ignored(defs, path)
         if docs:
             layer.save(store.data_dir)
+        for problem in access_problems(config, layer, docs):
+            log.warning("%s (amqpd --check-config refuses this)", problem)
         access = AccessControl(config)
         layer.apply(access)
         broker = Broker(dataclasses.replace(config, vhosts=tuple(access.vhosts)), store)
@@ -404,6 +426,130 @@ def open_broker(config, import_files=()):
         store.close()
         raise
     return store, access, broker
+
+
+# -- checks (start-up and --check-config) ----------------------------------------------------
+def check_data_dir(data_dir: str) -> None:
+    """The data directory is one the store can take: an existing writable directory holding
+    this amqpd's format, or a path that can be created. Read-only: creates nothing, and takes
+    no lock (a running broker's directory passes). Raises ConfigError."""
+    from .store.store import FORMAT
+    path = os.path.abspath(data_dir)
+    key = "storage.data_dir"
+    if not os.path.exists(path):
+        if os.path.lexists(path):
+            raise ConfigError(f"{key}: {path} is a broken symbolic link")
+        parent = os.path.dirname(path)
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{key}: cannot create {path}: {parent} is not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}: cannot create {path}: {parent} is not writable")
+        return
+    if not os.path.isdir(path):
+        raise ConfigError(f"{key}: {path} is not a directory")
+    _writable(key, path)
+    for name in ("LOCK", "definitions.jsonl", ACCESS_FILE):
+        entry = os.path.join(path, name)
+        if os.path.exists(entry):
+            if not os.path.isfile(entry):
+                raise ConfigError(f"{key}: {entry} is not a regular file")
+            if not os.access(entry, os.R_OK | os.W_OK):
+                raise ConfigError(f"{key}: {entry} is not readable and writable")
+    fmt = os.path.join(path, "FORMAT")
+    if os.path.exists(fmt):
+        try:
+            with open(fmt) as f:
+                found = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{key}: {fmt}: cannot read it ({exc})") from None
+        if found != FORMAT:
+            raise ConfigError(f"{key}: {path} has format {found!r}; this amqpd reads "
+                              f"{FORMAT!r}")
+    queues = os.path.join(path, "queues")
+    if os.path.exists(queues):
+        if not os.path.isdir(queues):
+            raise ConfigError(f"{key}: {queues} is not a directory")
+        _writable(key, queues)
+        with os.scandir(queues) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    _writable(key, entry.path)
+
+
+def _writable(key: str, directory: str) -> None:
+    if not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {directory} is not writable")
+
+
+def stored_access(config) -> AccessLayer:
+    """The users, vhosts and permissions earlier imports left in the data directory (read
+    only; nothing when the directory does not exist yet)."""
+    data_dir = os.path.abspath(config.storage.data_dir)
+    if not os.path.isdir(data_dir):
+        return AccessLayer()
+    return AccessLayer.load(data_dir)
+
+
+def access_problems(config, layer: AccessLayer, docs) -> list:
+    """What would make logins or connection.open fail for everyone it concerns, although
+    start-up accepts it: permissions naming a user or vhost that exists nowhere (configuration,
+    access.json, definitions), password hashes no password can match, no user at all, SASL
+    mechanisms no listener can use. ``layer`` has ``docs`` merged. Start-up logs these;
+    ``--check-config`` refuses them."""
+    users = {u.name for u in config.users} | set(layer.users)
+    vhosts = set(config.vhosts) | set(layer.vhosts)
+    problems = []
+
+    def dangling(where: str, user, vhost) -> None:
+        if user not in users:
+            problems.append(f"{where}: user {user!r} does not exist "
+                            f"(users: {', '.join(sorted(users)) or 'none'})")
+        if vhost not in vhosts:
+            problems.append(f"{where}: vhost {vhost!r} does not exist "
+                            f"(vhosts: {', '.join(sorted(vhosts)) or 'none'})")
+
+    if config.permissions is not config_mod.DEFAULT_PERMISSIONS:
+        for i, p in enumerate(config.permissions):
+            dangling(f"permissions[{i}]", p.user, p.vhost)
+    for path, defs in docs:
+        for i, p in _items(defs, "permissions"):
+            if isinstance(p.get("user"), str) and isinstance(p.get("vhost"), str):
+                dangling(f"{path}: permissions[{i}]", p["user"], p["vhost"])
+        for i, u in _items(defs, "users"):
+            h = u.get("password_hash")
+            problem = config_mod.password_hash_problem(h) if isinstance(h, str) else None
+            if problem:
+                problems.append(f"{path}: users[{i}] {u.get('name')!r}: password_hash: "
+                                f"{problem}")
+    if "EXTERNAL" not in config.auth_mechanisms:
+        for i, u in enumerate(config.users):
+            if u.password is None and u.password_hash == "":
+                problems.append(f"users[{i}] {u.name!r}: no password (password_hash \"\") "
+                                f"and EXTERNAL is not in auth_mechanisms: this user can "
+                                f"never log in")
+    if not users:
+        problems.append("users: there are none (configured or imported): nobody can log in")
+    problems.extend(_mechanism_problems(config))
+    return problems
+
+
+def _mechanism_problems(config) -> list:
+    mechanisms = set(config.auth_mechanisms)
+    tls = config.listeners.amqps
+    if "EXTERNAL" not in mechanisms:
+        return []
+    if tls is None:
+        if mechanisms == {"EXTERNAL"}:
+            return ["auth_mechanisms: only EXTERNAL, which is offered on amqps only, and "
+                    "listeners.amqps is off: nobody can log in"]
+        return ["auth_mechanisms: EXTERNAL is offered on amqps only, and listeners.amqps is "
+                "off"]
+    if not (tls.verify_peer or tls.fail_if_no_peer_cert):
+        return ["auth_mechanisms: EXTERNAL refuses every login unless "
+                "listeners.amqps.verify_peer is on (an unverified certificate proves nothing)"]
+    return []
 
 
 def export_data_dir(config) -> dict:

@@ -1,8 +1,11 @@
 """The asyncio edge: listeners, one Protocol per socket, timers, output flushing, signals and
 graceful shutdown. Everything below this module is sans-IO."""
 import asyncio
+import errno
+import ipaddress
 import logging
 import signal
+import socket
 import ssl
 
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import alarms as alarms_mod
 from . import definitions, gc_policy
 from .amqp.connection import CLOSED, DETACHED, RUNNING, Connection
+from .config import ConfigError
 from .store.store import Store
 
 log = logging.getLogger("amqpd.server")
@@ -225,13 +229,16 @@ class AMQPProtocol(asyncio.BufferedProtocol):
             conn.resume_deliveries()
 
 
+class StartError(Exception):
+    """The configuration is sound but the broker cannot start now (its port is taken)."""
+
+
 class Server:
     def __init__(self, config):
         self.config = config
-        # The data dir (lock), users/vhosts/permissions, recovery and load_definitions.
-        self.store, self.access, self.broker = definitions.open_broker(config)
-        self.store.on_dirty = self.schedule_commit
-        self.monitor = alarms_mod.ResourceMonitor(config.resources, self.store.data_dir)
+        # Set by start(): the data dir (lock), users/vhosts/permissions, recovery.
+        self.store = self.access = self.broker = None
+        self.monitor = None
         self.alarms: set = set()          # resource alarms in force: "memory", "disk"
         self.blocked: set = set()         # protocols not read from because of them
         self.buckets: dict = {}           # user -> [tokens, time] for publish rate limits
@@ -251,30 +258,65 @@ class Server:
         self._all_closed = None
 
     async def start(self) -> None:
+        """In the order that makes a failed start quick and leave nothing on disk: the checks
+        that create nothing (TLS files, definitions files, the data dir), then the ports are
+        bound (not yet listening), then the data dir is taken and recovered, and only then do
+        the listeners accept clients."""
         self.loop = asyncio.get_running_loop()
-        listen = self.config.listeners.amqp
-        tls = self.config.listeners.amqps
+        config = self.config
+        listen = config.listeners.amqp
+        tls = config.listeners.amqps
         context = tls_context(tls) if tls is not None else None
-        if listen is not None:
-            self.listener = await self.loop.create_server(
-                lambda: AMQPProtocol(self), listen.host, listen.port, reuse_address=True,
-                backlog=1024)
-            self.port = self.listener.sockets[0].getsockname()[1]
-        if tls is not None:
-            self.tls_verifies = context.verify_mode != ssl.CERT_NONE
-            self.tls_listener = await self.loop.create_server(
-                lambda: AMQPProtocol(self, tls=True), tls.host, tls.port, ssl=context,
-                reuse_address=True, backlog=1024,
-                ssl_handshake_timeout=self.config.limits.handshake_timeout or None)
-            self.tls_port = self.tls_listener.sockets[0].getsockname()[1]
-        self.broker.set_scheduler(self.loop)       # timers (TTL, expiry, delays) run on the loop
+        docs = definitions.prepare(config)
+        try:
+            if listen is not None:
+                self.listener = await self._bind("amqp", listen, lambda: AMQPProtocol(self))
+                self.port = self.listener.sockets[0].getsockname()[1]
+            if tls is not None:
+                self.tls_verifies = context.verify_mode != ssl.CERT_NONE
+                self.tls_listener = await self._bind(
+                    "amqps", tls, lambda: AMQPProtocol(self, tls=True), ssl=context,
+                    ssl_handshake_timeout=config.limits.handshake_timeout or None)
+                self.tls_port = self.tls_listener.sockets[0].getsockname()[1]
+            self.store, self.access, self.broker = definitions.open_broker(config, docs=docs)
+            self.store.on_dirty = self.schedule_commit
+            self.monitor = alarms_mod.ResourceMonitor(config.resources, self.store.data_dir)
+            self.broker.set_scheduler(self.loop)   # timers (TTL, expiry, delays) run on the loop
+            for name, listener in (("amqp", self.listener), ("amqps", self.tls_listener)):
+                if listener is not None:
+                    try:
+                        await listener.start_serving()
+                    except OSError as exc:     # another process bound the port meanwhile
+                        raise listen_error(name, getattr(config.listeners, name), exc) \
+                            from None
+        except BaseException:
+            await self._close_listeners()
+            if self.store is not None:
+                self.store.close()
+            raise
         if listen is not None:
             log.info("amqpd listening on amqp://%s:%d", listen.host, self.port)
         if tls is not None:
             log.info("amqpd listening on amqps://%s:%d", tls.host, self.tls_port)
-        if self.config.resources.check_interval:
+        if config.resources.check_interval:
             log.info("resource limits: %s", self.monitor.describe())
             self._check_resources()
+
+    async def _bind(self, name: str, listener, factory, **kwargs):
+        """The listening socket bound but not accepting yet (clients are refused until
+        start_serving, as before the broker existed)."""
+        try:
+            return await self.loop.create_server(
+                factory, listener.host, listener.port, reuse_address=True, backlog=1024,
+                start_serving=False, **kwargs)
+        except OSError as exc:
+            raise listen_error(name, listener, exc) from None
+
+    async def _close_listeners(self) -> None:
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                listener.close()
+                await listener.wait_closed()
 
     # -- resource alarms ----------------------------------------------------------------------
     def _check_resources(self) -> None:
@@ -404,18 +446,42 @@ class Server:
             await self.listener.wait_closed()
         if self.tls_listener is not None:
             await self.tls_listener.wait_closed()
-        self.broker.finish_background()     # a purge in progress is written out in full
+        if self.broker is not None:
+            self.broker.finish_background()     # a purge in progress is written out in full
         self.fsync_worker.shutdown(wait=True)
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def tls_context(tls) -> ssl.SSLContext:
     """The AMQPS listener's context: TLS 1.2 or later; client certificates requested when
-    verify_peer is on (required with fail_if_no_peer_cert), checked against cafile."""
+    verify_peer is on (required with fail_if_no_peer_cert), checked against cafile.
+
+    A file that will not do is a ConfigError naming its key and path, and why: missing,
+    unreadable, no PEM certificate or key in it, an encrypted key, a key that is not the
+    certificate's."""
+    for key in ("certfile", "keyfile", "cafile"):
+        if getattr(tls, key):
+            _readable(key, getattr(tls, key))
+    _has_certificate("certfile", tls.certfile)
+    key_in = "keyfile" if tls.keyfile else "certfile"
+    key_path = tls.keyfile or tls.certfile
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.certfile, tls.keyfile)
+    try:
+        context.load_cert_chain(tls.certfile, tls.keyfile, password=_no_password)
+    except _EncryptedKey:
+        raise ConfigError(f"listeners.amqps.{key_in}: the private key in {key_path} is "
+                          f"encrypted; amqpd needs it unencrypted") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(f"listeners.amqps.{key_in}: the private key in {key_path} does "
+                              f"not belong to the certificate in {tls.certfile}") from None
+        hint = "" if tls.keyfile else " (set listeners.amqps.keyfile if the key is elsewhere)"
+        raise ConfigError(f"listeners.amqps.{key_in}: no PEM private key in {key_path}"
+                          f"{hint}") from None
     if tls.cafile:
+        _has_certificate("cafile", tls.cafile)
         context.load_verify_locations(tls.cafile)
     if tls.fail_if_no_peer_cert:
         context.verify_mode = ssl.CERT_REQUIRED
@@ -424,6 +490,96 @@ def tls_context(tls) -> ssl.SSLContext:
     else:
         context.verify_mode = ssl.CERT_NONE
     return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password():
+    """Asked for a key's password: without this OpenSSL would prompt on the terminal."""
+    raise _EncryptedKey
+
+
+def _readable(key: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise ConfigError(f"listeners.amqps.{key}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"listeners.amqps.{key}: {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"listeners.amqps.{key}: {path} is not readable "
+                          f"({exc.strerror})") from None
+
+
+def _has_certificate(key: str, path: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(path)
+    except ssl.SSLError as exc:
+        why = "" if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND" else f" ({exc.reason or exc})"
+        raise ConfigError(f"listeners.amqps.{key}: {path} holds no PEM certificate{why}") \
+            from None
+
+
+def listen_error(name: str, listener, exc: OSError) -> Exception:
+    """A failed bind as the operator needs to read it: ConfigError when the configuration
+    must change (an address that does not resolve or is not this machine's, a port that needs
+    privileges), StartError when the port is in use."""
+    where = f"{listener.host}:{listener.port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(f"listeners.{name}.host: {listener.host!r} does not resolve "
+                           f"({exc.strerror})")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(f"listeners.{name}.host: {listener.host!r} is not an address of "
+                           f"this machine")
+    if exc.errno == errno.EACCES:
+        return ConfigError(f"listeners.{name}.port: cannot listen on {where}: permission "
+                           f"denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)")
+    if exc.errno == errno.EADDRINUSE:
+        return StartError(f"listeners.{name}: {where} is already in use")
+    return ConfigError(f"listeners.{name}: cannot listen on {where}: "
+                       f"{exc.strerror or exc}")
+
+
+def reaches_loopback(listener) -> bool:
+    """Whether clients on this machine can connect from a loopback address (127.0.0.1, ::1):
+    the listener is on one, or on every address."""
+    try:
+        infos = socket.getaddrinfo(listener.host or None, listener.port,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return False
+    for _family, _kind, _proto, _name, address in infos:
+        ip = ipaddress.ip_address(address[0].split("%")[0])
+        if ip.is_loopback or ip.is_unspecified:
+            return True
+    return False
+
+
+def check_listener(name: str, listener) -> str | None:
+    """What binding at start-up would say, without listening or keeping the port: raises
+    ConfigError as ``listen_error``; returns a note when the port is in use (by the running
+    broker, most likely)."""
+    try:
+        infos = socket.getaddrinfo(listener.host or None, listener.port,
+                                   type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise listen_error(name, listener, exc) from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                error = listen_error(name, listener, exc)
+                if isinstance(error, StartError):
+                    return f"{error} (by the running broker?): start-up fails while it is"
+                raise error from None
+    return None
 
 
 async def serve(config, ready=None) -> None:

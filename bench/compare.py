@@ -6,11 +6,12 @@
     python3 bench/compare.py --amqpd 127.0.0.1:5690            # use an amqpd that is already running
 
 What it does, in order:
-  1. builds the C load generator amqp-perf into bench/.build/ (again when the .c is newer);
+  1. builds the C load generator bench/amqp-perf/amqp-perf.c into bench/.build/ (again when
+     the .c is newer);
   2. starts amqpd (`python -m amqpd`, from this repo) on a free port, unless --amqpd is given;
   3. checks RabbitMQ at --rabbitmq with an AMQP handshake (guest/guest, vhost "/");
      when it does not answer, only amqpd is measured, and the output says so;
-  4. runs each scenario of shared/tools/perf-matrix.sh, alternating brokers A B A B, with
+  4. runs each scenario of MATRIX (below), alternating brokers A B A B, with
      --broker-pid so the broker's CPU use is reported;
   5. prints a table (per-round rates, median, latency, broker CPU, amqpd/RabbitMQ ratio);
   6. stops the amqpd it started.
@@ -41,10 +42,11 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 BUILD_DIR = BENCH_DIR / ".build"
-DEFAULT_SRC = os.environ.get("AMQP_PERF_SRC", "/work/shared/tools/amqp-perf/amqp-perf.c")
+DEFAULT_SRC = os.environ.get("AMQP_PERF_SRC", str(BENCH_DIR / "amqp-perf" / "amqp-perf.c"))
 DEFAULT_SCENARIOS = "s1,s2,s4,s7"
 
-# Same names and arguments as /work/shared/tools/perf-matrix.sh (keep in step with it).
+# The scenario matrix: name and amqp-perf arguments (bench/README.md says what each measures).
+# Results are compared by these names, so a changed scenario gets a new name.
 MATRIX: list[tuple[str, str]] = [
     ("s1-1p1c-16B-autoack", "-x 1 -y 1 -s 16 -a -t direct"),
     ("s2-1p1c-16B-ack-q100", "-x 1 -y 1 -s 16 -q 100 -t direct"),
