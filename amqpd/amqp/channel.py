@@ -109,8 +109,9 @@ class Channel:
             raise errors.UnexpectedFrame("expected content header for class 60, got non "
                                          "content header frame instead", 60, 40)
         limit = self.conn.max_message_size
-        if limit and body_size > limit:
-            raise errors.PreconditionFailed(
+        if limit and body_size > limit and type(self.publishing) is tuple:
+            # refused once the content is in, as RabbitMQ; its body is not kept meanwhile
+            self.publishing = errors.PreconditionFailed(
                 f"message size {body_size} is larger than configured max size {limit}", 60, 40)
         self.header = payload
         self.body_size = body_size
@@ -131,7 +132,8 @@ class Channel:
         if self.received == self.body_size and not self.body_parts:
             self._content_complete(payload)
             return
-        self.body_parts.append(payload)
+        if type(self.publishing) is tuple:      # a refused or discarded body is not kept
+            self.body_parts.append(payload)
         if self.received == self.body_size:
             body = b"".join(self.body_parts)
             self.body_parts = []
@@ -562,7 +564,10 @@ def queue_delete(ch: Channel, m: Queue.Delete) -> None:
         raise errors.PreconditionFailed(f"{q.label} in use", 50, 40)
     if m.if_empty and q.message_count:
         raise errors.PreconditionFailed(f"{q.label} not empty", 50, 40)
-    _ok(ch, m, Queue.DeleteOk(message_count=ch.vhost.delete_queue(q)))
+    # delete-ok before the consumers' basic.cancel, as RabbitMQ (deterministic when the
+    # consumer is on this channel: kombu's delete() must not see the cancel first)
+    _ok(ch, m, Queue.DeleteOk(message_count=q.message_count))
+    ch.vhost.delete_queue(q)
 
 
 # -- basic class ----------------------------------------------------------------------------------
