@@ -58,3 +58,55 @@ def test_flooded_queue_does_not_freeze_other_clients():
         assert worst[0] < 0.35, f"an unrelated round trip took {worst[0]:.3f} s"
     finally:
         broker.stop()
+
+
+def _rss(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 1e6
+
+
+def _settles_below(pid: int, limit: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while (rss := _rss(pid)) >= limit and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return rss
+
+
+@pytest.mark.interop
+def test_memory_is_given_back_after_load():
+    """RSS follows what is in use: 1,000 connections opened and closed used to leave the
+    broker at its peak (freed memory stays in glibc's heap unless trimmed); a purged backlog
+    likewise."""
+    broker = AmqpdProcess().start()
+    try:
+        pid = broker.proc.pid
+        time.sleep(1)
+        base = _rss(pid)
+        clients = []
+        for _ in range(1000):
+            c = RawClient(broker.port)
+            c.handshake()
+            c.open_channel(1)
+            clients.append(c)
+        peak = _rss(pid)
+        for c in clients:
+            c.method(0, C.Connection.Close(reply_code=200, reply_text="", class_id=0,
+                                           method_id=0))
+            c.close()
+        assert peak - base > 10, (base, peak)
+        after = _settles_below(pid, base + 0.4 * (peak - base), 15)
+        assert after < base + 0.4 * (peak - base), (base, peak, after)
+        with RawClient(broker.port, timeout=60) as c:
+            c.handshake()
+            c.open_channel(1)
+            c.method(1, C.Queue.Declare(queue="backlog"))
+            c.expect(C.Queue.DeclareOk)
+            chunk = ref.publish(1, "", "backlog", b"x" * 100) * 1000
+            for _ in range(500):
+                c.send(chunk)
+            c.method(1, C.Queue.Purge(queue="backlog"))
+            assert c.expect(C.Queue.PurgeOk).message_count == 500_000
+        after = _settles_below(pid, base + 30, 20)
+        assert after < base + 30, (base, after)
+    finally:
+        broker.stop()
