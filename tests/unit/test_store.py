@@ -100,12 +100,11 @@ def test_scan_yields_records_in_order_with_offsets_and_read_at(tmp_path):
 def test_append_settle_delivered_write_and_recover_in_order(tmp_path):
     path = tmp_path / "q"
     qlog = QueueLog(str(path))
-    assert qlog.write() is None                         # nothing buffered: nothing written
+    assert qlog.write() is False                        # nothing buffered: nothing written
     segs = {seq: qlog.append_message(seq, ROUTE, HEADER, body(seq)) for seq in range(1, 7)}
     assert set(segs.values()) == {0}
     assert not os.path.exists(seg_file(path, 0))        # buffered until write()
-    fd = qlog.write()
-    assert isinstance(fd, int) and fd == qlog.fd
+    assert qlog.write() is True and qlog.fd is not None
     assert os.path.getsize(seg_file(path, 0)) == qlog.active_size
     qlog.settle(2, segs[2])
     qlog.delivered(3)
@@ -401,6 +400,7 @@ def test_settling_everything_leaves_only_the_active_segment(tmp_path):
     assert segments(path) == [0, 1, 2, 3]
     for seq in range(1, 13):                 # settled in order: segments go oldest first
         qlog.settle(seq, where[seq])
+        qlog.write()                         # (files go with the next write)
         done = where[seq] if seq % 3 == 0 else where[seq] - 1
         assert segments(path) == [n for n in range(4) if n > done or n == 3], seq
     qlog.close()
@@ -422,6 +422,7 @@ def test_settling_out_of_order_deletes_oldest_first(tmp_path):
     assert segments(path) == [0, 1, 2, 3]
     for seq in (1, 2, 3):
         qlog.settle(seq, where[seq])
+    qlog.write()
     assert segments(path) == [3]
     qlog.close()
     assert seqs(recover(path, segment_size=size)[0]) == [10, 11, 12]
@@ -483,7 +484,7 @@ def test_delete_removes_the_files(tmp_path):
     qlog = build(path, 5, segment_size=SEGHEAD + RECORD * 2 + 1)
     qlog.append_message(6, ROUTE, HEADER, body(6))     # buffered: must never reach the disk
     qlog.delete()
-    assert qlog.write() is None
+    assert qlog.write() is False
     assert not os.path.exists(path) or segments(path) == []
 
 
@@ -581,19 +582,19 @@ def test_group_commit_generations(tmp_path, mode):
         assert calls == [1]                              # one commit per batch
         assert store.write_pending() is True
         assert (store.gen, store.synced_gen) == (1, 0)
-        gen, fds = store.begin_sync()
-        assert gen == 1 and len(fds) == 1
+        job = store.begin_sync()
+        assert job.gen == 1 and len(job.fds) == 1
         qlog.append_message(3, ROUTE, HEADER, b"z")      # written while the fsync runs
         store.mark_dirty(qlog)
         assert calls == [1, 1]
         assert store.next_gen == 2
         store.write_pending()
-        Store.sync(fds)
-        store.synced(gen)
+        store.sync(job)
+        store.synced(job)
         assert store.synced_gen == 1 < store.gen == 2
-        gen, fds = store.begin_sync()                    # the next fsync covers the rest
-        Store.sync(fds)
-        store.synced(gen)
+        job = store.begin_sync()                         # the next fsync covers the rest
+        store.sync(job)
+        store.synced(job)
         assert store.synced_gen == store.gen == 2
         assert store.begin_sync() is None
     finally:
