@@ -414,7 +414,8 @@ class Workload:
         await self._publish(CHURN, self.rng.randint(1, 8))
 
 
-def record(mode: str, rounds: int, restarts: int, seed: int, workdir: str) -> tuple:
+def record(mode: str, rounds: int, restarts: int, seed: int, workdir: str,
+           io_class=RecordingIO) -> tuple:
     """Run the workload against a recording broker; returns (events, data dir)."""
     events: list = []
     data_dir = os.path.join(workdir, "data")
@@ -431,7 +432,7 @@ def record(mode: str, rounds: int, restarts: int, seed: int, workdir: str) -> tu
         holder["b"].stop()
         return start()
 
-    with Store.overridden(io=RecordingIO(events), segment_size=SEGMENT_SIZE):
+    with Store.overridden(io=io_class(events), segment_size=SEGMENT_SIZE):
         url = start()
         try:
             asyncio.run(Workload(events, rng, restart, url).run(rounds, restarts))
@@ -615,6 +616,7 @@ class Result:
         self.cuts_with_loss = 0
         self.confirmed = 0              # confirmed messages required, summed over cuts
         self.failures: list = []        # (cut, style, problems)
+        self.problems = 0               # violations, summed over cuts
         self.recovery_errors: list = []
         self.events = 0
         self.publishes = 0
@@ -624,19 +626,20 @@ class Result:
         return (f"fsync={self.mode}: {self.cuts} cut points over {self.events} events "
                 f"({self.publishes} publishes), confirmed messages lost: {self.lost} "
                 f"(in {self.cuts_with_loss} cuts), recovery failures: "
-                f"{len(self.recovery_errors)}, other violations: {len(self.failures)}, "
+                f"{len(self.recovery_errors)}, cuts with other violations: {len(self.failures)}, "
                 f"{self.seconds:.0f} s")
 
 
 def run(mode: str, cuts: int = 30, rounds: int = 60, restarts: int = 1, seed: int = 1,
-        progress=None) -> Result:
-    """Record one workload in ``mode`` and try ``cuts`` power cuts on it."""
+        progress=None, io_class=RecordingIO) -> Result:
+    """Record one workload in ``mode`` and try ``cuts`` power cuts on it. ``io_class`` lets a
+    test plant a bug in the store's I/O to show that the harness catches it."""
     started = time.monotonic()
     result = Result(mode)
     strict = mode != "never"
     workdir = tempfile.mkdtemp(prefix=f"amqpd-powerloss-{mode}-")
     try:
-        events, data_dir = record(mode, rounds, restarts, seed, workdir)
+        events, data_dir = record(mode, rounds, restarts, seed, workdir, io_class)
         result.events = len(events)
         result.publishes = sum(1 for e in events if e[0] == "sent")
         rng = random.Random(seed * 7919 + 1)
@@ -660,6 +663,7 @@ def run(mode: str, cuts: int = 30, rounds: int = 60, restarts: int = 1, seed: in
             result.lost += lost
             result.cuts_with_loss += bool(lost)
             if problems:
+                result.problems += len(problems)
                 result.failures.append((cut, style, problems))
                 keep = os.environ.get("AMQPD_POWERLOSS_KEEP")
                 if keep:

@@ -72,9 +72,15 @@ class QueueLog:
         expiries: dict[int, int] = {}
         top = 0
         numbers = self._segments_on_disk()
+        unreadable = None
         for number in numbers:
             path = self._segment_path(number)
-            data = self.io.read(path)
+            try:
+                data = self.io.read(path)
+            except OSError as exc:
+                unreadable = number
+                self._set_aside(path, exc)
+                continue
             problems: list = []
             MESSAGE, SETTLED = records.MESSAGE, records.SETTLED
             rec = None
@@ -105,6 +111,9 @@ class QueueLog:
                 self.active = self.writing = number
                 self.active_size = self.file_size = len(data)
                 self.seed, self.base_size = seed, base
+        if unreadable is not None and unreadable == numbers[-1]:
+            self.active = self.writing = unreadable + 1     # never append to it
+            self.active_size = self.file_size = 0
         live = []
         for seq in sorted(messages):
             if seq in settled:
@@ -116,6 +125,17 @@ class QueueLog:
         self._drop_settled_prefix()
         self._unlink_doomed()
         return live, top
+
+    def _set_aside(self, path: str, exc: OSError) -> None:
+        """A segment that cannot be read at all (EIO, or EBADMSG from a file system whose
+        metadata was lost): its messages cannot be recovered, but the queue and the others
+        can. It is renamed out of the way, kept for inspection."""
+        log.error("%s: cannot be read (%s); its records are skipped and the file is kept as "
+                  "%s.unreadable", path, exc, os.path.basename(path))
+        try:
+            self.io.replace(path, path + ".unreadable")
+        except OSError as err:
+            log.error("%s: cannot rename it either: %s", path, err)
 
     def _truncate(self, path: str, size: int) -> None:
         io = self.io

@@ -25,6 +25,9 @@ log = logging.getLogger("amqpd.store")
 # Format 2: segment headers carry the queue's high-water seq (records.py). Format 1 data dirs
 # are read and upgraded in place; a format-1 amqpd refuses a format-2 directory.
 FORMAT = "amqpd-store 2"
+# Writes count as working again (and the next failure is logged again) only after this many
+# successful commits in a row: a failing device often fails some writes and not others.
+RECOVERED_AFTER = 20
 READABLE = ("amqpd-store 1", FORMAT)
 
 
@@ -74,6 +77,7 @@ class Store:
         self.failing = None            # the error while writes fail (logged once)
         self.failures = 0              # failed writes/fsyncs since it started failing
         self.failed_gen = 0            # the last generation that failed
+        self.good_run = 0              # successful commits since the last failure
 
     @classmethod
     @contextlib.contextmanager
@@ -265,32 +269,40 @@ class Store:
         self._writes_succeed(job.gen)
 
     def sync_failed(self, job: SyncJob, exc: OSError) -> None:
-        """The fsync did not complete: nothing it covered may be confirmed, and the pages it
-        was to write may be lost whatever a retry would say. Nack its generations, move every
-        log it covered to a fresh segment, and carry on."""
-        self._failed(self.synced_gen, job.gen, f"fsync in {self.data_dir} failed", exc)
+        """The fsync did not complete: nothing it covered may be confirmed. Worse, Linux
+        reports a failed writeback once and then forgets it (PostgreSQL's "fsyncgate"): a
+        later fsync of the same file succeeds although pages written before the failure are
+        gone. So every generation handed to the OS so far is nacked, and the one being
+        buffered too (records already framed for the old segments go there), every log the
+        fsync covered moves to a fresh segment, and the broker carries on."""
+        self._failed(self.synced_gen, self.gen + 1, f"fsync in {self.data_dir} failed", exc)
         for qlog in job.logs:
             if not qlog.deleted:
                 qlog.abandon_segment()
                 qlog.dir_dirty = True          # the names may not be durable either
                 self.mark_dirty(qlog)
-        self.synced_gen = max(self.synced_gen, job.gen)
+        self.synced_gen = max(self.synced_gen, self.gen)
 
     def _failed(self, lo: int, hi: int, what: str, exc: OSError) -> None:
         self.failures += 1
         self.failed_gen = hi
+        self.good_run = 0
         if self.failing is None:
             self.failing = what
-            log.error("%s: %s; the publishes it held are nacked (this is logged once until "
-                      "writes succeed again)", what, exc)
+            log.error("%s: %s; the publishes it held are nacked (further failures are "
+                      "counted, not logged, until %d commits in a row succeed)", what, exc,
+                      RECOVERED_AFTER)
         if self.on_failed is not None:
             self.on_failed(lo, hi)
 
     def _writes_succeed(self, gen: int) -> None:
         """A generation after the last failure made it to disk."""
-        if self.failing is not None and gen > self.failed_gen:
+        if self.failing is None or gen <= self.failed_gen:
+            return
+        self.good_run += 1
+        if self.good_run >= RECOVERED_AFTER:
             log.warning("the message store is writable again (%d failed write(s) or fsync(s) "
-                        "since: %s)", self.failures, self.failing)
+                        "since: %s; their publishes were nacked)", self.failures, self.failing)
             self.failing = None
             self.failures = 0
 
