@@ -337,7 +337,13 @@ class QueueLog:
         self.retired.clear()
 
     def close(self, sync: bool = True) -> None:
-        self.write()
+        """Write what is buffered, fsync (unless told not to) and close. Raises the first
+        OSError, but only after every descriptor is closed."""
+        error = None
+        try:
+            self.write()
+        except OSError as exc:
+            error = exc
         fds, dirs = self.sync_targets()
         if self.fd is not None:
             self.io.close(self.fd)
@@ -346,11 +352,17 @@ class QueueLog:
             try:
                 if sync:
                     self.io.fsync(fd)
+            except OSError as exc:
+                error = error or exc
             finally:
                 self.io.close(fd)
-        if sync:
-            for path in dirs:
+        for path in dirs if sync else ():
+            try:
                 self.io.fsync_dir(path)
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def delete(self) -> None:
         """The queue is gone: remove its files."""

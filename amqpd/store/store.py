@@ -175,14 +175,16 @@ class Store:
         if qlog is not None:
             self.dirty.pop(qlog, None)
             self.unsynced.pop(qlog, None)
-            qlog.delete()
-            # Durable before delete-ok: a queue declared again under the same name must
-            # never find this one's files after a power cut.
-            if self.fsync_mode != "never":
-                try:
+            try:
+                qlog.delete()
+                # Durable before delete-ok: a queue declared again under the same name must
+                # never find this one's files after a power cut.
+                if self.fsync_mode != "never":
                     self.io.fsync_dir(self.queues_dir)
-                except OSError as exc:
-                    log.warning("fsync of %s failed: %s", self.queues_dir, exc)
+            except OSError as exc:
+                # The journal says deleted: what is left is an orphan, removed at the next
+                # start (remove_orphans) or when the name is declared again (queue_log).
+                log.warning("deleting %s: %s", qlog.path, exc)
 
     def mark_dirty(self, qlog: QueueLog) -> None:
         if not self.dirty and self.on_dirty is not None:

@@ -1014,3 +1014,59 @@ def test_what_was_written_while_a_failing_fsync_ran_is_nacked_too(tmp_path):
         assert failed == [(0, 3)]
     finally:
         store.close()
+
+
+def test_a_store_closes_cleanly_when_the_disk_is_full(tmp_path, caplog):
+    """A clean stop on a full disk: what can be fsynced is, every descriptor is closed, the
+    error is logged, and the data directory opens again."""
+    io = FaultyIO()
+    store = Store(str(tmp_path / "data"), io=io)
+    qlog = store.queue_log("/", "q")
+    qlog.append_message(1, ROUTE, HEADER, b"x")
+    store.mark_dirty(qlog)
+    store.write_pending()                                # written, not yet fsynced
+    qlog.append_message(2, ROUTE, HEADER, b"y" * 100)
+    store.mark_dirty(qlog)
+    io.room = 10
+    with caplog.at_level(logging.ERROR, logger="amqpd.store"):
+        store.close()
+    assert qlog.fd is None and not qlog.retired
+    assert seqs(recover(qlog.path)[0]) == [1] and intact(qlog.path)
+    Store(str(tmp_path / "data")).close()
+
+
+def test_deleting_a_queue_whose_files_cannot_be_removed_still_deletes_it(tmp_path, caplog):
+    class NoUnlink(FaultyIO):
+        def unlink(self, path):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    store = Store(str(tmp_path / "data"), io=NoUnlink())
+    try:
+        qlog = store.queue_log("/", "q")
+        qlog.append_message(1, ROUTE, HEADER, b"x")
+        store.mark_dirty(qlog)
+        store.write_pending()
+        with caplog.at_level(logging.WARNING, logger="amqpd.store"):
+            store.delete_queue_log("/", "q")
+        assert "deleting" in caplog.text and ("/", "q") not in store.logs
+    finally:
+        store.close()
+    store = Store(str(tmp_path / "data"))                # next start: an orphan, removed
+    store.remove_orphans([])
+    assert os.listdir(tmp_path / "data" / "queues") == []
+    store.close()
+
+
+def test_closing_a_log_whose_fsync_fails_closes_every_descriptor(tmp_path):
+    io = FaultyIO()
+    path = tmp_path / "q"
+    qlog = QueueLog(str(path), segment_size=SEGHEAD + RECORD + 5, io=io)
+    for seq in (1, 2):                                   # two segments: one retired fd
+        qlog.append_message(seq, ROUTE, HEADER, body(seq))
+    qlog.write()
+    assert len(qlog.retired) == 1 and qlog.fd is not None
+    before = len(os.listdir("/proc/self/fd"))
+    io.fsync_error = errno.EIO
+    with pytest.raises(OSError):
+        qlog.close()
+    assert len(os.listdir("/proc/self/fd")) == before - 2    # nothing left open
