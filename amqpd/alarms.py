@@ -86,6 +86,13 @@ class ResourceMonitor:
         return (f"memory high watermark {self.memory_limit / 1e6:.1f} MB (of "
                 f"{self.total / 1e6:.0f} MB), disk free limit {self.disk_free_limit / 1e6:.1f} MB")
 
+    def disk_headroom(self) -> int | None:
+        """Bytes that may still be written before the disk alarm is due, as last measured;
+        None when the disk is not watched or its alarm is already in force."""
+        if not self.disk_free_limit or self.free is None or DISK in self.alarms:
+            return None
+        return max(self.free - self.disk_free_limit, 0)
+
     def check(self) -> set:
         """Measure and return the alarms in force ({'memory', 'disk'} or a subset)."""
         if MEMORY in self.alarms and self._trim is not None:

@@ -14,7 +14,6 @@ from . import alarms as alarms_mod
 from . import definitions, gc_policy
 from .amqp.connection import CLOSED, DETACHED, RUNNING, Connection
 from .config import ConfigError
-from .store.store import Store
 
 log = logging.getLogger("amqpd.server")
 
@@ -249,6 +248,7 @@ class Server:
         self.fsync_worker = ThreadPoolExecutor(1, thread_name_prefix="amqpd-fsync")
         self.syncing = False
         self.commit_scheduled = False
+        self.disk_check_at = float("inf")   # store.written at which to measure the disk again
         self.loop = None
         self.protocols: set = set()
         self.dirty: dict = {}
@@ -321,8 +321,20 @@ class Server:
     # -- resource alarms ----------------------------------------------------------------------
     def _check_resources(self) -> None:
         self.set_alarms(self.monitor.check())
+        self._arm_disk_check()
         self.check_timer = self.loop.call_later(self.config.resources.check_interval,
                                                 self._check_resources)
+
+    def _arm_disk_check(self) -> None:
+        """Measure again as soon as the store has written what the disk had left above its
+        limit, rather than at the next timer tick: a fast publisher cannot fill the disk
+        between two ticks."""
+        headroom = self.monitor.disk_headroom()
+        self.disk_check_at = float("inf") if headroom is None else self.store.written + headroom
+
+    def _check_disk_now(self) -> None:
+        self.set_alarms(self.monitor.check())
+        self._arm_disk_check()
 
     def set_alarms(self, alarms: set) -> None:
         """Raise or clear resource alarms. As in RabbitMQ, a connection is blocked when it
@@ -373,19 +385,26 @@ class Server:
 
     def commit(self) -> None:
         """Once per loop turn: hand buffered records to the OS, then fsync them (group commit:
-        writes made while an fsync runs are covered by the next one)."""
+        writes made while an fsync runs are covered by the next one). A failed write or fsync
+        nacks the publishes it held (Store._failed) and the broker carries on."""
         self.commit_scheduled = False
         store = self.store
         if not store.write_pending():
             return
+        if store.written >= self.disk_check_at:
+            self._check_disk_now()
         mode = store.fsync_mode
         if mode == "never":
             self.broker.on_synced()
         elif mode == "always":
             job = store.begin_sync()
             if job is not None:
-                Store.sync(job[1])
-                store.synced(job[0])
+                try:
+                    store.sync(job)
+                except OSError as exc:
+                    store.sync_failed(job, exc)
+                else:
+                    store.synced(job)
             self.broker.on_synced()
         elif not self.syncing:
             self._start_sync()
@@ -394,19 +413,22 @@ class Server:
         job = self.store.begin_sync()
         if job is None:
             return
-        gen, fds = job
         self.syncing = True
-        future = self.loop.run_in_executor(self.fsync_worker, Store.sync, fds)
-        future.add_done_callback(lambda f: self._sync_done(gen, f))
+        future = self.loop.run_in_executor(self.fsync_worker, self.store.sync, job)
+        future.add_done_callback(lambda f: self._sync_done(job, f))
 
-    def _sync_done(self, gen: int, future) -> None:
+    def _sync_done(self, job, future) -> None:
         self.syncing = False
-        if future.cancelled() or future.exception() is not None:
-            # Without a successful fsync nothing may be confirmed; stop rather than lie.
-            log.critical("fsync failed: %s; stopping", future.exception())
-            self.loop.call_soon(self.loop.stop)
+        if future.cancelled():            # the loop is shutting down; Store.close syncs
             return
-        self.store.synced(gen)
+        exc = future.exception()
+        if exc is None:
+            self.store.synced(job)
+        else:
+            if not isinstance(exc, OSError):
+                log.error("fsync worker failed", exc_info=exc)
+                exc = OSError(str(exc))
+            self.store.sync_failed(job, exc)
         self.broker.on_synced()
         if self.store.gen > self.store.synced_gen:
             self._start_sync()

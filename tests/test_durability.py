@@ -769,6 +769,35 @@ def test_queue_delete_is_durable(node):
     conn.close()
 
 
+def test_a_queue_deleted_just_before_a_crash_stays_gone_when_declared_again(node):
+    """A crash between journaling queue.delete and removing the queue's files leaves them
+    behind. They used to stay: declared again, the queue appended a new segment header into
+    the old file, so after the next restart the deleted messages were back and the new,
+    confirmed ones were unreadable (the old salt does not validate them)."""
+    node.start()
+    conn = node.connect()
+    ch = conn.channel()
+    ch.queue_declare("phoenix", durable=True)
+    publish_numbered(ch, "phoenix", 3, b"old")
+    conn.close()
+    node.stop()
+    # what a crash right after the journal line of the delete leaves (the files are still there)
+    with open(os.path.join(node.data_dir, "definitions.jsonl"), "a") as f:
+        f.write(json.dumps({"op": "queue.delete", "vhost": "/", "name": "phoenix"}) + "\n")
+    node.start()
+    conn = node.connect()
+    assert not queue_exists(conn, "phoenix")
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("phoenix", durable=True)
+    ch.basic_publish("", "phoenix", b"new", PERSISTENT)         # confirmed
+    conn.close()
+    node.restart()
+    conn = node.connect()
+    assert drain(conn.channel(), "phoenix") == [(b"new", False)]
+    conn.close()
+
+
 # -- confirms ------------------------------------------------------------------------------------
 async def publish_confirmed(channel, queue: str, bodies_: list) -> None:
     results = await asyncio.gather(*(

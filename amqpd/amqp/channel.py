@@ -242,14 +242,30 @@ class Channel:
             self.conn.write(fastpath.encode_ack(self.number, upto, multiple))
 
     def _flush_nacks(self, upto: int) -> None:
-        """Acks up to each rejected publish, then its nack (rare: x-overflow reject-publish)."""
-        while self.nacks and self.nacks[0] <= upto:
-            seq = self.nacks.popleft()
+        """Acks up to each refused publish, then its nack (rare: x-overflow reject-publish, a
+        failed disk write); a run of consecutive refusals is one nack with multiple=true."""
+        nacks = self.nacks
+        while nacks and nacks[0] <= upto:
+            seq = end = nacks.popleft()
             if seq - 1 > self.confirmed:
                 self.conn.write(fastpath.encode_ack(self.number, seq - 1,
                                                     seq - 1 - self.confirmed > 1))
-            self.conn.write(fastpath.encode_ack(self.number, seq, False, fastpath.NACK))
-            self.confirmed = seq
+            while nacks and nacks[0] == end + 1 and nacks[0] <= upto:
+                end = nacks.popleft()
+            self.conn.write(fastpath.encode_ack(self.number, end, end > seq, fastpath.NACK))
+            self.confirmed = end
+
+    def nack_generations(self, lo: int, hi: int) -> None:
+        """The store failed to write or fsync generations lo < gen <= hi: the publishes that
+        waited for them are nacked instead (in order, by flush_confirms)."""
+        failed = [seq for seq, gen in self.pending_sync if lo < gen <= hi]
+        if not failed:
+            return
+        self.pending_sync = deque(p for p in self.pending_sync if not lo < p[1] <= hi)
+        if self.nacks and self.nacks[-1] > failed[0]:
+            self.nacks = deque(sorted([*self.nacks, *failed]))
+        else:
+            self.nacks.extend(failed)
 
     def on_method(self, method) -> None:
         handler = HANDLERS.get(type(method))

@@ -30,6 +30,8 @@ class Broker:
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.sync_waiters: dict = {}  # channels with confirms waiting for an fsync
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
+        if store is not None:
+            store.on_failed = self.on_write_failed
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -106,6 +108,14 @@ class Broker:
         for ch in waiters:
             ch.flush_confirms()
 
+    def on_write_failed(self, lo: int, hi: int) -> None:
+        """The store could not write, or fsync, generations lo < gen <= hi: nack the
+        publishes they held. Every channel with a publish waiting for the store is a sync
+        waiter by then (it registers when it flushes confirms, at the end of the read that
+        held the publish; the store writes later in the turn)."""
+        for ch in list(self.sync_waiters):
+            ch.nack_generations(lo, hi)
+
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild durable definitions and queue contents from the store, in original order."""
@@ -124,6 +134,9 @@ class Broker:
             if self._restore_definition(vhost, d):
                 kept.append(d)
         self.store.journal.rewrite(kept)
+        self.store.remove_orphans(
+            [(d["vhost"], d["name"]) for d in kept if d["op"] == "queue"]
+            + [(d["vhost"], "\0delayed:" + d["name"]) for d in kept if d["op"] == "exchange"])
         messages = queues = 0
         for vhost in self.vhosts.values():
             for ex in vhost.exchanges.values():

@@ -11,6 +11,8 @@ import os
 
 from pamqp import decode, encode
 
+from .fileio import REAL
+
 log = logging.getLogger("amqpd.store")
 
 
@@ -23,10 +25,19 @@ def decode_args(text: str) -> dict:
 
 
 class DefinitionsJournal:
-    def __init__(self, path: str, fsync: bool = True):
+    """Appends go to an existing, durable file (``rewrite`` at start-up creates it: temp file,
+    fsync, rename, fsync of the directory), so an fsynced line is a durable line. A failed
+    append (a full disk, an I/O error) is cut back out of the file and raised: the change is
+    refused rather than half-kept. After a failed fsync the file's unsynced pages may be lost
+    whatever a retry says, so the next append first rewrites the journal from scratch."""
+
+    def __init__(self, path: str, fsync: bool = True, io=REAL):
         self.path = path
         self.fsync = fsync
+        self.io = io
         self.fd = None
+        self.size = 0              # bytes of complete lines in the file
+        self.suspect = False       # an fsync failed: rewrite before appending again
 
     def load(self) -> list[dict]:
         """Replay: the net effect of the journal, as a list of live definitions."""
@@ -69,31 +80,41 @@ class DefinitionsJournal:
     def rewrite(self, entries: list[dict]) -> None:
         """Replace the journal with exactly these entries (atomic: temp file + rename)."""
         self.close()
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            for d in entries:
-                f.write(json.dumps(d, sort_keys=True).encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_dir(os.path.dirname(self.path))
+        data = b"".join(json.dumps(d, sort_keys=True).encode() + b"\n" for d in entries)
+        self.io.write_file(self.path, data)
+        self.suspect = False
 
     def append(self, entry: dict) -> None:
+        if self.suspect:
+            self.rewrite(self.load())
+        io = self.io
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.write(self.fd, json.dumps(entry, sort_keys=True).encode() + b"\n")
+            self.fd = io.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.size = os.fstat(self.fd).st_size
+        line = json.dumps(entry, sort_keys=True).encode() + b"\n"
+        try:
+            io.write_all(self.fd, line)
+        except OSError:
+            self._cut_back()
+            raise
         if self.fsync:
-            os.fsync(self.fd)
+            try:
+                io.fsync(self.fd)
+            except OSError:
+                self._cut_back()
+                self.suspect = True
+                raise
+        self.size += len(line)
+
+    def _cut_back(self) -> None:
+        """Remove a line that did not make it, so the next one starts on a clean line."""
+        try:
+            self.io.ftruncate(self.fd, self.size)
+        except OSError:
+            self.suspect = True        # a torn line stays until the rewrite
+            self.close()
 
     def close(self) -> None:
         if self.fd is not None:
-            os.close(self.fd)
+            self.io.close(self.fd)
             self.fd = None
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,34 +1,54 @@
 """One durable queue's append-only log: numbered segment files of records (records.py).
 
-Writes are buffered and handed to the OS once per event-loop turn (``write``); the caller
-fsyncs the returned descriptors. A segment is deleted once every message in it and in every
-older segment is settled: a later segment may hold the SETTLED markers of earlier messages, so
-segments go oldest first, and disk use follows the live backlog.
+Records are framed as they are appended and buffered; ``write`` hands them to the OS once per
+event-loop turn, and the group commit (store.py) fsyncs what ``sync_targets`` names. A segment
+is deleted once every message in it and in every older segment is settled: a later segment may
+hold the SETTLED markers of earlier messages, so segments go oldest first, and disk use follows
+the live backlog.
+
+Durability rules followed here (see fileio.py): a new segment file, and a new queue directory,
+are durable only once their directory is fsynced, so the group commit fsyncs those directories
+before anything written there is confirmed. A failed write leaves no partial record behind:
+the file is cut back to its last complete record, or, if even that fails, the segment is retired
+and the next record starts a new one.
 """
 import logging
 import os
-import shutil
 
 from . import records
+from .fileio import REAL
 
 log = logging.getLogger("amqpd.store")
 
 SEGMENT_SIZE = 16 << 20
+_APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+ROLL = None          # in ``pending``: the records after it go to the next segment
 
 
 class QueueLog:
-    def __init__(self, path: str, segment_size: int = SEGMENT_SIZE):
+    def __init__(self, path: str, segment_size: int = SEGMENT_SIZE, io=REAL):
         self.path = path
         self.segment_size = segment_size
+        self.io = io
         self.live: dict[int, int] = {}     # segment number -> unsettled messages in it
+        # Append side: where the next record goes.
         self.active = 0
-        self.active_size = 0
-        self.fd = None
-        self.pending: list = []
+        self.active_size = 0               # bytes of the active segment, buffered ones included
         self.seed = 0                      # CRC seed of the active segment (its salt)
         self.base_size = 0                 # bytes of the active segment's header
+        self.high = 0                      # highest seq appended (goes into segment headers)
+        self.pending: list = []            # framed records, ROLL between segments
+        self.rolls = 0                     # ROLLs in pending
+        # Write side: the file the OS has.
+        self.fd = None
+        self.writing = 0                   # segment number the next written bytes belong to
+        self.file_size = 0                 # bytes of that file known to be complete records
+        self.written = 0                   # bytes handed to the OS, ever (disk alarm estimate)
+        self.retired: list = []            # descriptors of finished segments, to fsync and close
+        self.doomed: list = []             # settled segments to unlink once written
+        self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
-        os.makedirs(path, exist_ok=True)
+        self.parent_dirty = io.makedirs(path) is not None     # a new directory: fsync parent
 
     def _segment_path(self, number: int) -> str:
         return os.path.join(self.path, f"{number:08d}.seg")
@@ -52,13 +72,21 @@ class QueueLog:
         expiries: dict[int, int] = {}
         top = 0
         numbers = self._segments_on_disk()
+        unreadable = None
         for number in numbers:
             path = self._segment_path(number)
-            with open(path, "rb") as f:
-                data = f.read()
+            try:
+                data = self.io.read(path)
+            except OSError as exc:
+                unreadable = number
+                self._set_aside(path, exc)
+                continue
             problems: list = []
             MESSAGE, SETTLED = records.MESSAGE, records.SETTLED
             rec = None
+            seed, base, high = records.segment_info(data)
+            if high > top:
+                top = high
             for rec in records.scan(data, problems):
                 seq = rec.seq
                 if seq > top:
@@ -72,18 +100,20 @@ class QueueLog:
                     delivered.add(seq)
                 else:
                     expiries[seq] = rec.body
-            good_end = rec.offset + rec.size if rec is not None else 0
+            good_end = rec.offset + rec.size if rec is not None else base
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
             if number == numbers[-1] and good_end < len(data):
-                with open(path, "r+b") as f:
-                    f.truncate(good_end)
-                    os.fsync(f.fileno())
+                self._truncate(path, good_end)
                 data = data[:good_end]
             self.live[number] = 0
             if number == numbers[-1]:
-                self.active, self.active_size = number, len(data)
-                self.seed, self.base_size = records.segment_seed(data)
+                self.active = self.writing = number
+                self.active_size = self.file_size = len(data)
+                self.seed, self.base_size = seed, base
+        if unreadable is not None and unreadable == numbers[-1]:
+            self.active = self.writing = unreadable + 1     # never append to it
+            self.active_size = self.file_size = 0
         live = []
         for seq in sorted(messages):
             if seq in settled:
@@ -91,8 +121,30 @@ class QueueLog:
             route, header, body, number = messages[seq]
             self.live[number] += 1
             live.append((seq, route, header, body, seq in delivered, number, expiries.get(seq)))
+        self.high = top
         self._drop_settled_prefix()
+        self._unlink_doomed()
         return live, top
+
+    def _set_aside(self, path: str, exc: OSError) -> None:
+        """A segment that cannot be read at all (EIO, or EBADMSG from a file system whose
+        metadata was lost): its messages cannot be recovered, but the queue and the others
+        can. It is renamed out of the way, kept for inspection."""
+        log.error("%s: cannot be read (%s); its records are skipped and the file is kept as "
+                  "%s.unreadable", path, exc, os.path.basename(path))
+        try:
+            self.io.replace(path, path + ".unreadable")
+        except OSError as err:
+            log.error("%s: cannot rename it either: %s", path, err)
+
+    def _truncate(self, path: str, size: int) -> None:
+        io = self.io
+        fd = io.open(path, os.O_WRONLY)
+        try:
+            io.ftruncate(fd, size)
+            io.fsync(fd)
+        finally:
+            io.close(fd)
 
     # -- appends ------------------------------------------------------------------------------
     def append_message(self, seq: int, route: bytes, header: bytes, body: bytes) -> int:
@@ -105,6 +157,7 @@ class QueueLog:
             rec = records.message(seq, route, header, body, self.seed)
         self.pending.append(rec)
         self.active_size += len(rec)
+        self.high = seq
         self.live[self.active] = self.live.get(self.active, 0) + 1
         return self.active
 
@@ -136,61 +189,188 @@ class QueueLog:
         """A new segment starts with its own random salt (see records.py)."""
         salt = os.urandom(8)
         self.seed = records.seed_of(salt)
-        header = records.segment_header(salt)
+        header = records.segment_header(salt, self.high)
         self.pending.append(header)
         self.active_size = self.base_size = len(header)
 
-    def _roll(self) -> None:
-        """Start a new segment (the buffered records belong to the old one)."""
-        self.write()
-        if self.fd is not None:
-            os.fsync(self.fd)      # rare (once per segment): the group commit only sees the new fd
-            os.close(self.fd)
-            self.fd = None
+    def _roll(self, open_next: bool = True) -> None:
+        """Start a new segment; what is buffered so far still goes to the old one."""
+        self.pending.append(ROLL)
+        self.rolls += 1
         self.active += 1
         self.live.setdefault(self.active, 0)
-        self._open_segment()
+        if open_next:
+            self._open_segment()
+        else:
+            self.active_size = 0          # the next record opens it
         self._drop_settled_prefix()
 
     def _drop_settled_prefix(self) -> None:
+        """Forget the oldest segments that hold nothing live; their files go at the next write
+        (after any of their records still buffered)."""
         for number in sorted(self.live):
             if number == self.active or self.live[number]:
                 return
             del self.live[number]
-            try:
-                os.unlink(self._segment_path(number))
-            except FileNotFoundError:
-                pass
+            self.doomed.append(number)
+
+    def abandon_segment(self) -> None:
+        """An fsync of this log failed: the kernel may have dropped the segment's unsynced
+        pages and a later fsync could still report success (PostgreSQL's "fsyncgate"), so
+        nothing more is added to it; the next record starts a new segment."""
+        if self.active_size:
+            self._roll(open_next=False)
 
     # -- I/O ------------------------------------------------------------------------------------
-    def write(self):
-        """Hand buffered records to the OS; returns the descriptor to fsync, or None."""
-        if not self.pending or self.deleted:
+    def write(self) -> bool:
+        """Hand buffered records to the OS (and unlink segments that are done). True if there
+        is something to fsync. On a write error the records not yet written are dropped, the
+        log is left readable (see ``_write_failed``) and the OSError is raised: the caller
+        nacks what this turn held."""
+        if self.deleted:
             self.pending.clear()
-            return None
-        if self.fd is None:
-            self.fd = os.open(self._segment_path(self.active),
-                              os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        data = b"".join(self.pending)
-        self.pending.clear()
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        return self.fd
+            return False
+        wrote = False
+        if self.pending:
+            try:
+                if self.rolls:
+                    self._write_segments()
+                else:
+                    data = b"".join(self.pending)
+                    self.pending.clear()
+                    self._write_chunk(data)
+            except OSError:
+                self._write_failed()
+                raise
+            wrote = True
+        if self.doomed:
+            self._unlink_doomed()
+        return wrote or bool(self.retired)
 
-    def close(self) -> None:
-        self.write()
+    def _write_segments(self) -> None:
+        """Buffered records that span a segment boundary (rare: once per segment)."""
+        pending, self.pending, self.rolls = self.pending, [], 0
+        chunk: list = []
+        for rec in pending:
+            if rec is ROLL:
+                if chunk:
+                    self._write_chunk(b"".join(chunk))
+                    chunk = []
+                self._retire()
+                self.writing += 1
+            else:
+                chunk.append(rec)
+        if chunk:
+            self._write_chunk(b"".join(chunk))
+
+    def _write_chunk(self, data: bytes) -> None:
+        if self.fd is None:
+            self.fd = self.io.open(self._segment_path(self.writing), _APPEND, 0o644)
+            if self.file_size == 0:
+                self.dir_dirty = True       # (probably) a new file: its name needs an fsync
+        self.io.write_all(self.fd, data)
+        self.file_size += len(data)
+        self.written += len(data)
+
+    def _retire(self) -> None:
+        """The segment being written is finished: its descriptor waits for the next fsync."""
         if self.fd is not None:
-            os.fsync(self.fd)
-            os.close(self.fd)
+            self.retired.append(self.fd)
             self.fd = None
+        self.file_size = 0
+
+    def _write_failed(self) -> None:
+        """Leave no partial record: cut the file back to its last complete record and go on
+        in the same segment; if the cut fails too, retire the segment (its torn tail is then
+        in the middle of the log, where recovery skips it) and start a new one."""
+        self.pending.clear()
+        self.rolls = 0
+        cut = False
+        if self.fd is not None:
+            try:
+                self.io.ftruncate(self.fd, self.file_size)
+                cut = True
+            except OSError:
+                pass
+        if cut and self.writing == self.active:
+            # The records of this turn are gone; the header stays if it was written before.
+            self.active_size = self.file_size
+            return
+        self._retire()
+        if self.writing == self.active:
+            self.active += 1
+            self.live.setdefault(self.active, 0)
+        self.writing = self.active
+        self.active_size = 0                  # the next record opens a fresh segment
+
+    def _unlink_doomed(self) -> None:
+        for number in self.doomed:
+            try:
+                self.io.unlink(self._segment_path(number))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:            # (EIO) left behind; settled, so harmless
+                log.warning("%s: cannot delete segment %d: %s", self.path, number, exc)
+        self.doomed.clear()
+
+    def sync_targets(self) -> tuple[list, list]:
+        """(descriptors, directories) the next fsync must cover for what was written so far.
+        The descriptors belong to the caller, who closes them: the current file's is a
+        duplicate, so a segment retired meanwhile cannot make it fsync a reused number."""
+        fds = self.retired
+        self.retired = []
+        if self.fd is not None:
+            fds.append(self.io.dup(self.fd))
+        dirs = []
+        if self.dir_dirty:
+            dirs.append(self.path)
+            self.dir_dirty = False
+        if self.parent_dirty:
+            dirs.append(os.path.dirname(self.path))
+            self.parent_dirty = False
+        return fds, dirs
+
+    def release_retired(self) -> None:
+        """Close finished segments without fsync (storage.fsync = never)."""
+        for fd in self.retired:
+            self.io.close(fd)
+        self.retired.clear()
+
+    def close(self, sync: bool = True) -> None:
+        """Write what is buffered, fsync (unless told not to) and close. Raises the first
+        OSError, but only after every descriptor is closed."""
+        error = None
+        try:
+            self.write()
+        except OSError as exc:
+            error = exc
+        fds, dirs = self.sync_targets()
+        if self.fd is not None:
+            self.io.close(self.fd)
+            self.fd = None
+        for fd in fds:
+            try:
+                if sync:
+                    self.io.fsync(fd)
+            except OSError as exc:
+                error = error or exc
+            finally:
+                self.io.close(fd)
+        for path in dirs if sync else ():
+            try:
+                self.io.fsync_dir(path)
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def delete(self) -> None:
         """The queue is gone: remove its files."""
         self.deleted = True
         self.pending.clear()
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.rolls = 0
+        for fd in self.retired + ([self.fd] if self.fd is not None else []):
+            self.io.close(fd)
+        self.retired.clear()
+        self.fd = None
+        self.io.rmtree(self.path)

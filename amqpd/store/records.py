@@ -8,7 +8,8 @@ Every record is self-delimiting and self-checking, so a message can be read back
 The CRC covers the length field and the payload (contiguous, so one crc32 call), seeded with
 the CRC of a random salt that opens each segment file:
 
-    SEGMENT   type:u8=0 salt[8]          (first record of a segment, CRC seed 0)
+    SEGMENT   type:u8=0 salt[8] high:u64 (first record of a segment, CRC seed 0; ``high`` is
+                                         the highest seq written to any older segment)
     MESSAGE   type:u8=1 seq:u64 route_len:u16 route header_len:u32 header body
     SETTLED   type:u8=2 seq:u64          (acked, rejected, expired, purged, dead-lettered)
     DELIVERED type:u8=3 seq:u64          (handed to a consumer at least once: redelivered on recovery)
@@ -21,6 +22,12 @@ Why the salt: recovery resynchronises after a damaged record by looking for the 
 a valid CRC. A message body may itself contain bytes that look like a record (a publisher can
 send anything); without knowing the segment's salt it cannot carry a record that validates, so
 recovery never invents a message out of a body.
+
+Why ``high``: a segment whose messages are all settled is deleted, but the deletion becomes
+durable only when its directory is next fsynced. After a restart the queue must never reuse a
+sequence number that such a deleted segment holds: if a power cut later brought that segment
+back, its SETTLED markers would settle the new messages. The last segment always survives, so
+its header carries the high-water mark. Format-1 headers (9 bytes, no ``high``) are still read.
 """
 import struct
 import zlib
@@ -34,6 +41,7 @@ _msg_head = struct.Struct(">BQH")        # type, seq, route_len
 _u32 = struct.Struct(">I")
 _marker = struct.Struct(">BQ")
 _expiry = struct.Struct(">BQQ")
+_u64 = struct.Struct(">Q")
 HEAD_SIZE = _head.size
 MAX_RECORD = 1 << 31
 
@@ -43,8 +51,8 @@ def _frame(payload_parts: list, seed: int) -> bytes:
     return MAGIC + _u32.pack(zlib.crc32(body, seed)) + body
 
 
-def segment_header(salt: bytes) -> bytes:
-    return _frame([bytes([SEGMENT]), salt], 0)
+def segment_header(salt: bytes, high: int = 0) -> bytes:
+    return _frame([bytes([SEGMENT]), salt, _u64.pack(high)], 0)
 
 
 def seed_of(salt: bytes) -> int:
@@ -66,10 +74,17 @@ def expiry(seq: int, at_ms: int, seed: int = 0) -> bytes:
 
 def segment_seed(data: bytes) -> tuple[int, int]:
     """(CRC seed, bytes the segment header takes) of a segment's bytes; (0, 0) without one."""
+    seed, size, _ = segment_info(data)
+    return seed, size
+
+
+def segment_info(data: bytes) -> tuple[int, int, int]:
+    """(CRC seed, header size, high-water seq) of a segment's bytes; (0, 0, 0) without a
+    header."""
     rec = _record_at(data, memoryview(data), 0, 0, header=True)
     if rec is None:
-        return 0, 0
-    return seed_of(rec.body), rec.size
+        return 0, 0, 0
+    return seed_of(rec.body[:8]), rec.size, rec.seq
 
 
 class Record:
@@ -128,9 +143,10 @@ def _record_at(data: bytes, view: memoryview, pos: int, seed: int,
     kind = data[start]
     size = HEAD_SIZE + length
     if header:
-        if kind != SEGMENT or length != 9:
+        if kind != SEGMENT or length not in (9, 17):
             return None
-        return Record(SEGMENT, 0, None, None, data[start + 1:stop], pos, size)
+        high = _u64.unpack_from(data, start + 9)[0] if length == 17 else 0
+        return Record(SEGMENT, high, None, None, data[start + 1:start + 9], pos, size)
     if kind == MESSAGE:
         if length < _msg_head.size + 4:
             return None
@@ -155,7 +171,7 @@ def _record_at(data: bytes, view: memoryview, pos: int, seed: int,
 def read_at(path: str, offset: int) -> Record | None:
     """Read one record back by position (for queues larger than memory)."""
     with open(path, "rb") as f:
-        seed, _ = segment_seed(f.read(HEAD_SIZE + 9))
+        seed, _ = segment_seed(f.read(HEAD_SIZE + 17))
         f.seek(offset)
         head = f.read(HEAD_SIZE)
         if len(head) < HEAD_SIZE:
