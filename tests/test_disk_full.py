@@ -13,6 +13,7 @@ log stays readable; when space returns new publishes are confirmed and the queue
 a restart recovers every confirmed message, in order.
 """
 import contextlib
+import errno
 import logging
 import os
 import subprocess
@@ -23,7 +24,8 @@ import pika
 import pytest
 
 from amqpd.store import records
-from amqpd.store.store import RECOVERED_AFTER
+from amqpd.store.fileio import FileIO
+from amqpd.store.store import RECOVERED_AFTER, Store
 
 from .brokerthread import BrokerThread
 
@@ -324,3 +326,71 @@ def test_a_failed_fsync_nacks_and_the_broker_carries_on(tmp_path, caplog):
                   f"loop driver (short write reported as success): {lost}")
         finally:
             b.stop()
+
+
+
+class FullDevice(FileIO):
+    """The operating system's side of a device that is full while ``full`` is set: every
+    write, directory creation and fsync fails with ENOSPC (a small tmpfs cannot show it for a
+    journal line that still fits in the file's last page)."""
+
+    full = False
+
+    def _check(self):
+        if self.full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def write(self, fd, data):
+        self._check()
+        return os.write(fd, data)
+
+    def mkdir(self, path, mode=0o777):
+        self._check()
+        return os.mkdir(path, mode)
+
+    def fsync(self, fd):
+        self._check()
+        return os.fsync(fd)
+
+
+def test_a_durable_declare_that_cannot_be_written_leaves_nothing_behind(tmp_path):
+    """A declare either fully succeeds (and is durable) or leaves nothing: a durable queue,
+    exchange or binding that cannot reach the disk is a 541, and no half-made object stays in
+    memory to take confirmed messages that a restart would lose."""
+    device = FullDevice()
+    data = str(tmp_path / "data")
+    with Store.overridden(io=device):
+        b = BrokerThread(data_dir=data).start()
+    try:
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        conn.channel().exchange_declare("x-ok", "direct", durable=True)
+        conn.close()
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        conn.channel().queue_declare("dq0", durable=True)
+        conn.close()
+        device.full = True
+        for declare in (lambda ch: ch.queue_declare("dq", durable=True),
+                        lambda ch: ch.exchange_declare("dx", "direct", durable=True),
+                        lambda ch: ch.queue_bind("dq0", "x-ok", "k")):
+            conn = pika.BlockingConnection(pika.URLParameters(b.url))
+            with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as info:
+                declare(conn.channel())
+            assert info.value.reply_code == 541
+            assert "cannot write to the data directory" in info.value.reply_text
+        vhost = b.broker.vhosts["/"]
+        assert b.call(lambda: ("dq" in vhost.queues, "dx" in vhost.exchanges,
+                               bool(vhost.exchanges["x-ok"].bindings))) == (False, False, False)
+        device.full = False                               # space returns
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        ch = conn.channel()
+        ch.queue_declare("dq", durable=True)
+        ch.confirm_delivery()
+        ch.basic_publish("", "dq", b"kept", PERSISTENT)
+        conn.close()
+        b.stop()
+        b = BrokerThread(data_dir=data).start()
+        conn = pika.BlockingConnection(pika.URLParameters(b.url))
+        assert conn.channel().basic_get("dq", auto_ack=True)[2] == b"kept"
+        conn.close()
+    finally:
+        b.stop()

@@ -176,7 +176,7 @@ class Broker:
                      decode_args(d["args"]))
             vhost.exchanges[d["name"]] = ex
             if cls.hold is not None:
-                vhost.attach_delay_log(ex)
+                vhost.attach_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
             vhost.queues[d["name"]] = q

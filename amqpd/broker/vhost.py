@@ -62,13 +62,12 @@ class VHost:
                 f"exchange name '{name}' contains reserved prefix 'amq.*'")
         cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {})
         ex = cls(self, name, durable, auto_delete, internal, arguments)
-        self.exchanges[name] = ex
-        if durable and cls.hold is not None:
-            self.attach_delay_log(ex)
         if durable:
-            self.journal({"op": "exchange", "name": name, "type": kind, "durable": True,
-                          "auto_delete": auto_delete, "internal": internal,
-                          "args": encode_args(arguments)})
+            self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
+                           "auto_delete": auto_delete, "internal": internal,
+                           "args": encode_args(arguments)},
+                          ex if cls.hold is not None else None)
+        self.exchanges[name] = ex
         return ex
 
     def delete_exchange(self, name: str, if_unused: bool) -> None:
@@ -88,7 +87,7 @@ class VHost:
     def _remove_exchange(self, ex: Exchange) -> None:
         del self.exchanges[ex.name]
         if getattr(ex, "log", None) is not None:
-            self.broker.store.delete_queue_log(self.name, "\0delayed:" + ex.name)
+            self.broker.store.delete_queue_log(self.name, self._log_key(ex))
             ex.log = None
         if ex.durable:
             self.journal({"op": "exchange.delete", "name": ex.name})
@@ -134,14 +133,36 @@ class VHost:
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
-        self.queues[name] = q
         if exclusive:
             owner.exclusive_queues.add(q)
         elif durable:
-            self.journal({"op": "queue", "name": name, "durable": True,
-                          "auto_delete": auto_delete, "args": encode_args(arguments)})
-            self.attach_log(q)
+            self._persist({"op": "queue", "name": name, "durable": True,
+                           "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
+        self.queues[name] = q
         return q
+
+    def _persist(self, entry: dict, logged=None) -> None:
+        """A durable declaration reaches the disk (with the log of ``logged``, a queue or a
+        delayed exchange) before the object exists: if any of it fails (a full disk), nothing
+        is left behind and the client hears 541, never a declare-ok it could not rely on."""
+        store = self.broker.store
+        if store is None:
+            return
+        key = self._log_key(logged) if logged is not None else None
+        try:
+            if logged is not None:
+                logged.log = store.queue_log(self.name, key)
+            self.journal(entry)
+        except OSError as exc:
+            if logged is not None:
+                logged.log = None
+                store.delete_queue_log(self.name, key)
+            raise errors.InternalError(f"cannot write to the data directory: "
+                                       f"{exc.strerror or exc}") from None
+
+    @staticmethod
+    def _log_key(owner) -> str:
+        return owner.name if isinstance(owner, Queue) else "\0delayed:" + owner.name
 
     def reply_queue(self, owner) -> Queue:
         """A hidden queue for a direct reply-to consumer: routable only by its name through
@@ -152,15 +173,11 @@ class VHost:
         owner.exclusive_queues.add(q)
         return q
 
-    def attach_delay_log(self, ex) -> None:
+    def attach_log(self, owner) -> None:
+        """Open the log of a recovered durable queue or delayed exchange."""
         store = self.broker.store
         if store is not None:
-            ex.log = store.queue_log(self.name, "\0delayed:" + ex.name)
-
-    def attach_log(self, q: Queue) -> None:
-        store = self.broker.store
-        if store is not None:
-            q.log = store.queue_log(self.name, q.name)
+            owner.log = store.queue_log(self.name, self._log_key(owner))
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""
@@ -191,8 +208,15 @@ class VHost:
         if source is self.default or dest is self.default:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         source.validate_binding(key, arguments)
-        if source.add_binding(dest, key, arguments) and _durable_pair(source, dest):
-            self.journal(_binding("bind", source, dest, key, arguments))
+        if source.has_binding(dest, key, arguments):
+            return
+        if _durable_pair(source, dest):
+            try:
+                self.journal(_binding("bind", source, dest, key, arguments))
+            except OSError as exc:
+                raise errors.InternalError(f"cannot write to the data directory: "
+                                           f"{exc.strerror or exc}") from None
+        source.add_binding(dest, key, arguments)
 
     def unbind(self, source: Exchange, dest, key: str, arguments: dict) -> None:
         if source is self.default or dest is self.default:
