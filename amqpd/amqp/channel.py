@@ -1,5 +1,6 @@
 """One AMQP channel: method handlers, content assembly, consumers, the unacked ledger,
 publisher confirms and transactions. Sans-IO: it writes frames into its connection's output."""
+import logging
 import secrets
 from collections import deque
 
@@ -10,17 +11,22 @@ from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED, STORED
 from ..wire import fastpath, properties
+from ..wire.tables import text
 from . import errors
 
 Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
                                                  C.Confirm, C.Tx)
 
+log = logging.getLogger("amqpd.channel")
+
 OPEN, CLOSING = "open", "closing"
 REPLY_TO = "amq.rabbitmq.reply-to"
-# The property flag bits _check_properties looks at, split by the two bytes of the flag word
-# (header[12] high, header[13] low), so the common message costs two byte tests.
-_CHECKED = properties.EXPIRATION | properties.REPLY_TO | properties.USER_ID
-CHECKED_HIGH, CHECKED_LOW = _CHECKED >> 8, _CHECKED & 0xFF
+# A message whose flags name only fixed-size properties (delivery_mode, priority, timestamp)
+# and whose header has exactly their length needs no look: two byte tests, two lookups and a
+# length comparison. Everything else (any string or table property, among them expiration,
+# reply_to, user_id and headers) takes one walk over the raw bytes in _check_properties.
+WALK_HIGH, WALK_LOW = properties.WALK_HIGH, properties.WALK_LOW
+FIXED_SIZE_HIGH, FIXED_SIZE_LOW = properties.FIXED_SIZE_HIGH, properties.FIXED_SIZE_LOW
 
 
 class Channel:
@@ -125,7 +131,9 @@ class Channel:
         self.publishing = self.header = None
         self.received = 0
         msg = Message(ex.name, routing_key, route, header, body)
-        if header[12] & CHECKED_HIGH or header[13] & CHECKED_LOW:
+        high, low = header[12], header[13]
+        if high & WALK_HIGH or low & WALK_LOW \
+                or len(header) != FIXED_SIZE_HIGH[high] + FIXED_SIZE_LOW[low]:
             self._check_properties(msg)
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))
@@ -140,8 +148,16 @@ class Channel:
             self.conn.confirm_due(self)
 
     def _check_properties(self, msg: Message) -> None:
-        """expiration, reply_to and user_id need a look (most messages have none of them)."""
+        """A property block no client could decode (a headers table with an unknown field type,
+        a length past the end, bytes left over...) is refused as RabbitMQ refuses it at publish:
+        connection.close 541 INTERNAL_ERROR (0, 0); pika consumers would otherwise die on it one
+        after the other. Then expiration, reply_to and user_id get their look."""
         header = msg.header
+        try:
+            properties.check(header)
+        except properties.PropertyError as exc:
+            log.info("refusing a publish from %s: %s", self.conn.peer, exc)
+            raise errors.InternalError("", 0, 0) from None
         f = properties.flags(header)
         if f & properties.EXPIRATION:
             check_expiration(properties.peek(header, properties.EXPIRATION))
@@ -151,12 +167,13 @@ class Channel:
             user_id = msg.properties.user_id
             if user_id != self.conn.user:
                 raise errors.PreconditionFailed(
-                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"user_id property set to '{text(user_id)}' but authenticated user was "
                     f"'{self.conn.user}'", 60, 40)
 
     def _direct_reply_to(self, msg: Message) -> None:
         """reply_to=amq.rabbitmq.reply-to names this channel's reply consumer: rewrite it to the
-        routable name of that consumer (RabbitMQ's direct reply-to)."""
+        routable name of that consumer (RabbitMQ's direct reply-to). Only reply_to changes;
+        every other property, the headers among them, is copied byte for byte."""
         if properties.peek(msg.header, properties.REPLY_TO) != REPLY_TO:
             return
         if self.reply_queue is None:

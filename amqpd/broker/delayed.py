@@ -11,11 +11,17 @@ record is settled once the message is routed.
 """
 import heapq
 import itertools
+import logging
 import struct
 import time
 
 from ..amqp import errors
-from .exchange import Exchange
+from ..wire import properties
+from ..wire.tables import Long, SignedInt, TableError
+from .exchange import Exchange, check_type
+from .message import Message
+
+log = logging.getLogger("amqpd.delayed")
 
 _due = struct.Struct(">Q")
 MAX_DELAY = 2 ** 32 - 1       # the plugin routes longer delays at once
@@ -38,16 +44,19 @@ def _milliseconds(value):
 
 
 def _delivered_copy(message):
-    """The plugin delivers the message with x-delay negated."""
-    from ..wire import properties
-    from .message import Message
-    headers = dict(message.headers or {})
-    delay = _milliseconds(headers.get("x-delay"))
-    if delay is None:
+    """The plugin delivers the message with x-delay negated, as a signedint; every other
+    header keeps its value and wire type."""
+    try:
+        headers = dict(message.headers or {})
+        delay = _milliseconds(headers.get("x-delay"))
+        if delay is None:
+            return message
+        headers["x-delay"] = SignedInt(-delay) if -delay >= -(1 << 31) else Long(-delay)
+        header = properties.rewrite(message.header, headers=headers)
+    except (errors.AMQPError, TableError) as exc:
+        log.error("cannot negate x-delay of a delayed message (%s): routed as it is", exc)
         return message
-    headers["x-delay"] = -delay
-    copy = Message(message.exchange, message.routing_key, message.route,
-                   properties.rewrite(message.header, headers=headers), message.body)
+    copy = Message(message.exchange, message.routing_key, message.route, header, message.body)
     copy._persistent = message._persistent
     return copy
 
@@ -79,9 +88,8 @@ class DelayedExchange(Exchange):
         if kind == cls.kind:
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
-        if kind not in cls.registry:
-            # the plugin checks the type like a declare does: a connection error
-            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
+        # the plugin checks the type like a declare does: a connection error
+        check_type(kind, cls.registry)
 
     def validate_binding(self, key, args):
         self.inner.validate_binding(key, args)
