@@ -6,9 +6,9 @@ declare_args) and answers ``PRECONDITION_FAILED - invalid arg 'x-...' for queue 
 
 Values keep their wire types (wire/tables.py), so a type error names the type the client sent
 ('short', 'float', ...). A string argument that is not UTF-8 arrives as bytes: its texts show it
-as RabbitMQ's logs do (Latin-1), and a name made of it (dead-letter exchange, routing key) is
-kept as text whose undecodable bytes are escaped, so it matches nothing a client could declare
-and goes back on the wire as the very bytes received.
+as RabbitMQ's logs do (Latin-1), and an exchange name made of it (dead-letter or alternate
+exchange) is kept as text whose undecodable bytes are escaped, so it matches no exchange a
+client could declare (those names are UTF-8).
 """
 import re
 
@@ -127,7 +127,9 @@ class QueueOptions:
         self.expires = a.get("x-expires")
         self.dlx = name_text(a["x-dead-letter-exchange"]) if "x-dead-letter-exchange" in a \
             else None
-        self.dlrk = (name_text(a["x-dead-letter-routing-key"])
+        # A routing key is stored with the message (its route must stay UTF-8 to recover), so
+        # one that is not UTF-8 is used as its Latin-1 reading, as RabbitMQ's logs show it.
+        self.dlrk = (_text(a["x-dead-letter-routing-key"])
                      if "x-dead-letter-routing-key" in a else None)
         self.max_length = a.get("x-max-length")
         self.max_bytes = a.get("x-max-length-bytes")

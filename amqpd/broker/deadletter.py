@@ -52,8 +52,7 @@ def _dead_copy(queue, message: Message, reason: str, exchange):
 
 
 def _shortstr(value: str) -> bytes:
-    # a routing key from a non-UTF-8 x-dead-letter-routing-key has its bytes escaped
-    raw = value.encode("utf-8", "surrogateescape")
+    raw = value.encode()
     if len(raw) > 255:
         raise errors.SyntaxError_("short string longer than 255 bytes")
     return bytes((len(raw),)) + raw

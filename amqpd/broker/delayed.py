@@ -17,7 +17,7 @@ import time
 
 from ..amqp import errors
 from ..wire import properties
-from ..wire.tables import Long, SignedInt, TableError
+from ..wire.tables import Long, SignedInt, TableError, text
 from .exchange import Exchange, check_type
 from .message import Message
 
@@ -67,8 +67,7 @@ class DelayedExchange(Exchange):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        kind = self.arguments.get("x-delayed-type")
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        kind = text(self.arguments.get("x-delayed-type"))
         # The routing index is an exchange of the underlying type, holding the same bindings.
         self.inner = self.registry[kind](self.vhost, self.name, self.durable, False, False, {})
         self.pending: list = []            # heap of (due, n, message, log seq or None)
@@ -80,8 +79,7 @@ class DelayedExchange(Exchange):
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict) -> None:
         super().validate_arguments(label, arguments)
-        kind = arguments.get("x-delayed-type")
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        kind = text(arguments.get("x-delayed-type"))
         if not isinstance(kind, str):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-type' must be an existing exchange type")

@@ -3,6 +3,7 @@ other exchanges; a binding is identified by (destination, routing key, arguments
 from ..amqp import errors
 from . import headers as headers_match
 from ..wire.tables import type_name
+from .arguments import name_text
 from .queue import describe, same_value
 from .topic import TopicTrie
 
@@ -60,7 +61,7 @@ class Exchange:
         self.exchange_dests = 0        # bindings to exchanges: routing must follow them
         self.sources: set = set()      # exchanges with an e2e binding to this one
         ae = self.arguments.get("alternate-exchange")
-        self.alternate = (ae.decode() if isinstance(ae, bytes) else ae) or None
+        self.alternate = name_text(ae) or None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}>"
