@@ -291,3 +291,17 @@ def test_message_dead_lettered_with_such_a_routing_key_survives_a_restart(tmp_pa
         b.wait_for(lambda: not b.server.protocols, timeout=3, what="clients to go")
     finally:
         b.stop()
+
+
+def test_binding_arguments_with_a_key_that_is_not_utf8(broker):
+    """Found by fuzzing: ordering a binding's arguments compared a str key with a bytes one
+    (541). RabbitMQ accepts such keys."""
+    args = table(sstr(b"\xff") + b"V" + sstr(b"x-match") + b"S" + table(b"any"))
+    with opened(broker.port) as raw:
+        raw.call(1, C.Queue.Declare(queue="hq"), C.Queue.DeclareOk)
+        for method_id, reply in ((20, C.Queue.BindOk), (50, C.Queue.UnbindOk)):
+            raw.send(ref.raw_method(1, 50, method_id, struct.pack(">H", 0) + sstr(b"hq")
+                                    + sstr(b"amq.headers") + sstr(b"") + (b"\x00" if
+                                                                         method_id == 20 else b"")
+                                    + args))
+            raw.expect(reply)

@@ -35,14 +35,20 @@ def check_type(kind: str, types: dict):
 
 
 def freeze(value):
-    """A hashable, order-independent form of binding arguments."""
+    """A hashable, order-independent form of binding arguments (keys that are not UTF-8 are
+    bytes, so they are ordered by their bytes)."""
     if isinstance(value, dict):
-        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
+        return tuple(sorted(((k, freeze(v)) for k, v in value.items()), key=_key_order))
     if isinstance(value, list):
         return tuple(freeze(v) for v in value)
     if isinstance(value, bytearray):
         return bytes(value)
     return value
+
+
+def _key_order(item) -> bytes:
+    key = item[0]
+    return key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
 
 
 class Exchange:
