@@ -390,3 +390,38 @@ def test_argument_types_survive_a_restart(tmp_path):
             b.wait_for(lambda: not b.server.protocols, timeout=3, what="clients to go")
         finally:
             b.stop()
+
+
+# == found by fuzzing typed headers ================================================================
+@pytest.mark.parametrize("x_death", [b"t\x01", b"S" + table(b"fanout"), b"d" + b"\x00" * 8,
+                                     b"A" + table(b"I\x00\x00\x00\x01")])
+def test_dead_lettering_a_message_whose_x_death_is_not_an_array_of_tables(broker, ch, x_death):
+    """A client may send anything as x-death; RabbitMQ ignores what is not an array of tables.
+    It used to raise (a 541 to the consumer that nacked, and the message lost)."""
+    ch.exchange_declare("dlx", "fanout")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx"})
+    with opened(broker) as raw:
+        raw.send(publish("", "work", content_header(H, table(sstr(b"x-death") + x_death))))
+        raw.call(1, C.Basic.Get(queue="work"), C.Basic.GetOk)
+        next_raw(raw), next_raw(raw)
+        raw.method(1, C.Basic.Nack(delivery_tag=1, requeue=False))
+        raw.call(1, C.Basic.Qos(), C.Basic.QosOk)
+        header, _ = get_raw(raw, "dead")
+    deaths = tables.decode_field_table(header, 14)[0]["x-death"]
+    assert [(d["queue"], d["reason"], d["count"]) for d in deaths] == [("work", "rejected", 1)]
+
+
+@pytest.mark.parametrize("value", [struct.pack(">d", float("nan")), struct.pack(">d", float("inf")),
+                                   struct.pack(">d", -float("inf"))])
+def test_x_delay_that_is_not_a_finite_number_routes_at_once(broker, value):
+    with opened(broker) as raw:
+        raw.call(1, C.Exchange.Declare(exchange="dx", exchange_type="x-delayed-message",
+                                       arguments={"x-delayed-type": "fanout"}),
+                 C.Exchange.DeclareOk)
+        raw.call(1, C.Queue.Declare(queue="now"), C.Queue.DeclareOk)
+        raw.call(1, C.Queue.Bind(queue="now", exchange="dx"), C.Queue.BindOk)
+        raw.send(publish("dx", "", content_header(H, table(sstr(b"x-delay") + b"d" + value))))
+        raw.call(1, C.Basic.Qos(), C.Basic.QosOk)
+        assert get_raw(raw, "now") is not None

@@ -33,6 +33,9 @@ def dead_letter(queue, message: Message, reason: str) -> None:
         # Only a message stored before publish-time validation existed can get here.
         log.error("cannot dead-letter a message from %s (%s): dropped", queue.label, exc)
         return
+    except Exception:        # a bug of ours: the message has left its queue already
+        log.exception("cannot dead-letter a message from %s: dropped", queue.label)
+        return
     for target in vhost.route(exchange, dead):
         if reason != "rejected" and _is_cycle(target.name, deaths):
             log.debug("dead-letter cycle through %s: message dropped there", target.label)
@@ -59,7 +62,9 @@ def _shortstr(value: str) -> bytes:
 
 
 def _record_death(headers: dict, queue, message: Message, reason: str, expiration) -> list:
-    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    # a client may send anything as x-death; like RabbitMQ, only an array of tables counts
+    deaths = headers.get("x-death")
+    deaths = [d for d in deaths if isinstance(d, dict)] if isinstance(deaths, list) else []
     for i, death in enumerate(deaths):
         if _text(death.get("queue")) == queue.name and _text(death.get("reason")) == reason:
             count = death.get("count")

@@ -12,6 +12,7 @@ record is settled once the message is routed.
 import heapq
 import itertools
 import logging
+import math
 import struct
 import time
 
@@ -38,6 +39,8 @@ def _milliseconds(value):
             value = float(value)
         except ValueError:
             return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None                  # NaN and infinities are no delay (int() would raise)
     if isinstance(value, (int, float)) or hasattr(value, "to_integral_value"):
         return int(value)
     return None
