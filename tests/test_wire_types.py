@@ -13,7 +13,6 @@ view is the point).
 import struct
 import time
 
-import pika
 import pytest
 from pamqp import commands as C, decode as pamqp_decode
 
@@ -22,7 +21,7 @@ from tests import reference_cases as ref
 from tests.brokerthread import BrokerThread
 from tests.rawclient import Closed, RawClient
 
-from .helpers import count, drain, let_time_pass
+from .helpers import count, let_time_pass
 
 H = 1 << 13              # the headers flag bit
 INTERNAL_ERROR = (541, "INTERNAL_ERROR", 0, 0)

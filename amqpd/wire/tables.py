@@ -9,7 +9,7 @@ tag  RabbitMQ's name     decoded as
 t    bool                ``bool`` (any non-zero octet is true; written back as 1)
 b B  byte unsignedbyte   ``Byte``, ``UnsignedByte`` (int subclasses, as below)
 s u  short unsignedshort ``Short``, ``UnsignedShort``
-I i  signedint           ``SignedInt``, ``UnsignedInt`` (RabbitMQ: unsignedint)
+I i  signedint unsignedint ``SignedInt``, ``UnsignedInt``
 l L  long                ``Long``, ``LongL`` (both signed 64-bit, as RabbitMQ reads them)
 f d  float double        ``Float`` (a float subclass), plain ``float``
 D    decimal             ``decimal.Decimal`` (scale and signed 32-bit mantissa kept)

@@ -23,7 +23,7 @@ from amqpd.broker.broker import Broker
 from amqpd import config as amqpd_config
 from amqpd.wire import methods, properties as P, tables
 
-SETTINGS = settings(max_examples=300, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 shortstr = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)

@@ -15,7 +15,7 @@ from pamqp import decode as pamqp_decode
 
 from amqpd.wire import tables as T
 
-SETTINGS = settings(max_examples=400, deadline=None,
+SETTINGS = settings(max_examples=200, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
