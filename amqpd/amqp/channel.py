@@ -22,11 +22,10 @@ log = logging.getLogger("amqpd.channel")
 OPEN, CLOSING = "open", "closing"
 REPLY_TO = "amq.rabbitmq.reply-to"
 # A message whose flags name only fixed-size properties (delivery_mode, priority, timestamp)
-# and whose header has exactly their length needs no look: two byte tests, two lookups and a
+# and whose header has exactly their length needs no look: one lookup by the flag word and a
 # length comparison. Everything else (any string or table property, among them expiration,
 # reply_to, user_id and headers) takes one walk over the raw bytes in _check_properties.
-WALK_HIGH, WALK_LOW = properties.WALK_HIGH, properties.WALK_LOW
-FIXED_SIZE_HIGH, FIXED_SIZE_LOW = properties.FIXED_SIZE_HIGH, properties.FIXED_SIZE_LOW
+FIXED_SIZE = properties.FIXED_SIZE
 
 
 class Channel:
@@ -131,9 +130,7 @@ class Channel:
         self.publishing = self.header = None
         self.received = 0
         msg = Message(ex.name, routing_key, route, header, body)
-        high, low = header[12], header[13]
-        if high & WALK_HIGH or low & WALK_LOW \
-                or len(header) != FIXED_SIZE_HIGH[high] + FIXED_SIZE_LOW[low]:
+        if FIXED_SIZE[header[12] << 8 | header[13]] != len(header):
             self._check_properties(msg)
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))

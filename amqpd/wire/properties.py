@@ -43,15 +43,12 @@ _NAMES = {bit: name for bit, _kind, name in _LAYOUT}
 _HIGH_KINDS = [tuple(kind for bit, kind, _ in _LAYOUT if bit >> 8 & h) for h in range(256)]
 _LOW_KINDS = [tuple(kind for bit, kind, _ in _LAYOUT if bit < 256 and bit & lo)
               for lo in range(256)]
-# Fixed-size properties only (delivery_mode, priority, timestamp): the exact header length for
-# each flag byte, so the common message is checked with two lookups and a comparison.
-_FIXED_HIGH_BITS = (DELIVERY_MODE | PRIORITY) >> 8
-_FIXED_LOW_BITS = TIMESTAMP | UNUSED
-WALK_HIGH = 0xFF & ~_FIXED_HIGH_BITS      # flag bits whose properties need a walk (or CONTINUED)
-WALK_LOW = 0xFF & ~_FIXED_LOW_BITS
-FIXED_SIZE_HIGH = bytes(14 + bool(h & DELIVERY_MODE >> 8) + bool(h & PRIORITY >> 8)
-                        for h in range(256))
-FIXED_SIZE_LOW = bytes(8 * bool(lo & TIMESTAMP) for lo in range(256))
+# For each flag word naming only fixed-size properties (delivery_mode, priority, timestamp, and
+# the unused bit 1), the exact length of a header holding them; 0 for every other flag word.
+# The common message is checked with one lookup and a length comparison (channel.py).
+_FIXED_BITS = DELIVERY_MODE | PRIORITY | TIMESTAMP | UNUSED
+FIXED_SIZE = bytes(0 if f & ~_FIXED_BITS else 14 + bool(f & DELIVERY_MODE)
+                   + bool(f & PRIORITY) + 8 * bool(f & TIMESTAMP) for f in range(1 << 16))
 
 _u32 = struct.Struct(">I")
 _u64 = struct.Struct(">Q")
@@ -69,7 +66,7 @@ def check(header: bytes) -> None:
     """Raise PropertyError unless the property block is exactly what its flags announce and its
     headers table is one RabbitMQ (and so every client) can read: one walk over the bytes, no
     objects. The caller skips messages whose flags name only fixed-size properties and whose
-    length matches them (``WALK_HIGH``, ``WALK_LOW``, ``FIXED_SIZE_*``)."""
+    length matches them (``FIXED_SIZE``)."""
     low = header[13]
     if low & CONTINUED:
         raise PropertyError("a continued property flag word")

@@ -1,8 +1,8 @@
 """Content-header properties (amqpd/wire/properties.py), method arguments
 (amqpd/wire/methods.py) and the broker's timer pass, without sockets.
 
-* ``check`` accepts exactly the property blocks that decode, and the channel's quick test (two
-  byte tests, two lookups, a length) never lets an undecodable block through unchecked.
+* ``check`` accepts exactly the property blocks that decode, and the channel's quick test (one
+  lookup by flag word, a length) never lets an undecodable block through unchecked.
 * ``decode`` gives what pamqp decodes; ``rewrite`` changes one property and copies the others
   byte for byte.
 * The method decoder matches pamqp's unmarshal on every method pamqp can build, and refuses
@@ -49,9 +49,7 @@ def pamqp_header_payload(props: dict, size: int = 3) -> bytes:
 
 def quick_test_skips(header: bytes) -> bool:
     """The channel's fast path: True when it would not call check()."""
-    high, low = header[12], header[13]
-    return not (high & P.WALK_HIGH or low & P.WALK_LOW
-                or len(header) != P.FIXED_SIZE_HIGH[high] + P.FIXED_SIZE_LOW[low])
+    return P.FIXED_SIZE[header[12] << 8 | header[13]] == len(header)
 
 
 @SETTINGS
