@@ -1,5 +1,6 @@
 """One AMQP channel: method handlers, content assembly, consumers, the unacked ledger,
 publisher confirms and transactions. Sans-IO: it writes frames into its connection's output."""
+import logging
 import secrets
 import struct
 from collections import deque
@@ -12,18 +13,22 @@ from ..broker.message import Message
 from ..broker.queue import REJECTED, STORED
 from ..wire import fastpath, framing, properties
 from ..wire.framing import FRAME_METHOD
+from ..wire.tables import text
 from . import errors
 
 Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
                                                  C.Confirm, C.Tx)
 
+log = logging.getLogger("amqpd.channel")
+
 OPEN, CLOSING = "open", "closing"
 DISCARD = "discard"          # Channel.publishing of a publish whose content is dropped
 REPLY_TO = "amq.rabbitmq.reply-to"
-# The property flag bits _check_properties looks at, split by the two bytes of the flag word
-# (header[12] high, header[13] low), so the common message costs two byte tests.
-_CHECKED = properties.EXPIRATION | properties.REPLY_TO | properties.USER_ID
-CHECKED_HIGH, CHECKED_LOW = _CHECKED >> 8, _CHECKED & 0xFF
+# A message whose flags name only fixed-size properties (delivery_mode, priority, timestamp)
+# and whose header has exactly their length needs no look: one lookup by the flag word and a
+# length comparison. Everything else (any string or table property, among them expiration,
+# reply_to, user_id and headers) takes one walk over the raw bytes in _check_properties.
+FIXED_SIZE = properties.FIXED_SIZE
 
 
 class Channel:
@@ -158,7 +163,7 @@ class Channel:
             raise publishing            # a refusal kept until the content was in
         ex, routing_key, route, mandatory = publishing
         msg = Message(ex.name, routing_key, route, header, body)
-        if header[12] & CHECKED_HIGH or header[13] & CHECKED_LOW:
+        if FIXED_SIZE[header[12] << 8 | header[13]] != len(header):
             self._check_properties(msg)
         if self.tx is not None:
             self.tx.append((self._route, (ex, msg, mandatory)))
@@ -173,8 +178,16 @@ class Channel:
             self.conn.confirm_due(self)
 
     def _check_properties(self, msg: Message) -> None:
-        """expiration, reply_to and user_id need a look (most messages have none of them)."""
+        """A property block no client could decode (a headers table with an unknown field type,
+        a length past the end, bytes left over...) is refused as RabbitMQ refuses it at publish:
+        connection.close 541 INTERNAL_ERROR (0, 0); pika consumers would otherwise die on it one
+        after the other. Then expiration, reply_to and user_id get their look."""
         header = msg.header
+        try:
+            properties.check(header)
+        except properties.PropertyError as exc:
+            log.info("refusing a publish from %s: %s", self.conn.peer, exc)
+            raise errors.InternalError("", 0, 0) from None
         f = properties.flags(header)
         if f & properties.EXPIRATION:
             check_expiration(properties.peek(header, properties.EXPIRATION))
@@ -184,12 +197,13 @@ class Channel:
             user_id = msg.properties.user_id
             if user_id != self.conn.user:
                 raise errors.PreconditionFailed(
-                    f"user_id property set to '{user_id}' but authenticated user was "
+                    f"user_id property set to '{text(user_id)}' but authenticated user was "
                     f"'{self.conn.user}'", 60, 40)
 
     def _direct_reply_to(self, msg: Message) -> None:
         """reply_to=amq.rabbitmq.reply-to names this channel's reply consumer: rewrite it to the
-        routable name of that consumer (RabbitMQ's direct reply-to)."""
+        routable name of that consumer (RabbitMQ's direct reply-to). Only reply_to changes;
+        every other property, the headers among them, is copied byte for byte."""
         if properties.peek(msg.header, properties.REPLY_TO) != REPLY_TO:
             return
         if self.reply_queue is None:
@@ -439,7 +453,7 @@ def exchange_declare(ch: Channel, m: Exchange.Declare) -> None:
         ae = (m.arguments or {}).get("alternate-exchange")
         if isinstance(ae, (str, bytes)) and ae:
             ch.conn.authorize("read", "exchange", m.exchange)
-            ch.conn.authorize("write", "exchange", ae.decode() if isinstance(ae, bytes) else ae)
+            ch.conn.authorize("write", "exchange", text(ae))
     ch.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete,
                               m.internal, m.arguments or {})
     _ok(ch, m, Exchange.DeclareOk())
@@ -489,7 +503,7 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
         if isinstance(dlx, (str, bytes)) and dlx:
             ch.conn.authorize("read", "queue", m.queue or "amq.gen-")
             ch.conn.authorize("write", "exchange",
-                              dlx.decode() if isinstance(dlx, bytes) else dlx)
+                              text(dlx))
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name

@@ -8,17 +8,18 @@ import platform
 import struct
 
 from pamqp import commands as C, frame as pamqp_frame
-from pamqp import encode as pamqp_encode
 
 from .. import __version__
+from ..wire import methods
 from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader)
 from . import auth, errors
 from .channel import CLOSING, OPEN, Channel, class_method
 from .permissions import AccessControl
 
-# Field-table integers as RabbitMQ and every client decode them (b, s, I, l only).
-pamqp_encode.support_deprecated_rabbitmq(True)
+# pamqp's global settings are left as they are: the only tables it encodes for us are
+# Connection.Start's server properties (strings and booleans, the same under any setting);
+# everything else is written with wire/tables.py.
 
 log = logging.getLogger("amqpd.connection")
 
@@ -261,23 +262,11 @@ class Connection:
                 log.exception("internal error handling a frame from %s", self.peer)
                 self._connection_error(errors.InternalError(f"{type(exc).__name__}: {exc}"))
 
-    def _decode(self, payload: bytes):
-        if len(payload) < 4:
-            raise errors.FrameError("method frame too short for class and method ids")
-        index = struct.unpack_from(">I", payload)[0]
-        cls = C.INDEX_MAPPING.get(index)
-        if cls is None:
-            raise errors.CommandInvalid(f"unknown method {index >> 16}.{index & 0xFFFF}",
-                                        index >> 16, index & 0xFFFF)
-        method = cls()
-        try:
-            method.unmarshal(payload[4:])
-        except Exception:
-            raise errors.FrameError(f"cannot decode {method.name} arguments",
-                                    index >> 16, index & 0xFFFF) from None
-        if hasattr(method, "arguments") and method.arguments is None:
-            method.arguments = {}
-        return method
+    def _decode(self, payload: bytes, channel: int | None = None):
+        """A method frame other than publish and acks (those take wire/fastpath.py): strict
+        about lengths and left-over bytes, with argument tables that keep their wire types
+        (wire/methods.py). ``channel`` 0 gets RabbitMQ's 541 for undecodable arguments."""
+        return methods.decode_or_raise(payload, channel)
 
     def _other_frame(self, ftype: int, number: int, payload: bytes = b"") -> None:
         if ftype == FRAME_HEARTBEAT:
@@ -300,7 +289,7 @@ class Connection:
                 raise errors.UnexpectedFrame(_octets(ftype, payload))
             self._other_frame(ftype, number, payload)
             return
-        method = self._decode(payload)
+        method = self._decode(payload, number)
         if number == 0:
             self._connection_method(method)
             return
@@ -457,7 +446,7 @@ class Connection:
         """Channel 0 while closing (CLOSING_) or closed (ENDED): close-ok means "drop the
         socket now"; a connection.close is answered with close-ok. Everything else is dropped."""
         try:
-            method = self._decode(payload)
+            method = self._decode(payload, 0)
         except errors.AMQPError:
             return
         if isinstance(method, C.Connection.CloseOk):

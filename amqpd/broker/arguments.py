@@ -3,17 +3,30 @@
 RabbitMQ validates each x-argument it knows when a queue is declared (rabbit_amqqueue
 declare_args) and answers ``PRECONDITION_FAILED - invalid arg 'x-...' for queue 'q' in vhost
 '/': <reason>``. Unknown arguments are stored and ignored, as there.
+
+Values keep their wire types (wire/tables.py), so a type error names the type the client sent
+('short', 'float', ...). A string argument that is not UTF-8 arrives as bytes: its texts show it
+as RabbitMQ's logs do (Latin-1), and an exchange name made of it (dead-letter or alternate
+exchange) is kept as text whose undecodable bytes are escaped, so it matches no exchange a
+client could declare (those names are UTF-8).
 """
+import re
+
 from ..amqp import errors
-from ..wire.tables import type_name
+from ..wire.tables import text as _text, type_name
 
 MAX_TTL = 315_360_000_000        # RabbitMQ's maximum TTL in milliseconds (ten years)
 QUEUE_TYPES = ("classic", "quorum")
 OVERFLOW = ("drop-head", "reject-publish", "reject-publish-dlx")
+DEDUP_HEADER = "x-deduplication-header"   # the header carrying a message's deduplication id
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+def name_text(value) -> str:
+    """A longstr used as a name: str, with the bytes of a non-UTF-8 one escaped (PEP 383), so
+    it equals no UTF-8 name and encodes back to the same bytes (``surrogateescape``)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return value
 
 
 def _int(value, *, zero_ok: bool = True, maximum: int | None = None):
@@ -57,6 +70,7 @@ VALIDATORS = {
     "x-queue-type": lambda v: _string(v) or (None if _text(v) in QUEUE_TYPES else
                                              f"\"unsupported queue type '{_text(v)}'\""),
     "x-message-deduplication": _bool,
+    "x-deduplication-header": _string,
 }
 
 # Arguments a quorum queue on a single RabbitMQ node refuses (rabbit_quorum_queue).
@@ -105,13 +119,16 @@ class QueueOptions:
 
     __slots__ = ("message_ttl", "expires", "dlx", "dlrk", "max_length", "max_bytes",
                  "overflow", "max_priority", "single_active", "delivery_limit", "quorum",
-                 "dedup")
+                 "dedup", "dedup_header")
 
     def __init__(self, arguments: dict):
         a = arguments
         self.message_ttl = a.get("x-message-ttl")
         self.expires = a.get("x-expires")
-        self.dlx = _text(a["x-dead-letter-exchange"]) if "x-dead-letter-exchange" in a else None
+        self.dlx = name_text(a["x-dead-letter-exchange"]) if "x-dead-letter-exchange" in a \
+            else None
+        # A routing key is stored with the message (its route must stay UTF-8 to recover), so
+        # one that is not UTF-8 is used as its Latin-1 reading, as RabbitMQ's logs show it.
         self.dlrk = (_text(a["x-dead-letter-routing-key"])
                      if "x-dead-letter-routing-key" in a else None)
         self.max_length = a.get("x-max-length")
@@ -122,22 +139,45 @@ class QueueOptions:
         self.quorum = _text(a.get("x-queue-type", "classic")) == "quorum"
         self.delivery_limit = a.get("x-delivery-limit") if self.quorum else None
         self.dedup = bool(a.get("x-message-deduplication", False))
+        # LavinMQ's queue argument: the header that carries the id (default: the plugin's)
+        self.dedup_header = a.get(DEDUP_HEADER, DEDUP_HEADER)
 
 
 MAX_EXPIRATION = MAX_TTL
 
 
-def check_expiration(value: str) -> None:
+_ERLANG_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+def erlang_integer(raw: bytes):
+    """Erlang's string:to_integer on a string's bytes: (value, leftover bytes), or None when it
+    does not start with an optional sign and ASCII digits (' 5', '--1' or a superscript two
+    do not, although Python's int() would take the latter)."""
+    match = _ERLANG_INTEGER.match(raw)
+    if match is None:
+        return None
+    return int(match.group()), raw[match.end():]
+
+
+def check_expiration(value) -> None:
     """The per-message expiration property, validated at publish as RabbitMQ does (406)."""
-    if value.lstrip("-").isdigit():
-        n = int(value)
-        if n < 0:
-            problem = f"{{value_negative,{n}}}"
-        elif n > MAX_EXPIRATION:
-            problem = f"{{value_too_large,{n}}}"
-        else:
-            return
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    parsed = erlang_integer(raw)
+    if parsed is None:
+        problem = "no_integer"
+    elif parsed[1]:
+        problem = f"{{leftover_string,{_erlang_string(parsed[1])}}}"
+    elif parsed[0] < 0:
+        problem = f"{{value_negative,{parsed[0]}}}"
+    elif parsed[0] > MAX_EXPIRATION:
+        problem = f"{{value_too_large,{parsed[0]}}}"
     else:
-        digits = len(value) - len(value.lstrip("0123456789"))
-        problem = (f'{{leftover_string,"{value[digits:]}"}}' if digits else "no_integer")
-    raise errors.PreconditionFailed(f"invalid expiration '{value}': {problem}", 60, 40)
+        return
+    raise errors.PreconditionFailed(f"invalid expiration '{_text(value)}': {problem}", 60, 40)
+
+
+def _erlang_string(raw: bytes) -> str:
+    """A byte list as Erlang's ~p prints it: a quoted string when printable, else a list."""
+    if all(32 <= b <= 126 or 160 <= b <= 255 for b in raw):
+        return '"' + raw.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "[" + ",".join(map(str, raw)) + "]"

@@ -92,14 +92,25 @@ class Broker:
         self._armed = (deadline, self.scheduler.call_at(deadline, self.run_timers))
 
     def run_timers(self) -> None:
+        """Run every callback whose deadline has come. One that fails is logged and the others
+        still run, and the next deadline is armed whatever happened."""
         self._armed = None
         now = self.clock()
         timers = self.timers
-        while timers and timers[0][0] <= now:
-            heapq.heappop(timers)[2]()
-        self.run_dispatch()
-        if timers and self.scheduler is not None:
-            self._arm(timers[0][0])
+        try:
+            while timers and timers[0][0] <= now:
+                callback = heapq.heappop(timers)[2]
+                try:
+                    callback()
+                except Exception:      # a bug of ours must not stop TTLs and delays
+                    log.exception("timer callback %r failed", callback)
+            try:
+                self.run_dispatch()
+            except Exception:
+                log.exception("dispatch after timers failed")
+        finally:
+            if timers and self.scheduler is not None:
+                self._arm(timers[0][0])
 
     def on_synced(self) -> None:
         """The store finished an fsync: send the confirms it covered."""

@@ -1,11 +1,13 @@
 """Dead-lettering as RabbitMQ does it: the message is republished to the queue's
 x-dead-letter-exchange with an ``x-death`` history, the ``x-first-death-*`` and
-``x-last-death-*`` headers, its expiration removed, and cycles broken.
+``x-last-death-*`` headers, its expiration removed, and cycles broken. Every other header keeps
+its value and wire type (a double stays a double), and every other property its bytes.
 """
 import datetime
 import logging
 
-from ..wire import fastpath, properties
+from ..amqp import errors
+from ..wire import properties, tables
 from ..wire.tables import Long
 from .message import Message
 
@@ -14,7 +16,8 @@ log = logging.getLogger("amqpd.deadletter")
 
 def dead_letter(queue, message: Message, reason: str) -> None:
     """Republish ``message``, which left ``queue`` for ``reason`` (rejected, expired, maxlen,
-    delivery_limit), to the queue's dead-letter exchange; drop it when there is none."""
+    delivery_limit), to the queue's dead-letter exchange; drop it when there is none. Never
+    raises: the caller has already removed the message from its queue."""
     opts = queue.opts
     if opts.dlx is None:
         return
@@ -24,14 +27,15 @@ def dead_letter(queue, message: Message, reason: str) -> None:
         log.debug("dead-letter exchange %r of %s does not exist: message dropped", opts.dlx,
                   queue.label)
         return
-    props = message.properties
-    headers = dict(props.headers or {})
-    headers.pop("x-delivery-count", None)     # added for a delivery, not part of the message
-    deaths = _record_death(headers, queue, message, reason, props.expiration)
-    routing_key = opts.dlrk if opts.dlrk is not None else message.routing_key
-    header = properties.rewrite(message.header, headers=headers, expiration=None)
-    dead = Message(exchange.name, routing_key, fastpath.route_bytes(exchange.name, routing_key),
-                   header, message.body)
+    try:
+        dead, deaths = _dead_copy(queue, message, reason, exchange)
+    except (errors.AMQPError, tables.TableError) as exc:
+        # Only a message stored before publish-time validation existed can get here.
+        log.error("cannot dead-letter a message from %s (%s): dropped", queue.label, exc)
+        return
+    except Exception:        # a bug of ours: the message has left its queue already
+        log.exception("cannot dead-letter a message from %s: dropped", queue.label)
+        return
     for target in vhost.route(exchange, dead):
         if reason != "rejected" and _is_cycle(target.name, deaths):
             log.debug("dead-letter cycle through %s: message dropped there", target.label)
@@ -39,11 +43,33 @@ def dead_letter(queue, message: Message, reason: str) -> None:
         target.enqueue(dead)
 
 
+def _dead_copy(queue, message: Message, reason: str, exchange):
+    props = message.properties
+    headers = dict(props.headers or {})
+    headers.pop("x-delivery-count", None)     # added for a delivery, not part of the message
+    deaths = _record_death(headers, queue, message, reason, props.expiration)
+    routing_key = queue.opts.dlrk if queue.opts.dlrk is not None else message.routing_key
+    header = properties.rewrite(message.header, headers=headers, expiration=None)
+    route = _shortstr(exchange.name) + _shortstr(routing_key)
+    return Message(exchange.name, routing_key, route, header, message.body), deaths
+
+
+def _shortstr(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise errors.SyntaxError_("short string longer than 255 bytes")
+    return bytes((len(raw),)) + raw
+
+
 def _record_death(headers: dict, queue, message: Message, reason: str, expiration) -> list:
-    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    # a client may send anything as x-death; like RabbitMQ, only an array of tables counts
+    deaths = headers.get("x-death")
+    deaths = [d for d in deaths if isinstance(d, dict)] if isinstance(deaths, list) else []
     for i, death in enumerate(deaths):
         if _text(death.get("queue")) == queue.name and _text(death.get("reason")) == reason:
-            death = dict(death, count=Long((death.get("count") or 0) + 1))
+            count = death.get("count")
+            count = count if isinstance(count, int) and not isinstance(count, bool) else 0
+            death = dict(death, count=Long(count + 1))
             deaths = [death] + deaths[:i] + deaths[i + 1:]
             break
     else:

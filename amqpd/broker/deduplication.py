@@ -1,12 +1,17 @@
 """The x-message-deduplication exchange (semantics of the rabbitmq-message-deduplication
 plugin): a fanout that drops a message whose ``x-deduplication-header`` value it has seen within
 ``x-cache-ttl`` milliseconds (exchange argument, or the message's own ``x-cache-ttl`` header).
-The cache holds at most ``x-cache-size`` entries; the oldest go first when it is full.
+The cache holds at most ``x-cache-size`` entries; the oldest go first when it is full. As in
+LavinMQ, the exchange argument ``x-deduplication-header`` may name another header to take the
+id from.
 """
+import re
 from collections import OrderedDict
 
 from ..amqp import errors
+from .arguments import DEDUP_HEADER
 from .exchange import FanoutExchange
+from .queue import dedup_key
 
 
 class DeduplicationExchange(FanoutExchange):
@@ -17,6 +22,7 @@ class DeduplicationExchange(FanoutExchange):
         self.cache_size = _integer(self.arguments.get("x-cache-size")) or 1
         self.cache_ttl = _integer(self.arguments.get("x-cache-ttl"))
         self.seen: OrderedDict = OrderedDict()     # value -> expiry (monotonic) or None
+        self.header = self.arguments.get(DEDUP_HEADER, DEDUP_HEADER)
 
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict) -> None:
@@ -36,13 +42,15 @@ class DeduplicationExchange(FanoutExchange):
         if persistence not in ("memory", "disk"):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-cache-persistence' must be either 'disk' or 'memory'")
+        if DEDUP_HEADER in arguments and not isinstance(arguments[DEDUP_HEADER], (str, bytes)):
+            raise errors.PreconditionFailed(
+                f"Invalid argument, '{DEDUP_HEADER}' must be a string")
 
     def route(self, message):
-        headers = message.headers
-        if not headers or "x-deduplication-header" not in headers:
+        key = dedup_key(message, self.header)
+        if key is None:
             return self.dests
-        key = headers["x-deduplication-header"]
-        key = repr(key) if isinstance(key, (dict, list)) else key
+        headers = message.headers
         now = self.vhost.broker.clock()
         expiry = self.seen.get(key, False)
         if expiry is not False and (expiry is None or expiry > now):
@@ -55,13 +63,17 @@ class DeduplicationExchange(FanoutExchange):
         return self.dests
 
 
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
 def _integer(value):
-    """The plugin parses integer arguments from numbers or numeric strings."""
+    """The plugin takes integer arguments as numbers or as numeric strings (Elixir's
+    Integer.parse: an optional sign and ASCII digits; '--5' or ' 5' are not numbers)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return int(value)
     if isinstance(value, (str, bytes)):
-        text = value.decode(errors="replace") if isinstance(value, bytes) else value
-        return int(text) if text.strip().lstrip("-").isdigit() else None
+        raw = value.encode() if isinstance(value, str) else value
+        return int(raw) if _INTEGER.fullmatch(raw) else None
     return None

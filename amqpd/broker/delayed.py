@@ -11,11 +11,18 @@ record is settled once the message is routed.
 """
 import heapq
 import itertools
+import logging
+import math
 import struct
 import time
 
 from ..amqp import errors
-from .exchange import Exchange
+from ..wire import properties
+from ..wire.tables import Long, SignedInt, TableError, text
+from .exchange import Exchange, check_type
+from .message import Message
+
+log = logging.getLogger("amqpd.delayed")
 
 _due = struct.Struct(">Q")
 MAX_DELAY = 2 ** 32 - 1       # the plugin routes longer delays at once
@@ -32,22 +39,27 @@ def _milliseconds(value):
             value = float(value)
         except ValueError:
             return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None                  # NaN and infinities are no delay (int() would raise)
     if isinstance(value, (int, float)) or hasattr(value, "to_integral_value"):
         return int(value)
     return None
 
 
 def _delivered_copy(message):
-    """The plugin delivers the message with x-delay negated."""
-    from ..wire import properties
-    from .message import Message
-    headers = dict(message.headers or {})
-    delay = _milliseconds(headers.get("x-delay"))
-    if delay is None:
+    """The plugin delivers the message with x-delay negated, as a signedint; every other
+    header keeps its value and wire type."""
+    try:
+        headers = dict(message.headers or {})
+        delay = _milliseconds(headers.get("x-delay"))
+        if delay is None:
+            return message
+        headers["x-delay"] = SignedInt(-delay) if -delay >= -(1 << 31) else Long(-delay)
+        header = properties.rewrite(message.header, headers=headers)
+    except (errors.AMQPError, TableError) as exc:
+        log.error("cannot negate x-delay of a delayed message (%s): routed as it is", exc)
         return message
-    headers["x-delay"] = -delay
-    copy = Message(message.exchange, message.routing_key, message.route,
-                   properties.rewrite(message.header, headers=headers), message.body)
+    copy = Message(message.exchange, message.routing_key, message.route, header, message.body)
     copy._persistent = message._persistent
     return copy
 
@@ -58,8 +70,7 @@ class DelayedExchange(Exchange):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        kind = self.arguments.get("x-delayed-type")
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        kind = text(self.arguments.get("x-delayed-type"))
         # The routing index is an exchange of the underlying type, holding the same bindings.
         self.inner = self.registry[kind](self.vhost, self.name, self.durable, False, False, {})
         self.pending: list = []            # heap of (due, n, message, log seq or None)
@@ -71,17 +82,15 @@ class DelayedExchange(Exchange):
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict) -> None:
         super().validate_arguments(label, arguments)
-        kind = arguments.get("x-delayed-type")
-        kind = kind.decode() if isinstance(kind, bytes) else kind
+        kind = text(arguments.get("x-delayed-type"))
         if not isinstance(kind, str):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-type' must be an existing exchange type")
         if kind == cls.kind:
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
-        if kind not in cls.registry:
-            # the plugin checks the type like a declare does: a connection error
-            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
+        # the plugin checks the type like a declare does: a connection error
+        check_type(kind, cls.registry)
 
     def validate_binding(self, key, args):
         self.inner.validate_binding(key, args)

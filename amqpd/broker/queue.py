@@ -2,14 +2,18 @@
 lifecycle RabbitMQ's queue arguments give it (TTL, limits, dead-lettering, priorities, single
 active consumer, delivery limit, expiry of unused queues, deduplication)."""
 import heapq
+import logging
+from decimal import Decimal
 
 from ..amqp import errors
-from ..wire import properties
+from ..wire import erlang, properties, tables
 from ..wire.tables import Long, type_name
-from .arguments import QueueOptions
+from .arguments import DEDUP_HEADER, QueueOptions
 from .deadletter import dead_letter
 from .message import GONE, OUT, READY, Entry, Message
 from .ready import PriorityReady, Ready
+
+log = logging.getLogger("amqpd.queue")
 
 STORED, REJECTED, DUPLICATE = 1, 2, 3     # enqueue verdicts besides 0 (kept in memory)
 SLICE = 1024         # entries purged or freed per event-loop turn (a few ms of work)
@@ -105,7 +109,7 @@ class Queue:
         """x-overflow reject-publish(-dlx) and deduplication decide before a message is added."""
         opts = self.opts
         if self.dedup_ids is not None:
-            key = dedup_key(message)
+            key = dedup_key(message, opts.dedup_header)
             if key is not None:
                 if key in self.dedup_ids:
                     return DUPLICATE
@@ -142,7 +146,7 @@ class Queue:
         if self.limited:
             self.ready_bytes += len(message.body)
         if self.dedup_ids is not None:
-            key = dedup_key(message)
+            key = dedup_key(message, opts.dedup_header)
             if key is not None:
                 self.dedup_ids[key] = entry
 
@@ -187,7 +191,7 @@ class Queue:
             self.log.settle(entry.seq, entry.segment)
             self.vhost.broker.store.mark_dirty(self.log)
         if self.dedup_ids is not None:
-            key = dedup_key(entry.message)
+            key = dedup_key(entry.message, self.opts.dedup_header)
             if key is not None and self.dedup_ids.get(key) is entry:
                 del self.dedup_ids[key]
 
@@ -438,56 +442,74 @@ def _flag(value: bool) -> str:
 
 
 def describe(value, other) -> str:
-    """How RabbitMQ prints an argument in an inequivalence error: with its AMQP type when the
-    other side is missing."""
+    """How RabbitMQ prints an argument in an inequivalence error: its text or Erlang term, with
+    its AMQP type when the other side is missing ("the value '2000' of type 'short'")."""
     if value is None:
         return "none"
-    shown = value.decode(errors="replace") if isinstance(value, bytes) else value
-    if isinstance(shown, bool):
-        shown = "true" if shown else "false"
     if other is None:
-        return f"the value '{shown}' of type '{type_name(value)}'"
-    return f"'{shown}'"
+        return f"the value '{erlang.value_text(value)}' of type '{type_name(value)}'"
+    return f"'{erlang.value_text(value)}'"
 
 
-def type_class(value):
-    """RabbitMQ compares arguments by type class: all integer widths are one class."""
-    if isinstance(value, bool):
-        return bool
-    if isinstance(value, (bytes, str)):
-        return str
-    return type(value)
+_INTEGER_TYPES = frozenset(("byte", "unsignedbyte", "short", "unsignedshort", "signedint",
+                            "unsignedint", "long", "decimal"))
+
+
+def type_class(value) -> str:
+    """RabbitMQ compares arguments by type class (rabbit_misc:type_class): every integer width
+    (and decimal) is one class, float and double another; other types are their own."""
+    name = type_name(value)
+    if name in _INTEGER_TYPES:
+        return "int"
+    if name in ("float", "double"):
+        return "float"
+    return name
 
 
 def same_value(a, b) -> bool:
+    """Erlang's == on the values of two arguments of the same type class."""
     if a is None or b is None:
         return a is b
-    if type_class(a) is not type_class(b):
+    if type_class(a) != type_class(b):
         return False
-    if isinstance(a, bytes):
-        a = a.decode(errors="replace")
-    if isinstance(b, bytes):
-        b = b.decode(errors="replace")
+    if isinstance(a, (dict, list, tuple, Decimal)) or isinstance(b, (dict, list, tuple, Decimal)):
+        try:       # nested values compare with their types, as Erlang compares the terms
+            return tables.encode_table({"": a}) == tables.encode_table({"": b})
+        except tables.TableError:
+            return False
+    if isinstance(a, (bytes, bytearray, str)):
+        return _raw(a) == _raw(b)
     return a == b
 
 
-def dedup_key(message):
-    """The x-deduplication-header value of a message (the deduplication plugin's header)."""
+def _raw(value) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+
+
+def dedup_key(message, header=DEDUP_HEADER):
+    """The value of a message's deduplication header (``x-deduplication-header`` unless the
+    queue names another, as LavinMQ allows), hashable; None when it has none."""
     if not properties.flags(message.header) & properties.HEADERS:
         return None
-    headers = message.headers or {}
-    key = headers.get("x-deduplication-header")
+    key = (message.headers or {}).get(header)
+    if isinstance(key, bytearray):
+        return bytes(key)
     if isinstance(key, (dict, list)):
         return repr(key)
     return key
 
 
 def with_delivery_count(message: Message, count: int) -> Message:
-    """Quorum queues tell consumers how often a message was delivered before."""
-    headers = dict(message.headers or {})
-    headers["x-delivery-count"] = Long(count)
-    copy = Message(message.exchange, message.routing_key, message.route,
-                   properties.rewrite(message.header, headers=headers), message.body)
+    """Quorum queues tell consumers how often a message was delivered before (a long, as
+    RabbitMQ sends it); every other header keeps its bytes."""
+    try:
+        headers = dict(message.headers or {})
+        headers["x-delivery-count"] = Long(count)
+        header = properties.rewrite(message.header, headers=headers)
+    except (errors.AMQPError, tables.TableError):
+        log.warning("cannot add x-delivery-count to a message whose properties do not decode")
+        return message
+    copy = Message(message.exchange, message.routing_key, message.route, header, message.body)
     copy._persistent = message._persistent
     return copy
 

@@ -2,7 +2,7 @@
 import secrets
 
 from ..amqp import errors
-from .exchange import DefaultExchange, Exchange
+from .exchange import DefaultExchange, Exchange, check_type
 from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
@@ -46,9 +46,7 @@ class VHost:
     # -- exchanges ----------------------------------------------------------------------------
     def declare_exchange(self, name: str, kind: str, passive: bool, durable: bool,
                          auto_delete: bool, internal: bool, arguments: dict) -> Exchange:
-        cls = TYPES.get(kind)
-        if cls is None and not passive:     # RabbitMQ checks the type before the name
-            raise errors.CommandInvalid(f"unknown exchange type '{kind}'")
+        cls = TYPES.get(kind) if passive else check_type(kind, TYPES)   # type before name
         if not name:
             raise errors.AccessRefused("operation not permitted on the default exchange")
         if passive:

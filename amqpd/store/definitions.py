@@ -2,14 +2,16 @@
 
 A change is appended and fsynced before the client hears declare-ok, so a definition the client
 was told about survives a crash. At start-up the journal is replayed and rewritten compacted.
-Arguments are stored as base64 of their AMQP field-table encoding, so every type round-trips.
+Arguments are stored as base64 of their AMQP field-table encoding (wire/tables.py), so every
+value comes back with its wire type: a non-UTF-8 string, a 'short', a float all survive a
+restart as they were declared.
 """
 import base64
 import json
 import logging
 import os
 
-from pamqp import decode, encode
+from ..wire import tables
 
 from .fileio import REAL
 
@@ -17,11 +19,28 @@ log = logging.getLogger("amqpd.store")
 
 
 def encode_args(args: dict | None) -> str:
-    return base64.b64encode(encode.field_table(args or {})).decode()
+    """Canonical: keys sorted at every level (as the pamqp encoding of earlier journals was),
+    so the same arguments always give the same text (bind/unbind entries match by it)."""
+    return base64.b64encode(tables.encode_table(_sorted(args or {}))).decode()
 
 
 def decode_args(text: str) -> dict:
-    return decode.field_table(base64.b64decode(text))[1] if text else {}
+    if not text:
+        return {}
+    return tables.decode_field_table(base64.b64decode(text))[0]
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(v) for k, v in sorted(value.items(), key=_key_bytes)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def _key_bytes(item) -> bytes:
+    key = item[0]
+    return key.encode("utf-8", "surrogateescape") if isinstance(key, str) else bytes(key)
 
 
 class DefinitionsJournal:
