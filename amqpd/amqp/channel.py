@@ -8,6 +8,7 @@ from collections import deque
 from pamqp import commands as C
 
 from ..broker.arguments import check_expiration
+from ..broker import sender_selected
 from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.queue import REJECTED, STORED
@@ -189,6 +190,8 @@ class Channel:
             log.info("refusing a publish from %s: %s", self.conn.peer, exc)
             raise errors.InternalError("", 0, 0) from None
         f = properties.flags(header)
+        if f & properties.HEADERS and sender_selected.mentioned(header):
+            sender_selected.take(msg)
         if f & properties.EXPIRATION:
             check_expiration(properties.peek(header, properties.EXPIRATION))
         if f & properties.REPLY_TO:

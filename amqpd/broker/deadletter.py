@@ -9,6 +9,7 @@ import logging
 from ..amqp import errors
 from ..wire import properties, tables
 from ..wire.tables import Long
+from . import sender_selected
 from .message import Message
 
 log = logging.getLogger("amqpd.deadletter")
@@ -44,14 +45,24 @@ def dead_letter(queue, message: Message, reason: str) -> None:
 
 
 def _dead_copy(queue, message: Message, reason: str, exchange):
+    """The message as it is republished. Without a dead-letter routing key it keeps its routing
+    key and its CC/BCC keys (RabbitMQ routes it with all of them); with one, it is routed by that
+    key alone and loses its CC header."""
     props = message.properties
     headers = dict(props.headers or {})
     headers.pop("x-delivery-count", None)     # added for a delivery, not part of the message
-    deaths = _record_death(headers, queue, message, reason, props.expiration)
-    routing_key = queue.opts.dlrk if queue.opts.dlrk is not None else message.routing_key
+    cc = sender_selected.cc_keys(headers)
+    deaths = _record_death(headers, queue, message, reason, props.expiration, cc)
+    dlrk = queue.opts.dlrk
+    if dlrk is not None:
+        headers.pop(sender_selected.CC, None)
+    routing_key = dlrk if dlrk is not None else message.routing_key
     header = properties.rewrite(message.header, headers=headers, expiration=None)
     route = _shortstr(exchange.name) + _shortstr(routing_key)
-    return Message(exchange.name, routing_key, route, header, message.body), deaths
+    dead = Message(exchange.name, routing_key, route, header, message.body)
+    if dlrk is None:
+        dead.cc = message.cc if message.cc is not None else (tuple(cc) or None)
+    return dead, deaths
 
 
 def _shortstr(value: str) -> bytes:
@@ -61,7 +72,8 @@ def _shortstr(value: str) -> bytes:
     return bytes((len(raw),)) + raw
 
 
-def _record_death(headers: dict, queue, message: Message, reason: str, expiration) -> list:
+def _record_death(headers: dict, queue, message: Message, reason: str, expiration,
+                  cc: list) -> list:
     # a client may send anything as x-death; like RabbitMQ, only an array of tables counts
     deaths = headers.get("x-death")
     deaths = [d for d in deaths if isinstance(d, dict)] if isinstance(deaths, list) else []
@@ -75,7 +87,7 @@ def _record_death(headers: dict, queue, message: Message, reason: str, expiratio
     else:
         death = {"count": Long(1), "reason": reason, "queue": queue.name,
                  "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
-                 "exchange": message.exchange, "routing-keys": [message.routing_key]}
+                 "exchange": message.exchange, "routing-keys": [message.routing_key, *cc]}
         if expiration is not None:
             death["original-expiration"] = expiration
         deaths = [death] + deaths

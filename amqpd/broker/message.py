@@ -3,7 +3,8 @@ from ..wire import properties
 
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "route", "header", "body", "_persistent", "_props")
+    __slots__ = ("exchange", "routing_key", "route", "header", "body", "_persistent", "_props",
+                 "cc")
 
     def __init__(self, exchange: str, routing_key: str, route: bytes, header: bytes, body: bytes):
         self.exchange = exchange
@@ -13,6 +14,7 @@ class Message:
         self.body = body
         self._persistent = None
         self._props = None
+        self.cc = None              # extra routing keys from CC/BCC headers (sender_selected.py)
 
     @property
     def persistent(self) -> bool:
@@ -68,3 +70,10 @@ def from_route(route: bytes, header: bytes, body: bytes, routes: dict | None = N
     msg = Message(parsed[0], parsed[1], parsed[2], header, body)
     msg._persistent = True
     return msg
+
+
+def with_routing_key(message: Message, key: str) -> Message:
+    """The same message as routed with another routing key (CC/BCC routing)."""
+    copy = Message(message.exchange, key, message.route, message.header, message.body)
+    copy._props = message._props
+    return copy

@@ -6,6 +6,7 @@ from .exchange import DefaultExchange, Exchange, check_type
 from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
+from .message import with_routing_key
 from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
@@ -236,12 +237,19 @@ class VHost:
         """The queues a message goes to. Exchange-to-exchange bindings are followed once per
         exchange; an exchange whose own bindings match nothing hands the message to its
         alternate exchange (as RabbitMQ: per exchange, after e2e routing)."""
+        if message.cc is not None:
+            return self._route_all(ex, message, _route_with_cc)
         dests = ex.route(message)
         if not ex.exchange_dests and (dests or ex.alternate is None):
             return dests                       # the common case: one exchange, no detours
+        return self._route_all(ex, message, _route_once, dests)
+
+    def _route_all(self, ex: Exchange, message, route, dests=None) -> dict:
+        """Routing through exchange-to-exchange bindings and alternate exchanges, each
+        exchange once; ``route(exchange, message)`` gives one exchange's destinations."""
         queues: dict = {}
         seen = {ex}
-        pending = [(ex, dests)]
+        pending = [(ex, route(ex, message) if dests is None else dests)]
         while pending:
             x, found = pending.pop()
             matched = False
@@ -250,15 +258,27 @@ class VHost:
                 if isinstance(d, Exchange):
                     if d not in seen:
                         seen.add(d)
-                        pending.append((d, d.route(message)))
+                        pending.append((d, route(d, message)))
                 else:
                     queues[d] = None
             if not matched and x.alternate is not None:
                 alt = self.exchanges.get(x.alternate)
                 if alt is not None and alt not in seen:
                     seen.add(alt)
-                    pending.append((alt, alt.route(message)))
+                    pending.append((alt, route(alt, message)))
         return queues
+
+
+def _route_once(ex: Exchange, message):
+    return ex.route(message)
+
+
+def _route_with_cc(ex: Exchange, message) -> dict:
+    """An exchange's destinations for the routing key and every CC/BCC key (one each)."""
+    found = dict.fromkeys(ex.route(message))
+    for key in message.cc:
+        found.update(dict.fromkeys(ex.route(with_routing_key(message, key))))
+    return found
 
 
 def _durable_pair(source: Exchange, dest) -> bool:
