@@ -5,7 +5,7 @@ import hmac
 import os
 import struct
 
-from pamqp import decode
+from ..wire import tables
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -39,8 +39,8 @@ def parse_response(mechanism: str, response) -> tuple[str, str] | None:
                 return None
             return parts[1].decode(), parts[2].decode()
         if mechanism == "AMQPLAIN":
-            # A field table without its length prefix.
-            _, table = decode.field_table(struct.pack(">I", len(response)) + response)
+            # A field table without its length prefix (depth-limited: no recursion blow-up).
+            table = tables.decode_table(response)
             login, password = table.get("LOGIN"), table.get("PASSWORD")
             if login is None or password is None:
                 return None
@@ -49,8 +49,7 @@ def parse_response(mechanism: str, response) -> tuple[str, str] | None:
             if isinstance(password, bytes):
                 password = password.decode()
             return str(login), str(password)
-    except (ValueError, UnicodeDecodeError, struct.error, RecursionError):
-        # RecursionError: a response nested hundreds of tables deep (refused, not a crash)
+    except (ValueError, UnicodeDecodeError, struct.error, IndexError):
         return None
     return None
 
