@@ -23,7 +23,7 @@ Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange,
 log = logging.getLogger("amqpd.channel")
 
 OPEN, CLOSING = "open", "closing"
-DISCARD = "discard"          # Channel.publishing of a publish whose content is dropped
+DISCARD = "discard"          # a publish whose content is checked, then dropped
 REPLY_TO = "amq.rabbitmq.reply-to"
 # A message whose flags name only fixed-size properties (delivery_mode, priority, timestamp)
 # and whose header has exactly their length needs no look: one lookup by the flag word and a
@@ -54,7 +54,9 @@ class Channel:
         self.write_checked = False       # the exchange last authorised for publishing
         self.reply_queue = None          # the hidden queue of a direct reply-to consumer
         # content assembly state
-        self.publishing = None           # (exchange, rk, route, mandatory) awaiting content
+        # (exchange, rk, route, mandatory) of a publish awaiting its content; a publish that
+        # will be refused once its content is in is (None, the error or DISCARD, b"", False)
+        self.publishing = None
         self.header = None
         self.body_size = 0
         self.body_parts: list = []
@@ -68,7 +70,7 @@ class Channel:
         if ex is not self.write_checked or immediate:   # authorised once per exchange
             refusal = self._refusal(ex, exchange, immediate)
             if refusal is not None:
-                self.publishing = refusal
+                self.publishing = (None, refusal, b"", False)
                 return
         self.publishing = (ex, routing_key, route, mandatory)
 
@@ -95,11 +97,12 @@ class Channel:
     def on_content_method(self, payload: bytes) -> None:
         """A content-bearing method only a server sends (basic.deliver, get-ok, return): like
         RabbitMQ, take its content first, then refuse it."""
-        self.publishing = errors.CommandInvalid("unimplemented method", *_class_method(payload))
+        self.publishing = (None, errors.CommandInvalid("unimplemented method",
+                                                       *_class_method(payload)), b"", False)
 
     def discard_content(self) -> None:
         """A publish on a closing channel: its content frames are checked, then dropped."""
-        self.publishing = DISCARD
+        self.publishing = (None, DISCARD, b"", False)
 
     def on_header(self, payload: bytes) -> None:
         if self.publishing is None:
@@ -115,10 +118,11 @@ class Channel:
             raise errors.UnexpectedFrame("expected content header for class 60, got non "
                                          "content header frame instead", 60, 40)
         limit = self.conn.max_message_size
-        if limit and body_size > limit and type(self.publishing) is tuple:
+        if limit and body_size > limit and self.publishing[0] is not None:
             # refused once the content is in, as RabbitMQ; its body is not kept meanwhile
-            self.publishing = errors.PreconditionFailed(
-                f"message size {body_size} is larger than configured max size {limit}", 60, 40)
+            self.publishing = (None, errors.PreconditionFailed(
+                f"message size {body_size} is larger than configured max size {limit}", 60, 40),
+                b"", False)
         self.header = payload
         self.body_size = body_size
         if body_size == 0:
@@ -138,7 +142,7 @@ class Channel:
         if self.received == self.body_size and not self.body_parts:
             self._content_complete(payload)
             return
-        if type(self.publishing) is tuple:      # a refused or discarded body is not kept
+        if self.publishing[0] is not None:      # a refused or discarded body is not kept
             self.body_parts.append(payload)
         if self.received == self.body_size:
             body = b"".join(self.body_parts)
@@ -154,15 +158,14 @@ class Channel:
             "expected content body, got non content body frame instead", 60, 40)
 
     def _content_complete(self, body: bytes) -> None:
-        publishing = self.publishing
+        ex, routing_key, route, mandatory = self.publishing
         header = self.header
         self.publishing = self.header = None
         self.received = 0
-        if type(publishing) is not tuple:
-            if publishing is DISCARD:
+        if ex is None:
+            if routing_key is DISCARD:
                 return
-            raise publishing            # a refusal kept until the content was in
-        ex, routing_key, route, mandatory = publishing
+            raise routing_key           # a refusal kept until the content was in
         msg = Message(ex.name, routing_key, route, header, body)
         if FIXED_SIZE[header[12] << 8 | header[13]] != len(header):
             self._check_properties(msg)
