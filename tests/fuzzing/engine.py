@@ -27,13 +27,16 @@ from . import canary as canary_mod
 from . import streams as S
 from . import wire as W
 from .generate import Generator, Input
-from .judge import LogWatcher, Outcome, last_frame, violations
+from .judge import LogWatcher, Outcome, frames_of, last_frame, violations
 from .replay import Replayer, run_stream, shrink, shrink_list
 
 HANDSHAKE, READY, CLOSING, DONE = range(4)
 INTERLEAVINGS = {"content reordered", "method inside content", "heartbeat on channel",
                  "content without publish", "two content headers", "extra body frame",
                  "body before header", "publishes interleaved"}
+
+
+REFINED = ("hang", "silent-close")      # named after replaying prefixes of the input
 
 
 def declared(inp: Input, names: dict) -> None:
@@ -77,6 +80,7 @@ class Settings:
         self.out_dir = None             # where findings are saved (None: not saved)
         self.known = set()              # signatures expected (xfail regression tests)
         self.confirm = True             # replay and shrink new signatures
+        self.heavy = True               # see generate.Generator
         self.progress = None            # callable(engine) every ``progress_every`` seconds
         self.progress_every = 10.0
         self.rss_growth_limit = 256 << 20   # RSS after the run vs. after warm-up
@@ -98,7 +102,18 @@ class Finding:
         self.confirmed = False
         self.repro_path = None
         self.minimal_outcome = ""
-        self.setup = []                 # inputs to run first (each on its own connection)
+        self.setup = []                 # inputs sent first on the same connection
+
+    def stream(self) -> bytes:
+        """What one connection sends to reproduce it: the handshake, the setup inputs (each
+        with its marker), the minimal input."""
+        m = self.minimal or self.first
+        setup = [i for i in self.setup if i.stage != "pre"] if m.stage != "pre" else []
+        stream = S.full_stream(m.stage, m.data(), m.channel)
+        if setup:
+            stream = S.HANDSHAKE + b"".join(S.wrap(i.stage, i.data(), i.channel)
+                                            for i in setup) + stream[len(S.HANDSHAKE):]
+        return stream
 
     def to_json(self) -> dict:
         m = self.minimal or self.first
@@ -108,9 +123,7 @@ class Finding:
             "label": self.first.label, "input_id": self.first.id,
             "minimal_chunks_hex": [c.hex() for c in m.chunks],
             "minimal_frames": [W.describe(c) for c in m.chunks],
-            "stream_hex": S.full_stream(m.stage, m.data(), m.channel).hex(),
-            "setup_streams_hex": [S.full_stream(i.stage, i.data(), i.channel).hex()
-                                  for i in (self.setup if self.confirmed else [])],
+            "stream_hex": self.stream().hex(),
             "setup_frames": [[W.describe(c) for c in i.chunks]
                              for i in (self.setup if self.confirmed else [])],
             "first_input_hex": self.first.data().hex(),
@@ -120,7 +133,7 @@ class Finding:
 
 class Conn:
     __slots__ = ("sock", "kind", "state", "reader", "inflight", "out", "since", "port",
-                 "opened", "head_started", "closing_since", "risky")
+                 "opened", "head_started", "closing_since", "risky", "history")
 
     def __init__(self, sock, kind: str):
         self.sock = sock
@@ -135,13 +148,14 @@ class Conn:
         self.opened = False
         self.closing_since = None
         self.risky = False                      # a risky input is in flight (the last one)
+        self.history = collections.deque(maxlen=48)   # inputs this connection has run
 
 
 class Engine:
     def __init__(self, broker, settings: Settings):
         self.broker = broker              # a broker.BrokerProcess (running)
         self.s = settings
-        self.gen = Generator(settings.seed)
+        self.gen = Generator(settings.seed, settings.heavy)
         self.sel = selectors.DefaultSelector()
         self.conns: dict = {}             # fd -> Conn
         self.queue = collections.deque()  # inputs to run (requeued ones go to the front)
@@ -152,6 +166,8 @@ class Engine:
         self.unconfirmed: dict = {}       # signature -> Finding (did not reproduce alone)
         self.seen = collections.Counter() # signature -> occurrences in the run
         self.attempts = collections.Counter()  # signature -> confirmations tried
+        self.refined: dict = {}           # (coarse signature, last frame) -> its name
+        self.to_refine: dict = {}
         self.pending_541 = []             # (deadline, port, inp, outcome) awaiting traceback
         self.traces_by_port: dict = {}
         self.to_confirm = collections.deque()
@@ -366,11 +382,20 @@ class Engine:
                     if not conn.inflight:
                         conn.risky = False
             elif index == 0x00140028:                       # channel.close
-                if ch == S.MARKER_CHANNEL and conn.kind == "post" and conn.state == HANDSHAKE:
-                    self._broker_trouble("marker channel closed during handshake")
                 if head is not None:
                     head[1].channel_closes.append((ch, *S.parse_close(payload)))
                 replies.append(S.channel_close_ok(ch))
+                if ch == S.MARKER_CHANNEL and conn.kind == "post":
+                    # The input hit the engine's own channel: no marker comes back any more.
+                    if conn.state == HANDSHAKE:
+                        self._broker_trouble("marker channel closed during handshake")
+                    elif head is not None and conn.state == READY:
+                        head[1].marker_lost = True
+                        self._done(conn, conn.inflight.popleft())
+                    self._requeue(conn)
+                    conn.state = CLOSING
+                    conn.closing_since = time.monotonic()
+                    replies.append(S.CLIENT_CLOSE)
             elif index == 0x000A0032:                       # connection.close
                 if head is not None:
                     head[1].conn_close = S.parse_close(payload)
@@ -445,13 +470,15 @@ class Engine:
         self.run_count += 1
         self.stage_counts[inp.stage] += 1
         self.recent.append((now, inp))
+        context = list(conn.history)
+        conn.history.append(inp)
         # Stalls are judged by the canary (an unrelated client), not by this input's own
         # round trip, which includes waiting behind the other fuzz connections' inputs.
         for kind, sig, detail in violations(out, inp):
             if kind == "internal-error":
-                self.pending_541.append((now + 5.0, conn.port, inp, out, sig, detail))
+                self.pending_541.append((now + 5.0, conn.port, inp, out, sig, detail, context))
                 continue
-            self._violation(sig, kind, inp, detail, out.summary())
+            self._violation(sig, kind, inp, detail, out.summary(), context)
 
     # -- timers and checks --------------------------------------------------------------------
     def _tick(self, now: float, final: bool = False) -> None:
@@ -492,13 +519,13 @@ class Engine:
             self.traces_by_port.clear()
         keep = []
         for item in self.pending_541:
-            deadline, port, inp, out, sig, detail = item
+            deadline, port, inp, out, sig, detail, context = item
             trace = self.traces_by_port.pop(port, None)
             if trace is not None:
                 self._violation(trace.signature, "internal-error", inp, trace.text(),
-                                out.summary())
+                                out.summary(), context)
             elif now >= deadline or final:
-                self._violation(sig, "internal-error", inp, detail, out.summary())
+                self._violation(sig, "internal-error", inp, detail, out.summary(), context)
             else:
                 keep.append(item)
         self.pending_541 = keep
@@ -507,6 +534,8 @@ class Engine:
             self.rss_samples.append((now - self.started, self.broker.rss()))
         if not self.broker.alive():
             self._broker_died()
+        if self.to_refine:
+            self._refine_all()
         if self.to_confirm and self.s.confirm:
             self._confirm_all()
         elif self.to_confirm:
@@ -527,7 +556,18 @@ class Engine:
         candidates += [i for c in self.conns.values() for i, _o in c.inflight]
         self.to_confirm.append((sig, "traceback", candidates, trace.text(), "logged", []))
 
-    def _violation(self, sig: str, kind: str, inp: Input, detail: str, summary: str) -> None:
+    def _violation(self, sig: str, kind: str, inp: Input, detail: str, summary: str,
+                   context: list = ()) -> None:
+        """``context``: the inputs sent before it on its connection, in case it fails only
+        on what they left behind (a queue declared with some argument, a consumer...)."""
+        if kind in REFINED:
+            key = (sig, last_frame(inp))
+            named = self.refined.get(key)
+            if named is None:
+                if key not in self.to_refine and len(self.to_refine) < 100:
+                    self.to_refine[key] = (sig, kind, inp, detail, summary, context)
+                return
+            sig = named
         self.seen[sig] += 1
         if sig in self.s.known:
             return            # an open finding with its own (xfail) regression test
@@ -538,8 +578,6 @@ class Engine:
         if self.attempts[sig] >= 3 or any(sig == item[0] for item in self.to_confirm):
             return
         self.attempts[sig] += 1
-        # what ran before it, in case it only fails on state other inputs left behind
-        context = [i for _t, i in list(self.recent)[-64:] if i is not inp]
         self.to_confirm.append((sig, kind, [inp], detail, summary, context))
 
     def _confirm_all(self) -> None:
@@ -552,6 +590,25 @@ class Engine:
                 continue
             self._confirm(*item)
         self._shift_clocks(time.monotonic() - t0)
+
+    def _refine_all(self) -> None:
+        t0 = time.monotonic()
+        while self.to_refine:
+            key, (sig, kind, inp, detail, summary, context) = self.to_refine.popitem()
+            self.refined[key] = self._refine(inp, kind, sig)
+            self._violation(sig, kind, inp, detail, summary, context)
+        self._shift_clocks(time.monotonic() - t0)
+
+    def _refine(self, inp: Input, kind: str, coarse: str) -> str:
+        """Name a hang or silent close by the frame that does it: the last frame of the
+        shortest prefix of the input (in whole frames) that still does it alone."""
+        frames = frames_of(inp)
+        timeout = min(self.s.hang_timeout, 2.0)
+        for k in range(1, min(len(frames), 24) + 1):
+            candidate = Input(inp.id, inp.stage, frames[:k], inp.label, inp.channel)
+            if self._check(candidate, kind, coarse, timeout) is not None:
+                return f"{coarse} after {last_frame(candidate)}"
+        return f"{coarse} after {last_frame(inp)}"
 
     def _grace(self, seconds: float) -> None:
         for conn in self.conns.values():
@@ -571,18 +628,17 @@ class Engine:
             self.canary[3].value = max(self.canary[3].value, time.monotonic() - 1.0)
 
     def _check(self, inp: Input, kind: str, sig: str, timeout: float | None = None,
-               setup: list = ()):
-        """Replay ``inp`` alone (after ``setup``, each input on its own connection, from a
-        clean slate) on a healthy broker. Returns the signature it reproduces (``sig``; for a
-        wedge, crash, canary blame or a 541 the one it causes), or None."""
+               setup: list = (), clean: list = ()):
+        """Replay ``inp`` alone (after ``setup``: inputs sent first on the same connection) on
+        a healthy broker, after deleting what it, ``setup`` and ``clean`` declare (so that
+        neither earlier replays nor other inputs' leftovers make it pass or fail). Returns the
+        signature it reproduces (``sig``; for a wedge, crash, canary blame or a 541 the one
+        it causes), or None."""
         self._healthy()
-        if setup:
-            self._clean(list(setup) + [inp])
-            for i in setup:
-                self.replayer.run(i, timeout)
         # A traceback from a timer (TTL, delayed delivery) comes after the input's answer.
         settle = 0.5 if kind == "traceback" else 0.03
-        sigs, _details, out, traces = self.replayer.run(inp, timeout, settle)
+        self._clean(list(clean) + list(setup) + [inp])
+        sigs, _details, out, traces = self.replayer.run(inp, timeout, settle, setup)
         wedged = out.hung and not self._probe()
         if wedged or not self.broker.alive():
             self._restart()
@@ -595,6 +651,8 @@ class Engine:
             return stalls[0] if stalls else None
         if kind == "internal-error" and traces:
             return traces[-1].signature
+        if kind in REFINED:             # "hang (chan) after X" is reproduced by any hang (chan)
+            sig = sig.split(" after ")[0]
         return sig if sig in sigs else None
 
     def _clean(self, inputs: list) -> None:
@@ -617,6 +675,8 @@ class Engine:
             got = self._check(inp, kind, sig)
             if got is None or (kind == "stall" and self._check(inp, kind, sig) is None):
                 continue
+            if kind in REFINED:
+                got = sig                # keep the name it was found (and deduplicated) by
             if kind == "canary":
                 kind = "stall"
                 if self._check(inp, kind, got) is None:
@@ -651,19 +711,18 @@ class Engine:
         timeout = min(self.s.hang_timeout, 2.0) if kind in ("hang", "wedge") else None
         if kind == "wedge":
             def fails(c):
-                return self._check(c, kind, got, timeout) is not None
+                return self._check(c, kind, got, timeout, clean=[inp]) is not None
         else:
+            expect = got.split(" after ")[0] if kind in REFINED else got
+
             def fails(c):
-                return self._check(c, kind, got, timeout, setup) == got
+                return self._check(c, kind, got, timeout, setup, clean=[inp]) == expect
         f.minimal = shrink(inp, fails, budget)
         if kind == "wedge":        # named by what the minimal input ends with
             f.signature = got = f"broker unresponsive after {last_frame(f.minimal)}"
         self._healthy()
-        if setup:
-            self._clean(setup + [f.minimal])
-            for i in setup:
-                self.replayer.run(i)
-        sigs, details, out, _traces = self.replayer.run(f.minimal)
+        self._clean(setup + [inp, f.minimal])
+        sigs, details, out, _traces = self.replayer.run(f.minimal, None, 0.5, setup)
         if not self.broker.alive() or (out.hung and not self._probe()):
             self._restart()
         f.minimal_outcome = out.summary()

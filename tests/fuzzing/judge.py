@@ -12,13 +12,16 @@ import re
 from . import wire as W
 
 SOFT = {311, 312, 313, 403, 404, 405, 406}
+# 541 is never right, except RabbitMQ's bare "INTERNAL_ERROR" for a content header whose
+# property block it cannot parse (a poison message refused at publish): a bug of ours would
+# log a traceback too, which the log check catches.
 HARD = {320, 402, 403, 501, 502, 503, 504, 505, 506, 530, 540}
 
 
 class Outcome:
     """What the broker did with one input (on the engine's connection or in a replay)."""
     __slots__ = ("channel_closes", "conn_close", "close_ok", "eof", "marker", "hung", "elapsed",
-                 "opened", "garbled")
+                 "opened", "garbled", "marker_lost", "context_failed")
 
     def __init__(self):
         self.channel_closes: list = []   # (channel, code, text, class_id, method_id)
@@ -30,6 +33,8 @@ class Outcome:
         self.elapsed = 0.0               # seconds from sending the input to its marker/close
         self.opened = False              # the connection was open (post-handshake) for it
         self.garbled = ""                # the broker sent bytes that are not AMQP frames
+        self.marker_lost = False         # the input got the marker's channel closed
+        self.context_failed = False      # inputs sent before it already ended the connection
 
     def summary(self) -> str:
         parts = []
@@ -42,6 +47,8 @@ class Outcome:
             parts.append("connection.close-ok")
         if self.marker:
             parts.append("marker answered")
+        if self.marker_lost:
+            parts.append("marker channel closed")
         if self.eof:
             parts.append("socket closed")
         if self.hung:
@@ -57,7 +64,9 @@ def _closer(c: int, m: int) -> str:
 
 def violations(out: Outcome, inp, stall_limit: float | None = None) -> list:
     """[(kind, signature, detail)] for one input's outcome (log tracebacks are judged apart:
-    see ``traceback_signature``)."""
+    see ``Trace``). A hang or a silent close says nothing about which frame caused it: the
+    engine names it by the frame that ends the shortest prefix of the input that still does
+    it (``Engine._refine``)."""
     found = []
     for ch, code, text, c, m in out.channel_closes:
         if code == 541:
@@ -66,7 +75,9 @@ def violations(out: Outcome, inp, stall_limit: float | None = None) -> list:
             found.append(("bad-code", f"channel.close {code} for {_closer(c, m)}", text))
     if out.conn_close:
         code, text, c, m = out.conn_close
-        if code == 541:
+        if code == 541 and text == "INTERNAL_ERROR":
+            pass    # RabbitMQ's own answer to a content header it cannot parse (no traceback)
+        elif code == 541:
             found.append(("internal-error", f"541 {text.split(' - ', 1)[-1].split(':')[0]} "
                                             f"for {_closer(c, m)}", text))
         elif code not in HARD:
@@ -74,11 +85,11 @@ def violations(out: Outcome, inp, stall_limit: float | None = None) -> list:
     if out.garbled:
         found.append(("garbled-output", "broker sent bytes that are not frames", out.garbled))
     if out.hung:
-        found.append(("hang", f"hang ({inp.stage}) after {last_frame(inp)}",
+        found.append(("hang", f"hang ({inp.stage})",
                       "no marker, close or socket close within the timeout"))
     elif out.eof and out.opened and not out.conn_close and not out.close_ok:
-        found.append(("silent-close", f"socket closed without connection.close after "
-                                      f"{last_frame(inp)}", out.summary()))
+        found.append(("silent-close", "socket closed without connection.close",
+                      out.summary()))
     if stall_limit is not None and out.elapsed > stall_limit and not out.hung:
         found.append(("stall", f"stall ({inp.stage}) on {first_method(inp)}",
                       f"{out.elapsed * 1000:.0f} ms for one input"))
@@ -92,13 +103,21 @@ def first_method(inp) -> str:
     return W.describe(inp.chunks[0]) if inp.chunks else "empty input"
 
 
+def frames_of(inp) -> list:
+    """The input cut into frames (a pre input's protocol header first); a malformed tail is
+    one piece."""
+    data = inp.data()
+    if inp.stage == "pre" and data.startswith(b"AMQP"):
+        return [data[:8]] + W.split_frames(data[8:])
+    return W.split_frames(data)
+
+
 def last_frame(inp) -> str:
-    """The kind of the last whole frame in the input (what a hang or a silent close follows)."""
-    frames = W.split_frames(inp.data())
-    for f in reversed(frames):
-        if len(f) >= 8 and f[-1] == W.FRAME_END:
-            return re.sub(r" ch\d+ size \d+( \(malformed\))?", "", W.describe(f))
-    return "malformed bytes"
+    """What the input's last frame is (method name, frame type), channel and size left out."""
+    frames = frames_of(inp)
+    if not frames:
+        return "nothing"
+    return re.sub(r" ch\d+ size \d+( \(malformed\))?", "", W.describe(frames[-1]))
 
 
 # -- broker log tracebacks ---------------------------------------------------------------------
@@ -167,6 +186,9 @@ class LogWatcher:
                 self.header = line
                 if "INTERNAL_ERROR" in line:
                     self.internal += 1
+        if self.pos > 20000:          # a long run logs millions of lines: keep memory flat
+            del lines[:self.pos]
+            self.pos = 0
         return out
 
 

@@ -7,6 +7,8 @@ import socket
 import struct
 import time
 
+from pamqp import frame as pamqp_frame
+
 from . import streams as S
 from . import wire as W
 from .generate import Input
@@ -22,10 +24,17 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.
 
 
 def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
-               host: str = "127.0.0.1") -> Outcome:
+               host: str = "127.0.0.1", before: int = 0,
+               channel: int | None = None) -> Outcome:
     """Send ``stream`` (a whole connection's bytes, see ``streams.full_stream``) and watch the
-    broker's answer until the marker comes back, the socket closes or ``timeout`` passes."""
+    broker's answer until the marker comes back, the socket closes or ``timeout`` passes.
+    ``before``: the stream first holds that many other inputs, each with its marker; the
+    outcome is the last input's (``out.context_failed`` if the connection did not get that
+    far). ``channel``: also wait for that channel's close-ok (a broker that answers channels
+    in parallel, as RabbitMQ does, may send the marker before the input's own replies)."""
     out = Outcome()
+    skip = before
+    channel_done = channel is None
     sock = connect(port, host, timeout)
     reader = S.Reader()
     post = stage != "pre"
@@ -72,14 +81,28 @@ def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
                     out.opened = True
                 elif ids == 0x0014000B and ch == S.MARKER_CHANNEL and post and not out.marker:
                     started = time.monotonic()           # handshake done: time the input
+                elif ids == 0x003C000B and ch == S.MARKER_CHANNEL and post and skip:
+                    skip -= 1                            # a context input's marker
+                    out.channel_closes.clear()
+                    started = time.monotonic()
                 elif ids == 0x003C000B and ch == S.MARKER_CHANNEL and post:
                     out.marker = True
                     answered = time.monotonic()
-                    done = True
-                    break
+                    done = channel_done
+                    if done:
+                        break
+                elif ids == 0x00140029 and ch == channel and not skip:
+                    channel_done = True                  # channel.close-ok of the input's channel
+                    done = out.marker
+                    if done:
+                        break
                 elif ids == 0x00140028:                  # channel.close
                     out.channel_closes.append((ch, *S.parse_close(payload)))
                     replies.append(S.channel_close_ok(ch))
+                    if ch == S.MARKER_CHANNEL and post and out.opened:
+                        out.marker_lost = True           # no marker can come back now
+                        answered = time.monotonic()
+                        done = True
                 elif ids == 0x000A0032:                  # connection.close
                     out.conn_close = S.parse_close(payload)
                     answered = answered or time.monotonic()
@@ -104,6 +127,8 @@ def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
     finally:
         out.elapsed = (answered or time.monotonic()) - started
         sock.close()
+    if skip:
+        out.context_failed = True
     return out
 
 
@@ -121,14 +146,21 @@ class Replayer:
         self.alive = alive
         self.runs = 0
 
-    def run(self, inp: Input, timeout: float | None = None, settle: float = 0.03):
-        """(set of signatures, {signature: detail}, outcome, traces)."""
+    def run(self, inp: Input, timeout: float | None = None, settle: float = 0.03,
+            context: list = ()):
+        """(set of signatures, {signature: detail}, outcome, traces). ``context``: inputs
+        sent first on the same connection (post-handshake inputs only)."""
         self.runs += 1
         if self.watcher is not None:
             self.watcher.poll()
+        context = [i for i in context if i.stage != "pre"] if inp.stage != "pre" else []
         stream = S.full_stream(inp.stage, inp.data(), inp.channel)
+        if context:
+            stream = S.HANDSHAKE + b"".join(S.wrap(i.stage, i.data(), i.channel)
+                                            for i in context) + stream[len(S.HANDSHAKE):]
         try:
-            out = run_stream(self.port, stream, inp.stage, timeout or self.timeout, self.host)
+            out = run_stream(self.port, stream, inp.stage, timeout or self.timeout, self.host,
+                             len(context))
         except OSError as exc:                  # cannot even connect: the broker is gone
             out = Outcome()
             out.garbled = f"connect failed: {exc}"
@@ -140,7 +172,7 @@ class Replayer:
                 if time.monotonic() >= until and self.watcher.partial is None:
                     break
                 time.sleep(0.005)
-        found = violations(out, inp, self.stall_limit)
+        found = violations(out, inp, self.stall_limit) if not out.context_failed else []
         details = {}
         sigs = set()
         for kind, sig, detail in found:
@@ -170,12 +202,15 @@ def shrink(inp: Input, fails, budget: int = 300) -> Input:
     then, in each well-formed frame, drop payload bytes keeping the frame's size right; then
     drop raw bytes anywhere. ``budget`` bounds the number of replays."""
     calls = [0]
+    # Keep frames whose arguments decode decodable: a minimal input that another broker can
+    # parse says what it should answer (RabbitMQ drops the connection on some garbage).
+    allowed = undecodable(inp.chunks)
 
     def more() -> bool:
         return calls[0] < budget
 
     def test(chunks) -> bool:
-        if not more():
+        if not more() or undecodable(chunks) > allowed:
             return False
         calls[0] += 1
         return fails(Input(inp.id, inp.stage, chunks, inp.label, inp.channel))
@@ -195,7 +230,30 @@ def shrink(inp: Input, fails, budget: int = 300) -> Input:
         if more():
             chunks[i] = _shrink_bytes(chunks, i, test, more)
     chunks = [c for c in chunks if c]
+    if chunks and not _well_formed(chunks[-1]) and len(chunks[-1]) >= 7:
+        whole = chunks[-1] + W.missing(chunks[-1])    # what the broker saw anyway
+        if _well_formed(whole) and test(chunks[:-1] + [whole]):
+            chunks[-1] = whole
     return Input(inp.id, inp.stage, chunks, inp.label, inp.channel)
+
+
+def undecodable(chunks) -> int:
+    """How many of the chunks are method or content-header frames whose arguments pamqp
+    cannot decode (or that are not whole frames)."""
+    n = 0
+    for c in chunks:
+        if len(c) < 8 or c[0] not in (W.FRAME_METHOD, W.FRAME_HEADER):
+            continue
+        if not _well_formed(c):
+            n += 1
+            continue
+        try:
+            used, _ch, _frame = pamqp_frame.unmarshal(c)
+            if used != len(c):
+                n += 1
+        except Exception:
+            n += 1
+    return n
 
 
 def shrink_list(items: list, fails, budget: int = 60) -> list:

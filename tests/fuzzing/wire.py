@@ -271,12 +271,13 @@ def body_frames(channel: int, body: bytes, split: int = FRAME_MAX - 8) -> list:
 def missing(data: bytes, in_header: bool = False, limit: int = FRAME_MAX) -> bytes:
     """Bytes that complete the frame ``data`` ends inside of, as a broker splits frames (so
     that what the fuzzer sends next is read as the next frame and not swallowed): zeros and a
-    frame end. Empty when ``data`` ends on a frame boundary, when the broker must already have
-    refused the stream (bad end octet, a frame larger than ``limit``), or when it waits for a
-    protocol header (``in_header``: whatever follows completes it)."""
+    frame end. Empty when ``data`` ends on a frame boundary, or when the broker must already
+    have refused the stream (bad end octet, a frame larger than ``limit``). ``in_header``: the
+    stream starts with the 8-byte protocol header; a short one is completed with zeros (which
+    makes it one the broker refuses, rather than letting the next frame's bytes complete it)."""
     pos = 8 if in_header else 0
     if in_header and len(data) < 8:
-        return b""
+        return bytes(8 - len(data))
     end = len(data)
     while pos < end:
         if end - pos < 7:
