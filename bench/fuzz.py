@@ -52,6 +52,11 @@ def parse_args(argv=None):
                    help="skip signatures that have an xfail regression test "
                         "(tests/test_fuzz_findings.py)")
     p.add_argument("--json", default=None, help="write figures and findings to this file")
+    p.add_argument("--differential", type=int, default=0, metavar="N",
+                   help="after the run, compare N unmutated inputs against RabbitMQ "
+                        "(close codes and class/method ids; see tests/fuzzing/differential.py)")
+    p.add_argument("--rabbitmq-port", type=int, default=5672,
+                   help="RabbitMQ for --differential (127.0.0.1, guest/guest; default 5672)")
     return p.parse_args(argv)
 
 
@@ -96,8 +101,13 @@ def main(argv=None) -> int:
                         progress_every=30.0)
     engine = Engine(broker, settings)
     cpu0 = broker.cpu_seconds()
+    differential = None
     try:
         engine.run()
+        if args.differential:
+            from tests.fuzzing import differential as diff
+            differential = diff.run(broker.port, args.rabbitmq_port, args.differential,
+                                    args.seed + 1000)
     except KeyboardInterrupt:
         print("interrupted: figures so far")
     finally:
@@ -131,6 +141,21 @@ def main(argv=None) -> int:
         state = "confirmed" if f.confirmed else "NOT reproduced alone"
         print(f"  [{f.count:>6}x] {f.signature}  ({f.kind}, {state})")
         print(f"            repro: {f.repro_path}")
+    if differential is not None:
+        st_d = differential["stats"]
+        divs = sorted(differential["divergences"].values(), key=lambda d: -d.count)
+        print(f"differential:      {st_d.get('compared', 0)} unmutated inputs against RabbitMQ "
+              f"in {st_d.get('seconds', 0)} s: {st_d.get('same', 0)} ended the same way, "
+              f"{st_d.get('rabbitmq dropped', 0)} dropped by RabbitMQ without a close, "
+              f"{sum(d.count for d in divs)} differently ({len(divs)} kinds; not findings: "
+              f"review them)")
+        for d in divs[:20]:
+            print(f"  [{d.count:>4}x] {d.signature}")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "differential.json"), "w") as fh:
+            json.dump({"stats": st_d, "divergences": [d.to_json() for d in divs]}, fh,
+                      indent=1)
+        print(f"            all: {os.path.join(out_dir, 'differential.json')}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"stats": st, "findings": [f.to_json() for f in findings]}, fh, indent=1)

@@ -54,8 +54,7 @@ def run(port: int, interval: float, slow: float, pipe, stop, progress,
         while not stop.is_set():
             t0 = time.monotonic()
             sock.sendall(round_trip)
-            payload = _frames(sock, reader, 0x003C0047, t0 + timeout)   # basic.get-ok
-            del payload
+            _frames(sock, reader, 0x003C0047, t0 + timeout)   # basic.get-ok
             t1 = time.monotonic()
             progress.value = t1
             latency = t1 - t0

@@ -7,7 +7,6 @@ This is how the expected (RabbitMQ) behaviour of a finding is looked up."""
 import argparse
 import json
 import socket
-import struct
 import time
 
 from . import streams as S

@@ -25,13 +25,15 @@ def connect(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> socket.
 
 def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
                host: str = "127.0.0.1", before: int = 0,
-               channel: int | None = None) -> Outcome:
+               channel: int | None = None, linger: float = 0.0) -> Outcome:
     """Send ``stream`` (a whole connection's bytes, see ``streams.full_stream``) and watch the
     broker's answer until the marker comes back, the socket closes or ``timeout`` passes.
     ``before``: the stream first holds that many other inputs, each with its marker; the
     outcome is the last input's (``out.context_failed`` if the connection did not get that
     far). ``channel``: also wait for that channel's close-ok (a broker that answers channels
-    in parallel, as RabbitMQ does, may send the marker before the input's own replies)."""
+    in parallel, as RabbitMQ does, may send the marker before the input's own replies).
+    ``linger``: then keep listening that long for a late connection.close (RabbitMQ can
+    send one for an input after the marker of the channel it did not touch)."""
     out = Outcome()
     skip = before
     channel_done = channel is None
@@ -42,12 +44,13 @@ def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
     deadline = started + timeout
     pending = memoryview(stream)
     answered = None                 # when the marker, a connection.close or EOF came
+    lingering = False
     sock.setblocking(False)
     try:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                out.hung = True
+                out.hung = not lingering
                 break
             wlist = [sock] if pending else []
             r, w, _x = select.select([sock], wlist, [], deadline - now)
@@ -122,6 +125,12 @@ def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
                         sock.setblocking(False)
                     except OSError:
                         pass
+            if done and linger > 0 and out.conn_close is None and not out.eof:
+                deadline = min(deadline, time.monotonic() + linger)
+                linger = 0.0
+                lingering = True
+                post = False                    # only closes matter now
+                continue
             if done:
                 break
     finally:
