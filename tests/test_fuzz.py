@@ -16,7 +16,7 @@ from .fuzzing.engine import Engine, Settings
 from .test_fuzz_findings import open_signatures
 
 SEED = 1
-INPUTS = 20000
+INPUTS = 30000
 TIME_BUDGET = 40.0        # seconds of fuzzing at most, whatever the machine's load
 MIN_INPUTS = 5000         # fewer than this in the budget would make the run meaningless
 
@@ -36,7 +36,8 @@ def describe(findings) -> str:
 
 def test_fuzz(tmp_path):
     broker = BrokerProcess(data_dir=str(tmp_path / "data")).start()
-    settings = Settings(seed=SEED, inputs=INPUTS, duration=TIME_BUDGET, known=open_signatures(), heavy=False,
+    settings = Settings(seed=SEED, inputs=INPUTS, duration=TIME_BUDGET, known=open_signatures(),
+                        heavy=False, connections=12, pre_connections=4,
                         out_dir=str(tmp_path / "findings"), shrink_budget=100)
     engine = Engine(broker, settings)
     try:

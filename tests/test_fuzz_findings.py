@@ -234,6 +234,51 @@ def test_dead_lettering_a_message_whose_x_death_is_not_an_array(broker, tracebac
     assert not tracebacks()
 
 
+@fuzz("socket closed without connection.close after Basic.Reject")
+def test_connection_error_while_holding_an_expired_undecodable_message(broker, tracebacks):
+    # fuzzer minimal input (channel 633): declare fz.dlq and fz.q3 (TTL, DLX ''), publish a
+    # message whose message_id is not UTF-8, basic.get it (unacked), then a malformed
+    # basic.reject (frame error). Closing the connection requeues the message, it has
+    # expired, dead-lettering decodes its properties and raises: the exception escapes the
+    # connection ("Fatal error on transport"), the socket drops without connection.close and
+    # the message is lost. RabbitMQ: connection.close 501, the message is dead-lettered.
+    args = {b"x-message-ttl": 50, b"x-dead-letter-exchange": b"",
+            b"x-dead-letter-routing-key": b"fz.dlq"}
+    sock = connect(broker.port)
+    sock.sendall(S.HANDSHAKE + S.channel_open(CH) + queue_declare(b"fz.dlq")
+                 + queue_declare(b"fz.q3", args)
+                 + publish(b"", b"fz.q3", {"message_id": b"\xff\xfe"})
+                 + W.method(CH, "Basic.Get", {"queue": b"fz.q3"}))
+    reader = S.Reader()
+    seen = []
+    deadline = time.monotonic() + 5
+    while (60, 71) not in seen and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        seen += [struct.unpack_from(">HH", p) for t, _c, p in reader.frames(sock.recv(65536))
+                 if t == W.FRAME_METHOD]
+    assert (60, 71) in seen, seen                       # basic.get-ok: held, unacked
+    time.sleep(0.2)                                     # ... and expired meanwhile
+    sock.sendall(W.frame(9, 0, b""))                    # a frame error: unknown frame type
+    closes = []
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            break
+        if not data:
+            break
+        closes += [S.parse_close(p) for t, _c, p in reader.frames(data)
+                   if t == W.FRAME_METHOD and p[:4] == b"\x00\x0a\x00\x32"]
+        if closes:
+            sock.sendall(S.CLOSE_OK)
+    sock.close()
+    assert closes and closes[0][0] == 501, closes
+    got = frames(broker, "chan", get(b"fz.dlq"), W.method(CH, "Queue.Delete", {"queue": b"fz.q3"}),
+                 W.method(CH, "Queue.Delete", {"queue": b"fz.dlq"}))
+    assert W.shortstr(b"\xff\xfe") in got_message(got), "the message was not dead-lettered"
+    assert not tracebacks()
+
+
 # -- queue.declare / exchange.declare arguments ------------------------------------------------------
 @fuzz("UnicodeDecodeError at amqpd/amqp/channel.py:queue_declare")
 def test_queue_with_non_utf8_dead_letter_exchange(broker, tracebacks):

@@ -4,9 +4,11 @@ measures an unrelated client's round trips, the broker's log is scanned for trac
 its RSS is sampled.
 
 Post-handshake connections pipeline up to ``batch`` inputs in one write, each followed by the
-marker (see ``streams``). When the broker closes a connection, the input whose marker had not
-come back is the one that did it; the inputs pipelined behind it were never read and go back
-to the queue. Pre-handshake inputs get a connection each.
+marker (see ``streams``); an input likely to end its connection (mutated, outside a channel)
+goes last, with nothing behind it until its marker is back. When the broker closes a
+connection, the input whose marker had not come back is the one that did it; anything
+pipelined behind it was never read and goes back to the queue. Pre-handshake inputs get a
+connection each.
 
 A violation (``judge.violations``, a traceback in the log, the broker dying, the canary
 stalling) is named by a signature; the first time a signature is seen, its input is replayed
@@ -552,9 +554,12 @@ class Engine:
             f = self.findings.get(sig) or self.unconfirmed[sig]
             f.count += 1
             return
-        candidates = [inp for _t, inp in list(self.recent)[-64:]]
-        candidates += [i for c in self.conns.values() for i, _o in c.inflight]
-        self.to_confirm.append((sig, "traceback", candidates, trace.text(), "logged", []))
+        recent = [inp for _t, inp in list(self.recent)[-64:]]
+        candidates = recent[-1:] + recent[:-1] + [i for c in self.conns.values()
+                                                  for i, _o in c.inflight]
+        # If none does it alone: the last one after the others (state they left behind).
+        self.to_confirm.append((sig, "traceback", candidates, trace.text(), "logged",
+                                recent[:-1]))
 
     def _violation(self, sig: str, kind: str, inp: Input, detail: str, summary: str,
                    context: list = ()) -> None:
@@ -583,6 +588,7 @@ class Engine:
     def _confirm_all(self) -> None:
         """Replay each new signature's input alone, shrink it, save the finding. The fuzz
         connections wait meanwhile (their hang clocks are moved by the pause)."""
+        self._quiesce()
         t0 = time.monotonic()
         while self.to_confirm:
             item = self.to_confirm.popleft()
@@ -591,7 +597,14 @@ class Engine:
             self._confirm(*item)
         self._shift_clocks(time.monotonic() - t0)
 
+    def _quiesce(self) -> None:
+        """Before replays: close the fuzz connections (their inputs go back to the queue),
+        so their exclusive queues, consumers and unacked messages do not get in the way."""
+        for conn in list(self.conns.values()):
+            self._drop(conn)
+
     def _refine_all(self) -> None:
+        self._quiesce()
         t0 = time.monotonic()
         while self.to_refine:
             key, (sig, kind, inp, detail, summary, context) = self.to_refine.popitem()
@@ -702,7 +715,11 @@ class Engine:
             self._save(f)
             return
         inp, got = found
-        kind = "crash" if kind == "crash" else kind
+        if got in self.s.known or got in self.findings:
+            self.seen[got] += 1   # another way to an open finding (e.g. a 541 named late)
+            if got in self.findings:
+                self.findings[got].count += 1
+            return
         f = Finding(got, kind, inp, detail, summary)
         f.count = max(1, self.seen[sig])
         f.confirmed = True
@@ -722,12 +739,15 @@ class Engine:
             f.signature = got = f"broker unresponsive after {last_frame(f.minimal)}"
         self._healthy()
         self._clean(setup + [inp, f.minimal])
-        sigs, details, out, _traces = self.replayer.run(f.minimal, None, 0.5, setup)
+        sigs, details, out, traces = self.replayer.run(f.minimal, None, 0.5, setup)
         if not self.broker.alive() or (out.hung and not self._probe()):
             self._restart()
         f.minimal_outcome = out.summary()
         if got in details:
             f.detail = details[got]
+        for t in traces:              # e.g. what killed a connection that closed silently
+            if t.signature != got:
+                f.detail += "\n\nlogged meanwhile:\n" + t.text()
         old = self.findings.get(got)
         if old is not None:
             old.count += f.count

@@ -125,22 +125,24 @@ _FILE = re.compile(r'\s*File "([^"]+)", line (\d+), in (\S+)')
 
 
 class Trace:
+    """One logged traceback. A chained one ("During handling of the above exception...") is
+    named by its last exception: the one that escaped."""
     __slots__ = ("header", "lines", "exc", "where", "port")
 
     def __init__(self, header: str, lines: list):
         self.header = header
         self.lines = lines
-        self.exc = lines[-1] if lines else "?"
+        last = max((i for i, line in enumerate(lines) if line.startswith("Traceback")),
+                   default=0)
+        section = lines[last:]
+        self.exc = next((line for line in reversed(section) if line.strip()), "?")
+        frames = [m for m in (_FILE.match(line) for line in section) if m]
         where = "?"
-        for line in lines:
-            m = _FILE.match(line)
-            if m and "/amqpd/" in m.group(1):
+        for m in frames:
+            if "/amqpd/" in m.group(1):
                 where = f"{m.group(1).split('/amqpd/')[-1]}:{m.group(3)}"
-        if where == "?":
-            for line in lines:
-                m = _FILE.match(line)
-                if m:
-                    where = f"{m.group(1).rsplit('/', 1)[-1]}:{m.group(3)}"
+        if where == "?" and frames:
+            where = f"{frames[-1].group(1).rsplit('/', 1)[-1]}:{frames[-1].group(3)}"
         self.where = where
         m = re.search(r":(\d+)\s*$", header)
         self.port = int(m.group(1)) if m else None
@@ -154,38 +156,53 @@ class Trace:
         return "\n".join([self.header, *self.lines])
 
 
+_CHAINED = ("During handling of the above exception", "The above exception was the direct")
+
+
 class LogWatcher:
     """Reads the broker's log lines (a list another thread appends to) from where it left
     off and returns the tracebacks that completed since. A traceback is the
-    ``Traceback (most recent call last):`` line, indented lines, and the exception line; its
-    header is the last log line before it (which names the peer for frame errors)."""
+    ``Traceback (most recent call last):`` line, indented lines and the exception line, and
+    the tracebacks chained to it; its header is the last log line before it (which names the
+    peer for frame errors). A traceback whose last line has been read is complete when the
+    next line is not a chained one, or when a poll finds no more lines."""
 
     def __init__(self, lines: list):
         self.lines = lines
         self.pos = 0
         self.header = ""
         self.partial = None           # lines of a traceback still being written
+        self.ended = False            # its exception line has been read
         self.internal = 0             # log lines mentioning INTERNAL_ERROR
 
     def poll(self) -> list:
         out = []
         lines = self.lines
         end = len(lines)
+        new = self.pos < end
         while self.pos < end:
             line = lines[self.pos]
             self.pos += 1
             if self.partial is not None:
-                self.partial.append(line)
-                if not line.startswith((" ", "\t")):
+                if self.ended and not (line == "" or line.startswith(_CHAINED)
+                                       or line.startswith("Traceback")):
                     out.append(Trace(self.header, self.partial))
                     self.partial = None
-                continue
+                else:
+                    self.partial.append(line)
+                    self.ended = bool(line) and not line.startswith(
+                        (" ", "\t", "Traceback") + _CHAINED)
+                    continue
             if line.startswith("Traceback"):
                 self.partial = [line]
+                self.ended = False
             elif _is_log_line(line):
                 self.header = line
                 if "INTERNAL_ERROR" in line:
                     self.internal += 1
+        if self.partial is not None and self.ended and not new:
+            out.append(Trace(self.header, self.partial))
+            self.partial = None
         if self.pos > 20000:          # a long run logs millions of lines: keep memory flat
             del lines[:self.pos]
             self.pos = 0

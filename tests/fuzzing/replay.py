@@ -178,7 +178,8 @@ class Replayer:
             until = time.monotonic() + settle
             while True:
                 traces += self.watcher.poll()
-                if time.monotonic() >= until and self.watcher.partial is None:
+                now = time.monotonic()
+                if now >= until and (self.watcher.partial is None or now >= until + 2):
                     break
                 time.sleep(0.005)
         found = violations(out, inp, self.stall_limit) if not out.context_failed else []
