@@ -381,6 +381,20 @@ def test_consistent_hash_exchange_with_array_hash_header(broker, tracebacks):
     assert not tracebacks()
 
 
+@fuzz("TypeError at amqpd/broker/consistent_hash.py:validate_arguments")
+def test_consistent_hash_exchange_with_array_hash_property(broker, tracebacks):
+    # fuzzer minimal input: exchange.declare fz.xc x-consistent-hash {hash-property: [...]}.
+    # RabbitMQ's channel crashes on it too (a bare 541 INTERNAL_ERROR); a 406 would do.
+    out = replay(broker, "chan", exchange_declare(b"fz.xc", b"x-consistent-hash",
+                                                  {b"hash-property": Array([b"message_id"])},
+                                                  auto_delete=True))
+    if out.conn_close is not None:
+        assert out.conn_close == (541, "INTERNAL_ERROR", 0, 0), out.summary()
+    else:
+        assert [c[1:2] + c[3:] for c in out.channel_closes] == [(406, 40, 10)], out.summary()
+    assert not tracebacks()
+
+
 @fuzz("RecursionError at amqpd/broker/headers.py:_erl_term")
 def test_headers_binding_with_deeply_nested_x_match(broker, tracebacks):
     out = replay(broker, "chan", queue_declare(b"fz.q0", exclusive=True),
