@@ -530,7 +530,7 @@ class Connection:
         if isinstance(method, C.Connection.Close):
             self._client_closed(method)
             return
-        if isinstance(method, C.Connection.CloseOk):
+        if isinstance(method, C.Connection.CloseOk) and self.state != RUNNING:
             self._shutdown()
             return
         if expected is not None:

@@ -18,7 +18,7 @@ import re
 
 from ..amqp import errors
 from ..wire import properties
-from ..wire.tables import text
+from ..wire.tables import text, type_name
 from .exchange import Exchange
 
 HASH_PROPERTIES = {"message_id": properties.MESSAGE_ID,
@@ -62,6 +62,11 @@ class ConsistentHashExchange(Exchange):
         if "hash-header" in arguments and "hash-property" in arguments:
             raise errors.PreconditionFailed(
                 "hash-header and hash-property are mutually exclusive")
+        for arg in ("hash-header", "hash-property"):
+            value = arguments.get(arg)
+            if arg in arguments and not isinstance(value, (str, bytes)):
+                raise errors.PreconditionFailed(
+                    f"invalid type '{type_name(value)}' for arg '{arg}' in {label}")
         prop = arguments.get("hash-property")
         if prop is not None:
             prop = text(prop)

@@ -96,7 +96,16 @@ class Queue:
             if self.consumers:
                 self.dispatch()        # a waiting consumer takes it before the limit applies
             self._trim_head()
+        if entry.expires is not None and entry.expires <= self.vhost.broker.clock():
+            self._expired_on_arrival()
         return stored
+
+    def _expired_on_arrival(self) -> None:
+        """A TTL of 0: the message is dead at once unless a consumer takes it right now, as
+        RabbitMQ does (so a basic.get right after the publish finds it dead-lettered)."""
+        if self.consumers:
+            self.dispatch()
+        self.expire()
 
     def _taken_at_once(self) -> bool:
         """Would a consumer take a new message right now (so it never waits in the queue)?"""

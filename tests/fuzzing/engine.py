@@ -65,6 +65,10 @@ def is_risky(inp: Input) -> bool:
     return inp.stage == "conn" or "+" in inp.label or inp.label in INTERLEAVINGS
 
 
+# A replay waits this long for an answer or a socket close: more than the 3 s a broker keeps a
+# connection it closed after a framing error that lost the stream's sync (RabbitMQ's timing).
+REPLAY_TIMEOUT = 4.0
+
 class Settings:
     def __init__(self, **kw):
         self.seed = 1
@@ -409,7 +413,13 @@ class Engine:
             elif index == 0x000A0033:                       # connection.close-ok
                 if head is not None:
                     head[1].close_ok = True
+                # The answer to our own close: hang up, as a real client does (the broker
+                # leaves the socket to the client, as RabbitMQ does).
                 self._closing(conn)
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             elif index == 0x000A0029:                       # connection.open-ok
                 conn.opened = True
                 if head is not None:
@@ -616,7 +626,7 @@ class Engine:
         """Name a hang or silent close by the frame that does it: the last frame of the
         shortest prefix of the input (in whole frames) that still does it alone."""
         frames = frames_of(inp)
-        timeout = min(self.s.hang_timeout, 2.0)
+        timeout = min(self.s.hang_timeout, REPLAY_TIMEOUT)
         for k in range(1, min(len(frames), 24) + 1):
             candidate = Input(inp.id, inp.stage, frames[:k], inp.label, inp.channel)
             if self._check(candidate, kind, coarse, timeout) is not None:
@@ -725,7 +735,7 @@ class Engine:
         f.confirmed = True
         f.setup = setup
         budget = 40 if slow or setup or kind == "traceback" else self.s.shrink_budget
-        timeout = min(self.s.hang_timeout, 2.0) if kind in ("hang", "wedge") else None
+        timeout = min(self.s.hang_timeout, REPLAY_TIMEOUT) if kind in ("hang", "wedge") else None
         if kind == "wedge":
             def fails(c):
                 return self._check(c, kind, got, timeout, clean=[inp]) is not None

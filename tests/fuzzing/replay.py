@@ -113,8 +113,11 @@ def run_stream(port: int, stream: bytes, stage: str, timeout: float = 5.0,
                     pending = pending[:0]
                     replies.append(S.CLOSE_OK)
                 elif ids == 0x000A0033:
+                    # the answer to the client's own close: the client hangs up, as real
+                    # clients do (the broker leaves the socket to it, as RabbitMQ)
                     out.close_ok = True
                     answered = answered or time.monotonic()
+                    done = True
             if reader.garbled:
                 out.garbled = reader.garbled
             if replies:
