@@ -353,6 +353,25 @@ def test_deduplication_exchange_with_cache_size_that_is_no_integer(broker, trace
     assert not tracebacks()
 
 
+@fuzz("TypeError at amqpd/broker/deduplication.py:route")
+def test_deduplication_header_that_is_a_byte_array(broker, tracebacks):
+    # fuzzer minimal input: a publish (to amq.fanout, which another input had bound to a
+    # deduplication exchange) whose x-deduplication-header is a field of type 'x' (byte
+    # array): amqpd decodes it to a bytearray, which cannot be a cache key: 541. The plugin
+    # takes any value: the second message with the same value is a duplicate.
+    props = {"headers": Table({b"x-deduplication-header": Typed("x", b"id-1")})}
+    got = frames(broker, "chan",
+                 exchange_declare(b"fz.xdd", b"x-message-deduplication",
+                                  {b"x-cache-size": 10}, auto_delete=True),
+                 queue_declare(b"fz.q0", exclusive=True), bind(b"fz.q0", b"fz.xdd"),
+                 publish(b"fz.xdd", b"", props), publish(b"fz.xdd", b"", props),
+                 get(b"fz.q0"), get(b"fz.q0"))
+    methods = [(c, m) for _ch, c, m, _p in got if m is not None]
+    assert (10, 50) not in methods and (20, 40) not in methods, methods
+    assert methods.count((60, 71)) == 1 and methods.count((60, 72)) == 1, methods
+    assert not tracebacks()
+
+
 @fuzz("UnicodeDecodeError at amqpd/broker/consistent_hash.py:validate_arguments")
 def test_consistent_hash_exchange_with_non_utf8_hash_property(broker, tracebacks):
     out = replay(broker, "chan", exchange_declare(b"fz.xc", b"x-consistent-hash",
