@@ -100,7 +100,7 @@ def main(argv=None) -> int:
                         confirm=not args.no_confirm, known=known, progress=progress,
                         progress_every=30.0)
     engine = Engine(broker, settings)
-    cpu0 = broker.cpu_seconds()
+    cpu0 = broker.cpu_total()
     differential = None
     try:
         engine.run()
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: figures so far")
     finally:
-        cpu = broker.cpu_seconds() - cpu0
+        cpu = broker.cpu_total() - cpu0
         broker.stop()
         broker.cleanup()
         if tmp is not None:

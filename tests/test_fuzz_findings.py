@@ -342,6 +342,24 @@ def test_deduplication_exchange_with_cache_size_that_is_no_integer(broker, trace
     assert not tracebacks()
 
 
+def test_deduplication_header_that_is_a_byte_array(broker, tracebacks):
+    # fuzzer minimal input: a publish (to amq.fanout, which another input had bound to a
+    # deduplication exchange) whose x-deduplication-header is a field of type 'x' (byte
+    # array): amqpd decodes it to a bytearray, which cannot be a cache key: 541. The plugin
+    # takes any value: the second message with the same value is a duplicate.
+    props = {"headers": Table({b"x-deduplication-header": Typed("x", b"id-1")})}
+    got = frames(broker, "chan",
+                 exchange_declare(b"fz.xdd", b"x-message-deduplication",
+                                  {b"x-cache-size": 10}, auto_delete=True),
+                 queue_declare(b"fz.q0", exclusive=True), bind(b"fz.q0", b"fz.xdd"),
+                 publish(b"fz.xdd", b"", props), publish(b"fz.xdd", b"", props),
+                 get(b"fz.q0"), get(b"fz.q0"))
+    methods = [(c, m) for _ch, c, m, _p in got if m is not None]
+    assert (10, 50) not in methods and (20, 40) not in methods, methods
+    assert methods.count((60, 71)) == 1 and methods.count((60, 72)) == 1, methods
+    assert not tracebacks()
+
+
 def test_consistent_hash_exchange_with_non_utf8_hash_property(broker, tracebacks):
     out = replay(broker, "chan", exchange_declare(b"fz.xc", b"x-consistent-hash",
                                                   {b"hash-property": b"\xff\xfe"}))
@@ -435,4 +453,16 @@ def test_connection_close_ok_nobody_asked_for(broker, tracebacks):
     out = replay(broker, "conn", W.method(0, "Connection.CloseOk"))
     assert out.conn_close == (504, "CHANNEL_ERROR - unexpected method in connection state "
                                    "running", 10, 51), out.summary()
+    assert not tracebacks()
+
+
+@pytest.mark.parametrize("name", ["Connection.Blocked", "Connection.Unblocked",
+                                  "Connection.UpdateSecretOk"])
+def test_server_only_connection_methods_from_the_client(broker, tracebacks, name):
+    # found by bench/fuzz.py --differential: amqpd ignored them; RabbitMQ 3.10.8 (probed)
+    # answers 504 'unexpected method in connection state running' with the method's ids
+    args = {"reason": b""} if name == "Connection.Blocked" else {}
+    out = replay(broker, "conn", W.method(0, name, args))
+    assert out.conn_close is not None and out.conn_close[:2] == (
+        504, "CHANNEL_ERROR - unexpected method in connection state running"), out.summary()
     assert not tracebacks()

@@ -162,26 +162,40 @@ class Connection:
     # -- input --------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.received = True
-        if self.state == HEADER:
-            data = self._protocol_header(data)
-            if not data:
+        try:
+            if self.state == HEADER:
+                data = self._protocol_header(data)
+                if not data:
+                    return
+            if self.state == CLOSED:
                 return
-        if self.state == CLOSED:
-            return
-        reader = self.reader
-        frames = reader.feed(data)
-        if frames:
-            self._frames(frames)
-            if self.state >= OPENING:
-                self.size_checked = False
-        if reader.error is not None:
-            exc, reader.error = reader.error, None
-            self._lost_sync(exc)
-        self.broker.run_dispatch()
-        if self.confirms:
-            for ch in self.confirms:
-                ch.flush_confirms()
-            self.confirms.clear()
+            reader = self.reader
+            frames = reader.feed(data)
+            if frames:
+                self._frames(frames)
+                if self.state >= OPENING:
+                    self.size_checked = False
+            if reader.error is not None:
+                exc, reader.error = reader.error, None
+                self._lost_sync(exc)
+            self.broker.run_dispatch()
+            if self.confirms:
+                for ch in self.confirms:
+                    ch.flush_confirms()
+                self.confirms.clear()
+        except Exception as exc:      # a bug of ours outside a frame handler (closing, requeue)
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug of ours escaped: the connection ends with 541 (not a silent socket drop) and
+        the broker carries on."""
+        log.exception("internal error on connection %s", self.peer)
+        try:
+            self._connection_error(errors.InternalError(f"{type(exc).__name__}: {exc}"))
+        except Exception:
+            log.exception("cannot close connection %s cleanly", self.peer)
+            self.state = CLOSED
+            self.io.close(self)
 
     def _protocol_header(self, data: bytes) -> bytes:
         buf = self.reader.buf + data
@@ -482,7 +496,10 @@ class Connection:
     def connection_lost(self) -> None:
         """The transport is gone (clean or not): requeue what was in flight, and log the one
         line a closed connection gets (if it ever got as far as connection.open)."""
-        self._release()
+        try:
+            self._release()
+        except Exception:            # a bug of ours must not leave the edge half torn down
+            log.exception("internal error releasing connection %s", self.peer)
         self.state = CLOSED
         if self.vhost is not None and not self.close_logged:
             self.close_logged = True
@@ -540,9 +557,6 @@ class Connection:
                     *class_method(method))
             {START: self._start_ok, TUNE: self._tune_ok, OPENING: self._open,
              SECURE: self._start_ok}[self.state](method)
-            return
-        if isinstance(method, (C.Connection.Blocked, C.Connection.Unblocked,
-                               C.Connection.UpdateSecretOk)):
             return
         if isinstance(method, C.Connection.UpdateSecret):
             self.send_method(0, C.Connection.UpdateSecretOk())

@@ -102,6 +102,12 @@ class BrokerProcess:
             pass
         return 0
 
+    cpu_before = 0.0                  # CPU of the processes killed before this one
+
+    def cpu_total(self) -> float:
+        """CPU seconds of every broker process this object ran (restarts included)."""
+        return self.cpu_before + self.cpu_seconds()
+
     def cpu_seconds(self) -> float:
         try:
             with open(f"/proc/{self.proc.pid}/stat") as f:
@@ -122,6 +128,7 @@ class BrokerProcess:
         return self.proc.returncode
 
     def kill(self) -> None:
+        self.cpu_before += self.cpu_seconds()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)

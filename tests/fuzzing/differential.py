@@ -61,22 +61,27 @@ def clean(port: int, inputs) -> None:
         return
     try:
         sock = connect(port, timeout=5)
-        sock.sendall(S.HANDSHAKE + b"".join(parts) + S.MARKER + S.CLIENT_CLOSE)
+        # RabbitMQ runs channels in parallel: wait for every channel's close-ok before
+        # closing the connection, or the deletes still running are abandoned.
+        sock.sendall(S.HANDSHAKE + b"".join(parts))
         reader = S.Reader()
+        pending = set(range(2, 2 + len(parts)))
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        while pending and time.monotonic() < deadline:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             data = sock.recv(65536)
             if not data:
                 break
-            done = False
             for ftype, ch, payload in reader.frames(data):
-                if ftype == 1 and payload[:4] == b"\x00\x14\x00\x28":
+                if ftype != 1:
+                    continue
+                if payload[:4] == b"\x00\x14\x00\x28":          # channel.close: answer it
                     sock.sendall(S.channel_close_ok(ch))
-                elif ftype == 1 and payload[:4] in (b"\x00\x0a\x00\x33", b"\x00\x0a\x00\x32"):
-                    done = True           # RabbitMQ leaves the socket to the client to close
-            if done:
-                break
+                    pending.discard(ch)
+                elif payload[:4] == b"\x00\x14\x00\x29":        # channel.close-ok
+                    pending.discard(ch)
+                elif payload[:4] == b"\x00\x0a\x00\x32":        # connection.close
+                    pending.clear()
         sock.close()
     except OSError:
         pass
