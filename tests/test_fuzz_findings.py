@@ -466,3 +466,16 @@ def test_server_only_connection_methods_from_the_client(broker, tracebacks, name
     assert out.conn_close is not None and out.conn_close[:2] == (
         504, "CHANNEL_ERROR - unexpected method in connection state running"), out.summary()
     assert not tracebacks()
+
+
+def test_headers_binding_with_a_32_bit_float_x_match(broker, tracebacks):
+    # fuzzer minimal input (1M-input run on the fixed broker): queue.bind to a headers
+    # exchange with x-match = float 1e30 (type 'f'); formatting the 406 text raised (541)
+    out = replay(broker, "chan",
+                 exchange_declare(b"fz.xh", b"headers", {}, auto_delete=True),
+                 queue_declare(b"fz.q0", exclusive=True),
+                 bind(b"fz.q0", b"fz.xh", b"", {b"x-match": Typed("f", 1e30)}))
+    assert out.conn_close is None, out.summary()
+    assert [c[1:2] + c[3:] for c in out.channel_closes] == [(406, 50, 20)], out.summary()
+    assert "(value 1.0000000150474662e30)" in out.channel_closes[0][2], out.summary()
+    assert not tracebacks()

@@ -29,9 +29,9 @@ typed lists).
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from decimal import Decimal
 from typing import Any
+from ..wire.erlang import float_text
 from ..wire.tables import type_name
 
 __all__ = ["X_MATCH_MODES", "validate_binding_args", "headers_match", "values_equal"]
@@ -250,16 +250,6 @@ def _erl_binary(raw: bytes) -> str:
     return "<<" + ",".join(str(b) for b in raw) + ">>"
 
 
-def _erl_float(f: float) -> str:
-    text = repr(f)
-    if "e" in text:
-        mant, exp = text.split("e")
-        if "." not in mant:
-            mant += ".0"
-        return f"{mant}e{int(exp)}"
-    return text
-
-
 def _erl_term(v: Any) -> str:
     if v is None:
         return "undefined"
@@ -268,7 +258,7 @@ def _erl_term(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return _erl_float(v) if math.isfinite(v) else repr(v)
+        return float_text(float(v))
     if isinstance(v, str):
         return _erl_binary(v.encode("utf-8", "surrogatepass"))
     if isinstance(v, _BYTES_LIKE):
