@@ -20,7 +20,6 @@ was handed to the socket but may have died with the broker), ``disconnected ERRO
 ``exit clean``.
 """
 import argparse
-import os
 import random
 import signal
 import sys

@@ -3,7 +3,6 @@ draining, connection.unblocked once the alarm clears; the real memory watermark 
 publisher back instead of letting the broker grow without bound."""
 import asyncio
 import os
-import struct
 import threading
 import time
 

@@ -1,6 +1,5 @@
 """Limits answer with RabbitMQ's error (texts probed on RabbitMQ 3.10.8 where it has the limit)
 and the broker keeps serving everyone else while one client is over a limit."""
-import socket
 import time
 
 import pika

@@ -14,7 +14,7 @@ import pytest
 from pamqp import commands as C
 
 from tests.brokerthread import BrokerThread
-from tests.rawclient import Closed, RawClient
+from tests.rawclient import RawClient
 
 USERS = [{"name": "guest", "password": "guest"},
          {"name": "alice", "password": "alice-pw"},

@@ -2,7 +2,7 @@
 never delivered (RabbitMQ 3.10.8's behaviour, probed with raw frames)."""
 import pika
 import pytest
-from pika.exceptions import ChannelClosedByBroker, UnroutableError
+from pika.exceptions import UnroutableError
 
 from .helpers import refused
 
