@@ -6,7 +6,8 @@ import argparse
 import logging
 import sys
 
-from . import __version__, config as config_mod
+from . import config as config_mod
+from .version import __version__
 
 
 def parse_args(argv=None):
@@ -39,7 +40,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "hash-password":
-        from .amqp.auth import hash_password
+        from .access.passwords import hash_password
         password = args.password
         if password is None:
             password = sys.stdin.readline().rstrip("\n")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "definitions":
         return definitions_command(cfg, args.action, args.file)
-    from .server import StartError, run
+    from .edge.listeners import StartError
     from .store.store import StoreError
     try:
         run(cfg)
@@ -81,7 +82,7 @@ def check(cfg) -> int:
     nothing is created, no port is kept, the data dir is not locked (so a running broker's
     configuration can be checked). Every problem is printed; exit 2 if there is one."""
     from . import definitions
-    from .server import check_listener, tls_context
+    from .edge.listeners import check_listener, tls_context
     errors, notes = [], []
 
     def attempt(fn, *args):
@@ -98,7 +99,8 @@ def check(cfg) -> int:
         if listener is not None:
             notes.append(attempt(check_listener, name, listener))
     docs = attempt(definitions.load_definitions, cfg)
-    attempt(definitions.check_data_dir, cfg.storage.data_dir)
+    if cfg.storage.data_dir is not None:
+        attempt(definitions.check_data_dir, cfg.storage.data_dir)
     layer = attempt(definitions.stored_access, cfg)
     if docs is not None and layer is not None:
         for _path, defs in docs:
@@ -118,7 +120,7 @@ def check(cfg) -> int:
 def _loopback_problems(cfg, users) -> list:
     """loopback_users that exist can log in only from a loopback address: some listener must
     be on one (``--host 192.168.1.10`` alone locks guest out)."""
-    from .server import reaches_loopback
+    from .edge.listeners import reaches_loopback
     listeners = [x for x in (cfg.listeners.amqp, cfg.listeners.amqps) if x is not None]
     if any(reaches_loopback(x) for x in listeners):
         return []
@@ -138,7 +140,12 @@ def definitions_command(cfg, action: str, path: str) -> int:
             if path != "-":
                 print(f"exported definitions to {path}", file=sys.stderr)
             return 0
-        store, _access, _broker = definitions.open_broker(cfg, [path])
+        from .node import build
+        if cfg.storage.data_dir is None:
+            print("amqpd: storage.data_dir is null: there is nowhere to import into",
+                  file=sys.stderr)
+            return 2
+        store, _access, _broker = build(cfg, definitions.prepare(cfg, [path]))
         store.close()
         print(f"imported definitions from {path} into {store.data_dir}", file=sys.stderr)
         return 0
@@ -152,6 +159,42 @@ def definitions_command(cfg, action: str, path: str) -> int:
     except OSError as exc:
         print(f"amqpd: {exc}", file=sys.stderr)
         return 1
+
+
+async def serve(cfg, ready=None) -> None:
+    """The standalone broker: a node, stopped by SIGINT or SIGTERM, with the garbage
+    collection policy of a long-running server (edge/gc_policy.py). Only here are signal
+    handlers installed."""
+    import asyncio
+    import signal
+    from .edge import gc_policy
+    from .node import Node
+    node = await Node(cfg).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    gc_policy.install(loop)
+    if ready is not None:
+        ready(node)
+    await stop.wait()
+    logging.getLogger("amqpd.server").info("shutting down")
+    await node.stop()
+
+
+def run(cfg) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        uvloop.run(serve(cfg))
+    else:
+        import asyncio
+        asyncio.run(serve(cfg))
 
 
 if __name__ == "__main__":

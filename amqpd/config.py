@@ -85,7 +85,7 @@ class Listeners:
 
 @dataclass(frozen=True)
 class Storage:
-    data_dir: str = "./data"
+    data_dir: typing.Optional[str] = "./data"   # null: memory only (nothing persisted)
     fsync: str = "batch"
 
 

@@ -6,8 +6,8 @@ Where things live:
 
 - exchanges, queues and bindings are declared through the vhost API, so the durable ones are
   journaled by the store like any client's declarations;
-- users, vhosts and permissions that came from definitions are kept in ``DATA_DIR/access.json``
-  (same JSON shape, written atomically), so they survive a restart. At start-up the broker's
+- users, vhosts and permissions that came from definitions are kept by the store in
+  ``DATA_DIR/access.json`` (same JSON shape, written atomically), so they survive a restart. At start-up the broker's
   access control is the configuration file's users/vhosts/permissions with the stored ones
   laid over them (an imported entry wins over a configured one of the same name).
 
@@ -23,15 +23,14 @@ import json
 import logging
 import os
 
-from . import __version__
-from .amqp import errors
-from .amqp.permissions import AccessControl, Grant, UserRecord, VHostRecord
+from . import errors
+from .access.control import AccessControl, Grant, UserRecord, VHostRecord
+from .version import __version__
 from . import config as config_mod
 from .config import ConfigError
 
 log = logging.getLogger("amqpd.definitions")
 
-ACCESS_FILE = "access.json"
 IGNORED = ("topic_permissions", "policies", "global_parameters", "operator_policies")
 
 
@@ -94,7 +93,8 @@ def _tags(value) -> tuple:
 
 # -- the access layer (users, vhosts, permissions) ---------------------------------------------
 class AccessLayer:
-    """Users, vhosts and permissions that came from definitions; persisted in access.json."""
+    """Users, vhosts and permissions that came from definitions; the store keeps them
+    (access.json) as this document."""
 
     def __init__(self):
         self.users: dict = {}
@@ -102,19 +102,20 @@ class AccessLayer:
         self.permissions: dict = {}
 
     @classmethod
-    def load(cls, data_dir: str) -> "AccessLayer":
+    def from_document(cls, doc: dict | None) -> "AccessLayer":
         layer = cls()
-        path = os.path.join(data_dir, ACCESS_FILE)
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            return layer
-        except (OSError, ValueError) as exc:
-            raise DefinitionsError(f"{path}: cannot read stored users and permissions: "
-                                   f"{exc}") from None
-        layer.merge(data)
+        if doc is not None:
+            layer.merge(doc)
         return layer
+
+    @classmethod
+    def load(cls, data_dir: str) -> "AccessLayer":
+        """From a data directory, read only (export, --check-config)."""
+        from .store.store import StoreError, read_access_file
+        try:
+            return cls.from_document(read_access_file(data_dir))
+        except StoreError as exc:
+            raise DefinitionsError(str(exc)) from None
 
     def merge(self, defs: dict) -> dict:
         """Take the users, vhosts (with their limits) and permissions of a definitions
@@ -131,7 +132,7 @@ class AccessLayer:
             if isinstance(u.get("password_hash"), str):
                 entry["password_hash"] = u["password_hash"]
             elif isinstance(u.get("password"), str):
-                from .amqp.auth import hash_password
+                from .access.passwords import hash_password
                 entry["password_hash"] = hash_password(u["password"])
             else:
                 entry["password_hash"] = ""
@@ -189,22 +190,9 @@ class AccessLayer:
             access.set_permissions(Grant(p["user"], p["vhost"], p["configure"], p["write"],
                                          p["read"]))
 
-    def save(self, data_dir: str) -> None:
-        """Atomically: a temporary file, fsync, rename, fsync the directory."""
-        path = os.path.join(data_dir, ACCESS_FILE)
-        doc = {"users": list(self.users.values()), "vhosts": list(self.vhosts.values()),
-               "permissions": list(self.permissions.values())}
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(data_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def to_document(self) -> dict:
+        return {"users": list(self.users.values()), "vhosts": list(self.vhosts.values()),
+                "permissions": list(self.permissions.values())}
 
 
 # -- exchanges, queues, bindings ----------------------------------------------------------------
@@ -371,7 +359,8 @@ def prepare(config, import_files=()) -> list:
     (``import_files``, default ``config.load_definitions``) read, and the data directory
     usable. Returns [(path, definitions)]; raises ConfigError."""
     docs = [(path, read(path)) for path in import_files] or load_definitions(config)
-    check_data_dir(config.storage.data_dir)
+    if config.storage.data_dir is not None:
+        check_data_dir(config.storage.data_dir)
     return docs
 
 
@@ -385,47 +374,30 @@ def load_definitions(config) -> list:
         raise DefinitionsError(f"load_definitions: {exc}") from None
 
 
-def open_broker(config, import_files=(), docs=None):
-    """The broker as the server runs it: take the data directory (store lock), build access
-    control from the configuration + access.json + definitions files, create every vhost,
-    recover durable state, then declare the files' exchanges, queues and bindings.
+def build_access(config, stored: dict | None, docs) -> tuple[AccessControl, AccessLayer]:
+    """Access control as start-up builds it: the configuration's users, vhosts and
+    permissions with the stored ones (``stored``: the access.json document) and those of the
+    definitions files laid over them. Returns it and the merged layer (to store when
+    ``docs`` added to it)."""
+    layer = AccessLayer.from_document(stored)
+    for path, defs in docs:
+        counts = layer.merge(defs)
+        log.info("definitions %s: %d user(s), %d vhost(s), %d permission(s)", path,
+                 counts["users"], counts["vhosts"], counts["permissions"])
+        _report_ignored(defs, path)
+    for problem in access_problems(config, layer, docs):
+        log.warning("%s (amqpd --check-config refuses this)", problem)
+    access = AccessControl(config)
+    layer.apply(access)
+    return access, layer
 
-    ``docs`` is what ``prepare`` returned (it is called here when None). Returns (store,
-    access, broker); the caller closes the store."""
-    from .broker.broker import Broker
-    from .store.store import Store
 
-    if docs is None:
-        docs = prepare(config, import_files)     # fail before touching the data dir
-    store = Store(config.storage.data_dir, config.storage.fsync)
-    try:
-        layer = AccessLayer.load(store.data_dir)
-        for path, defs in docs:
-            counts = layer.merge(defs)
-            log.info("definitions %s: %d user(s), %d vhost(s), %d permission(s)", path,
-                     counts["users"], counts["vhosts"], counts["permissions"])
-            _report_ignored(defs, path)
-        if docs:
-            layer.save(store.data_dir)
-        for problem in access_problems(config, layer, docs):
-            log.warning("%s (amqpd --check-config refuses this)", problem)
-        access = AccessControl(config)
-        layer.apply(access)
-        broker = Broker(dataclasses.replace(config, vhosts=tuple(access.vhosts)), store)
-        broker.access = access
-        for vhost in broker.vhosts.values():
-            record = access.vhosts.get(vhost.name)
-            vhost.max_queues = record.max_queues if record is not None else None
-        broker.recover()
-        for path, defs in docs:
-            counts = apply_topology(broker, defs)
-            log.info("definitions %s: %d exchange(s), %d queue(s), %d binding(s) declared, "
-                     "%d skipped", path, counts["exchanges"], counts["queues"],
-                     counts["bindings"], counts["skipped"])
-    except BaseException:
-        store.close()
-        raise
-    return store, access, broker
+def declare_topology(broker, docs) -> None:
+    for path, defs in docs:
+        counts = apply_topology(broker, defs)
+        log.info("definitions %s: %d exchange(s), %d queue(s), %d binding(s) declared, "
+                 "%d skipped", path, counts["exchanges"], counts["queues"],
+                 counts["bindings"], counts["skipped"])
 
 
 # -- checks (start-up and --check-config) ----------------------------------------------------
@@ -450,7 +422,7 @@ def check_data_dir(data_dir: str) -> None:
     if not os.path.isdir(path):
         raise ConfigError(f"{key}: {path} is not a directory")
     _writable(key, path)
-    for name in ("LOCK", "definitions.jsonl", ACCESS_FILE):
+    for name in ("LOCK", "definitions.jsonl", "access.json"):
         entry = os.path.join(path, name)
         if os.path.exists(entry):
             if not os.path.isfile(entry):
@@ -486,6 +458,8 @@ def _writable(key: str, directory: str) -> None:
 def stored_access(config) -> AccessLayer:
     """The users, vhosts and permissions earlier imports left in the data directory (read
     only; nothing when the directory does not exist yet)."""
+    if config.storage.data_dir is None:
+        return AccessLayer()
     data_dir = os.path.abspath(config.storage.data_dir)
     if not os.path.isdir(data_dir):
         return AccessLayer()
@@ -564,7 +538,7 @@ def export_data_dir(config) -> dict:
         raise DefinitionsError(f"{data_dir}: no such data directory")
     access = AccessControl(config)
     AccessLayer.load(data_dir).apply(access)
-    broker = Broker(dataclasses.replace(config, vhosts=tuple(access.vhosts)), None)
+    broker = Broker(dataclasses.replace(config, vhosts=tuple(access.vhosts)), None, access)
     for d in DefinitionsJournal(os.path.join(data_dir, "definitions.jsonl")).load():
         vhost = broker.vhosts.get(d.get("vhost"))
         if vhost is not None:

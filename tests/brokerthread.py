@@ -1,4 +1,4 @@
-"""Run a real amqpd (the same Server the CLI runs) on a free port in a background thread, so
+"""Run a real amqpd (the same Node the CLI runs) on a free port in a background thread, so
 blocking clients (pika) and asyncio clients (aio-pika) in the test can talk to it."""
 import asyncio
 import tempfile
@@ -6,7 +6,7 @@ import threading
 import time
 
 from amqpd import config as config_mod
-from amqpd.server import Server
+from amqpd.node import Node
 
 
 class BrokerThread:
@@ -25,7 +25,8 @@ class BrokerThread:
                 data[key] = value
         self.config = config_mod.from_dict(data)
         self.loop = asyncio.new_event_loop()
-        self.server = None
+        self.node = None
+        self.server = None              # the node's edge: listeners, sockets, alarms
         self.thread = threading.Thread(target=self._run, name="amqpd", daemon=True)
         self._ready = threading.Event()
         self._error = None
@@ -33,8 +34,9 @@ class BrokerThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         try:
-            self.server = Server(self.config)
-            self.loop.run_until_complete(self.server.start())
+            self.node = Node(self.config)
+            self.server = self.node.server
+            self.loop.run_until_complete(self.node.start())
         except BaseException as exc:  # surfaced to the test by start()
             self._error = exc
             self._ready.set()
@@ -82,7 +84,7 @@ class BrokerThread:
     def stop(self) -> None:
         if not self.thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
+        asyncio.run_coroutine_threadsafe(self.node.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

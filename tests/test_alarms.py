@@ -117,7 +117,7 @@ def test_pika_gets_blocked_and_unblocked_callbacks(make_broker):
 
 def test_disk_free_limit_measured_on_the_data_dir(make_broker):
     b = make_broker(resources={"disk_free_limit": "1000000TB", "check_interval": 0.02})
-    assert b.call(lambda: set(b.server.alarms)) == {"disk"}
+    assert b.call(lambda: set(b.server.alarms.active)) == {"disk"}
     c = raw(b.port)
     c.method(1, C.Queue.Declare(queue="d"))
     c.expect(C.Queue.DeclareOk)
@@ -165,7 +165,7 @@ def test_blocked_publishers_are_closed_cleanly_at_shutdown():
         c.publish(1, b"x", routing_key="nowhere")
         c.expect(C.Connection.Blocked)
         started = time.monotonic()
-        stopping = asyncio.run_coroutine_threadsafe(b.server.stop(), b.loop)
+        stopping = asyncio.run_coroutine_threadsafe(b.node.stop(), b.loop)
         close = c.expect(C.Connection.Close)
         assert close.reply_code == 320
         c.method(0, C.Connection.CloseOk())

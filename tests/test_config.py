@@ -168,7 +168,7 @@ def test_yaml_examples_in_the_docs_are_valid(doc):
 
 
 def test_hash_password_makes_hashes_amqpd_and_rabbitmq_accept(capsys):
-    from amqpd.amqp import auth
+    from amqpd.access import passwords as auth
     assert cli.main(["hash-password", "s3cret"]) == 0
     digest = capsys.readouterr().out.strip()
     user = config.User("u", password_hash=digest)

@@ -194,7 +194,7 @@ def test_the_disk_alarm_blocks_publishers_before_the_disk_is_full(tmp_path, capl
             """Once the broker holds the publisher back, another connection (a blocked one
             is not read) frees the disk. pika's BlockingConnection reports connection.blocked
             only after the publish it is stuck in returns, so this waits on the broker."""
-            b.wait_for(lambda: b.server.blocked, timeout=60, what="the publisher to be blocked")
+            b.wait_for(lambda: b.server.alarms.blocked, timeout=60, what="the publisher to be blocked")
             held.append(free_bytes(mnt))
             other = pika.BlockingConnection(pika.URLParameters(b.url))
             och = other.channel()

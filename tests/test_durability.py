@@ -828,7 +828,7 @@ async def test_publisher_confirms_for_persistent_messages(node):
         for body in sent[100:]:                                  # one at a time, too
             await publish_confirmed(ch, "cq", [body])
         await publish_confirmed(ch, "tq", [b"transient queue"])  # confirmed without a log
-        assert b.call(lambda: b.server.store.synced_gen >= 1)
+        assert b.call(lambda: b.server.store.commit.synced_gen >= 1)
     finally:
         await conn.close()
     node.restart()

@@ -11,11 +11,11 @@ from ..broker.arguments import check_expiration
 from ..broker import sender_selected
 from ..broker.consumer import Consumer
 from ..broker.message import Message
-from ..broker.queue import REJECTED, STORED
+from ..broker.publish import REJECTED, STORED, UNROUTABLE
 from ..wire import fastpath, framing, properties
 from ..wire.framing import FRAME_METHOD
 from ..wire.tables import text
-from . import errors
+from .. import errors
 
 Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
                                                  C.Confirm, C.Tx)
@@ -66,7 +66,6 @@ class Channel:
     def on_publish(self, payload: bytes) -> None:
         exchange, routing_key, route, mandatory, immediate = fastpath.decode_publish(payload)
         ex = self.vhost.exchanges.get(exchange)
-        self.conn.has_published = True
         if ex is not self.write_checked or immediate:   # authorised once per exchange
             refusal = self._refusal(ex, exchange, immediate)
             if refusal is not None:
@@ -170,14 +169,16 @@ class Channel:
         if FIXED_SIZE[header[12] << 8 | header[13]] != len(header):
             self._check_properties(msg)
         if self.tx is not None:
-            self.tx.append((self._route, (ex, msg, mandatory)))
+            self.tx.append((self._publish, (ex, msg, mandatory)))
             return
-        verdict = self._route(ex, msg, mandatory)
+        verdict = self.vhost.publish(ex, msg)
+        if verdict is UNROUTABLE and mandatory:
+            self._return_unroutable(msg)
         if self.confirm:
             self.publish_seq += 1
-            if verdict == STORED:
-                self.pending_sync.append((self.publish_seq, self.conn.broker.store.next_gen))
-            elif verdict == REJECTED:
+            if verdict is STORED:
+                self.pending_sync.append((self.publish_seq, self.conn.broker.commit.next_gen))
+            elif verdict is REJECTED:
                 self.nacks.append(self.publish_seq)
             self.conn.confirm_due(self)
 
@@ -217,27 +218,15 @@ class Channel:
         msg.header = properties.rewrite(msg.header, reply_to=self.reply_queue.name)
         msg._props = None
 
-    def _route(self, ex, msg: Message, mandatory: bool) -> int:
-        """Enqueue everywhere the message routes. STORED if a durable queue logged it (the
-        confirm waits for fsync), REJECTED if a queue refused it (x-overflow: nack), else 0."""
-        if ex.hold is not None:
-            held = ex.hold(msg)
-            if held is not None:
-                return STORED if held else 0
-        queues = self.vhost.route(ex, msg)
-        verdict = 0
-        if queues:
-            for q in queues:
-                v = q.enqueue(msg)
-                if v == REJECTED:
-                    verdict = REJECTED
-                elif v == STORED and verdict != REJECTED:
-                    verdict = STORED
-        elif mandatory:
-            fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.route,
-                                  msg.header, msg.body, self.conn.frame_max)
-            self.conn.wrote()
-        return verdict
+    def _publish(self, ex, msg: Message, mandatory: bool) -> None:
+        """A publish held by a transaction, at commit."""
+        if self.vhost.publish(ex, msg) is UNROUTABLE and mandatory:
+            self._return_unroutable(msg)
+
+    def _return_unroutable(self, msg: Message) -> None:
+        fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.route,
+                              msg.header, msg.body, self.conn.frame_max)
+        self.conn.wrote()
 
     def flush_confirms(self) -> None:
         """One ack per batch of frames, with multiple=true when it covers several publishes.
@@ -248,12 +237,13 @@ class Channel:
         upto = self.publish_seq
         pending = self.pending_sync
         if pending:
-            synced = self.conn.broker.store.synced_gen
+            commit = self.conn.broker.commit
+            synced = commit.synced_gen
             while pending and pending[0][1] <= synced:
                 pending.popleft()
             if pending:
                 upto = pending[0][0] - 1
-                self.conn.broker.sync_waiters[self] = None
+                commit.wait(self)
         if self.nacks:
             self._flush_nacks(upto)
         if upto > self.confirmed:

@@ -9,13 +9,13 @@ import struct
 
 from pamqp import commands as C, frame as pamqp_frame
 
-from .. import __version__
+from ..version import __version__
 from ..wire import methods
 from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, PROTOCOL_HEADER, FrameReader)
-from . import auth, errors
+from . import sasl
+from .. import errors
 from .channel import CLOSING, OPEN, Channel, class_method
-from .permissions import AccessControl
 
 # pamqp's global settings are left as they are: the only tables it encodes for us are
 # Connection.Start's server properties (strings and booleans, the same under any setting);
@@ -55,13 +55,28 @@ class _Detached:
     def close(conn) -> None:
         pass
 
+    @staticmethod
+    def linger(conn, seconds: float, reading: bool = True) -> None:
+        pass
+
+    @staticmethod
+    def start_heartbeat(conn, interval: float) -> None:
+        pass
+
+    @staticmethod
+    def published(conn, count: int) -> None:
+        pass
+
 
 DETACHED = _Detached()
 
 
 class Connection:
-    """``io`` is the I/O edge: it provides ``wake(conn)`` (output is pending) and
-    ``close(conn)`` (drop the transport once pending output is written)."""
+    """``io`` is the I/O edge, told of every effect the core decides: ``wake(conn)`` (output
+    is pending), ``close(conn)`` (drop the transport once pending output is written),
+    ``linger(conn, seconds, reading)`` (closing: keep the socket that long at most),
+    ``start_heartbeat(conn, interval)`` and ``published(conn, count)`` (a read held publishes:
+    resource alarms and rate limits apply)."""
 
     def __init__(self, broker, io, peer: str = "?", peer_ip: str | None = None,
                  tls: dict | None = None):
@@ -71,10 +86,7 @@ class Connection:
         self.peer_ip = peer_ip        # None: not a network socket (unit tests): loopback
         self.tls = tls                # None, or {"peercert": dict | None, "verified": bool}
         self.config = broker.config
-        access = getattr(broker, "access", None)
-        if access is None:            # a broker built without the server (unit tests)
-            access = broker.access = AccessControl(broker.config)
-        self.access = access
+        self.access = broker.access
         self.grant = None             # the user's permissions in the vhost, once open
         self._authz: dict = {}        # (permission, kind, name) -> allowed, per connection
         self._everything: dict = {}   # permission -> the grant allows every name
@@ -82,8 +94,8 @@ class Connection:
         self.close_reason = ""
         self.close_logged = False
         self.blocked_sent = False     # connection.blocked went out, unblocked is due
-        self.publish_limited = False  # count publishes for a per-user rate limit
-        self.published = 0
+        self.publish_rate = 0.0       # the user's publish rate limit (messages/s), 0: none
+        self.published = 0            # publishes in the current read
         limits = self.config.limits
         self.state = HEADER
         self.reader = FrameReader(limits.frame_max or 0)
@@ -111,7 +123,6 @@ class Connection:
         # frames pipelined behind tune-ok were split before the new limit was known.
         self.size_checked = True
         self.frame_limit = FRAME_MIN_SIZE
-        self.has_published = False    # resource alarms block only connections that publish
 
     # -- output -------------------------------------------------------------------------------
     def wrote(self, size: int = 0) -> None:
@@ -183,6 +194,9 @@ class Connection:
                 for ch in self.confirms:
                     ch.flush_confirms()
                 self.confirms.clear()
+            if self.published:
+                count, self.published = self.published, 0
+                self.io.published(self, count)
         except Exception as exc:      # a bug of ours outside a frame handler (closing, requeue)
             self._internal_error(exc)
 
@@ -252,8 +266,7 @@ class Connection:
                             ch.content_interrupted()
                         if index == PUBLISH:
                             ch.on_publish(payload)
-                            if self.publish_limited:
-                                self.published += 1
+                            self.published += 1
                         elif index in ACKS:
                             ch.on_ack(payload, ACKS[index])
                         elif index in SERVER_CONTENT:
@@ -580,7 +593,7 @@ class Connection:
                 self._refuse_login(mechanism, why or f"user '{name}' does not exist", name)
                 return
         else:
-            creds = auth.parse_response(mechanism, m.response)
+            creds = sasl.parse_response(mechanism, m.response)
             if creds is None:
                 self._refuse_login(mechanism, "malformed response")
                 return
@@ -608,7 +621,7 @@ class Connection:
             return None, "TLS configuration is unsafe (listeners.amqps.verify_peer is off)"
         if not tls.get("peercert"):
             return None, "connection peer presented no TLS (x.509) certificate"
-        name = auth.peer_cert_name(tls["peercert"])
+        name = sasl.peer_cert_name(tls["peercert"])
         if name is None:
             return None, "no name found"
         return name, None
@@ -647,6 +660,8 @@ class Connection:
         self.frame_limit = self.frame_max
         self.heartbeat = m.heartbeat
         self.state = OPENING
+        if self.heartbeat:
+            self.io.start_heartbeat(self, self.heartbeat)
 
     def _open(self, m: C.Connection.Open) -> None:
         name = m.virtual_host
@@ -661,8 +676,7 @@ class Connection:
         self.vhost = vhost
         access.opened(self, self.user, name)
         self.counted = True
-        rate = self.user_record.max_publish_rate if self.user_record is not None else 0
-        self.publish_limited = bool(rate)
+        self.publish_rate = self.user_record.max_publish_rate if self.user_record else 0.0
         self.state = RUNNING
         self.send_method(0, C.Connection.OpenOk())
         self.sent = False     # RabbitMQ's first heartbeat comes heartbeat/2 after open-ok
@@ -674,6 +688,10 @@ class Connection:
     @property
     def is_open(self) -> bool:
         return self.state == RUNNING
+
+    @property
+    def handshake_done(self) -> bool:
+        return self.state >= RUNNING
 
 
 def _octets(ftype: int, payload: bytes) -> str:

@@ -12,7 +12,7 @@ client could declare (those names are UTF-8).
 """
 import re
 
-from ..amqp import errors
+from .. import errors
 from ..wire.tables import text as _text, type_name
 
 MAX_TTL = 315_360_000_000        # RabbitMQ's maximum TTL in milliseconds (ten years)

@@ -3,10 +3,10 @@ that makes durable definitions and persistent messages survive a restart."""
 import heapq
 import itertools
 import logging
-import time
 from collections import deque
 
 from ..store.definitions import decode_args
+from .clock import ManualClock
 from .message import Entry, from_route
 from .vhost import VHost
 
@@ -14,24 +14,25 @@ log = logging.getLogger("amqpd.broker")
 
 
 class Broker:
-    def __init__(self, config, store=None):
+    """``store`` keeps durable state (None: memory only), ``access`` is the access control
+    connections consult, ``clock`` the one clock of the domain (broker/clock.py; a
+    ManualClock that stands still when none is given: unit tests, offline tools)."""
+
+    def __init__(self, config, store=None, access=None, clock=None):
         self.config = config
         self.store = store
-        # Time is read through the scheduler the I/O edge provides (anything with time() and
-        # call_at(), such as the event loop); until then, a plain monotonic clock.
-        self.clock = time.monotonic
-        self.wallclock = time.time      # only for what outlives the process (TTL deadlines)
-        self.scheduler = None
+        self.commit = store.commit if store is not None else None   # when writes are durable
+        self.access = access
+        self.scheduler = clock = clock if clock is not None else ManualClock()
+        self.clock = clock.time         # deadlines (TTL, expiry, delays)
+        self.wallclock = clock.wall     # only for what outlives the process (TTL on disk)
         self.timers: list = []         # heap of (deadline, n, callback)
         self._timer_seq = itertools.count()
         self._armed = None             # (deadline, handle) of the scheduler callback
         self.vhosts: dict[str, VHost] = {name: VHost(self, name) for name in config.vhosts}
         self.connections: set = set()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
-        self.sync_waiters: dict = {}  # channels with confirms waiting for an fsync
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
-        if store is not None:
-            store.on_failed = self.on_write_failed
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -73,17 +74,11 @@ class Broker:
                 pass
 
     # -- timers -------------------------------------------------------------------------------
-    def set_scheduler(self, scheduler) -> None:
-        self.scheduler = scheduler
-        self.clock = scheduler.time
-        if self.timers:
-            self._arm(self.timers[0][0])
-
     def call_at(self, deadline: float, callback) -> None:
         """Run callback once the clock reaches deadline (TTL, queue expiry, delayed messages).
         One scheduler callback is armed, for the earliest deadline."""
         heapq.heappush(self.timers, (deadline, next(self._timer_seq), callback))
-        if self.scheduler is not None and (self._armed is None or deadline < self._armed[0]):
+        if self._armed is None or deadline < self._armed[0]:
             self._arm(deadline)
 
     def _arm(self, deadline: float) -> None:
@@ -109,30 +104,15 @@ class Broker:
             except Exception:
                 log.exception("dispatch after timers failed")
         finally:
-            if timers and self.scheduler is not None:
+            if timers:
                 self._arm(timers[0][0])
-
-    def on_synced(self) -> None:
-        """The store finished an fsync: send the confirms it covered."""
-        waiters = list(self.sync_waiters)
-        self.sync_waiters.clear()
-        for ch in waiters:
-            ch.flush_confirms()
-
-    def on_write_failed(self, lo: int, hi: int) -> None:
-        """The store could not write, or fsync, generations lo < gen <= hi: nack the
-        publishes they held. Every channel with a publish waiting for the store is a sync
-        waiter by then (it registers when it flushes confirms, at the end of the read that
-        held the publish; the store writes later in the turn)."""
-        for ch in list(self.sync_waiters):
-            ch.nack_generations(lo, hi)
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self) -> None:
         """Rebuild durable definitions and queue contents from the store, in original order."""
         if self.store is None:
             return
-        started = time.monotonic()
+        started = self.clock()
         entries = self.store.journal.load()
         kept = []
         for d in entries:
@@ -172,7 +152,7 @@ class Broker:
                 q.next_seq = max(q.next_seq, top)
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,
-                 time.monotonic() - started)
+                 self.clock() - started)
 
     def _restore_definition(self, vhost: VHost, d: dict) -> bool:
         from .exchange_types import TYPES
@@ -186,7 +166,7 @@ class Broker:
             ex = cls(vhost, d["name"], True, d["auto_delete"], d["internal"],
                      decode_args(d["args"]))
             vhost.exchanges[d["name"]] = ex
-            if cls.hold is not None:
+            if cls.delays_messages:
                 vhost.attach_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))

@@ -16,7 +16,7 @@ import hashlib
 import math
 import re
 
-from ..amqp import errors
+from .. import errors
 from ..wire import properties
 from ..wire.tables import text, type_name
 from .exchange import Exchange

@@ -6,7 +6,7 @@ its value and wire type (a double stays a double), and every other property its 
 import datetime
 import logging
 
-from ..amqp import errors
+from .. import errors
 from ..wire import properties, tables
 from ..wire.tables import Long
 from . import sender_selected
@@ -37,11 +37,13 @@ def dead_letter(queue, message: Message, reason: str) -> None:
     except Exception:        # a bug of ours: the message has left its queue already
         log.exception("cannot dead-letter a message from %s: dropped", queue.label)
         return
-    for target in vhost.route(exchange, dead):
+    def allow(target) -> bool:
         if reason != "rejected" and _is_cycle(target.name, deaths):
             log.debug("dead-letter cycle through %s: message dropped there", target.label)
-            continue
-        target.enqueue(dead)
+            return False
+        return True
+
+    vhost.publish(exchange, dead, allow)     # at most once, as RabbitMQ: no confirm to wait for
 
 
 def _dead_copy(queue, message: Message, reason: str, exchange):
@@ -86,7 +88,7 @@ def _record_death(headers: dict, queue, message: Message, reason: str, expiratio
             break
     else:
         death = {"count": Long(1), "reason": reason, "queue": queue.name,
-                 "time": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0),
+                 "time": _now(queue),
                  "exchange": message.exchange, "routing-keys": [message.routing_key, *cc]}
         if expiration is not None:
             death["original-expiration"] = expiration
@@ -100,6 +102,12 @@ def _record_death(headers: dict, queue, message: Message, reason: str, expiratio
     headers["x-last-death-queue"] = queue.name
     headers["x-last-death-exchange"] = message.exchange
     return deaths
+
+
+def _now(queue) -> datetime.datetime:
+    """x-death's time: the broker's wall clock, to the second, in UTC."""
+    wall = int(queue.vhost.broker.wallclock())
+    return datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
 
 
 def _is_cycle(queue_name: str, deaths: list) -> bool:

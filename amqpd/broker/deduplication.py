@@ -8,7 +8,7 @@ id from.
 import re
 from collections import OrderedDict
 
-from ..amqp import errors
+from .. import errors
 from .arguments import DEDUP_HEADER
 from .exchange import FanoutExchange
 from .queue import dedup_key

@@ -14,13 +14,13 @@ import itertools
 import logging
 import math
 import struct
-import time
 
-from ..amqp import errors
+from .. import errors
 from ..wire import properties
 from ..wire.tables import Long, SignedInt, TableError, text
 from .exchange import Exchange, check_type
 from .message import Message
+from .publish import ACCEPTED, STORED
 
 log = logging.getLogger("amqpd.delayed")
 
@@ -66,13 +66,13 @@ def _delivered_copy(message):
 
 class DelayedExchange(Exchange):
     kind = "x-delayed-message"
-    registry: dict = {}        # routing types, filled in by exchange_types
+    delays_messages = True
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         kind = text(self.arguments.get("x-delayed-type"))
         # The routing index is an exchange of the underlying type, holding the same bindings.
-        self.inner = self.registry[kind](self.vhost, self.name, self.durable, False, False, {})
+        self.inner = self.vhost.types[kind](self.vhost, self.name, self.durable, False, False, {})
         self.pending: list = []            # heap of (due, n, message, log seq or None)
         self._n = itertools.count()
         self.log = None                    # QueueLog of pending messages when durable
@@ -90,7 +90,8 @@ class DelayedExchange(Exchange):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
         # the plugin checks the type like a declare does: a connection error
-        check_type(kind, cls.registry)
+        from .exchange_types import TYPES     # the registry names this class: import late
+        check_type(kind, TYPES)
 
     def validate_binding(self, key, args):
         self.inner.validate_binding(key, args)
@@ -105,25 +106,26 @@ class DelayedExchange(Exchange):
         return self.inner.route(message)
 
     # -- holding ----------------------------------------------------------------------------
-    def hold(self, message):
+    def take_aside(self, message):
         """Called before routing a publish. None: route it now. Otherwise it is held and the
-        result is the enqueue verdict (STORED when logged, so the confirm waits for fsync)."""
+        result is the publish verdict (STORED when logged, so the confirm waits for it)."""
         headers = message.headers
         delay = _milliseconds(headers.get("x-delay")) if headers else None
         if delay is None or delay <= 0 or delay > MAX_DELAY:
             return None
-        return self._hold(message, self.vhost.broker.clock() + delay / 1000.0,
-                          time.time() + delay / 1000.0)
+        broker = self.vhost.broker
+        return self._hold(message, broker.clock() + delay / 1000.0,
+                          broker.wallclock() + delay / 1000.0)
 
     def _hold(self, message, due: float, due_wall: float, seq=None):
-        stored = 0
+        stored = ACCEPTED
         if self.log is not None and seq is None:
             self.log_seq = seq = self.log_seq + 1
             route = _due.pack(int(due_wall * 1000)) + message.route
             self.segments[seq] = self.log.append_message(seq, route, message.header,
                                                          message.body)
-            self.vhost.broker.store.mark_dirty(self.log)
-            stored = 1
+            self.vhost.broker.commit.mark_dirty(self.log)
+            stored = STORED
         heapq.heappush(self.pending, (due, next(self._n), message, seq))
         if self.pending[0][2] is message:
             self.vhost.broker.call_at(due, self.release)
@@ -137,19 +139,17 @@ class DelayedExchange(Exchange):
         now = self.vhost.broker.clock()
         while pending and pending[0][0] <= now:
             _, _, message, seq = heapq.heappop(pending)
-            message = _delivered_copy(message)
-            for q in self.vhost.route(self, message):
-                q.enqueue(message)
+            self.vhost.publish(self, _delivered_copy(message), take_aside=False)
             if seq is not None and self.log is not None:
                 self.log.settle(seq, self.segments.pop(seq))
-                self.vhost.broker.store.mark_dirty(self.log)
+                self.vhost.broker.commit.mark_dirty(self.log)
         if pending:
             self.vhost.broker.call_at(pending[0][0], self.release)
 
     def recover(self, live: list, top: int) -> int:
         """Re-arm logged messages after a restart (due times are wall-clock)."""
         from .message import from_route
-        clock, wall = self.vhost.broker.clock(), time.time()
+        clock, wall = self.vhost.broker.clock(), self.vhost.broker.wallclock()
         routes: dict = {}
         for seq, route, header, body, _delivered, segment, _expiry in live:
             due_wall = _due.unpack_from(route)[0] / 1000.0

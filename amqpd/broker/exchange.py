@@ -1,6 +1,6 @@
 """Exchanges and their routing indexes. Destinations are queues or (exchange-to-exchange)
 other exchanges; a binding is identified by (destination, routing key, arguments)."""
-from ..amqp import errors
+from .. import errors
 from . import headers as headers_match
 from ..wire.tables import type_name
 from .arguments import name_text
@@ -143,7 +143,7 @@ class Exchange:
             raise errors.PreconditionFailed(
                 f"invalid type '{type_name(ae)}' for arg 'alternate-exchange' in {label}")
 
-    hold = None        # delayed exchanges take messages aside before routing
+    delays_messages = False    # a delayed exchange takes messages aside (take_aside) first
 
     # Subclasses maintain an index and answer route() from it.
     def _index(self, dest, key, args): ...

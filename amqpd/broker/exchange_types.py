@@ -7,4 +7,3 @@ from .exchange import (DirectExchange, FanoutExchange, HeadersExchange, TopicExc
 TYPES = {cls.kind: cls for cls in (DirectExchange, FanoutExchange, TopicExchange, HeadersExchange,
                                    ConsistentHashExchange, DelayedExchange,
                                    DeduplicationExchange)}
-DelayedExchange.registry = TYPES

@@ -5,17 +5,17 @@ import heapq
 import logging
 from decimal import Decimal
 
-from ..amqp import errors
+from .. import errors
 from ..wire import erlang, properties, tables
 from ..wire.tables import Long, type_name
 from .arguments import DEDUP_HEADER, QueueOptions
 from .deadletter import dead_letter
 from .message import GONE, OUT, READY, Entry, Message
+from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, PublishResult
 from .ready import PriorityReady, Ready
 
 log = logging.getLogger("amqpd.queue")
 
-STORED, REJECTED, DUPLICATE = 1, 2, 3     # enqueue verdicts besides 0 (kept in memory)
 SLICE = 1024         # entries purged or freed per event-loop turn (a few ms of work)
 
 # Arguments RabbitMQ compares when a queue is re-declared (rabbit_amqqueue declare_args).
@@ -67,9 +67,10 @@ class Queue:
         return f"queue '{self.name}' in vhost '{self.vhost.name}'"
 
     # -- messages -----------------------------------------------------------------------------
-    def enqueue(self, message) -> int:
-        """Append a message. Returns STORED when it went to the log (a confirm must wait for
-        fsync), REJECTED when x-overflow refused it, else 0."""
+    def enqueue(self, message) -> PublishResult:
+        """Append a message. STORED when it went to the log (a confirm must wait for it to be
+        durable), REJECTED when x-overflow refused it, DUPLICATE when deduplication dropped
+        it, else ACCEPTED."""
         if self.special:
             verdict = self._admit(message)
             if verdict is not None:
@@ -82,7 +83,7 @@ class Queue:
         self.ready.append(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
-        stored = 0
+        stored = ACCEPTED
         if self.log is not None and message.persistent:
             entry.segment = self.log.append_message(seq, message.route, message.header,
                                                     message.body)
@@ -90,7 +91,7 @@ class Queue:
                 broker = self.vhost.broker
                 left = entry.expires - broker.clock()
                 self.log.expiry(seq, int((broker.wallclock() + left) * 1000))
-            self.vhost.broker.store.mark_dirty(self.log)
+            self.vhost.broker.commit.mark_dirty(self.log)
             stored = STORED
         if self.limited:
             if self.consumers:
@@ -198,7 +199,7 @@ class Queue:
         entry.state = GONE
         if entry.segment is not None and self.log is not None:
             self.log.settle(entry.seq, entry.segment)
-            self.vhost.broker.store.mark_dirty(self.log)
+            self.vhost.broker.commit.mark_dirty(self.log)
         if self.dedup_ids is not None:
             key = dedup_key(entry.message, self.opts.dedup_header)
             if key is not None and self.dedup_ids.get(key) is entry:
@@ -214,7 +215,7 @@ class Queue:
         self.unacked += 1
         if entry.segment is not None and not entry.redelivered and self.log is not None:
             self.log.delivered(entry.seq)
-            self.vhost.broker.store.mark_dirty(self.log)
+            self.vhost.broker.commit.mark_dirty(self.log)
         if self.special:
             entry.state = OUT
             entry.deliveries += 1

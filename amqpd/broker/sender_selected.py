@@ -11,7 +11,7 @@ keys again (they are in its headers); its BCC keys are gone.
 
 Checked only when the raw header holds the key names, so other messages pay one byte search.
 """
-from ..amqp import errors
+from .. import errors
 from ..wire import properties, tables
 
 CC, BCC = "CC", "BCC"

@@ -1,12 +1,13 @@
 """A virtual host: its own exchanges, queues and bindings, and the routing between them."""
 import secrets
 
-from ..amqp import errors
+from .. import errors
 from .exchange import DefaultExchange, Exchange, check_type
 from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
 from .message import with_routing_key
+from .publish import ACCEPTED, REJECTED, STORED, UNROUTABLE, PublishResult
 from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
@@ -15,6 +16,8 @@ STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
 
 
 class VHost:
+    types = TYPES            # the exchange types, by the name clients declare
+
     def __init__(self, broker, name: str):
         self.broker = broker
         self.name = name
@@ -65,7 +68,7 @@ class VHost:
             self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
                            "auto_delete": auto_delete, "internal": internal,
                            "args": encode_args(arguments)},
-                          ex if cls.hold is not None else None)
+                          ex if cls.delays_messages else None)
         self.exchanges[name] = ex
         return ex
 
@@ -231,6 +234,31 @@ class VHost:
         if store is not None:
             entry["vhost"] = self.name
             store.journal.append(entry)
+
+    # -- publishing ---------------------------------------------------------------------------
+    def publish(self, ex: Exchange, message, allow=None, take_aside: bool = True) -> PublishResult:
+        """The one way a message enters queues: a client's publish, a tx commit, dead-lettering
+        and the delayed exchange's release all come here. Route, enqueue everywhere it routes
+        (``allow(queue)`` may veto a queue: dead-letter cycles), and say what the publisher
+        must hear: REJECTED wins over STORED, which wins over ACCEPTED; UNROUTABLE when no
+        queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
+        if take_aside and ex.delays_messages:
+            held = ex.take_aside(message)
+            if held is not None:
+                return held
+        queues = self.route(ex, message)
+        if not queues:
+            return UNROUTABLE
+        result = ACCEPTED
+        for q in queues:
+            if allow is not None and not allow(q):
+                continue
+            verdict = q.enqueue(message)
+            if verdict is REJECTED:
+                result = REJECTED
+            elif verdict is STORED and result is not REJECTED:
+                result = STORED
+        return result
 
     # -- routing ------------------------------------------------------------------------------
     def route(self, ex: Exchange, message):

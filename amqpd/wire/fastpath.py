@@ -10,7 +10,7 @@ Return all end with, so it is stored once and re-emitted verbatim.
 """
 import struct
 
-from ..amqp import errors
+from .. import errors
 from .framing import FRAME_BODY, FRAME_END_BYTE, FRAME_HEADER, FRAME_METHOD
 
 _u8 = struct.Struct(">B")

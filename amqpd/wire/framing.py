@@ -5,7 +5,7 @@ buffer it is handed except to keep an incomplete tail for the next read.
 """
 import struct
 
-from ..amqp import errors
+from .. import errors
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2

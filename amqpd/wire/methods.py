@@ -10,7 +10,7 @@ import struct
 
 from pamqp import commands as C
 
-from ..amqp import errors
+from .. import errors
 from . import tables
 
 _u16 = struct.Struct(">H")

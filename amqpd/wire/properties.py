@@ -6,7 +6,7 @@ and re-emitted verbatim. The flag bits tell which properties are present without
 """
 import struct
 
-from ..amqp import errors
+from .. import errors
 from . import tables
 
 CONTENT_TYPE = 1 << 15

@@ -9,8 +9,10 @@ from pamqp import header as pamqp_header
 from pamqp import heartbeat as pamqp_heartbeat
 
 from amqpd import config as amqpd_config
+from amqpd.access.control import AccessControl
 from amqpd.amqp.connection import Connection
 from amqpd.broker.broker import Broker
+from amqpd.broker.clock import ManualClock
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 CLIENT_CAPS = {"authentication_failure_close": True, "consumer_cancel_notify": True,
@@ -24,6 +26,7 @@ class StubIO:
         self.woken: list = []
         self.closed: list = []
         self.lingering: list = []
+        self.heartbeats: list = []      # intervals the core asked the edge to tick at
 
     def wake(self, conn) -> None:
         self.woken.append(conn)
@@ -34,9 +37,19 @@ class StubIO:
     def linger(self, conn, seconds: float, reading: bool = True) -> None:
         self.lingering.append((conn, seconds, reading))
 
+    def start_heartbeat(self, conn, interval: float) -> None:
+        self.heartbeats.append(interval)
 
-def make_broker(**cfg) -> Broker:
-    return Broker(amqpd_config.from_dict(cfg))
+    def published(self, conn, count: int) -> None:
+        self.publishes += count
+
+    publishes = 0                       # publishes the core reported, over all reads
+
+
+def make_broker(clock=None, **cfg) -> Broker:
+    """A memory-only broker with the configuration's users and a clock that stands still."""
+    config = amqpd_config.from_dict(cfg)
+    return Broker(config, None, AccessControl(config), clock or ManualClock())
 
 
 # -- client bytes (all built with pamqp) --------------------------------------------------------

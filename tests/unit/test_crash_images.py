@@ -30,11 +30,11 @@ def image(events, root, dest, style="min", seed=0, upto=None) -> str:
 
 def group_commit(store: Store) -> None:
     """What Server.commit does in one loop turn: write, fsync, report."""
-    store.write_pending()
-    job = store.begin_sync()
+    store.commit.write_pending()
+    job = store.commit.begin_sync()
     if job is not None:
-        store.sync(job)
-        store.synced(job)
+        store.commit.sync(job)
+        store.commit.synced(job)
 
 
 def recover_in(path: str) -> list:
@@ -104,9 +104,9 @@ def test_a_new_queue_directory_survives_once_its_messages_are_confirmed(tmp_path
     store = Store(str(data), io=RecordingIO(events))
     qlog = store.queue_log("/", "q")
     qlog.append_message(1, ROUTE, HEADER, body(1))
-    store.mark_dirty(qlog)
+    store.commit.mark_dirty(qlog)
     group_commit(store)
-    assert store.synced_gen == 1              # the publish would be confirmed now
+    assert store.commit.synced_gen == 1              # the publish would be confirmed now
     img = image(events, str(data), str(tmp_path / "img"))
     rel = os.path.relpath(qlog.path, data)
     assert recover_in(os.path.join(img, rel)) == [1]
@@ -142,14 +142,14 @@ def test_a_deleted_queue_never_comes_back_under_a_queue_declared_with_its_name(t
     old = store.queue_log("/", "q")
     for seq in (1, 2, 3):
         old.append_message(seq, ROUTE, HEADER, b"old")
-    store.mark_dirty(old)
+    store.commit.mark_dirty(old)
     group_commit(store)
     store.delete_queue_log("/", "q")                # delete-ok goes out after this
     deleted = len(events)
     new = store.queue_log("/", "q")                 # declared again
     new.append_message(1, ROUTE, HEADER, b"new")
-    store.mark_dirty(new)
-    store.write_pending()                           # written, not yet fsynced
+    store.commit.mark_dirty(new)
+    store.commit.write_pending()                           # written, not yet fsynced
     rel = os.path.relpath(new.path, data)
     for upto in range(deleted, len(events) + 1):
         for style, seed in (("min", 0), ("random", upto), ("random", upto + 99)):

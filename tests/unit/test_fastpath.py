@@ -19,7 +19,7 @@ from pamqp import encode as pamqp_encode
 from pamqp import frame as pamqp_frame
 from pamqp import header as pamqp_header
 
-from amqpd.amqp import errors
+from amqpd import errors
 from amqpd.wire import fastpath
 
 SEED = 0x0A3D

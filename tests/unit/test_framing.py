@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from amqpd.amqp import errors
+from amqpd import errors
 from amqpd.wire import framing
 from amqpd.wire.framing import FrameReader as _FrameReader
 

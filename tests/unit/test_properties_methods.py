@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from pamqp import commands as C, header as pamqp_header
 
-from amqpd.amqp import errors
+from amqpd import errors
 from amqpd.broker.broker import Broker
 from amqpd import config as amqpd_config
 from amqpd.wire import methods, properties as P, tables
@@ -196,6 +196,9 @@ class Clock:
     def time(self):
         return self.now
 
+    def wall(self):
+        return 1_800_000_000.0 + self.now
+
     def call_at(self, when, fn):
         self.armed.append(when)
         return self
@@ -205,9 +208,8 @@ class Clock:
 
 
 def test_a_failing_timer_callback_does_not_stop_the_others(caplog):
-    broker = Broker(amqpd_config.from_dict({}))
     clock = Clock()
-    broker.set_scheduler(clock)
+    broker = Broker(amqpd_config.from_dict({}), clock=clock)
     ran = []
 
     def bad():

@@ -12,10 +12,28 @@ from amqpd.store import records
 from amqpd.store.definitions import DefinitionsJournal, decode_args, encode_args
 from amqpd.store.fileio import FileIO
 from amqpd.store.queue_log import QueueLog
-from amqpd.store.store import FORMAT, RECOVERED_AFTER, Store, StoreError
+from amqpd.store.commit import RECOVERED_AFTER
+from amqpd.store.store import FORMAT, Store, StoreError
 
 ROUTE = b"\x02ex\x03key"          # exchange "ex", routing key "key" as two shortstrs
 HEADER = b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x05\x10\x00\x02"   # any raw header bytes
+
+
+class FailureLog:
+    """Stands where a channel with confirms outstanding stands: a waiter of the commit path,
+    recording the generations it is told failed (it stays registered, as a channel with
+    publishes outstanding does)."""
+
+    def __init__(self, commit):
+        self.commit = commit
+        self.failed: list = []
+        commit.wait(self)
+
+    def nack_generations(self, lo: int, hi: int) -> None:
+        self.failed.append((lo, hi))
+
+    def flush_confirms(self) -> None:
+        self.commit.wait(self)
 
 
 def body(seq: int, size: int = 24) -> bytes:
@@ -545,8 +563,8 @@ def test_queue_logs_are_per_vhost_and_name(tmp_path):
         with open(os.path.join(a.path, "queue.json")) as f:
             assert json.load(f) == {"vhost": "/", "name": "q"}
         a.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(a)
-        store.write_pending()
+        store.commit.mark_dirty(a)
+        store.commit.write_pending()
         store.delete_queue_log("/", "q")
         assert not os.path.exists(a.path) or segments(a.path) == []
         assert store.queue_log("/", "q") is not a
@@ -560,8 +578,8 @@ def test_deleting_a_queue_log_removes_its_directory(tmp_path):
         for i in range(3):
             qlog = store.queue_log("/", f"amq.gen-{i}")
             qlog.append_message(1, ROUTE, HEADER, b"x")
-            store.mark_dirty(qlog)
-            store.write_pending()
+            store.commit.mark_dirty(qlog)
+            store.commit.write_pending()
             store.delete_queue_log("/", f"amq.gen-{i}")
         assert os.listdir(tmp_path / "data" / "queues") == []
     finally:
@@ -572,33 +590,33 @@ def test_deleting_a_queue_log_removes_its_directory(tmp_path):
 def test_group_commit_generations(tmp_path, mode):
     store = Store(str(tmp_path / "data"), fsync=mode)
     calls = []
-    store.on_dirty = lambda: calls.append(1)
+    store.commit.on_dirty = lambda: calls.append(1)
     try:
         qlog = store.queue_log("/", "q")
-        assert store.write_pending() is False and store.begin_sync() is None
-        assert store.next_gen == 1
+        assert store.commit.write_pending() is False and store.commit.begin_sync() is None
+        assert store.commit.next_gen == 1
         qlog.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(qlog)
+        store.commit.mark_dirty(qlog)
         qlog.append_message(2, ROUTE, HEADER, b"y")
-        store.mark_dirty(qlog)
+        store.commit.mark_dirty(qlog)
         assert calls == [1]                              # one commit per batch
-        assert store.write_pending() is True
-        assert (store.gen, store.synced_gen) == (1, 0)
-        job = store.begin_sync()
+        assert store.commit.write_pending() is True
+        assert (store.commit.gen, store.commit.synced_gen) == (1, 0)
+        job = store.commit.begin_sync()
         assert job.gen == 1 and len(job.fds) == 1
         qlog.append_message(3, ROUTE, HEADER, b"z")      # written while the fsync runs
-        store.mark_dirty(qlog)
+        store.commit.mark_dirty(qlog)
         assert calls == [1, 1]
-        assert store.next_gen == 2
-        store.write_pending()
-        store.sync(job)
-        store.synced(job)
-        assert store.synced_gen == 1 < store.gen == 2
-        job = store.begin_sync()                         # the next fsync covers the rest
-        store.sync(job)
-        store.synced(job)
-        assert store.synced_gen == store.gen == 2
-        assert store.begin_sync() is None
+        assert store.commit.next_gen == 2
+        store.commit.write_pending()
+        store.commit.sync(job)
+        store.commit.synced(job)
+        assert store.commit.synced_gen == 1 < store.commit.gen == 2
+        job = store.commit.begin_sync()                         # the next fsync covers the rest
+        store.commit.sync(job)
+        store.commit.synced(job)
+        assert store.commit.synced_gen == store.commit.gen == 2
+        assert store.commit.begin_sync() is None
     finally:
         store.close()
     assert seqs(recover(qlog.path)[0]) == [1, 2, 3]
@@ -609,10 +627,10 @@ def test_group_commit_never_mode_counts_writes_as_synced(tmp_path):
     try:
         qlog = store.queue_log("/", "q")
         qlog.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(qlog)
-        store.write_pending()
-        assert store.synced_gen == store.gen == 1
-        assert store.begin_sync() is None
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()
+        assert store.commit.synced_gen == store.commit.gen == 1
+        assert store.commit.begin_sync() is None
     finally:
         store.close()
 
@@ -621,7 +639,7 @@ def test_close_writes_buffered_records(tmp_path):
     store = Store(str(tmp_path / "data"))
     qlog = store.queue_log("/", "q")
     qlog.append_message(1, ROUTE, HEADER, b"x")
-    store.mark_dirty(qlog)
+    store.commit.mark_dirty(qlog)
     store.close()
     assert seqs(recover(qlog.path)[0]) == [1]
 
@@ -865,21 +883,20 @@ def test_a_failed_write_that_cannot_be_cut_back_retires_the_segment(tmp_path, ca
 def test_a_write_failure_reports_its_generation_and_is_logged_once(tmp_path, caplog):
     io = FaultyIO()
     store = Store(str(tmp_path / "data"), io=io)
-    failed = []
-    store.on_failed = lambda lo, hi: failed.append((lo, hi))
+    failed = FailureLog(store.commit).failed
     try:
         a, b = store.queue_log("/", "a"), store.queue_log("/", "b")
         a.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(a)
-        store.write_pending()                        # generation 1 fine
+        store.commit.mark_dirty(a)
+        store.commit.write_pending()                        # generation 1 fine
         io.room = 10
         with caplog.at_level(logging.ERROR, logger="amqpd.store"):
             for seq in (2, 3, 4):                    # generations 2, 3, 4 fail
                 a.append_message(seq, ROUTE, HEADER, b"x" * 100)
                 b.append_message(seq, ROUTE, HEADER, b"x" * 100)
-                store.mark_dirty(a)
-                store.mark_dirty(b)
-                assert store.write_pending() is True
+                store.commit.mark_dirty(a)
+                store.commit.mark_dirty(b)
+                assert store.commit.write_pending() is True
         assert failed == [(1, 2), (2, 3), (3, 4)]
         assert [r.levelno for r in caplog.records if r.name == "amqpd.store"] == [logging.ERROR]
         assert "No space left" in caplog.records[0].getMessage()
@@ -888,13 +905,13 @@ def test_a_write_failure_reports_its_generation_and_is_logged_once(tmp_path, cap
         with caplog.at_level(logging.WARNING, logger="amqpd.store"):
             for seq in range(5, 5 + RECOVERED_AFTER):   # a run of good commits
                 a.append_message(seq, ROUTE, HEADER, b"x")
-                store.mark_dirty(a)
-                store.write_pending()
-                job = store.begin_sync()
-                store.sync(job)
-                store.synced(job)
+                store.commit.mark_dirty(a)
+                store.commit.write_pending()
+                job = store.commit.begin_sync()
+                store.commit.sync(job)
+                store.commit.synced(job)
                 assert not caplog.records or seq == 4 + RECOVERED_AFTER
-        assert store.synced_gen == store.gen and failed == [(1, 2), (2, 3), (3, 4)]
+        assert store.commit.synced_gen == store.commit.gen and failed == [(1, 2), (2, 3), (3, 4)]
         assert ["writable again" in r.getMessage() for r in caplog.records] == [True]
     finally:
         store.close()
@@ -905,29 +922,28 @@ def test_a_write_failure_reports_its_generation_and_is_logged_once(tmp_path, cap
 def test_a_failed_fsync_nacks_what_it_covered_and_moves_to_a_fresh_segment(tmp_path):
     io = FaultyIO()
     store = Store(str(tmp_path / "data"), io=io)
-    failed = []
-    store.on_failed = lambda lo, hi: failed.append((lo, hi))
+    failed = FailureLog(store.commit).failed
     try:
         qlog = store.queue_log("/", "q")
         qlog.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(qlog)
-        store.write_pending()
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()
         qlog.append_message(2, ROUTE, HEADER, b"y")
-        store.mark_dirty(qlog)
-        store.write_pending()
-        job = store.begin_sync()
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()
+        job = store.commit.begin_sync()
         io.fsync_error = errno.EIO
         with pytest.raises(OSError) as info:
-            store.sync(job)
-        store.sync_failed(job, info.value)
-        assert failed == [(0, 3)] and store.synced_gen == 2   # nacked, not confirmed
+            store.commit.sync(job)
+        store.commit.sync_failed(job, info.value)
+        assert failed == [(0, 3)] and store.commit.synced_gen == 2   # nacked, not confirmed
         io.fsync_error = None
         assert qlog.append_message(3, ROUTE, HEADER, b"z") == 1  # never again into segment 0
-        store.write_pending()
-        job = store.begin_sync()
-        store.sync(job)
-        store.synced(job)
-        assert store.synced_gen == store.gen == 3
+        store.commit.write_pending()
+        job = store.commit.begin_sync()
+        store.commit.sync(job)
+        store.commit.synced(job)
+        assert store.commit.synced_gen == store.commit.gen == 3
     finally:
         store.close()
     assert segments(qlog.path) == [0, 1]
@@ -994,23 +1010,22 @@ def test_what_was_written_while_a_failing_fsync_ran_is_nacked_too(tmp_path):
     confirmed after a failed fsync was zeros after a remount.)"""
     io = FaultyIO()
     store = Store(str(tmp_path / "data"), io=io)
-    failed = []
-    store.on_failed = lambda lo, hi: failed.append((lo, hi))
+    failed = FailureLog(store.commit).failed
     try:
         qlog = store.queue_log("/", "q")
         qlog.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(qlog)
-        store.write_pending()                            # generation 1
-        job = store.begin_sync()                         # the fsync of generation 1 starts
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()                            # generation 1
+        job = store.commit.begin_sync()                         # the fsync of generation 1 starts
         qlog.append_message(2, ROUTE, HEADER, b"y")
-        store.mark_dirty(qlog)
-        store.write_pending()                            # generation 2, same file, meanwhile
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()                            # generation 2, same file, meanwhile
         qlog.append_message(3, ROUTE, HEADER, b"z")      # buffered: generation 3
         io.fsync_error = errno.EIO
         with pytest.raises(OSError) as info:
-            store.sync(job)
+            store.commit.sync(job)
         io.fsync_error = None                            # the retry would "succeed"
-        store.sync_failed(job, info.value)
+        store.commit.sync_failed(job, info.value)
         assert failed == [(0, 3)]
     finally:
         store.close()
@@ -1023,10 +1038,10 @@ def test_a_store_closes_cleanly_when_the_disk_is_full(tmp_path, caplog):
     store = Store(str(tmp_path / "data"), io=io)
     qlog = store.queue_log("/", "q")
     qlog.append_message(1, ROUTE, HEADER, b"x")
-    store.mark_dirty(qlog)
-    store.write_pending()                                # written, not yet fsynced
+    store.commit.mark_dirty(qlog)
+    store.commit.write_pending()                                # written, not yet fsynced
     qlog.append_message(2, ROUTE, HEADER, b"y" * 100)
-    store.mark_dirty(qlog)
+    store.commit.mark_dirty(qlog)
     io.room = 10
     with caplog.at_level(logging.ERROR, logger="amqpd.store"):
         store.close()
@@ -1044,8 +1059,8 @@ def test_deleting_a_queue_whose_files_cannot_be_removed_still_deletes_it(tmp_pat
     try:
         qlog = store.queue_log("/", "q")
         qlog.append_message(1, ROUTE, HEADER, b"x")
-        store.mark_dirty(qlog)
-        store.write_pending()
+        store.commit.mark_dirty(qlog)
+        store.commit.write_pending()
         with caplog.at_level(logging.WARNING, logger="amqpd.store"):
             store.delete_queue_log("/", "q")
         assert "deleting" in caplog.text and ("/", "q") not in store.logs

@@ -246,7 +246,7 @@ def test_damaged_tables_decode_iff_the_walk_accepts_them(entries, data):
 def test_importing_amqpd_leaves_pamqp_settings_alone():
     code = ("import pamqp.encode as E\n"
             "before = (E.table_integer, E.DEPRECATED_RABBITMQ_SUPPORT, E.encode_table_value)\n"
-            "import amqpd.server, amqpd.amqp.connection, amqpd.wire.tables, amqpd.cli\n"
+            "import amqpd.node, amqpd.edge.server, amqpd.amqp.connection, amqpd.wire.tables, amqpd.cli\n"
             "assert before == (E.table_integer, E.DEPRECATED_RABBITMQ_SUPPORT, "
             "E.encode_table_value), 'pamqp patched'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,10 +1,10 @@
 """Resource alarms: the process's memory against the high watermark and the free disk space of
-the data directory against the free-space limit, measured on a timer by ``server.py``.
+the data directory against the free-space limit, measured on a timer by the edge's server.
 
 Memory is the resident set size (RSS) of the broker process, as RabbitMQ's default
 ``vm_memory_calculation_strategy = rss``; the machine's memory is the smaller of physical RAM
 and the cgroup limit, so a container's limit counts. No I/O edge here: ``check()`` measures and
-returns the alarms in force; the server blocks and unblocks publishers.
+returns the alarms in force; ``amqp/flow.py`` decides who is blocked.
 """
 import ctypes
 import ctypes.util
@@ -68,23 +68,25 @@ def _malloc_trim():
 
 
 class ResourceMonitor:
-    def __init__(self, resources, data_dir: str):
-        self.data_dir = data_dir
+    def __init__(self, resources, data_dir: str | None):
+        self.data_dir = data_dir        # None: a memory-only broker has no disk to watch
         watermark = resources.memory_high_watermark
         self.total = total_memory()
         if isinstance(watermark, float):
             self.memory_limit = int(self.total * watermark)
         else:
             self.memory_limit = int(watermark)
-        self.disk_free_limit = int(resources.disk_free_limit)
+        self.disk_free_limit = int(resources.disk_free_limit) if data_dir else 0
         self.alarms: set = set()
         self.memory = 0
         self.free = None
         self._trim = _malloc_trim()
 
     def describe(self) -> str:
+        disk = (f"disk free limit {self.disk_free_limit / 1e6:.1f} MB" if self.data_dir
+                else "no disk (memory only)")
         return (f"memory high watermark {self.memory_limit / 1e6:.1f} MB (of "
-                f"{self.total / 1e6:.0f} MB), disk free limit {self.disk_free_limit / 1e6:.1f} MB")
+                f"{self.total / 1e6:.0f} MB), {disk}")
 
     def disk_headroom(self) -> int | None:
         """Bytes that may still be written before the disk alarm is due, as last measured;
@@ -121,8 +123,3 @@ class ResourceMonitor:
             log.warning("%s resource limit alarm cleared", kind)
         self.alarms = alarms
         return alarms
-
-
-def blocked_reason(alarms: set) -> str:
-    """RabbitMQ's connection.blocked reason text."""
-    return "low on " + " & ".join(k for k in (MEMORY, DISK) if k in alarms)

@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import re
 
-from . import auth
+from . import passwords
 
 log = logging.getLogger("amqpd.access")
 
@@ -36,14 +36,14 @@ class UserRecord:
         self.max_publish_rate = max_publish_rate  # messages/s over all connections; 0: none
 
     def check_password(self, password: str) -> bool:
-        return auth.check_password(self, password)
+        return passwords.check_password(self, password)
 
     def exported_hash(self) -> str:
         """The hash to export: plain passwords from the config file are hashed here."""
         if self.password_hash is not None:
             return self.password_hash
         if self.password is not None:
-            return auth.hash_password(self.password)
+            return passwords.hash_password(self.password)
         return ""
 
     def limits(self) -> dict:

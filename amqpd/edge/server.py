@@ -1,0 +1,233 @@
+"""The listeners and what runs on the event loop for every connection at once: one write per
+dirty connection per turn, the resource-alarm timer, and the fsync worker thread the commit
+path (store/commit.py) hands its jobs to. The node (node.py) composes it with the broker."""
+import asyncio
+import logging
+import ssl
+from concurrent.futures import ThreadPoolExecutor
+
+from ..amqp.connection import RUNNING
+from ..amqp.flow import PublishRates, ResourceAlarms
+from . import resources
+from .clock import LoopClock
+from .listeners import listen_error, tls_context
+from .protocol import AMQPProtocol
+
+log = logging.getLogger("amqpd.server")
+
+CLOSE_OK_TIMEOUT = 3.0          # how long a shutdown waits for clients to answer connection.close
+
+
+class Server:
+    def __init__(self, config):
+        self.config = config
+        self.loop = None
+        self.broker = self.store = self.commit = None     # attach()
+        self.monitor = None
+        self.alarms = ResourceAlarms()
+        self.rates = PublishRates()
+        self.check_timer = None
+        self.listener = self.tls_listener = None
+        self.port = self.tls_port = None
+        self.tls_verifies = False
+        self.fsync_worker = None
+        self.syncing = False
+        self.commit_scheduled = False
+        self.disk_check_at = float("inf")   # commit.written at which to measure the disk again
+        self.protocols: set = set()
+        self.dirty: dict = {}
+        self.flush_scheduled = False
+        self._all_closed = None
+
+    # -- start-up -----------------------------------------------------------------------------
+    async def bind(self) -> None:
+        """Bind the configured ports without accepting yet (clients are refused until
+        ``serve``), so a busy port fails before a long recovery. TLS files are checked first."""
+        self.loop = asyncio.get_running_loop()
+        config = self.config
+        listen, tls = config.listeners.amqp, config.listeners.amqps
+        context = tls_context(tls) if tls is not None else None
+        try:
+            if listen is not None:
+                self.listener = await self._bind("amqp", listen, lambda: AMQPProtocol(self))
+                self.port = self.listener.sockets[0].getsockname()[1]
+            if tls is not None:
+                self.tls_verifies = context.verify_mode != ssl.CERT_NONE
+                self.tls_listener = await self._bind(
+                    "amqps", tls, lambda: AMQPProtocol(self, tls=True), ssl=context,
+                    ssl_handshake_timeout=config.limits.handshake_timeout or None)
+                self.tls_port = self.tls_listener.sockets[0].getsockname()[1]
+        except BaseException:
+            await self.close_listeners()
+            raise
+
+    def clock(self) -> LoopClock:
+        return LoopClock(self.loop)
+
+    def attach(self, broker, store) -> None:
+        """The broker the connections talk to, and the store whose commits run here (None:
+        memory only)."""
+        self.broker, self.store = broker, store
+        if store is not None:
+            self.commit = store.commit
+            self.commit.on_dirty = self.schedule_commit
+            if self.commit.mode == "batch":
+                self.fsync_worker = ThreadPoolExecutor(1, thread_name_prefix="amqpd-fsync")
+        self.monitor = resources.ResourceMonitor(self.config.resources,
+                                                 store.data_dir if store else None)
+
+    async def serve(self) -> None:
+        """Accept clients."""
+        config = self.config
+        for name, listener in (("amqp", self.listener), ("amqps", self.tls_listener)):
+            if listener is not None:
+                try:
+                    await listener.start_serving()
+                except OSError as exc:     # another process bound the port meanwhile
+                    raise listen_error(name, getattr(config.listeners, name), exc) from None
+        if self.listener is not None:
+            log.info("amqpd listening on amqp://%s:%d", config.listeners.amqp.host, self.port)
+        if self.tls_listener is not None:
+            log.info("amqpd listening on amqps://%s:%d", config.listeners.amqps.host,
+                     self.tls_port)
+        if config.resources.check_interval:
+            log.info("resource limits: %s", self.monitor.describe())
+            self._check_resources()
+
+    async def _bind(self, name: str, listener, factory, **kwargs):
+        try:
+            return await self.loop.create_server(
+                factory, listener.host, listener.port, reuse_address=True, backlog=1024,
+                start_serving=False, **kwargs)
+        except OSError as exc:
+            raise listen_error(name, listener, exc) from None
+
+    async def close_listeners(self) -> None:
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                listener.close()
+                await listener.wait_closed()
+
+    # -- resource alarms ----------------------------------------------------------------------
+    def _check_resources(self) -> None:
+        self.set_alarms(self.monitor.check())
+        self._arm_disk_check()
+        self.check_timer = self.loop.call_later(self.config.resources.check_interval,
+                                                self._check_resources)
+
+    def _arm_disk_check(self) -> None:
+        """Measure again as soon as the store has written what the disk had left above its
+        limit, rather than at the next timer tick: a fast publisher cannot fill the disk
+        between two ticks."""
+        headroom = self.monitor.disk_headroom()
+        if headroom is None or self.commit is None:
+            self.disk_check_at = float("inf")
+        else:
+            self.disk_check_at = self.commit.written + headroom
+
+    def set_alarms(self, alarms: set) -> None:
+        """Raise or clear resource alarms (amqp/flow.py decides who is blocked)."""
+        released = self.alarms.set(alarms)
+        for conn in released:
+            conn.io.set_blocked(False)
+        if released:
+            self.flush()
+
+    # -- output -------------------------------------------------------------------------------
+    def mark_dirty(self, protocol: AMQPProtocol) -> None:
+        self.dirty[protocol] = None
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """One write per dirty connection per loop turn."""
+        self.flush_scheduled = False
+        while self.dirty:
+            protocols = list(self.dirty)
+            self.dirty.clear()
+            for p in protocols:
+                p.flush()
+            if self.dirty:          # a resumed delivery refilled someone: next turn
+                if not self.flush_scheduled:
+                    self.flush_scheduled = True
+                    self.loop.call_soon(self.flush)
+                return
+
+    # -- group commit -------------------------------------------------------------------------
+    def schedule_commit(self) -> None:
+        if not self.commit_scheduled and self.loop is not None:
+            self.commit_scheduled = True
+            self.loop.call_soon(self.run_commit)
+
+    def run_commit(self) -> None:
+        """Once per loop turn: the commit path writes what was appended; the fsync it asks
+        for runs on the worker thread (inline for fsync: always)."""
+        self.commit_scheduled = False
+        commit = self.commit
+        if not commit.write_pending():
+            return
+        if commit.written >= self.disk_check_at:
+            self.set_alarms(self.monitor.check())
+            self._arm_disk_check()
+        if commit.inline:
+            commit.run_inline()
+        elif not self.syncing:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        job = self.commit.begin_sync()
+        if job is None:
+            return
+        self.syncing = True
+        future = self.loop.run_in_executor(self.fsync_worker, self.commit.sync, job)
+        future.add_done_callback(lambda f: self._sync_done(job, f))
+
+    def _sync_done(self, job, future) -> None:
+        self.syncing = False
+        if future.cancelled():            # the loop is shutting down; Store.close syncs
+            return
+        exc = future.exception()
+        if exc is not None and not isinstance(exc, OSError):
+            log.error("fsync worker failed", exc_info=exc)
+            exc = OSError(str(exc))
+        self.commit.finish(job, exc)
+        if self.commit.behind:
+            self._start_sync()
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def closed_event(self) -> None:
+        if self._all_closed is not None and not self.protocols:
+            self._all_closed.set()
+
+    async def stop(self, reason: str = "shutdown") -> None:
+        """Stop accepting, close every client with 320 CONNECTION_FORCED, wait briefly."""
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                listener.close()
+        if self.check_timer is not None:
+            self.check_timer.cancel()
+        for p in list(self.protocols):       # read the close-ok of blocked publishers too
+            p.unpause()
+        self._all_closed = asyncio.Event()
+        for p in list(self.protocols):
+            if p.conn.state == RUNNING:
+                p.conn.close(320, f"CONNECTION_FORCED - broker forced connection closure "
+                                  f"with reason '{reason}'")
+            else:
+                p.close(p.conn)
+        self.flush()
+        if self.protocols:
+            try:
+                await asyncio.wait_for(self._all_closed.wait(), CLOSE_OK_TIMEOUT)
+            except asyncio.TimeoutError:
+                pass
+        for p in list(self.protocols):
+            p.abort()
+        for listener in (self.listener, self.tls_listener):
+            if listener is not None:
+                await listener.wait_closed()
+        if self.broker is not None:
+            self.broker.finish_background()     # a purge in progress is written out in full
+        if self.fsync_worker is not None:
+            self.fsync_worker.shutdown(wait=True)

@@ -1,0 +1,223 @@
+"""The one commit path: when may a confirm go out?
+
+Records appended to the queue logs are buffered; once per event-loop turn the edge calls
+``write_pending()``, which hands them to the OS as one write batch, numbered (a generation).
+A publish confirm waits for its generation to be durable. How that happens is the fsync mode:
+
+- ``batch`` (default): ``begin_sync()`` hands out a job covering every generation written so
+  far; the edge runs ``sync(job)`` on its fsync worker thread, then ``finish(job, error)``.
+  Writes made while an fsync runs are covered by the next one (group commit).
+- ``always``: the same job, run on the loop thread before the next turn (``inline``), so no
+  confirm is ever held for more than one fsync: the slowest mode, the user's explicit choice.
+- ``never``: a generation counts as durable once written (the OS decides when it reaches the
+  disk; a power cut loses what it had not flushed).
+
+Waiters (channels with confirms outstanding) register with ``wait()`` and are called back:
+``flush_confirms()`` when generations become durable, ``nack_generations(lo, hi)`` when a write
+or an fsync fails (generations lo < gen <= hi): those publishes are nacked, never confirmed.
+Sans-IO as far as scheduling goes: the edge decides where ``sync`` runs."""
+import logging
+
+log = logging.getLogger("amqpd.store")
+
+# Writes count as working again (and the next failure is logged again) only after this many
+# successful commits in a row: a failing device often fails some writes and not others.
+RECOVERED_AFTER = 20
+MODES = ("batch", "always", "never")
+
+
+class SyncJob:
+    """One fsync round: every write up to generation ``gen``."""
+    __slots__ = ("gen", "fds", "dirs", "logs")
+
+    def __init__(self, gen: int, fds: list, dirs: list, logs: list):
+        self.gen, self.fds, self.dirs, self.logs = gen, fds, dirs, logs
+
+
+class Commit:
+    def __init__(self, data_dir: str, fsync: str, io):
+        self.data_dir = data_dir
+        self.mode = fsync
+        self.inline = fsync == "always"
+        self.io = io
+        self.dirty: dict = {}          # logs with buffered records
+        self.unsynced: dict = {}       # logs written to the OS since the last fsync
+        self.gen = 0                   # write batches handed to the OS so far
+        self.synced_gen = 0            # write batches known to be on disk (or nacked)
+        self.written = 0               # bytes handed to the OS (the disk alarm estimates)
+        self.waiters: dict = {}        # channels with confirms waiting (an ordered set)
+        self.on_dirty = None           # set by the I/O edge: schedule a commit this turn
+        self.failing = None            # the error while writes fail (logged once)
+        self.failures = 0              # failed writes/fsyncs since it started failing
+        self.failed_gen = 0            # the last generation that failed
+        self.good_run = 0              # successful commits since the last failure
+
+    # -- appends ------------------------------------------------------------------------------
+    def mark_dirty(self, qlog) -> None:
+        """``qlog`` buffered a record: it is written out at the end of this turn."""
+        if not self.dirty and self.on_dirty is not None:
+            self.on_dirty()
+        self.dirty[qlog] = None
+
+    def forget(self, qlog) -> None:
+        """A deleted log has nothing left to write or sync."""
+        self.dirty.pop(qlog, None)
+        self.unsynced.pop(qlog, None)
+
+    @property
+    def next_gen(self) -> int:
+        """The write batch a record buffered now belongs to."""
+        return self.gen + 1
+
+    def wait(self, waiter) -> None:
+        """Call ``waiter.flush_confirms()`` when the next sync completes (or
+        ``nack_generations`` if it fails)."""
+        self.waiters[waiter] = None
+
+    # -- one turn -----------------------------------------------------------------------------
+    def write_pending(self) -> bool:
+        """Hand every buffered record to the OS (once per loop turn). True if anything was.
+        A log whose write fails drops what it buffered (see QueueLog.write): the publishes of
+        this generation are reported as failed, the others carry on."""
+        if not self.dirty:
+            return False
+        logs = list(self.dirty)
+        self.dirty.clear()
+        gen = self.gen + 1
+        error = None
+        for qlog in logs:
+            before = qlog.written
+            try:
+                if qlog.write():
+                    self.unsynced[qlog] = None
+            except OSError as exc:
+                self.unsynced[qlog] = None        # earlier writes and retired segments
+                error = error or exc
+            self.written += qlog.written - before
+        self.gen = gen
+        if error is not None:
+            self._failed(gen - 1, gen, f"cannot write to {self.data_dir}", error)
+        if self.mode == "never":
+            for qlog in self.unsynced:
+                qlog.release_retired()
+            self.unsynced.clear()
+            self.synced_gen = gen
+            if error is None:
+                self._writes_succeed(gen)
+            self._notify()
+        return True
+
+    def begin_sync(self) -> SyncJob | None:
+        """What to fsync for everything written so far, and the generation it covers; None
+        if nothing is waiting."""
+        if self.mode == "never" or self.synced_gen >= self.gen:
+            return None
+        fds, dirs = [], []
+        logs = list(self.unsynced)
+        self.unsynced.clear()
+        for qlog in logs:
+            f, d = qlog.sync_targets()
+            fds += f
+            dirs += d
+        return SyncJob(self.gen, fds, dirs, logs)
+
+    def sync(self, job: SyncJob) -> None:
+        """Runs on the fsync worker thread (or inline). Files first, then the directories that
+        name new ones. Every descriptor is closed; the first error is raised."""
+        io = self.io
+        error = None
+        for fd in job.fds:
+            try:
+                if error is None:
+                    io.fsync(fd)
+            except OSError as exc:
+                error = exc
+            finally:
+                io.close(fd)
+        for path in dict.fromkeys(job.dirs):
+            if error is None:
+                try:
+                    io.fsync_dir(path)
+                except FileNotFoundError:
+                    pass                           # the queue was deleted meanwhile
+                except OSError as exc:
+                    error = exc
+        if error is not None:
+            raise error
+
+    def finish(self, job: SyncJob, error: OSError | None = None) -> None:
+        """The edge reports how ``sync(job)`` went; waiters hear about it."""
+        if error is None:
+            self.synced(job)
+        else:
+            self.sync_failed(job, error)
+        self._notify()
+
+    def run_inline(self) -> None:
+        """``always``: fsync what this turn wrote, on the loop thread."""
+        job = self.begin_sync()
+        if job is not None:
+            try:
+                self.sync(job)
+            except OSError as exc:
+                self.finish(job, exc)
+                return
+            self.finish(job)
+        else:
+            self._notify()
+
+    @property
+    def behind(self) -> bool:
+        """Written but not yet synced: another fsync round is due."""
+        return self.gen > self.synced_gen
+
+    def synced(self, job: SyncJob) -> None:
+        self.synced_gen = max(self.synced_gen, job.gen)
+        self._writes_succeed(job.gen)
+
+    def sync_failed(self, job: SyncJob, exc: OSError) -> None:
+        """The fsync did not complete: nothing it covered may be confirmed. Worse, Linux
+        reports a failed writeback once and then forgets it (PostgreSQL's "fsyncgate"): a
+        later fsync of the same file succeeds although pages written before the failure are
+        gone. So every generation handed to the OS so far is nacked, and the one being
+        buffered too (records already framed for the old segments go there), every log the
+        fsync covered moves to a fresh segment, and the broker carries on."""
+        self._failed(self.synced_gen, self.gen + 1, f"fsync in {self.data_dir} failed", exc)
+        for qlog in job.logs:
+            if not qlog.deleted:
+                qlog.abandon_segment()
+                qlog.dir_dirty = True          # the names may not be durable either
+                self.mark_dirty(qlog)
+        self.synced_gen = max(self.synced_gen, self.gen)
+
+    def _notify(self) -> None:
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        for waiter in waiters:
+            waiter.flush_confirms()
+
+    def _failed(self, lo: int, hi: int, what: str, exc: OSError) -> None:
+        self.failures += 1
+        self.failed_gen = hi
+        self.good_run = 0
+        if self.failing is None:
+            self.failing = what
+            log.error("%s: %s; the publishes it held are nacked (further failures are "
+                      "counted, not logged, until %d commits in a row succeed)", what, exc,
+                      RECOVERED_AFTER)
+        # Every channel with a publish waiting for the store is a waiter by then (it registers
+        # when it flushes confirms, at the end of the read that held the publish; the store
+        # writes later in the turn).
+        for waiter in list(self.waiters):
+            waiter.nack_generations(lo, hi)
+
+    def _writes_succeed(self, gen: int) -> None:
+        """A generation after the last failure made it to disk."""
+        if self.failing is None or gen <= self.failed_gen:
+            return
+        self.good_run += 1
+        if self.good_run >= RECOVERED_AFTER:
+            log.warning("the message store is writable again (%d failed write(s) or fsync(s) "
+                        "since: %s; their publishes were nacked)", self.failures, self.failing)
+            self.failing = None
+            self.failures = 0
