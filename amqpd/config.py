@@ -140,6 +140,9 @@ class Limits:
     heartbeat: int = 60
     max_message_size: int = 134217728
     handshake_timeout: float = 10.0
+    # seconds a connection being closed gets to answer close (or hang up) before tune-ok,
+    # after a framing error or a refused login, and at shutdown; RabbitMQ's is 3
+    close_timeout: float = 3.0
 
 
 @dataclass(frozen=True)

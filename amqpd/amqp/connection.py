@@ -41,7 +41,6 @@ OUT_LIMIT = 1 << 20       # bytes buffered for one connection before deliveries 
 # socket goes (or is gone); input is ignored.
 HEADER, START, SECURE, TUNE, OPENING, RUNNING, CLOSING_, ENDED, CLOSED = range(9)
 CLOSE_WAIT_MAX = 30.0     # RabbitMQ's ?CLOSING_TIMEOUT: the longest a closing peer gets
-SHORT_CLOSE_WAIT = 3.0    # before tune-ok, and after a framing error that lost the stream's sync
 
 
 class _Detached:
@@ -458,7 +457,7 @@ class Connection:
     def _close_wait(self) -> float:
         """How long a closing peer gets: min(heartbeat, 30 s) once tuned, 3 s before."""
         if self.state < OPENING:
-            return SHORT_CLOSE_WAIT
+            return self.config.limits.close_timeout
         return min(self.heartbeat, CLOSE_WAIT_MAX) if self.heartbeat else CLOSE_WAIT_MAX
 
     def _lost_sync(self, exc: errors.AMQPError) -> None:
@@ -467,7 +466,7 @@ class Connection:
         socket after 3 s, as RabbitMQ does."""
         self._connection_error(exc)
         self.state = CLOSED
-        self.io.linger(self, SHORT_CLOSE_WAIT, reading=False)
+        self.io.linger(self, self.config.limits.close_timeout, reading=False)
 
     def _closing_method(self, payload: bytes) -> None:
         """Channel 0 while closing (CLOSING_) or closed (ENDED): close-ok means "drop the
@@ -638,7 +637,7 @@ class Connection:
         # Without the capability the client gets no frame; RabbitMQ keeps the socket 3 s
         # before dropping it, a brake on password guessing.
         self.state = CLOSED
-        self.io.linger(self, SHORT_CLOSE_WAIT, reading=False)
+        self.io.linger(self, self.config.limits.close_timeout, reading=False)
 
     def _tune_ok(self, m: C.Connection.TuneOk) -> None:
         server_channels, server_frame = self.channel_max, self.frame_max

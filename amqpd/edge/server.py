@@ -15,8 +15,6 @@ from .protocol import AMQPProtocol
 
 log = logging.getLogger("amqpd.server")
 
-CLOSE_OK_TIMEOUT = 3.0          # how long a shutdown waits for clients to answer connection.close
-
 
 class Server:
     def __init__(self, config):
@@ -219,7 +217,8 @@ class Server:
         self.flush()
         if self.protocols:
             try:
-                await asyncio.wait_for(self._all_closed.wait(), CLOSE_OK_TIMEOUT)
+                await asyncio.wait_for(self._all_closed.wait(),
+                                       self.config.limits.close_timeout)
             except asyncio.TimeoutError:
                 pass
         for p in list(self.protocols):
