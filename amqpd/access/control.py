@@ -1,8 +1,9 @@
 """Users, virtual-host permissions and limits: the access-control state every connection
 consults, and the live connection counts the limits are checked against.
 
-Pure data and rules, no I/O: ``amqpd.definitions`` loads it from the configuration, the data
-directory (``access.json``) and RabbitMQ definitions files, and saves it back.
+Pure data and rules, no I/O: the node builds it from the configuration, the stored users
+(``access.json``, kept by the store) and RabbitMQ definitions files. Changed at run time, it
+tells the user's open connections to drop their cached permission decisions.
 
 Permissions work as in RabbitMQ: three regular expressions per user and vhost (configure, write,
 read), searched (not anchored) in the resource name; the empty string grants nothing; the
@@ -156,14 +157,35 @@ class AccessControl:
         for p in config.permissions:
             self.grants[(p.user, p.vhost)] = Grant(p.user, p.vhost, p.configure, p.write, p.read)
 
+    # -- changes (start-up, and at run time: the open connections are told) -----------------
     def add_user(self, user: UserRecord) -> None:
+        """Add or replace a user (a new password applies to the next login)."""
         self.users[user.name] = user
+        self._changed(user.name)
+
+    def delete_user(self, name: str) -> None:
+        """The user and every grant it had: its open connections are refused from their next
+        operation on."""
+        self.users.pop(name, None)
+        for key in [k for k in self.grants if k[0] == name]:
+            del self.grants[key]
+        self._changed(name)
 
     def add_vhost(self, vhost: VHostRecord) -> None:
         self.vhosts[vhost.name] = vhost
 
     def set_permissions(self, grant: Grant) -> None:
         self.grants[(grant.user, grant.vhost)] = grant
+        self._changed(grant.user)
+
+    def clear_permissions(self, user: str, vhost: str) -> None:
+        self.grants.pop((user, vhost), None)
+        self._changed(user)
+
+    def _changed(self, user: str) -> None:
+        """Connections cache their permission decisions: the user's forget them."""
+        for conn in list(self.by_user.get(user, ())):
+            conn.permissions_changed()
 
     # -- lookups ------------------------------------------------------------------------------
     def user(self, name: str):

@@ -169,9 +169,39 @@ class Connection:
                     self.broker.schedule(consumer.queue)
             self.broker.run_dispatch()
 
+    # -- durable definitions: replies wait for the disk ----------------------------------------
+    held_until = 0        # the generation a durable declare/delete of this read must reach
+
+    def _hold_output(self, commit) -> None:
+        """A durable declare or delete in this read journaled a line: everything written to
+        this connection from now on (declare-ok first) waits until that line is durable."""
+        self.held_until = commit.journal_gen
+        commit.wait(self)
+
+    def flush_confirms(self) -> None:
+        """The commit path made generations durable: release the output if ours is."""
+        commit = self.broker.commit
+        if self.held_until and self.held_until <= commit.synced_gen:
+            self.held_until = 0
+            self.io.wake(self)
+        elif self.held_until:
+            commit.wait(self)
+
+    def nack_generations(self, lo: int, hi: int) -> None:
+        """Writing or syncing failed: if the journal line our client waits for was in it, the
+        declare or delete it is waiting to hear about is not durable. Nothing held goes out;
+        the connection is closed (541), as when the write itself fails."""
+        if lo < self.held_until <= hi:
+            self.out.clear()
+            self.out_size = 0
+            self._connection_error(errors.InternalError(
+                "cannot write to the data directory: a definition change was not made durable"))
+
     # -- input --------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.received = True
+        commit = self.broker.commit
+        journaled = commit.journal_gen if commit is not None else 0
         try:
             if self.state == HEADER:
                 data = self._protocol_header(data)
@@ -196,6 +226,8 @@ class Connection:
             if self.published:
                 count, self.published = self.published, 0
                 self.io.published(self, count)
+            if commit is not None and commit.journal_gen != journaled:
+                self._hold_output(commit)
         except Exception as exc:      # a bug of ours outside a frame handler (closing, requeue)
             self._internal_error(exc)
 
@@ -384,8 +416,9 @@ class Connection:
     def authorize(self, permission: str, kind: str, name: str) -> None:
         """Check the user's configure/write/read permission on a resource; raise
         AccessRefused (403) when refused. Every method handler calls this the way RabbitMQ's
-        permission table says. Results are cached per connection (permissions do not change
-        while it is open); a grant of ``.*`` needs no lookup at all."""
+        permission table says. Results are cached per connection until access control says
+        the user's permissions changed (``permissions_changed``); a grant of ``.*`` needs no
+        lookup at all."""
         if self._everything.get(permission):
             return
         key = (permission, kind, name)
@@ -404,6 +437,22 @@ class Connection:
             raise errors.AccessRefused(
                 f"access to {kind} '{name}' in vhost '{self.vhost.name}' refused for user "
                 f"'{self.user}'")
+
+    def permissions_changed(self) -> None:
+        """Access control changed this user (permissions granted, revoked, the user deleted
+        or edited): forget every cached decision, so the next operation is checked against
+        what is in force now (LavinMQ does the same; RabbitMQ clears its channels'
+        permission caches)."""
+        access = self.access
+        self.grant = grant = access.grant(self.user, self.vhost.name)
+        self._authz.clear()
+        self._everything = ({p: grant.allows_everything(p) for p in ("configure", "write", "read")}
+                            if grant is not None else {})
+        for ch in self.channels.values():
+            ch.write_checked = False
+        record = access.user(self.user)
+        self.user_record = record if record is not None else self.user_record
+        self.publish_rate = record.max_publish_rate if record is not None else 0.0
 
     def confirm_due(self, ch: Channel) -> None:
         self.confirms[ch] = None

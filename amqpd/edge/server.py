@@ -69,8 +69,9 @@ class Server:
         if store is not None:
             self.commit = store.commit
             self.commit.on_dirty = self.schedule_commit
-            if self.commit.mode == "batch":
+            if not self.commit.inline:
                 self.fsync_worker = ThreadPoolExecutor(1, thread_name_prefix="amqpd-fsync")
+            self.schedule_commit()        # what start-up wrote (imported definitions)
         self.monitor = resources.ResourceMonitor(self.config.resources,
                                                  store.data_dir if store else None)
 

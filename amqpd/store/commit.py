@@ -12,10 +12,16 @@ A publish confirm waits for its generation to be durable. How that happens is th
 - ``never``: a generation counts as durable once written (the OS decides when it reaches the
   disk; a power cut loses what it had not flushed).
 
-Waiters (channels with confirms outstanding) register with ``wait()`` and are called back:
-``flush_confirms()`` when generations become durable, ``nack_generations(lo, hi)`` when a write
-or an fsync fails (generations lo < gen <= hi): those publishes are nacked, never confirmed.
-Sans-IO as far as scheduling goes: the edge decides where ``sync`` runs."""
+The definitions journal rides along: a durable declare or delete writes its line at once (into
+the page cache) and the same fsync covers it (``journal_gen`` is the generation to wait for;
+the connection holds its output, declare-ok included, until then). A deleted queue's directory
+is renamed out of the way at once and removed by the job, off the loop (``discard_later``).
+
+Waiters (channels with confirms outstanding, connections with held output) register with
+``wait()`` and are called back: ``flush_confirms()`` when generations become durable,
+``nack_generations(lo, hi)`` when a write or an fsync fails (generations lo < gen <= hi): those
+publishes are nacked, never confirmed. Sans-IO as far as scheduling goes: the edge decides
+where ``sync`` runs (its worker thread; the loop thread for ``always``)."""
 import logging
 
 log = logging.getLogger("amqpd.store")
@@ -27,11 +33,13 @@ MODES = ("batch", "always", "never")
 
 
 class SyncJob:
-    """One fsync round: every write up to generation ``gen``."""
-    __slots__ = ("gen", "fds", "dirs", "logs")
+    """One fsync round: every write up to generation ``gen``; then the directories of deleted
+    queues (``trash``) are removed."""
+    __slots__ = ("gen", "fds", "dirs", "logs", "trash")
 
-    def __init__(self, gen: int, fds: list, dirs: list, logs: list):
+    def __init__(self, gen: int, fds: list, dirs: list, logs: list, trash: list = ()):
         self.gen, self.fds, self.dirs, self.logs = gen, fds, dirs, logs
+        self.trash = list(trash)
 
 
 class Commit:
@@ -46,6 +54,10 @@ class Commit:
         self.synced_gen = 0            # write batches known to be on disk (or nacked)
         self.written = 0               # bytes handed to the OS (the disk alarm estimates)
         self.waiters: dict = {}        # channels with confirms waiting (an ordered set)
+        self.journal = None            # the definitions journal (store.py sets it)
+        self.journal_gen = 0           # the generation the last journal line belongs to
+        self.dirs: dict = {}           # directories whose entries changed (to fsync)
+        self.trash: list = []          # directories of deleted queues, to remove
         self.on_dirty = None           # set by the I/O edge: schedule a commit this turn
         self.failing = None            # the error while writes fail (logged once)
         self.failures = 0              # failed writes/fsyncs since it started failing
@@ -58,6 +70,27 @@ class Commit:
         if not self.dirty and self.on_dirty is not None:
             self.on_dirty()
         self.dirty[qlog] = None
+
+    def journal_written(self) -> int:
+        """A definitions journal line was written: it is durable with the next generation,
+        which is returned (the caller's reply waits for it)."""
+        self._touch()
+        self.journal_gen = self.gen + 1
+        return self.journal_gen
+
+    def discard_later(self, path: str, parent: str) -> None:
+        """``path`` (a deleted queue's directory, renamed away from its name) is removed by
+        the next job, after ``parent``'s entries are made durable."""
+        self._touch()
+        self.trash.append(path)
+        self.dirs[parent] = None
+
+    def _touch(self) -> None:
+        if not self.extra and self.on_dirty is not None:
+            self.on_dirty()
+        self.extra = True
+
+    extra = False                      # journal lines, directories or trash are waiting
 
     def forget(self, qlog) -> None:
         """A deleted log has nothing left to write or sync."""
@@ -79,8 +112,9 @@ class Commit:
         """Hand every buffered record to the OS (once per loop turn). True if anything was.
         A log whose write fails drops what it buffered (see QueueLog.write): the publishes of
         this generation are reported as failed, the others carry on."""
-        if not self.dirty:
+        if not self.dirty and not self.extra:
             return False
+        self.extra = False
         logs = list(self.dirty)
         self.dirty.clear()
         gen = self.gen + 1
@@ -110,16 +144,23 @@ class Commit:
     def begin_sync(self) -> SyncJob | None:
         """What to fsync for everything written so far, and the generation it covers; None
         if nothing is waiting."""
+        trash, self.trash = self.trash, []
         if self.mode == "never" or self.synced_gen >= self.gen:
-            return None
-        fds, dirs = [], []
+            self.dirs.clear()
+            return SyncJob(self.gen, [], [], [], trash) if trash else None
+        fds, dirs = [], list(self.dirs)
+        self.dirs.clear()
         logs = list(self.unsynced)
         self.unsynced.clear()
         for qlog in logs:
             f, d = qlog.sync_targets()
             fds += f
             dirs += d
-        return SyncJob(self.gen, fds, dirs, logs)
+        if self.journal is not None:
+            fd = self.journal.sync_target()
+            if fd is not None:
+                fds.append(fd)
+        return SyncJob(self.gen, fds, dirs, logs, trash)
 
     def sync(self, job: SyncJob) -> None:
         """Runs on the fsync worker thread (or inline). Files first, then the directories that
@@ -144,6 +185,11 @@ class Commit:
                     error = exc
         if error is not None:
             raise error
+        for path in job.trash:       # only once the rename is durable
+            try:
+                io.rmtree(path)
+            except OSError as exc:   # the name is free already; the next start removes it
+                log.warning("cannot remove %s: %s", path, exc)
 
     def finish(self, job: SyncJob, error: OSError | None = None) -> None:
         """The edge reports how ``sync(job)`` went; waiters hear about it."""
@@ -188,6 +234,10 @@ class Commit:
                 qlog.abandon_segment()
                 qlog.dir_dirty = True          # the names may not be durable either
                 self.mark_dirty(qlog)
+        if self.journal is not None:
+            self.journal.suspect = True        # rewritten whole before its next line
+        self.trash.extend(job.trash)
+        self.dirs.update(dict.fromkeys(job.dirs))
         self.synced_gen = max(self.synced_gen, self.gen)
 
     def _notify(self) -> None:

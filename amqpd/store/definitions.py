@@ -48,7 +48,11 @@ class DefinitionsJournal:
     fsync, rename, fsync of the directory), so an fsynced line is a durable line. A failed
     append (a full disk, an I/O error) is cut back out of the file and raised: the change is
     refused rather than half-kept. After a failed fsync the file's unsynced pages may be lost
-    whatever a retry says, so the next append first rewrites the journal from scratch."""
+    whatever a retry says, so the next append first rewrites the journal from scratch.
+
+    With ``fsync`` on, an append only writes into the page cache: the commit path
+    (commit.py) fsyncs it on its worker thread, and the client hears declare-ok once that is
+    done. Off (``storage.fsync: never``), nothing is fsynced."""
 
     def __init__(self, path: str, fsync: bool = True, io=REAL):
         self.path = path
@@ -57,6 +61,7 @@ class DefinitionsJournal:
         self.fd = None
         self.size = 0              # bytes of complete lines in the file
         self.suspect = False       # an fsync failed: rewrite before appending again
+        self.unsynced = False      # lines written since the last fsync
 
     def load(self) -> list[dict]:
         """Replay: the net effect of the journal, as a list of live definitions."""
@@ -116,14 +121,15 @@ class DefinitionsJournal:
         except OSError:
             self._cut_back()
             raise
-        if self.fsync:
-            try:
-                io.fsync(self.fd)
-            except OSError:
-                self._cut_back()
-                self.suspect = True
-                raise
         self.size += len(line)
+        self.unsynced = self.fsync
+
+    def sync_target(self):
+        """A descriptor of the journal for the next fsync (the caller closes it), or None."""
+        if not self.unsynced or self.fd is None:
+            return None
+        self.unsynced = False
+        return self.io.dup(self.fd)
 
     def _cut_back(self) -> None:
         """Remove a line that did not make it, so the next one starts on a clean line."""

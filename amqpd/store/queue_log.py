@@ -364,8 +364,9 @@ class QueueLog:
         if error is not None:
             raise error
 
-    def delete(self) -> None:
-        """The queue is gone: remove its files."""
+    def delete(self, trash: str | None = None) -> None:
+        """The queue is gone: move its directory to ``trash`` (someone else removes it), or
+        remove its files now."""
         self.deleted = True
         self.pending.clear()
         self.rolls = 0
@@ -373,4 +374,7 @@ class QueueLog:
             self.io.close(fd)
         self.retired.clear()
         self.fd = None
-        self.io.rmtree(self.path)
+        if trash is not None:
+            self.io.replace(self.path, trash)
+        else:
+            self.io.rmtree(self.path)

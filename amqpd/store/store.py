@@ -23,6 +23,7 @@ READABLE = ("amqpd-store 1", FORMAT)
 
 
 ACCESS_FILE = "access.json"
+TRASH = ".deleted-"           # a deleted queue's directory, renamed until it is removed
 
 
 class StoreError(Exception):
@@ -64,9 +65,11 @@ class Store:
             raise
         self.journal = DefinitionsJournal(os.path.join(self.data_dir, "definitions.jsonl"),
                                           fsync=fsync != "never", io=io)
+        self._trashed = 0
         self.logs: dict[tuple, QueueLog] = {}
         self.recovered = False         # set once recovery has opened the logs it found
         self.commit = Commit(self.data_dir, fsync, io)
+        self.commit.journal = self.journal
 
     @classmethod
     @contextlib.contextmanager
@@ -151,6 +154,16 @@ class Store:
         wanted = {os.path.basename(self._log_path(v, n)) for v, n in keep}
         removed = 0
         for name in os.listdir(self.queues_dir):
+            base = name.partition(TRASH)[0]
+            if base != name and base in wanted \
+                    and not os.path.exists(os.path.join(self.queues_dir, base)):
+                # A delete whose rename reached the disk but whose journal line did not: the
+                # client never heard delete-ok, so the queue keeps its messages.
+                log.warning("restoring %s: its deletion did not complete", base)
+                self.io.replace(os.path.join(self.queues_dir, name),
+                                os.path.join(self.queues_dir, base))
+                removed += 1
+                continue
             if name not in wanted and os.path.isdir(os.path.join(self.queues_dir, name)):
                 log.warning("removing %s: no durable queue owns it",
                             os.path.join(self.queues_dir, name))
@@ -163,12 +176,14 @@ class Store:
         qlog = self.logs.pop((vhost, name), None)
         if qlog is not None:
             self.commit.forget(qlog)
+            self._trashed += 1
+            trash = f"{qlog.path}{TRASH}{self._trashed}"
             try:
-                qlog.delete()
-                # Durable before delete-ok: a queue declared again under the same name must
-                # never find this one's files after a power cut.
-                if self.fsync_mode != "never":
-                    self.io.fsync_dir(self.queues_dir)
+                # The name is free at once (a queue declared again under it starts empty); the
+                # files go on the commit path's worker, after the rename and the journal line
+                # are durable (delete-ok waits for that, like declare-ok).
+                qlog.delete(trash)
+                self.commit.discard_later(trash, self.queues_dir)
             except OSError as exc:
                 # The journal says deleted: what is left is an orphan, removed at the next
                 # start (remove_orphans) or when the name is declared again (queue_log).
@@ -194,6 +209,14 @@ class Store:
                     qlog.close(sync)
                 except OSError as exc:
                     log.error("closing %s: %s", qlog.path, exc)
+            fd = self.journal.sync_target() if sync else None
+            if fd is not None:
+                try:
+                    self.io.fsync(fd)
+                except OSError as exc:
+                    log.error("syncing %s: %s", self.journal.path, exc)
+                finally:
+                    self.io.close(fd)
             self.commit.synced_gen = self.commit.gen
             self.journal.close()
             if self._lock_fd is not None:

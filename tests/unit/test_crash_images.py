@@ -29,7 +29,8 @@ def image(events, root, dest, style="min", seed=0, upto=None) -> str:
 
 
 def group_commit(store: Store) -> None:
-    """What Server.commit does in one loop turn: write, fsync, report."""
+    """What the edge does in one loop turn: write, fsync (and remove deleted queues' files),
+    report."""
     store.commit.write_pending()
     job = store.commit.begin_sync()
     if job is not None:
@@ -144,7 +145,8 @@ def test_a_deleted_queue_never_comes_back_under_a_queue_declared_with_its_name(t
         old.append_message(seq, ROUTE, HEADER, b"old")
     store.commit.mark_dirty(old)
     group_commit(store)
-    store.delete_queue_log("/", "q")                # delete-ok goes out after this
+    store.delete_queue_log("/", "q")                # renamed away, name free at once
+    group_commit(store)                             # delete-ok goes out after this
     deleted = len(events)
     new = store.queue_log("/", "q")                 # declared again
     new.append_message(1, ROUTE, HEADER, b"new")
