@@ -178,6 +178,10 @@ class Connection:
         self.held_until = commit.journal_gen
         commit.wait(self)
 
+    def output_held(self) -> bool:
+        """Must the edge keep this connection's output back for now?"""
+        return bool(self.held_until) and self.held_until > self.broker.commit.synced_gen
+
     def flush_confirms(self) -> None:
         """The commit path made generations durable: release the output if ours is."""
         commit = self.broker.commit

@@ -208,7 +208,7 @@ class AMQPProtocol(asyncio.BufferedProtocol):
 
     def flush(self) -> None:
         conn = self.conn
-        if conn.held_until and conn.held_until > self.server.commit.synced_gen:
+        if conn.held_until and conn.output_held():
             return          # a durable declare/delete is answered once it is on disk
         if conn.out and not self.transport.is_closing():
             self.transport.write(conn.take_output())
