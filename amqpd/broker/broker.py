@@ -6,6 +6,7 @@ import logging
 from collections import deque
 
 from ..store.definitions import decode_args
+from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
 from .vhost import VHost
@@ -144,7 +145,7 @@ class Broker:
                 for seq, route, header, body, delivered, segment, expiry in live:
                     entry = Entry(seq, from_route(route, header, body, routes), delivered,
                                   segment)
-                    if q.special or header[12] & 1:
+                    if q.tracks_entries or header[FLAGS_HIGH] & EXPIRES:
                         # priority, limits, and the TTL deadline it had before the restart
                         deadline = None if expiry is None else now + (expiry / 1000.0 - wall)
                         q._prepare(entry, deadline)

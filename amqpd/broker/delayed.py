@@ -59,7 +59,7 @@ def _delivered_copy(message):
     except (errors.AMQPError, TableError) as exc:
         log.error("cannot negate x-delay of a delayed message (%s): routed as it is", exc)
         return message
-    copy = Message(message.exchange, message.routing_key, message.route, header, message.body)
+    copy = Message(message.exchange, message.routing_key, message.raw_route, header, message.body)
     copy._persistent = message._persistent
     return copy
 
@@ -121,7 +121,7 @@ class DelayedExchange(Exchange):
         stored = ACCEPTED
         if self.log is not None and seq is None:
             self.log_seq = seq = self.log_seq + 1
-            route = _due.pack(int(due_wall * 1000)) + message.route
+            route = _due.pack(int(due_wall * 1000)) + message.raw_route
             self.segments[seq] = self.log.append_message(seq, route, message.header,
                                                          message.body)
             self.vhost.broker.commit.mark_dirty(self.log)

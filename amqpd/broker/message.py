@@ -3,13 +3,13 @@ from ..wire import properties
 
 
 class Message:
-    __slots__ = ("exchange", "routing_key", "route", "header", "body", "_persistent", "_props",
+    __slots__ = ("exchange", "routing_key", "raw_route", "header", "body", "_persistent", "_props",
                  "cc")
 
     def __init__(self, exchange: str, routing_key: str, route: bytes, header: bytes, body: bytes):
         self.exchange = exchange
         self.routing_key = routing_key
-        self.route = route          # raw "exchange + routing key" shortstrs, re-emitted verbatim
+        self.raw_route = route      # raw "exchange + routing key" shortstrs, re-emitted verbatim
         self.header = header        # raw content-header payload, re-emitted verbatim
         self.body = body
         self._persistent = None
@@ -74,6 +74,6 @@ def from_route(route: bytes, header: bytes, body: bytes, routes: dict | None = N
 
 def with_routing_key(message: Message, key: str) -> Message:
     """The same message as routed with another routing key (CC/BCC routing)."""
-    copy = Message(message.exchange, key, message.route, message.header, message.body)
+    copy = Message(message.exchange, key, message.raw_route, message.header, message.body)
     copy._props = message._props
     return copy

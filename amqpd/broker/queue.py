@@ -7,9 +7,13 @@ from decimal import Decimal
 
 from .. import errors
 from ..wire import erlang, properties, tables
+from ..wire.properties import EXPIRES, FLAGS_HIGH
 from ..wire.tables import Long, type_name
 from .arguments import DEDUP_HEADER, QueueOptions
 from .deadletter import dead_letter
+from .queue_consumers import Consumers
+from .queue_expiry import Expiry
+from .queue_limits import LengthLimits
 from .message import GONE, OUT, READY, Entry, Message
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, PublishResult
 from .ready import PriorityReady, Ready
@@ -26,7 +30,7 @@ EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
                     "x-max-in-memory-length", "x-max-in-memory-bytes")
 
 
-class Queue:
+class Queue(Consumers, Expiry, LengthLimits):
     def __init__(self, vhost, name: str, durable: bool, exclusive_owner, auto_delete: bool,
                  arguments: dict):
         self.vhost = vhost
@@ -40,19 +44,20 @@ class Queue:
         self.consumers: list = []
         self.unacked = 0
         self.next_seq = 0
-        self.rr = 0                      # round-robin position among consumers
+        self.next_index = 0              # round-robin position among consumers
         self.priorities = False          # any consumer with a non-zero x-priority
         self.had_consumer = False
         self.sources: set = set()        # exchanges with a binding to this queue
         self.deleted = False
         self.log = None                  # QueueLog when durable and the broker has a store
-        self.gone = 0                    # expired entries still sitting in ready (lazy removal)
+        self.expired_in_place = 0        # expired entries still in ready (removed lazily)
         self.ready_bytes = 0             # body bytes in ready, kept only with x-max-length-bytes
         self.expiring = None             # heap of (deadline, seq, entry) once TTL is in use
         # Features that cost something per message are switched on only when configured:
-        self.limited = opts.max_length is not None or opts.max_bytes is not None
-        self.special = bool(opts.max_priority or opts.message_ttl is not None or self.limited
-                            or opts.delivery_limit is not None or opts.dedup)
+        self.length_limited = opts.max_length is not None or opts.max_bytes is not None
+        self.tracks_entries = bool(opts.max_priority or opts.message_ttl is not None
+                                   or self.length_limited or opts.delivery_limit is not None
+                                   or opts.dedup)
         self.dedup_ids = {} if opts.dedup else None
         self.sac_waiting = None          # a departed single active consumer still holding messages
         self.last_used = None            # x-expires bookkeeping
@@ -71,21 +76,21 @@ class Queue:
         """Append a message. STORED when it went to the log (a confirm must wait for it to be
         durable), REJECTED when x-overflow refused it, DUPLICATE when deduplication dropped
         it, else ACCEPTED."""
-        if self.special:
+        if self.tracks_entries:
             verdict = self._admit(message)
             if verdict is not None:
                 return verdict
         self.next_seq = seq = self.next_seq + 1
         entry = Entry(seq, message)
-        # header[12] & 1 is the expiration property's flag bit: per-message TTL on any queue
-        if self.special or message.header[12] & 1:
+        # a per-message TTL (the expiration flag) applies on any queue
+        if self.tracks_entries or message.header[FLAGS_HIGH] & EXPIRES:
             self._prepare(entry)
         self.ready.append(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
         stored = ACCEPTED
         if self.log is not None and message.persistent:
-            entry.segment = self.log.append_message(seq, message.route, message.header,
+            entry.segment = self.log.append_message(seq, message.raw_route, message.header,
                                                     message.body)
             if entry.expires is not None:
                 broker = self.vhost.broker
@@ -93,7 +98,7 @@ class Queue:
                 self.log.expiry(seq, int((broker.wallclock() + left) * 1000))
             self.vhost.broker.commit.mark_dirty(self.log)
             stored = STORED
-        if self.limited:
+        if self.length_limited:
             if self.consumers:
                 self.dispatch()        # a waiting consumer takes it before the limit applies
             self._trim_head()
@@ -123,7 +128,7 @@ class Queue:
             if key is not None:
                 if key in self.dedup_ids:
                     return DUPLICATE
-        if self.limited and opts.overflow != "drop-head" and self._full(len(message.body)) \
+        if self.length_limited and opts.overflow != "drop-head" and self._full(len(message.body)) \
                 and not self._taken_at_once():
             if opts.overflow == "reject-publish-dlx":
                 dead_letter(self, message, "maxlen")
@@ -149,11 +154,11 @@ class Queue:
                 ttl = per_message if ttl is None else min(ttl, per_message)
         if deadline is not None:
             self._expire_at(entry, deadline)
-            self.special = True
+            self.tracks_entries = True
         elif ttl is not None:
             self._expire_at(entry, self.vhost.broker.clock() + ttl / 1000.0)
-            self.special = True       # entries now need their state tracked
-        if self.limited:
+            self.tracks_entries = True       # entries now need their state tracked
+        if self.length_limited:
             self.ready_bytes += len(message.body)
         if self.dedup_ids is not None:
             key = dedup_key(message, opts.dedup_header)
@@ -165,7 +170,7 @@ class Queue:
         when its TTL passed meanwhile or it hit the delivery limit."""
         entry.redelivered = True
         self.unacked -= 1
-        if self.special:
+        if self.tracks_entries:
             if entry.expires is not None and entry.expires <= self.vhost.broker.clock():
                 self._remove(entry, "expired")
                 return
@@ -176,12 +181,12 @@ class Queue:
                     return
                 entry.message = with_delivery_count(entry.message, entry.deliveries)
             entry.state = READY
-            if self.limited:
+            if self.length_limited:
                 self.ready_bytes += len(entry.message.body)
         self.ready.put_back(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
-        if self.limited and self.opts.overflow == "drop-head":
+        if self.length_limited and self.opts.overflow == "drop-head":
             self._trim_head()
 
     def reject(self, entry: Entry) -> None:
@@ -192,7 +197,7 @@ class Queue:
     def settle(self, entry: Entry) -> None:
         """The message left the queue for good (ack, or a no-ack delivery)."""
         self.unacked -= 1
-        if entry.segment is not None or self.special:
+        if entry.segment is not None or self.tracks_entries:
             self._forget(entry)
 
     def _forget(self, entry: Entry) -> None:
@@ -216,10 +221,10 @@ class Queue:
         if entry.segment is not None and not entry.redelivered and self.log is not None:
             self.log.delivered(entry.seq)
             self.vhost.broker.commit.mark_dirty(self.log)
-        if self.special:
+        if self.tracks_entries:
             entry.state = OUT
             entry.deliveries += 1
-            if self.limited:
+            if self.length_limited:
                 self.ready_bytes -= len(entry.message.body)
 
     def _pop(self) -> Entry | None:
@@ -229,14 +234,14 @@ class Queue:
             entry = ready.take()
             if entry.state != GONE:
                 return entry
-            self.gone -= 1
+            self.expired_in_place -= 1
         return None
 
     def take(self) -> Entry | None:
         if self.opts.expires:
             self.touch()
         ready = self.ready
-        if self.gone or ready.back:
+        if self.expired_in_place or ready.back:
             entry = self._pop()
         else:
             entry = ready.popleft() if ready else None
@@ -253,7 +258,7 @@ class Queue:
         (``Broker.background``), so purging a million messages does not stall other clients."""
         n = self.message_count
         old, self.ready = self.ready, self._new_ready()
-        self.gone = 0
+        self.expired_in_place = 0
         self.ready_bytes = 0
         if self.expiring:             # keep the deadlines of delivered messages only
             self.expiring = [item for item in self.expiring if item[2].state == OUT]
@@ -285,146 +290,7 @@ class Queue:
 
     @property
     def message_count(self) -> int:
-        return self.ready.size() - self.gone
-
-    # -- limits and expiry ----------------------------------------------------------------------
-    def _full(self, incoming: int) -> bool:
-        """Would one more message of ``incoming`` bytes exceed x-max-length(-bytes)?"""
-        opts = self.opts
-        if opts.max_length is not None and self.message_count >= opts.max_length:
-            return True
-        return opts.max_bytes is not None and self.ready_bytes + incoming > opts.max_bytes
-
-    def _trim_head(self) -> None:
-        """x-overflow drop-head: the oldest ready messages go (dead-lettered as maxlen)."""
-        opts = self.opts
-        while self.message_count and (
-                (opts.max_length is not None and self.message_count > opts.max_length)
-                or (opts.max_bytes is not None and self.ready_bytes > opts.max_bytes)):
-            entry = self._pop()
-            if entry is None:
-                break
-            self.ready_bytes -= len(entry.message.body)
-            self._remove(entry, "maxlen")
-
-    def _expire_at(self, entry: Entry, deadline: float) -> None:
-        entry.expires = deadline
-        if self.expiring is None:
-            self.expiring = []
-        heap = self.expiring
-        if not heap or deadline < heap[0][0]:
-            self.vhost.broker.call_at(deadline, self.expire)
-        heapq.heappush(heap, (deadline, entry.seq, entry))
-
-    def expire(self) -> None:
-        """Timer: drop (dead-letter) every ready message whose time is up, wherever it sits in
-        the queue; RabbitMQ only looks at the head."""
-        heap = self.expiring
-        if self.deleted or not heap:
-            return
-        now = self.vhost.broker.clock()
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)[2]
-            if entry.state != READY:
-                continue              # delivered (checked again if requeued) or gone
-            self.gone += 1
-            if self.limited:
-                self.ready_bytes -= len(entry.message.body)
-            self._remove(entry, "expired")
-        if heap:
-            self.vhost.broker.call_at(heap[0][0], self.expire)
-        if self.gone > 1024 and self.gone * 2 > self.ready.size():
-            self._compact()
-
-    def _compact(self) -> None:
-        """Many expired entries left in place: rebuild the ready list without them."""
-        live = [e for e in self.ready if e.state != GONE]
-        self.ready.clear()
-        for e in live:
-            self.ready.append(e)
-        self.gone = 0
-
-    def touch(self) -> None:
-        """x-expires: the queue was used (declared, consumed from, got from)."""
-        self.last_used = now = self.vhost.broker.clock()
-        self.vhost.broker.call_at(now + self.opts.expires / 1000.0, self.check_unused)
-
-    def check_unused(self) -> None:
-        if self.deleted or self.consumers or self.last_used is None:
-            return
-        if self.vhost.broker.clock() >= self.last_used + self.opts.expires / 1000.0 - 0.001:
-            self.vhost.delete_queue(self)
-
-    # -- consumers ----------------------------------------------------------------------------
-    def add_consumer(self, consumer) -> None:
-        if consumer.exclusive and self.consumers:
-            raise errors.AccessRefused(f"queue '{self.name}' in vhost '{self.vhost.name}' in "
-                                       "exclusive use")
-        if self.consumers and self.consumers[0].exclusive:
-            raise errors.AccessRefused(f"queue '{self.name}' in vhost '{self.vhost.name}' in "
-                                       "exclusive use")
-        self.consumers.append(consumer)
-        self.had_consumer = True
-        if consumer.priority:
-            self.priorities = True
-        self.vhost.broker.schedule(self)
-
-    def remove_consumer(self, consumer) -> None:
-        try:
-            self.consumers.remove(consumer)
-        except ValueError:
-            return
-        self.priorities = any(c.priority for c in self.consumers)
-        if self.opts.single_active and consumer.unacked:
-            # its messages come back first (requeued in order) before the next one starts
-            self.sac_waiting = consumer
-        if not self.consumers:
-            if self.auto_delete and self.had_consumer and not self.deleted:
-                self.vhost.delete_queue(self)
-                return
-            if self.opts.expires:
-                self.touch()
-        elif self.opts.single_active:
-            self.vhost.broker.schedule(self)     # the next consumer takes over
-
-    def next_consumer(self):
-        """Round-robin over consumers with credit; the highest priority group wins. With
-        x-single-active-consumer only the first (oldest) consumer is served."""
-        consumers = self.consumers
-        if self.opts.single_active:
-            c = consumers[0]
-            return c if self.sac_waiting is None and c.has_credit() else None
-        n = len(consumers)
-        start = self.rr
-        best = None
-        best_i = 0
-        for i in range(n):
-            j = (start + i) % n
-            c = consumers[j]
-            if c.has_credit():
-                if not self.priorities:
-                    self.rr = j + 1
-                    return c
-                if best is None or c.priority > best.priority:
-                    best, best_i = c, j
-        if best is not None:
-            self.rr = best_i + 1
-        return best
-
-    def dispatch(self) -> None:
-        ready = self.ready
-        while (ready or ready.back) and self.consumers:
-            consumer = self.next_consumer()
-            if consumer is None:
-                return
-            if self.gone or ready.back:
-                entry = self._pop()
-                if entry is None:
-                    return
-            else:
-                entry = ready.popleft()
-            self.delivering(entry)
-            consumer.channel.deliver(consumer, entry)
+        return self.ready.size() - self.expired_in_place
 
     # -- declaration --------------------------------------------------------------------------
     def check_equivalent(self, durable: bool, auto_delete: bool, arguments: dict) -> None:
@@ -519,7 +385,7 @@ def with_delivery_count(message: Message, count: int) -> Message:
     except (errors.AMQPError, tables.TableError):
         log.warning("cannot add x-delivery-count to a message whose properties do not decode")
         return message
-    copy = Message(message.exchange, message.routing_key, message.route, header, message.body)
+    copy = Message(message.exchange, message.routing_key, message.raw_route, header, message.body)
     copy._persistent = message._persistent
     return copy
 

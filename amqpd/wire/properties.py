@@ -26,6 +26,11 @@ CLUSTER_ID = 1 << 2
 UNUSED = 1 << 1        # no property; RabbitMQ and clients ignore it
 CONTINUED = 1          # "another flag word follows": no 0-9-1 client reads one correctly
 
+# The flag word is bytes 12-13 of a content-header payload (class, weight, body size before it).
+# The hot path tests the expiration bit in its high byte directly: header[FLAGS_HIGH] & EXPIRES.
+FLAGS_HIGH = 12
+EXPIRES = EXPIRATION >> 8
+
 # Wire kinds: shortstr, table, octet, 64-bit timestamp.
 SHORTSTR, TABLE, OCTET, STAMP = "s", "t", "o", "q"
 _LAYOUT = ((CONTENT_TYPE, SHORTSTR, "content_type"),

@@ -12,7 +12,7 @@ from pamqp import commands as C
 from pamqp import header as pamqp_header
 from pamqp import heartbeat as pamqp_heartbeat
 
-from amqpd.amqp import connection as connection_mod
+from amqpd.amqp import handshake
 from amqpd.amqp.connection import Connection
 from tests.unit.stubs import (PROTOCOL_HEADER, Client, StubIO, content, decode_frames,
                               handshake_bytes, heartbeat, make_broker, method, open_, publish,
@@ -82,7 +82,7 @@ def test_handshake_happy_path():
     start = c.expect_one(C.Connection.Start, 0)
     assert (start.version_major, start.version_minor) == (0, 9)
     props = start.server_properties
-    assert props["capabilities"] == connection_mod.CAPABILITIES
+    assert props["capabilities"] == handshake.CAPABILITIES
     assert all(v is True for v in props["capabilities"].values())
     for cap in ("publisher_confirms", "basic.nack", "consumer_cancel_notify",
                 "authentication_failure_close", "connection.blocked"):

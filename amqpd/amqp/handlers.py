@@ -1,0 +1,344 @@
+"""The channel's method handlers, one function per AMQP method, in a table keyed by pamqp's
+method class (``HANDLERS``): the table is the list of methods amqpd supports on a channel.
+Each handler checks permissions the way RabbitMQ's permission table says, asks the broker, and
+answers on the channel."""
+from __future__ import annotations
+
+import secrets
+import struct
+from typing import TYPE_CHECKING
+
+from pamqp import commands as C
+
+from .. import errors
+from ..broker.consumer import Consumer
+from ..wire import fastpath, framing
+from ..wire.framing import FRAME_METHOD
+from ..wire.tables import text
+from .reply_to import REPLY_TO
+
+if TYPE_CHECKING:
+    from .channel import Channel
+
+Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
+                                                 C.Confirm, C.Tx)
+
+
+def class_method(method) -> tuple[int, int]:
+    return method.index >> 16, method.index & 0xFFFF
+
+
+def _ok(ch: Channel, method, reply) -> None:
+    if not getattr(method, "nowait", False):
+        ch.send(reply)
+
+
+# -- channel class --------------------------------------------------------------------------------
+def channel_close(ch: Channel, m) -> None:
+    ch.conn.close_channel(ch, client_initiated=True)
+
+
+def channel_flow(ch: Channel, m: Channel_.Flow) -> None:
+    if not m.active:
+        raise errors.NotImplemented_("active=false", 20, 20)
+    ch.send(Channel_.FlowOk(active=True))
+
+
+def channel_open(ch: Channel, m) -> None:
+    raise errors.ChannelErrorConn("second 'channel.open' seen", 20, 10)
+
+
+# -- exchange class -------------------------------------------------------------------------------
+def exchange_declare(ch: Channel, m: Exchange.Declare) -> None:
+    if not m.passive:
+        ch.conn.authorize("configure", "exchange", m.exchange)
+        ae = (m.arguments or {}).get("alternate-exchange")
+        if isinstance(ae, (str, bytes)) and ae:
+            ch.conn.authorize("read", "exchange", m.exchange)
+            ch.conn.authorize("write", "exchange", text(ae))
+    ch.vhost.declare_exchange(m.exchange, m.exchange_type, m.passive, m.durable, m.auto_delete,
+                              m.internal, m.arguments or {})
+    _ok(ch, m, Exchange.DeclareOk())
+
+
+def exchange_delete(ch: Channel, m: Exchange.Delete) -> None:
+    ch.conn.authorize("configure", "exchange", m.exchange)
+    ch.vhost.delete_exchange(m.exchange, m.if_unused)
+    _ok(ch, m, Exchange.DeleteOk())
+
+
+def exchange_bind(ch: Channel, m: Exchange.Bind) -> None:
+    # RabbitMQ's order: write on the destination, the default-exchange rule, read on the
+    # source, then existence.
+    ch.conn.authorize("write", "exchange", m.destination)
+    if not m.destination or not m.source:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("read", "exchange", m.source)
+    source = ch.vhost.exchange(m.source)
+    dest = ch.vhost.exchange(m.destination)
+    ch.vhost.bind(source, dest, m.routing_key, m.arguments or {})
+    _ok(ch, m, Exchange.BindOk())
+
+
+def exchange_unbind(ch: Channel, m: Exchange.Unbind) -> None:
+    if not m.destination or not m.source:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("write", "exchange", m.destination)
+    ch.conn.authorize("read", "exchange", m.source)
+    dest = ch.vhost.exchanges.get(m.destination)
+    source = ch.vhost.exchanges.get(m.source)
+    if dest is not None and source is not None:
+        ch.vhost.unbind(source, dest, m.routing_key, m.arguments or {})
+    _ok(ch, m, Exchange.UnbindOk())
+
+
+# -- queue class ----------------------------------------------------------------------------------
+def queue_declare(ch: Channel, m: Queue.Declare) -> None:
+    if m.queue == REPLY_TO or m.queue.startswith(REPLY_TO + "."):
+        _reply_declare(ch, m)
+        return
+    if not m.passive:
+        # A server-named queue is checked under its generated name by RabbitMQ; "amq.gen-*"
+        # is what a permission regex can match for it.
+        ch.conn.authorize("configure", "queue", m.queue or "amq.gen-")
+        dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+        if isinstance(dlx, (str, bytes)) and dlx:
+            ch.conn.authorize("read", "queue", m.queue or "amq.gen-")
+            ch.conn.authorize("write", "exchange",
+                              text(dlx))
+    q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
+                               m.auto_delete, m.arguments or {})
+    ch.last_queue = q.name
+    _declare_ok(ch, m, q.name, q.message_count, len(q.consumers))
+
+
+def _declare_ok(ch: Channel, m: Queue.Declare, name: str, messages: int, consumers: int) -> None:
+    """Queue.Declare-Ok, encoded here: pamqp refuses to build one for a name outside its
+    ASCII pattern (``tâche``, ``a*b``), and RabbitMQ accepts any UTF-8 name up to 255 bytes."""
+    if not m.nowait:
+        ch.conn.write(framing.frame(FRAME_METHOD, ch.number, _DECLARE_OK + fastpath.shortstr(name)
+                                    + _counts(messages, consumers)))
+
+
+_DECLARE_OK = struct.pack(">HH", 50, 11)
+_counts = struct.Struct(">II").pack
+
+
+def _reply_declare(ch: Channel, m: Queue.Declare) -> None:
+    """Declaring the direct reply-to pseudo-queue (or a live reply name) succeeds, as in
+    RabbitMQ; clients such as Spring AMQP probe for the feature this way."""
+    if m.queue == REPLY_TO:
+        _declare_ok(ch, m, REPLY_TO, 0, 1)
+        return
+    q = ch.vhost.reply_queues.get(m.queue)
+    if q is None:
+        raise errors.NotFound(f"no queue '{m.queue}' in vhost '{ch.vhost.name}'")
+    _declare_ok(ch, m, q.name, 0, len(q.consumers))
+
+
+def _queue_name(ch: Channel, name: str) -> str:
+    """The queue a method names ("" is the channel's last declared queue); 404 when none."""
+    name = name or ch.last_queue
+    if not name:
+        raise errors.NotFound("no previously declared queue")
+    return name
+
+
+def _queue(ch: Channel, name: str):
+    """An empty name means the channel's last declared queue, as in RabbitMQ."""
+    if not name:
+        name = ch.last_queue
+        if not name:
+            raise errors.NotFound("no previously declared queue")
+    return ch.vhost.queue(name, ch.conn)
+
+
+def queue_bind(ch: Channel, m: Queue.Bind) -> None:
+    ch.conn.authorize("write", "queue", _queue_name(ch, m.queue))   # permissions first
+    ch.conn.authorize("read", "exchange", m.exchange)
+    ex = ch.vhost.exchange(m.exchange)
+    q = _queue(ch, m.queue)
+    ch.vhost.bind(ex, q, m.routing_key, m.arguments or {})
+    _ok(ch, m, Queue.BindOk())
+
+
+def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
+    # Unbinding is an idempotent assertion in RabbitMQ: missing things are not errors.
+    if not m.exchange:
+        raise errors.AccessRefused("operation not permitted on the default exchange")
+    ch.conn.authorize("write", "queue", m.queue or ch.last_queue)
+    ch.conn.authorize("read", "exchange", m.exchange)
+    q = ch.vhost.queues.get(m.queue or ch.last_queue)
+    ex = ch.vhost.exchanges.get(m.exchange)
+    if q is not None and ex is not None and ex.has_binding(q, m.routing_key, m.arguments):
+        ch.vhost.queue(q.name, ch.conn)       # another connection's exclusive queue: 405
+        ch.vhost.unbind(ex, q, m.routing_key, m.arguments or {})
+    ch.send(Queue.UnbindOk())
+
+
+def queue_purge(ch: Channel, m: Queue.Purge) -> None:
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
+    q = _queue(ch, m.queue)
+    _ok(ch, m, Queue.PurgeOk(message_count=q.purge()))
+
+
+def queue_delete(ch: Channel, m: Queue.Delete) -> None:
+    name = m.queue or ch.last_queue
+    if not name:
+        raise errors.NotFound("no previously declared queue")
+    ch.conn.authorize("configure", "queue", name)
+    q = ch.vhost.queues.get(name)
+    if q is None:
+        _ok(ch, m, Queue.DeleteOk(message_count=0))
+        return
+    ch.vhost.queue(name, ch.conn)          # exclusive check
+    if m.if_unused and q.consumers:
+        raise errors.PreconditionFailed(f"{q.label} in use", 50, 40)
+    if m.if_empty and q.message_count:
+        raise errors.PreconditionFailed(f"{q.label} not empty", 50, 40)
+    # delete-ok before the consumers' basic.cancel, as RabbitMQ (deterministic when the
+    # consumer is on this channel: kombu's delete() must not see the cancel first)
+    _ok(ch, m, Queue.DeleteOk(message_count=q.message_count))
+    ch.vhost.delete_queue(q)
+
+
+# -- basic class ----------------------------------------------------------------------------------
+def basic_qos(ch: Channel, m: Basic.Qos) -> None:
+    if m.prefetch_size:
+        raise errors.NotImplemented_(
+            f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+    if m.global_:
+        ch.global_prefetch = m.prefetch_count
+        for c in ch.consumers.values():
+            ch.conn.broker.schedule(c.queue)
+    else:
+        ch.prefetch = m.prefetch_count
+    ch.send(Basic.QosOk())
+
+
+def basic_consume(ch: Channel, m: Basic.Consume) -> None:
+    if m.queue == REPLY_TO:
+        _reply_consume(ch, m)
+        return
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
+    q = _queue(ch, m.queue)
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+    if tag in ch.consumers:
+        raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    args = m.arguments or {}
+    priority = args.get("x-priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise errors.PreconditionFailed(
+            f"invalid arg 'x-priority' for {q.label}: expected an integer", 60, 20)
+    consumer = Consumer(tag, ch, q, m.no_ack, m.exclusive, priority, ch.prefetch, args)
+    q.add_consumer(consumer)
+    ch.consumers[tag] = consumer
+    _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
+
+
+def _reply_consume(ch: Channel, m: Basic.Consume) -> None:
+    """Direct reply-to: a consumer on the pseudo-queue amq.rabbitmq.reply-to gets a hidden,
+    connection-exclusive queue whose name is what publishers' reply_to is rewritten to."""
+    if not m.no_ack:
+        raise errors.PreconditionFailed("reply consumer cannot acknowledge", 60, 20)
+    if ch.reply_queue is not None:
+        raise errors.PreconditionFailed("reply consumer already set", 60, 20)
+    q = ch.vhost.reply_queue(ch.conn)
+    tag = m.consumer_tag or "amq.ctag-" + secrets.token_urlsafe(16)
+    if tag in ch.consumers:
+        raise errors.NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+    consumer = Consumer(tag, ch, q, True, False, 0, 0, {})
+    q.add_consumer(consumer)
+    ch.consumers[tag] = consumer
+    ch.reply_queue = q
+    _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
+
+
+def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
+    consumer = ch.consumers.pop(m.consumer_tag, None)
+    if consumer is not None:
+        if consumer.queue is ch.reply_queue:
+            ch.reply_queue = None
+        consumer.queue.remove_consumer(consumer)
+    _ok(ch, m, Basic.CancelOk(consumer_tag=m.consumer_tag))
+
+
+def basic_get(ch: Channel, m: Basic.Get) -> None:
+    ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
+    q = _queue(ch, m.queue)
+    entry = q.take()
+    if entry is None:
+        ch.send(Basic.GetEmpty())
+        return
+    ch.next_tag = tag = ch.next_tag + 1
+    if m.no_ack:
+        q.settle(entry)
+    else:
+        ch.unacked[tag] = (q, entry, None)
+    msg = entry.message
+    conn = ch.conn
+    fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.raw_route,
+                          q.message_count, msg.header, msg.body, conn.frame_max)
+    conn.wrote(len(msg.body))
+
+
+def basic_recover(ch: Channel, m) -> None:
+    if not m.requeue:
+        raise errors.NotImplemented_("requeue=false", *class_method(m))
+    ch.requeue_all()
+    if isinstance(m, Basic.Recover):
+        ch.send(Basic.RecoverOk())
+
+
+def basic_recover_async(ch: Channel, m) -> None:
+    basic_recover(ch, m)
+
+
+# -- confirm and tx -------------------------------------------------------------------------------
+def confirm_select(ch: Channel, m: Confirm.Select) -> None:
+    if ch.tx is not None:
+        raise errors.PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
+    ch.confirm = True
+    _ok(ch, m, Confirm.SelectOk())
+
+
+def tx_select(ch: Channel, m) -> None:
+    if ch.confirm:
+        raise errors.PreconditionFailed("cannot switch from confirm to tx mode", 90, 10)
+    if ch.tx is None:
+        ch.tx = []
+    ch.send(Tx.SelectOk())
+
+
+def tx_commit(ch: Channel, m) -> None:
+    if ch.tx is None:
+        raise errors.PreconditionFailed("channel is not transactional", 90, 20)
+    actions, ch.tx = ch.tx, None
+    try:
+        for fn, args in actions:
+            fn(*args)
+    finally:
+        ch.tx = []
+    ch.send(Tx.CommitOk())
+
+
+def tx_rollback(ch: Channel, m) -> None:
+    if ch.tx is None:
+        raise errors.PreconditionFailed("channel is not transactional", 90, 30)
+    # Rolled-back acks leave their messages unacked on the channel, as RabbitMQ does.
+    ch.restore_tx_acks()
+    ch.tx = []
+    ch.send(Tx.RollbackOk())
+
+
+HANDLERS = {
+    Channel_.Close: channel_close, Channel_.Flow: channel_flow, Channel_.Open: channel_open,
+    Exchange.Declare: exchange_declare, Exchange.Delete: exchange_delete,
+    Exchange.Bind: exchange_bind, Exchange.Unbind: exchange_unbind,
+    Queue.Declare: queue_declare, Queue.Bind: queue_bind, Queue.Unbind: queue_unbind,
+    Queue.Purge: queue_purge, Queue.Delete: queue_delete,
+    Basic.Qos: basic_qos, Basic.Consume: basic_consume, Basic.Cancel: basic_cancel,
+    Basic.Get: basic_get, Basic.Recover: basic_recover, Basic.RecoverAsync: basic_recover_async,
+    Confirm.Select: confirm_select,
+    Tx.Select: tx_select, Tx.Commit: tx_commit, Tx.Rollback: tx_rollback,
+}

@@ -1,0 +1,58 @@
+"""Time in a queue: message TTL (a deadline heap that expires a message wherever it sits) and
+x-expires (a queue unused for that long deletes itself). Deadlines are armed on the broker's
+one clock (``Broker.call_at``)."""
+import heapq
+
+from .message import GONE, READY, Entry
+
+
+class Expiry:
+    """Part of Queue (broker/queue.py)."""
+
+    def _expire_at(self, entry: Entry, deadline: float) -> None:
+        entry.expires = deadline
+        if self.expiring is None:
+            self.expiring = []
+        heap = self.expiring
+        if not heap or deadline < heap[0][0]:
+            self.vhost.broker.call_at(deadline, self.expire)
+        heapq.heappush(heap, (deadline, entry.seq, entry))
+
+    def expire(self) -> None:
+        """Timer: drop (dead-letter) every ready message whose time is up, wherever it sits in
+        the queue; RabbitMQ only looks at the head."""
+        heap = self.expiring
+        if self.deleted or not heap:
+            return
+        now = self.vhost.broker.clock()
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.state != READY:
+                continue              # delivered (checked again if requeued) or gone
+            self.expired_in_place += 1
+            if self.length_limited:
+                self.ready_bytes -= len(entry.message.body)
+            self._remove(entry, "expired")
+        if heap:
+            self.vhost.broker.call_at(heap[0][0], self.expire)
+        if self.expired_in_place > 1024 and self.expired_in_place * 2 > self.ready.size():
+            self._compact()
+
+    def _compact(self) -> None:
+        """Many expired entries left in place: rebuild the ready list without them."""
+        live = [e for e in self.ready if e.state != GONE]
+        self.ready.clear()
+        for e in live:
+            self.ready.append(e)
+        self.expired_in_place = 0
+
+    def touch(self) -> None:
+        """x-expires: the queue was used (declared, consumed from, got from)."""
+        self.last_used = now = self.vhost.broker.clock()
+        self.vhost.broker.call_at(now + self.opts.expires / 1000.0, self.check_unused)
+
+    def check_unused(self) -> None:
+        if self.deleted or self.consumers or self.last_used is None:
+            return
+        if self.vhost.broker.clock() >= self.last_used + self.opts.expires / 1000.0 - 0.001:
+            self.vhost.delete_queue(self)
