@@ -4,7 +4,7 @@
 With CPython's default garbage-collector settings, every time the heap grew by a quarter a full
 collection walked all queued messages: 0.7 s per 3 million, during which no client was served
 (1.7 s seen at 4 million). The standalone broker (the CLI, tested here as users run it) does full
-collections only while they are cheap (amqpd/gc_policy.py). The bound is generous: the machine
+collections only while they are cheap (amqpd/edge/gc_policy.py). The bound is generous: the machine
 is shared and noisy; the pauses it guards against were the better part of a second or more.
 """
 import threading

@@ -15,7 +15,6 @@ from ..wire import fastpath, properties
 from ..wire.tables import text
 from .. import errors
 from . import reply_to
-from .handlers import HANDLERS, class_method
 
 Basic, Channel_, Exchange, Queue, Confirm, Tx = (C.Basic, C.Channel, C.Exchange, C.Queue,
                                                  C.Confirm, C.Tx)
@@ -264,12 +263,6 @@ class Channel:
             self.nacks = deque(sorted([*self.nacks, *failed]))
         else:
             self.nacks.extend(failed)
-
-    def on_method(self, method) -> None:
-        handler = HANDLERS.get(type(method))
-        if handler is None:
-            raise errors.CommandInvalid("unimplemented method", *class_method(method))
-        handler(self, method)
 
     # -- delivery -----------------------------------------------------------------------------
     def can_deliver(self, consumer: Consumer) -> bool:

@@ -16,6 +16,7 @@ from .. import errors
 from .channel import CLOSING, OPEN, Channel
 from .handshake import Handshake
 from .output import Output
+from . import handlers
 from .handlers import class_method
 from .state import CLOSE_SENT, CLOSED, ENDED, HEADER, OPENING, RUNNING
 
@@ -221,7 +222,7 @@ class Connection(Handshake, Output):
                         elif index in SERVER_CONTENT:
                             ch.on_content_method(payload)
                         else:
-                            ch.on_method(self._decode(payload))
+                            handlers.handle(ch, self._decode(payload))
                     elif ftype == FRAME_BODY:
                         ch.on_body(payload)
                     elif ftype == FRAME_HEADER:

@@ -28,6 +28,14 @@ def class_method(method) -> tuple[int, int]:
     return method.index >> 16, method.index & 0xFFFF
 
 
+def handle(ch: Channel, method) -> None:
+    """Run the handler of a decoded method on an open channel."""
+    handler = HANDLERS.get(type(method))
+    if handler is None:
+        raise errors.CommandInvalid("unimplemented method", *class_method(method))
+    handler(ch, method)
+
+
 def _ok(ch: Channel, method, reply) -> None:
     if not getattr(method, "nowait", False):
         ch.send(reply)

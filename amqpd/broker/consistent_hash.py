@@ -57,7 +57,7 @@ class ConsistentHashExchange(Exchange):
         self.hash_flag = HASH_PROPERTIES.get(text(prop)) if prop else None
 
     @classmethod
-    def validate_arguments(cls, label: str, arguments: dict) -> None:
+    def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
         super().validate_arguments(label, arguments)
         if "hash-header" in arguments and "hash-property" in arguments:
             raise errors.PreconditionFailed(

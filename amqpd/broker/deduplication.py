@@ -25,7 +25,7 @@ class DeduplicationExchange(FanoutExchange):
         self.header = self.arguments.get(DEDUP_HEADER, DEDUP_HEADER)
 
     @classmethod
-    def validate_arguments(cls, label: str, arguments: dict) -> None:
+    def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
         super().validate_arguments(label, arguments)
         size = _integer(arguments.get("x-cache-size"))
         if size is None or size <= 0:

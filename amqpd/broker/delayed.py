@@ -80,7 +80,9 @@ class DelayedExchange(Exchange):
         self.segments: dict = {}           # log seq -> segment
 
     @classmethod
-    def validate_arguments(cls, label: str, arguments: dict) -> None:
+    def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
+        """``types``: the exchange types by name (the vhost's registry, which names this
+        class, so it is passed in rather than imported)."""
         super().validate_arguments(label, arguments)
         kind = text(arguments.get("x-delayed-type"))
         if not isinstance(kind, str):
@@ -90,8 +92,7 @@ class DelayedExchange(Exchange):
             raise errors.PreconditionFailed(
                 "Invalid argument, 'x-delayed-message' can't be used for 'x-delayed-type'")
         # the plugin checks the type like a declare does: a connection error
-        from .exchange_types import TYPES     # the registry names this class: import late
-        check_type(kind, TYPES)
+        check_type(kind, types)
 
     def validate_binding(self, key, args):
         self.inner.validate_binding(key, args)

@@ -136,7 +136,7 @@ class Exchange:
         """Hook for exchange types with argument rules (headers)."""
 
     @classmethod
-    def validate_arguments(cls, label: str, arguments: dict) -> None:
+    def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
         """Declare-time checks of the exchange's arguments (406 as RabbitMQ and its plugins)."""
         ae = arguments.get("alternate-exchange")
         if "alternate-exchange" in arguments and not isinstance(ae, (str, bytes)):

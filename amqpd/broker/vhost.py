@@ -62,7 +62,8 @@ class VHost:
         if name.startswith("amq."):
             raise errors.AccessRefused(
                 f"exchange name '{name}' contains reserved prefix 'amq.*'")
-        cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {})
+        cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {},
+                               self.types)
         ex = cls(self, name, durable, auto_delete, internal, arguments)
         if durable:
             self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
