@@ -25,7 +25,8 @@ import pytest
 
 from amqpd.store import records
 from amqpd.store.fileio import FileIO
-from amqpd.store.store import RECOVERED_AFTER, Store
+from amqpd.store.commit import RECOVERED_AFTER
+from amqpd.store.store import Store
 
 from .brokerthread import BrokerThread
 

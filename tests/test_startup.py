@@ -8,7 +8,7 @@ import pika
 import pytest
 
 from amqpd.config import ConfigError
-from amqpd.server import StartError
+from amqpd.edge.listeners import StartError
 from amqpd.store.store import StoreError
 from tests.brokerthread import BrokerThread
 
