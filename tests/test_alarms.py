@@ -15,6 +15,7 @@ from pamqp.exceptions import UnmarshalingException
 from interop.process import AmqpdProcess
 from tests.brokerthread import BrokerThread
 from tests.rawclient import PROTOCOL_HEADER, RawClient
+from tests.helpers import ready
 
 BLOCKING = {"connection.blocked": True, "authentication_failure_close": True}
 
@@ -24,10 +25,6 @@ def raw(port, capabilities=BLOCKING) -> RawClient:
     c.handshake(capabilities=capabilities)
     c.open_channel(1)
     return c
-
-
-def queue_len(b, name):
-    return b.call(lambda: b.broker.vhosts["/"].queues[name].message_count)
 
 
 def no_frame(c: RawClient, wait: float = 0.3) -> bool:
@@ -59,7 +56,7 @@ def test_alarm_blocks_publishers_and_lets_consumers_drain(make_broker):
     for i in range(20):
         pub.publish(1, b"held %d" % i, routing_key="work")
     assert no_frame(consumer)                           # not read while blocked
-    assert queue_len(b, "work") == 0
+    assert ready(b, "work") == 0
     # a consumer-only connection works normally, and so does one that has not published
     consumer.method(1, C.Basic.Qos(prefetch_count=0))
     consumer.expect(C.Basic.QosOk)
@@ -125,7 +122,7 @@ def test_disk_free_limit_measured_on_the_data_dir(make_broker):
     assert c.expect(C.Connection.Blocked).reason == "low on disk"
     b.call(setattr, b.server.monitor, "disk_free_limit", 1)     # as if space was freed
     c.expect(C.Connection.Unblocked)
-    assert queue_len(b, "d") == 1
+    assert ready(b, "d") == 1
     c.close()
 
 

@@ -16,7 +16,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from interop.process import AmqpdProcess
 from tests.brokerthread import BrokerThread
 from tests.rawclient import RawClient
-from .helpers import refused
+from .helpers import new_queue, refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -59,13 +59,6 @@ def declare_delayed(ch, name: str = "dx", kind: str = "direct", durable: bool = 
                     **args) -> None:
     ch.exchange_declare(name, "x-delayed-message", durable=durable,
                         arguments={"x-delayed-type": kind, **args})
-
-
-def new_queue(ch, exchange: str = "", key: str = "") -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key)
-    return q
 
 
 # -- timing and order -------------------------------------------------------------------------

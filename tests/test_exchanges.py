@@ -11,17 +11,10 @@ from pamqp import commands as C
 from pika.exceptions import ConnectionClosedByBroker
 
 from tests.rawclient import RawClient
-from .helpers import drain, refused, reply
+from .helpers import drain, new_queue, rabbit_text, refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def new_queue(ch, exchange: str = "", key: str = "", arguments=None) -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key, arguments=arguments)
-    return q
-
-
 def topic_match(pattern: str, key: str) -> bool:
     """Reference matcher with RabbitMQ's word split ('' has no words, 'a..b' has three)."""
     p = pattern.split(".") if pattern else []
@@ -587,12 +580,6 @@ def test_headers_invalid_x_match_type_text(ch):
     e = refused(ch.queue_bind, q, "hx", "", arguments={"x-match": 1})
     assert reply(e) == (406, "PRECONDITION_FAILED - Invalid x-match field type signedint "
                              "(value 1); expected longstr")
-
-
-def rabbit_text(text: str) -> str:
-    """RabbitMQ cuts reply texts longer than 255 bytes to 252 bytes and '...'."""
-    raw = text.encode()
-    return text if len(raw) <= 255 else (raw[:252] + b"...").decode()
 
 
 def test_long_connection_close_text_truncated_like_rabbitmq(conn):

@@ -7,6 +7,7 @@ import pytest
 from pamqp import commands as C
 
 from tests.rawclient import PROTOCOL_HEADER, Closed, RawClient
+from tests.helpers import ready
 
 USERS = [{"name": "guest", "password": "guest"},
          {"name": "one", "password": "pw", "max_connections": 1},
@@ -152,10 +153,6 @@ def test_oversized_message_is_refused_and_others_keep_going(make_broker):
     other.close()
 
 
-def _queue_len(b, name):
-    return b.call(lambda: b.broker.vhosts["/"].queues[name].message_count)
-
-
 def test_publish_rate_limit_per_user(make_broker):
     """500 messages/s for user 'slow', over both its connections: 1000 messages cannot be
     taken in faster than (1000 - 500 burst - one 8 KiB read's overshoot) / 500 s."""
@@ -175,7 +172,7 @@ def test_publish_rate_limit_per_user(make_broker):
     for _ in range(200):
         fast.basic_publish("", "free", b"f")
     fast.queue_declare("free")        # a round trip: everything before it was taken in
-    assert _queue_len(b, "free") == 200
+    assert ready(b, "free") == 200
     assert time.monotonic() - started < 0.5
     b.wait_for(lambda: b.broker.vhosts["/"].queues["rate"].message_count == 1000, timeout=10,
                what="the rate-limited messages")

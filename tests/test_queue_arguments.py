@@ -8,7 +8,7 @@ import pytest
 from pamqp import commands as C
 
 from .rawclient import RawClient
-from .helpers import connect
+from .helpers import connect, queue_exists
 
 Q = "q"
 PREFIX = f"PRECONDITION_FAILED - invalid arg '{{arg}}' for queue '{Q}' in vhost '/': "
@@ -35,10 +35,6 @@ def declare_error(broker, arguments: dict, durable: bool = False, exclusive: boo
 
 def invalid(arg: str, reason: str) -> str:
     return PREFIX.format(arg=arg) + reason
-
-
-def queue_exists(broker, name: str) -> bool:
-    return broker.call(lambda: name in broker.broker.vhosts["/"].queues)
 
 
 # -- bad values: RabbitMQ's texts ----------------------------------------------------------------

@@ -11,7 +11,7 @@ from pamqp import commands as C
 from pika.exceptions import ChannelClosedByBroker
 
 from tests.rawclient import RawClient
-from .helpers import refused, reply
+from .helpers import rabbit_text, refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -46,12 +46,6 @@ def wait_deliveries(conn, got: list, n: int, timeout: float = 5) -> None:
     while len(got) < n:
         assert time.monotonic() < deadline, f"only {len(got)} of {n} deliveries arrived"
         conn.process_data_events(time_limit=0.05)
-
-
-def rabbit_text(text: str) -> str:
-    """RabbitMQ cuts reply texts longer than 255 bytes to 252 bytes and '...'."""
-    raw = text.encode()
-    return text if len(raw) <= 255 else (raw[:252] + b"...").decode()
 
 
 def locked_text(q: str, vh: str) -> str:

@@ -7,7 +7,7 @@ import time
 
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, header
+from pamqp import commands as C
 
 from .rawclient import Closed, RawClient
 from .helpers import connect, pump
@@ -17,15 +17,6 @@ from .helpers import connect, pump
 def queue_state(broker, name: str):
     q = broker.broker.vhosts["/"].queues[name]
     return q.message_count, q.unacked, len(q.consumers)
-
-
-def read_delivery(rc: RawClient, timeout: float = 5.0):
-    deliver = rc.expect(C.Basic.Deliver, timeout)
-    head = rc.expect(header.ContentHeader, timeout)
-    data = b""
-    while len(data) < head.body_size:
-        data += rc.expect(pamqp_body.ContentBody, timeout).value
-    return deliver, data
 
 
 N = 6          # messages published
@@ -137,7 +128,7 @@ def raw_worker(broker, queue: str, heartbeat: int = 0) -> RawClient:
     rc.call(1, C.Basic.Qos(prefetch_count=HELD), C.Basic.QosOk)
     rc.call(1, C.Basic.Consume(queue=queue, consumer_tag="worker"), C.Basic.ConsumeOk)
     for i in range(HELD):
-        deliver, data = read_delivery(rc)
+        deliver, _, data = rc.read_delivery()
         assert (data, deliver.redelivered, deliver.delivery_tag) == (b"m%d" % i, False, i + 1)
     return rc
 
