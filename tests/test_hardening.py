@@ -107,7 +107,11 @@ def test_requeue_of_interleaved_unacked_messages_does_not_stall(broker):
         broker.wait_for(lambda: broker.broker.vhosts["/"].queues["big"].unacked == 20_000, 30)
         b.close()
         broker.wait_for(lambda: broker.broker.vhosts["/"].queues["big"].unacked == 0, 30)
-        time.sleep(0.2)
+        after = canary.count                # a few round trips after the merge, then stop
+        deadline = time.monotonic() + 10
+        while canary.count < after + 10:
+            assert time.monotonic() < deadline, "the canary stopped"
+            time.sleep(0.01)
     assert canary.count > 10
     assert canary.worst < 0.5, f"an unrelated round trip took {canary.worst:.3f} s"
     # and every message is back, in order
