@@ -294,3 +294,7 @@ def test_binding_arguments_with_a_key_that_is_not_utf8(broker):
                                                                          method_id == 20 else b"")
                                     + args))
             raw.expect(reply)
+            bound = broker.call(lambda: [args for dest, _k, args in
+                                         broker.broker.vhosts["/"].exchanges["amq.headers"]
+                                         .bindings if dest.name == "hq"])
+            assert len(bound) == (1 if reply is C.Queue.BindOk else 0), bound

@@ -16,7 +16,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from interop.process import AmqpdProcess
 from tests.brokerthread import BrokerThread
 from tests.rawclient import RawClient
-from .helpers import new_queue, refused
+from .helpers import drain, new_queue, refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -303,11 +303,25 @@ def test_delayed_type_itself_refused_406(ch):
     assert e.reply_code == 406
 
 
-@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", "headers"])
+HEADERS_BUG = ("a delayed exchange with x-delayed-type headers routes nothing: the inner "
+               "HeadersExchange matches against its own (empty) bindings, the outer exchange "
+               "holds them; every message is dropped as unroutable")
+
+
+@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", pytest.param(
+    "headers", marks=pytest.mark.xfail(strict=True, reason=HEADERS_BUG))])
 def test_every_routing_type_accepted(ch, kind):
     declare_delayed(ch, "dx-" + kind, kind=kind)
     declare_delayed(ch, "dx-" + kind, kind=kind)          # equivalent redeclare
     ch.exchange_declare("dx-" + kind, passive=True)
+    # and it routes by that type (a message without x-delay goes at once)
+    key, args = {"direct": ("k", None), "topic": ("k.#", None), "fanout": ("", None),
+                 "headers": ("", {"x-match": "all", "h": "v"})}[kind]
+    q = new_queue(ch, "dx-" + kind, key, arguments=args)
+    ch.basic_publish("dx-" + kind, "k.1" if kind == "topic" else "k", b"m",
+                     pika.BasicProperties(headers={"h": "v"}))
+    ch.basic_publish("dx-" + kind, "other", b"not", pika.BasicProperties(headers={"h": "w"}))
+    assert drain(ch, q) == ([b"m"] if kind != "fanout" else [b"m", b"not"])
 
 
 # -- deleting the exchange --------------------------------------------------------------------

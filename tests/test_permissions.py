@@ -307,7 +307,10 @@ def handshake_reply(broker, user, password, vhost="/", mechanism="PLAIN"):
 def test_password_hash_from_rabbitmq_logs_in(broker):
     """bob's password_hash was made by RabbitMQ 3.10 (rabbitmqctl add_user bob bob-pw)."""
     c = RawClient(broker.port)
-    c.handshake("bob", "bob-pw")
+    c.handshake("bob", "bob-pw")                 # raises unless connection.open-ok came
+    c.open_channel(1)
+    assert c.call(1, C.Exchange.Declare(exchange="amq.direct", passive=True),
+                  C.Exchange.DeclareOk) is not None
     c.close()
 
 

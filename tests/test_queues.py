@@ -388,9 +388,16 @@ def test_unbind_with_missing_queue_or_exchange_ok(conn):
     the exchange does not exist either."""
     ch = conn.channel()
     ch.queue_declare("q", exclusive=True)
-    ch.queue_unbind("q", "no-such-exchange", "k")
-    ch.queue_unbind("no-such-queue", "amq.direct", "k")
-    ch.queue_declare("q", passive=True)
+    ch.queue_bind("q", "amq.direct", "k")
+    assert ch.queue_unbind("q", "no-such-exchange", "k").method.NAME == "Queue.UnbindOk"
+    assert ch.queue_unbind("no-such-queue", "amq.direct", "k").method.NAME == "Queue.UnbindOk"
+    # nothing was created on the way, and q's own binding is untouched
+    assert refused(ch.exchange_declare, "no-such-exchange", passive=True).reply_code == 404
+    ch = conn.channel()
+    assert refused(ch.queue_declare, "no-such-queue", passive=True).reply_code == 404
+    ch = conn.channel()
+    ch.basic_publish("amq.direct", "k", b"routed")
+    assert ch.basic_get("q", auto_ack=True)[2] == b"routed"
 
 
 def test_bind_missing_queue_or_exchange_404(conn, vh):

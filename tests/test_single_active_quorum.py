@@ -361,6 +361,8 @@ def test_delivery_limit_without_dlx_drops(broker):
             method, _p, _b = ch.basic_get("qq")
             ch.basic_nack(method.delivery_tag, requeue=True)
         pump(conn, lambda: count(ch, "qq", durable=True) == 0, what="the message to go")
+        assert broker.call(lambda: broker.broker.vhosts["/"].queues["qq"].unacked) == 0
+        assert ch.basic_get("qq")[0] is None                # dropped, not held somewhere
     finally:
         conn.close()
 

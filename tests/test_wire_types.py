@@ -182,6 +182,11 @@ def test_expiration_forms_rabbitmq_accepts(broker, value):
         raw.call(1, C.Queue.Declare(queue="ttl"), C.Queue.DeclareOk)
         raw.send(publish("", "ttl", content_header(1 << 8, sstr(value))))
         raw.call(1, C.Basic.Qos(), C.Basic.QosOk)          # the publish was not refused
+        got = get_raw(raw, "ttl")          # ... and it was queued as sent, or expired at once
+        if value == b"-0":                 # a TTL of 0 with no consumer waiting
+            assert got is None
+        else:
+            assert got is not None and got[0][14:] == sstr(value)
 
 
 # == direct reply-to =============================================================================

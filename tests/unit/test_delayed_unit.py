@@ -124,3 +124,17 @@ def test_deleting_the_exchange_drops_what_it_holds(clock, vh):
     vh.bind(ex2, q, "k", {})
     clock.advance(1)
     assert q.message_count == 0
+
+
+@pytest.mark.xfail(strict=True, reason="a delayed exchange with x-delayed-type headers routes "
+                   "nothing: HeadersExchange.route reads the inner exchange's bindings, which "
+                   "stay empty (the outer DelayedExchange holds them, _index is a no-op)")
+@pytest.mark.parametrize("delay", [None, 100], ids=["at-once", "delayed"])
+def test_headers_routing_type_routes_by_headers(clock, vh, delay):
+    ex = delayed(vh, "headers")
+    q = declare_queue(vh, "q")
+    vh.bind(ex, q, "", {"x-match": "all", "h": "v"})
+    headers = {"h": "v"} if delay is None else {"h": "v", "x-delay": delay}
+    vh.publish(ex, message(b"m", "", "dx", headers=headers))
+    clock.advance(0.1)
+    assert bodies(q) == [b"m"]
