@@ -3,7 +3,8 @@
 which only drops expired messages at the head: not compared with RabbitMQ); TTL 0; dead-lettering
 of expired messages; TTL passing while a message is unacked; x-expires; TTL across a restart.
 
-Time-based checks wait with a deadline and assert generous bounds."""
+Time-based checks wait with a deadline and assert generous bounds. The exact deadlines (to the
+millisecond, on an injected clock) are tested in tests/unit/test_queue_lifecycle.py."""
 import asyncio
 import datetime
 import time
@@ -433,20 +434,8 @@ def test_unused_queue_expires_even_with_messages(broker):
         conn.close()
 
 
-def test_consumer_keeps_queue_alive_until_cancelled(broker):
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.queue_declare("exp", arguments={"x-expires": 150})
-        tag = ch.basic_consume("exp", lambda *a: None)
-        let_time_pass(conn, 0.45)
-        assert queue_exists(broker, "exp")
-        ch.basic_cancel(tag)
-        t0 = time.monotonic()
-        gone = wait_deleted(broker, "exp")
-        assert 0.1 <= gone - t0 <= 2.0, gone - t0
-    finally:
-        conn.close()
+# A consumer keeping the queue until basic.cancel: tests/unit/test_queue_lifecycle.py (exact
+# to the millisecond); the channel-close path stays here.
 
 
 def test_consumer_channel_closing_starts_the_expiry_clock(broker):
@@ -465,25 +454,7 @@ def test_consumer_channel_closing_starts_the_expiry_clock(broker):
         conn.close()
 
 
-@pytest.mark.parametrize("use", ["basic.get", "redeclare"])
-def test_get_or_redeclare_keeps_queue_alive(broker, use):
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.queue_declare("exp", arguments={"x-expires": 300})
-        end = time.monotonic() + 0.8
-        while time.monotonic() < end:
-            if use == "basic.get":
-                ch.basic_get("exp", auto_ack=True)
-            else:
-                ch.queue_declare("exp", arguments={"x-expires": 300})
-            last = time.monotonic()
-            let_time_pass(conn, 0.1)
-        assert queue_exists(broker, "exp")          # 0.8 s > x-expires, kept alive by use
-        gone = wait_deleted(broker, "exp")
-        assert 0.2 <= gone - last <= 2.0, gone - last
-    finally:
-        conn.close()
+# basic.get and redeclare resetting x-expires: tests/unit/test_queue_lifecycle.py.
 
 
 # -- TTL across a restart ------------------------------------------------------------------------
