@@ -190,3 +190,27 @@ class RawClient:
     def call(self, channel: int, method, reply_cls):
         self.method(channel, method)
         return self.expect(reply_cls)
+
+
+def open_reply(port: int, user: str = "guest", password: str = "guest", vhost: str = "/"):
+    """A handshake whose connection.open may be refused: the open RawClient, or the fields of
+    the Connection.Close (code, text, class id, method id) once close-ok has ended it."""
+    c = RawClient(port)
+    c.send(PROTOCOL_HEADER)
+    c.expect(C.Connection.Start)
+    c.method(0, C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
+                                     response=f"\0{user}\0{password}"))
+    tune = c.expect(C.Connection.Tune)
+    c.method(0, C.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max,
+                                    heartbeat=0))
+    c.method(0, C.Connection.Open(virtual_host=vhost))
+    _ch, reply = c.recv()
+    if isinstance(reply, C.Connection.OpenOk):
+        return c
+    try:
+        assert isinstance(reply, C.Connection.Close), reply
+        c.method(0, C.Connection.CloseOk())
+        assert c.is_closed()
+    finally:
+        c.close()
+    return reply.reply_code, reply.reply_text, reply.class_id, reply.method_id

@@ -464,22 +464,8 @@ def test_first_heartbeat_half_an_interval_after_open(client, heartbeat):
     assert time.monotonic() - t0 > heartbeat / 2 - 0.25
 
 
-def test_heartbeat_1_client_keeps_connection_alive(client):
-    client.handshake(heartbeat_s=1)
-    beats = 0
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 2.7:            # past the point a silent peer is dropped
-        client.send(ref.heartbeat(0))
-        deadline = time.monotonic() + 0.5
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                ch, f = client.recv(left)
-            except (TimeoutError, socket.timeout):
-                break
-            assert ch == 0 and isinstance(f, pamqp_heartbeat.Heartbeat), f
-            beats += 1
-    assert beats >= 4
-    assert_alive(client)
+# A client that heartbeats (heartbeat=1) is kept past the point a silent one is dropped:
+# tests/test_redelivery.py::test_heartbeating_client_is_not_dropped (3 s, so only there).
 
 
 # == §4 authentication and vhost ==================================================================

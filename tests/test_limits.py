@@ -6,7 +6,7 @@ import pika
 import pytest
 from pamqp import commands as C
 
-from tests.rawclient import PROTOCOL_HEADER, Closed, RawClient
+from tests.rawclient import PROTOCOL_HEADER, Closed, RawClient, open_reply
 from tests.helpers import ready
 
 USERS = [{"name": "guest", "password": "guest"},
@@ -14,27 +14,6 @@ USERS = [{"name": "guest", "password": "guest"},
          {"name": "chan", "password": "pw", "max_channels": 3},
          {"name": "slow", "password": "pw", "max_publish_rate": 500}]
 PERMS = [{"user": u["name"]} for u in USERS] + [{"user": "guest", "vhost": "v2"}]
-
-
-def open_reply(port, user="guest", password="guest", vhost="/"):
-    """Handshake; returns the open RawClient, or the Connection.Close fields."""
-    c = RawClient(port)
-    c.send(PROTOCOL_HEADER)
-    c.expect(C.Connection.Start)
-    c.method(0, C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                     response=f"\0{user}\0{password}"))
-    tune = c.expect(C.Connection.Tune)
-    c.method(0, C.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max,
-                                    heartbeat=0))
-    c.method(0, C.Connection.Open(virtual_host=vhost))
-    _ch, reply = c.recv()
-    if isinstance(reply, C.Connection.OpenOk):
-        return c
-    assert isinstance(reply, C.Connection.Close), reply
-    c.method(0, C.Connection.CloseOk())
-    assert c.is_closed()
-    c.close()
-    return reply.reply_code, reply.reply_text, reply.class_id, reply.method_id
 
 
 def alive(c: RawClient, number: int = 7) -> None:

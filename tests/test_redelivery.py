@@ -212,19 +212,28 @@ def test_silent_client_dropped_by_heartbeat_and_redelivered(make_broker):
 
 
 def test_heartbeating_client_is_not_dropped(make_broker):
-    """The converse: a client that sends heartbeats keeps its connection and its messages."""
+    """The converse: a client that sends heartbeats keeps its connection and its messages,
+    past the point a silent one is dropped (also the RabbitMQ comparison of heartbeat=1)."""
     broker = make_broker(limits={"heartbeat": 1})
     with RawClient(broker.port) as rc:
         rc.handshake(heartbeat_s=1)
         rc.open_channel(1)
+        rc.call(1, C.Queue.Declare(queue="held"), C.Queue.DeclareOk)
+        rc.publish(1, b"m0", routing_key="held")
+        rc.method(1, C.Basic.Get(queue="held"))
+        get_ok, _, _ = rc.read_delivery(C.Basic.GetOk)
         start = time.monotonic()
         beats = 0
-        while time.monotonic() - start < 2.8:
+        while time.monotonic() - start < 2.8:       # a silent peer is dropped by 2.5 s
             rc.send(b"\x08\x00\x00\x00\x00\x00\x00\xce")     # heartbeat frame
             try:
                 _ch, frame = rc.recv(timeout=0.4)
-                beats += frame.name == "Heartbeat"
+                assert frame.name == "Heartbeat", frame
+                beats += 1
             except TimeoutError:
                 pass
-        assert beats >= 2                                   # the broker heartbeats too
-        rc.call(1, C.Queue.Declare(queue="alive"), C.Queue.DeclareOk)
+        assert beats >= 4                             # the broker heartbeats every 0.5 s too
+        assert broker.call(lambda: queue_state(broker, "held")) == (0, 1, 0)   # still held
+        rc.method(1, C.Basic.Ack(delivery_tag=get_ok.delivery_tag))
+        rc.call(1, C.Queue.Declare(queue="held", passive=True), C.Queue.DeclareOk)
+        assert broker.call(lambda: queue_state(broker, "held")) == (0, 0, 0)
