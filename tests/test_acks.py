@@ -3,10 +3,10 @@ the redelivered flag, unknown delivery tags, ack(0, multiple) and basic.recover.
 
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, header
+from pamqp import commands as C
 
 from .rawclient import RawClient
-from .helpers import connect, pump
+from .helpers import connect, drain, pump, unacked
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -16,34 +16,11 @@ def fill(ch, queue: str, n: int) -> None:
         ch.basic_publish("", queue, b"m%d" % i)
 
 
-def get_all(ch, queue: str) -> list:
-    """Drain a queue with basic.get (auto-ack): [(body, redelivered), ...] in queue order."""
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append((body, method.redelivered))
-
-
-def unacked(broker, queue: str) -> int:
-    return broker.call(lambda: broker.broker.vhosts["/"].queues[queue].unacked)
-
-
-def read_delivery(rc: RawClient, cls=C.Basic.Deliver, timeout: float = 5.0):
-    method = rc.expect(cls, timeout)
-    head = rc.expect(header.ContentHeader, timeout)
-    data = b""
-    while len(data) < head.body_size:
-        data += rc.expect(pamqp_body.ContentBody, timeout).value
-    return method, data
-
-
 def raw_get(rc: RawClient, channel: int, queue: str, n: int) -> list:
     out = []
     for _ in range(n):
         rc.method(channel, C.Basic.Get(queue=queue))
-        method, data = read_delivery(rc, C.Basic.GetOk)
+        method, _, data = rc.read_delivery(C.Basic.GetOk)
         out.append((method.delivery_tag, data))
     return out
 
@@ -79,7 +56,7 @@ def test_ack_single_and_multiple(broker):
         ch.close()
         # Only the unacked ones (m4, m5) come back, redelivered.
         ch2 = conn.channel()
-        assert get_all(ch2, "ack") == [(b"m4", True), (b"m5", True)]
+        assert drain(ch2, "ack", flags=True) == [(b"m4", True), (b"m5", True)]
     finally:
         conn.close()
 
@@ -141,7 +118,7 @@ def test_reject_requeue_goes_back_to_original_position(broker):
         # m3 is dropped, m0 acked.
         ch.basic_reject(4, requeue=False)
         ch.basic_ack(1)
-        assert get_all(ch, "pos") == [(b"m1", True), (b"m2", True), (b"m4", False),
+        assert drain(ch, "pos", flags=True) == [(b"m1", True), (b"m2", True), (b"m4", False),
                                       (b"m5", False)]
         assert unacked(broker, "pos") == 0
     finally:
@@ -167,7 +144,7 @@ def test_nack_multiple_requeue_redelivers_in_order_to_consumer(broker):
         assert unacked(broker, "nack") == 0
         ch.close()
         ch2 = conn.channel()
-        assert get_all(ch2, "nack") == []
+        assert drain(ch2, "nack", flags=True) == []
     finally:
         conn.close()
 
@@ -182,7 +159,7 @@ def test_nack_and_reject_without_requeue_drop(broker):
         ch.basic_nack(2, multiple=True, requeue=False)   # m0, m1
         ch.basic_reject(3, requeue=False)                # m2
         ch.basic_nack(4, requeue=True)                   # m3 back
-        assert get_all(ch, "drop") == [(b"m3", True)]
+        assert drain(ch, "drop", flags=True) == [(b"m3", True)]
         assert unacked(broker, "drop") == 0
     finally:
         conn.close()
@@ -200,7 +177,7 @@ def test_requeue_of_messages_behind_ready_ones(broker):
         ch2.basic_reject(ch2.basic_get("mid")[0].delivery_tag, requeue=True)   # m2 back
         ch.basic_nack(2, requeue=True)        # m1 back, ahead of m2
         ch.basic_nack(1, requeue=True)        # m0 back, at the head
-        assert get_all(ch, "mid") == [(b"m0", True), (b"m1", True), (b"m2", True)]
+        assert drain(ch, "mid", flags=True) == [(b"m0", True), (b"m1", True), (b"m2", True)]
     finally:
         conn.close()
 
@@ -243,7 +220,7 @@ def test_double_ack_is_406_and_requeues_the_rest(broker):
         assert err.value.reply_text == "PRECONDITION_FAILED - unknown delivery tag 1"
         # The channel error released m1 and m2 back to the queue, redelivered.
         ch2 = conn.channel()
-        assert get_all(ch2, "dbl") == [(b"m1", True), (b"m2", True)]
+        assert drain(ch2, "dbl", flags=True) == [(b"m1", True), (b"m2", True)]
     finally:
         conn.close()
 
@@ -326,8 +303,8 @@ def test_recover_requeue_true_raw_and_to_other_consumers(broker):
         rc.call(1, C.Basic.Recover(requeue=True), C.Basic.RecoverOk)
         # basic.get deliveries have no consumer to go back to: they go to the queue and on to
         # the other channel's consumer, redelivered, in order.
-        d1, b1 = read_delivery(rc)
-        d2, b2 = read_delivery(rc)
+        d1, _, b1 = rc.read_delivery()
+        d2, _, b2 = rc.read_delivery()
         assert (b1, d1.redelivered, d1.delivery_tag) == (b"m0", True, 1)
         assert (b2, d2.redelivered, d2.delivery_tag) == (b"m1", True, 2)
 

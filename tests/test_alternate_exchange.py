@@ -10,7 +10,7 @@ from pamqp import commands as C
 from pika.exceptions import UnroutableError
 
 from tests.rawclient import RawClient
-from .helpers import drain, refused
+from .helpers import drain, new_queue, refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -42,13 +42,6 @@ def fence(ch) -> None:
     """A synchronous round trip on the channel: every earlier publish has been routed and any
     basic.return for it has arrived (the broker answers in order)."""
     ch.basic_qos(prefetch_count=0)
-
-
-def new_queue(ch, exchange: str = "", key: str = "") -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key)
-    return q
 
 
 # -- routing ----------------------------------------------------------------------------------

@@ -23,19 +23,11 @@ from pamqp import commands as C
 
 from tests import reference_cases as ref
 from tests.brokerthread import BrokerThread
-from tests.rawclient import RawClient
+from tests.rawclient import RawClient, sstr, table
 
 from .helpers import drain, refused
 
 BAD = b"S" + struct.pack(">I", 2) + b"\xff\xfe"      # a longstr that is not UTF-8
-
-
-def sstr(raw: bytes) -> bytes:
-    return bytes([len(raw)]) + raw
-
-
-def table(entries: bytes) -> bytes:
-    return struct.pack(">I", len(entries)) + entries
 
 
 def queue_declare(name: bytes, args: bytes, durable: bool = False) -> bytes:
@@ -302,3 +294,7 @@ def test_binding_arguments_with_a_key_that_is_not_utf8(broker):
                                                                          method_id == 20 else b"")
                                     + args))
             raw.expect(reply)
+            bound = broker.call(lambda: [args for dest, _k, args in
+                                         broker.broker.vhosts["/"].exchanges["amq.headers"]
+                                         .bindings if dest.name == "hq"])
+            assert len(bound) == (1 if reply is C.Queue.BindOk else 0), bound

@@ -4,35 +4,13 @@ import asyncio
 import aio_pika
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, header
+from pamqp import commands as C
 
-from .rawclient import RawClient
-from .helpers import connect, count, pump
+from .rawclient import RawClient, publish_frames
+from .helpers import connect, count, drain, pump, unacked
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def get_all(ch, queue: str) -> list:
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append((body, method.redelivered))
-
-
-def unacked(broker, queue: str) -> int:
-    return broker.call(lambda: broker.broker.vhosts["/"].queues[queue].unacked)
-
-
-def publish_bytes(channel: int, body: bytes, routing_key: str, exchange: str = "",
-                  mandatory: bool = False) -> bytes:
-    return b"".join([
-        pamqp_frame.marshal(C.Basic.Publish(exchange=exchange, routing_key=routing_key,
-                                            mandatory=mandatory), channel),
-        pamqp_frame.marshal(header.ContentHeader(0, len(body), C.Basic.Properties()), channel),
-        pamqp_frame.marshal(pamqp_body.ContentBody(body), channel)])
-
-
 def frames_until(rc: RawClient, cls) -> list:
     """Frames (not heartbeats) up to and including the first of type ``cls``."""
     out = []
@@ -53,7 +31,7 @@ def test_10000_confirms_raw(broker):
         rc.open_channel(1)
         rc.call(1, C.Queue.Declare(queue="confirm10k"), C.Queue.DeclareOk)
         rc.call(1, C.Confirm.Select(), C.Confirm.SelectOk)
-        one = publish_bytes(1, b"payload", "confirm10k")
+        one = publish_frames(1, b"payload", routing_key="confirm10k")
         for start in range(0, n, 1000):
             rc.send(one * 1000)
         confirmed = 0
@@ -121,7 +99,7 @@ def test_mandatory_unroutable_return_before_ack(broker):
         rc.open_channel(1)
         rc.call(1, C.Queue.Declare(queue="routable"), C.Queue.DeclareOk)
         rc.call(1, C.Confirm.Select(), C.Confirm.SelectOk)
-        rc.send(publish_bytes(1, b"lost", "nowhere", mandatory=True))
+        rc.send(publish_frames(1, b"lost", routing_key="nowhere", mandatory=True))
         frames = frames_until(rc, C.Basic.Ack)
         assert [f.name for f in frames] == ["Basic.Return", "ContentHeader", "ContentBody",
                                             "Basic.Ack"]
@@ -131,15 +109,15 @@ def test_mandatory_unroutable_return_before_ack(broker):
         assert body.value == b"lost"
         assert (ack.delivery_tag, ack.multiple) == (1, False)
         # Routable: just the ack. Unroutable without mandatory: dropped, just the ack.
-        rc.send(publish_bytes(1, b"ok", "routable", mandatory=True))
+        rc.send(publish_frames(1, b"ok", routing_key="routable", mandatory=True))
         assert [f.name for f in frames_until(rc, C.Basic.Ack)] == ["Basic.Ack"]
-        rc.send(publish_bytes(1, b"dropped", "nowhere"))
+        rc.send(publish_frames(1, b"dropped", routing_key="nowhere"))
         frames = frames_until(rc, C.Basic.Ack)
         assert [f.name for f in frames] == ["Basic.Ack"] and frames[0].delivery_tag == 3
         # Several in one batch: each return still precedes the ack that covers it.
-        rc.send(publish_bytes(1, b"x1", "nowhere", mandatory=True)
-                + publish_bytes(1, b"x2", "routable", mandatory=True)
-                + publish_bytes(1, b"x3", "nowhere", mandatory=True))
+        rc.send(publish_frames(1, b"x1", routing_key="nowhere", mandatory=True)
+                + publish_frames(1, b"x2", routing_key="routable", mandatory=True)
+                + publish_frames(1, b"x3", routing_key="nowhere", mandatory=True))
         frames = frames_until(rc, C.Basic.Ack)
         names = [f.name for f in frames]
         assert names.count("Basic.Return") == 2 and names[-1] == "Basic.Ack"
@@ -188,7 +166,7 @@ def test_tx_publish_commit_and_rollback(broker):
         ch.basic_publish("", "txq", b"c2")
         assert count(watcher, "txq") == 2
         ch.tx_commit()
-        assert get_all(watcher, "txq") == [(b"c0", False), (b"c1", False), (b"c2", False)]
+        assert drain(watcher, "txq", flags=True) == [(b"c0", False), (b"c1", False), (b"c2", False)]
         # Uncommitted publishes vanish with the channel.
         ch.basic_publish("", "txq", b"never")
         ch.close()
@@ -202,7 +180,7 @@ def test_tx_mandatory_return_at_commit(broker):
         rc.handshake()
         rc.open_channel(1)
         rc.call(1, C.Tx.Select(), C.Tx.SelectOk)
-        rc.send(publish_bytes(1, b"lost", "nowhere", mandatory=True))
+        rc.send(publish_frames(1, b"lost", routing_key="nowhere", mandatory=True))
         rc.call(1, C.Basic.Qos(), C.Basic.QosOk)     # no return before the commit
         rc.method(1, C.Tx.Commit())
         names = [f.name for f in frames_until(rc, C.Tx.CommitOk)]
@@ -239,7 +217,7 @@ def test_tx_acks_commit_and_rollback(broker):
         assert unacked(broker, "txa") == 2
         ch.close()
         # m2 and m3 (acked only in the rolled-back transaction) are redelivered.
-        assert get_all(setup, "txa") == [(b"m2", True), (b"m3", True)]
+        assert drain(setup, "txa", flags=True) == [(b"m2", True), (b"m3", True)]
     finally:
         conn.close()
 
@@ -283,7 +261,7 @@ def test_tx_reject_requeue_applies_at_commit(broker):
         ch.basic_nack(2, requeue=False)
         assert count(ch, "txj") == 0
         ch.tx_commit()
-        assert get_all(ch, "txj") == [(b"m0", True)]
+        assert drain(ch, "txj", flags=True) == [(b"m0", True)]
         assert unacked(broker, "txj") == 0
     finally:
         conn.close()
@@ -317,7 +295,7 @@ def test_tx_uncommitted_acks_redelivered_on_close(broker, how):
             ch.close()                             # returns after close-ok: cleanup is done
         else:
             worker.close()
-        assert get_all(setup, "txc") == [(b"m0", True), (b"m1", True), (b"m2", True)]
+        assert drain(setup, "txc", flags=True) == [(b"m0", True), (b"m1", True), (b"m2", True)]
     finally:
         if worker.is_open:
             worker.close()

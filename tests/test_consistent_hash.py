@@ -13,7 +13,7 @@ import pytest
 from pamqp import commands as C
 
 from tests.rawclient import RawClient
-from .helpers import count, refused
+from .helpers import count, new_queue, refused
 
 FRAME_END = b"\xce"
 
@@ -55,13 +55,6 @@ def blast(broker, exchange: str, keys) -> None:
         raw.expect(C.Channel.CloseOk)
         raw.method(0, C.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
         raw.expect(C.Connection.CloseOk)
-
-
-def new_queue(ch, exchange: str = "", key: str = "") -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key)
-    return q
 
 
 def placement(ch, queues, total: int, timeout: float = 10) -> dict:

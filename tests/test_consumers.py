@@ -10,26 +10,13 @@ import socket
 import aio_pika
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, header
+from pamqp import commands as C
 
 from .rawclient import RawClient
-from .helpers import connect, pump
+from .helpers import connect, pump, ready
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def ready(broker, name: str) -> int:
-    return broker.call(lambda: broker.broker.vhosts["/"].queues[name].message_count)
-
-
-def read_delivery(rc: RawClient, timeout: float = 5.0):
-    deliver = rc.expect(C.Basic.Deliver, timeout)
-    head = rc.expect(header.ContentHeader, timeout)
-    data = b""
-    while len(data) < head.body_size:
-        data += rc.expect(pamqp_body.ContentBody, timeout).value
-    return deliver, head, data
-
-
 def expect_connection_close(rc: RawClient, code: int):
     close = rc.expect(C.Connection.Close)
     assert close.reply_code == code, close
@@ -95,7 +82,7 @@ def test_server_generated_consumer_tags(broker):
         assert ok.consumer_tag != ok2.consumer_tag
         rc.call(1, C.Basic.Cancel(consumer_tag=ok2.consumer_tag), C.Basic.CancelOk)
         rc.publish(1, b"hi", routing_key="ctag-raw")
-        deliver, _, data = read_delivery(rc)
+        deliver, _, data = rc.read_delivery()
         assert deliver.consumer_tag == ok.consumer_tag and data == b"hi"
         assert deliver.delivery_tag == 1 and not deliver.redelivered
 
@@ -300,7 +287,7 @@ def test_basic_cancel_stops_delivery(broker):
         rc.call(1, C.Basic.Consume(queue="cancel", consumer_tag="c1", no_ack=True),
                 C.Basic.ConsumeOk)
         for _ in range(5):
-            deliver, _, _ = read_delivery(rc)
+            deliver, _, _ = rc.read_delivery()
             assert deliver.consumer_tag == "c1"
         ok = rc.call(1, C.Basic.Cancel(consumer_tag="c1"), C.Basic.CancelOk)
         assert ok.consumer_tag == "c1"

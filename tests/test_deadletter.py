@@ -11,37 +11,13 @@ import aio_pika
 import pika
 import pika.compat
 import pytest
-from .helpers import connect, count, let_time_pass, pump
+from .helpers import connect, count, dead_queue, let_time_pass, pump
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-class Recorder:
-    """A consumer (auto-ack) that keeps (method, properties, body) of what it receives."""
-
-    def __init__(self, ch, queue: str):
-        self.got = []
-        ch.basic_consume(queue, self.on_message, auto_ack=True)
-
-    def on_message(self, ch, method, props, body):
-        self.got.append((method, props, body))
-
-    @property
-    def bodies(self) -> list:
-        return [b for _m, _p, b in self.got]
-
-
-def dead_queue(conn, exchange: str = DLX, kind: str = "fanout", queue: str = DEAD,
-               key: str = "") -> Recorder:
-    ch = conn.channel()
-    ch.exchange_declare(exchange, kind)
-    ch.queue_declare(queue)
-    ch.queue_bind(queue, exchange, key)
-    return Recorder(ch, queue)
-
-
 def take(ch, queue: str):
     method, props, body = ch.basic_get(queue)
     assert method is not None, f"{queue} is empty"

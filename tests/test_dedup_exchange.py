@@ -11,7 +11,7 @@ from pamqp import commands as C
 from pika.exceptions import UnroutableError
 
 from tests.rawclient import RawClient
-from .helpers import drain, refused
+from .helpers import drain, new_queue, refused
 
 SIZE_TEXT = "'x-cache-size' must be an integer greater than 0"
 TTL_TEXT = "'x-cache-ttl' must be an integer greater than 0"
@@ -20,13 +20,6 @@ TTL_TEXT = "'x-cache-ttl' must be an integer greater than 0"
 # -- helpers ----------------------------------------------------------------------------------
 def declare(ch, name: str = "dedup", **args) -> None:
     ch.exchange_declare(name, "x-message-deduplication", arguments=args)
-
-
-def new_queue(ch, exchange: str = "", key: str = "") -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key)
-    return q
 
 
 def dedup(value, **headers) -> pika.BasicProperties:

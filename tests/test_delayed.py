@@ -16,7 +16,7 @@ from pika.exceptions import ChannelClosedByBroker, ConnectionClosedByBroker
 from interop.process import AmqpdProcess
 from tests.brokerthread import BrokerThread
 from tests.rawclient import RawClient
-from .helpers import refused
+from .helpers import drain, new_queue, refused
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -61,13 +61,6 @@ def declare_delayed(ch, name: str = "dx", kind: str = "direct", durable: bool = 
                         arguments={"x-delayed-type": kind, **args})
 
 
-def new_queue(ch, exchange: str = "", key: str = "") -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key)
-    return q
-
-
 # -- timing and order -------------------------------------------------------------------------
 def test_delay_200ms_on_time(ch):
     declare_delayed(ch)
@@ -83,18 +76,7 @@ def test_delay_200ms_on_time(ch):
     assert 0.190 <= elapsed < 0.6
 
 
-def test_messages_come_out_in_due_order(ch):
-    declare_delayed(ch)
-    q = new_queue(ch, "dx", "k")
-    c = Collector(ch, q)
-    sent = time.monotonic()
-    delays = [500, 100, 300, 0, 200, 400, 150]
-    for d in delays:
-        ch.basic_publish("dx", "k", str(d).encode(), delayed(d))
-    got = c.wait(len(delays), timeout=3)
-    assert c.bodies == [str(d).encode() for d in sorted(delays)]
-    for body, arrived, *_ in got:
-        assert arrived - sent >= int(body) / 1000 - 0.010, (body, arrived - sent)
+# Due order, and release exactly at the due time: tests/unit/test_delayed_unit.py.
 
 
 @pytest.mark.parametrize("headers", [None, {}, {"x-delay": 0}, {"x-delay": -500},
@@ -310,11 +292,25 @@ def test_delayed_type_itself_refused_406(ch):
     assert e.reply_code == 406
 
 
-@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", "headers"])
+HEADERS_BUG = ("a delayed exchange with x-delayed-type headers routes nothing: the inner "
+               "HeadersExchange matches against its own (empty) bindings, the outer exchange "
+               "holds them; every message is dropped as unroutable")
+
+
+@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", pytest.param(
+    "headers", marks=pytest.mark.xfail(strict=True, reason=HEADERS_BUG))])
 def test_every_routing_type_accepted(ch, kind):
     declare_delayed(ch, "dx-" + kind, kind=kind)
     declare_delayed(ch, "dx-" + kind, kind=kind)          # equivalent redeclare
     ch.exchange_declare("dx-" + kind, passive=True)
+    # and it routes by that type (a message without x-delay goes at once)
+    key, args = {"direct": ("k", None), "topic": ("k.#", None), "fanout": ("", None),
+                 "headers": ("", {"x-match": "all", "h": "v"})}[kind]
+    q = new_queue(ch, "dx-" + kind, key, arguments=args)
+    ch.basic_publish("dx-" + kind, "k.1" if kind == "topic" else "k", b"m",
+                     pika.BasicProperties(headers={"h": "v"}))
+    ch.basic_publish("dx-" + kind, "other", b"not", pika.BasicProperties(headers={"h": "w"}))
+    assert drain(ch, q) == ([b"m"] if kind != "fanout" else [b"m", b"not"])
 
 
 # -- deleting the exchange --------------------------------------------------------------------

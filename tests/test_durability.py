@@ -21,7 +21,7 @@ from amqpd.store.store import StoreError
 from interop.process import ROOT, AmqpdProcess
 
 from .brokerthread import BrokerThread
-from .rawclient import Closed, RawClient
+from .rawclient import RawClient
 from .helpers import count, pump
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
@@ -396,20 +396,6 @@ def header_payload(props, body_size: int) -> bytes:
     return pamqp_frame.marshal(header.ContentHeader(0, body_size, props), 1)[7:-1]
 
 
-def raw_frame(rc: RawClient) -> tuple:
-    """The next non-heartbeat frame as raw (type, payload)."""
-    while True:
-        while len(rc.buf) < 7 or len(rc.buf) < 8 + int.from_bytes(rc.buf[3:7], "big"):
-            chunk = rc.sock.recv(65536)
-            if not chunk:
-                raise Closed()
-            rc.buf += chunk
-        size = int.from_bytes(rc.buf[3:7], "big")
-        frame, rc.buf = rc.buf[:8 + size], rc.buf[8 + size:]
-        if frame[0] != 8:
-            return frame[0], frame[7:-1]
-
-
 def raw_get(rc: RawClient, queue: str):
     """basic.get with no-ack: (get-ok, raw header payload, body), or None if empty."""
     rc.method(1, C.Basic.Get(queue=queue, no_ack=True))
@@ -419,12 +405,12 @@ def raw_get(rc: RawClient, queue: str):
     if isinstance(frame, C.Basic.GetEmpty):
         return None
     assert isinstance(frame, C.Basic.GetOk), frame
-    kind, head = raw_frame(rc)
+    kind, _ch, head = rc.raw_frame()
     assert kind == 2
     size = int.from_bytes(head[4:12], "big")
     data = b""
     while len(data) < size:
-        kind, payload = raw_frame(rc)
+        kind, _ch, payload = rc.raw_frame()
         assert kind == 3
         data += payload
     return frame, head, data

@@ -11,17 +11,10 @@ from pamqp import commands as C
 from pika.exceptions import ConnectionClosedByBroker
 
 from tests.rawclient import RawClient
-from .helpers import drain, refused, reply
+from .helpers import drain, new_queue, rabbit_text, refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def new_queue(ch, exchange: str = "", key: str = "", arguments=None) -> str:
-    q = ch.queue_declare("", exclusive=True).method.queue
-    if exchange:
-        ch.queue_bind(q, exchange, key, arguments=arguments)
-    return q
-
-
 def topic_match(pattern: str, key: str) -> bool:
     """Reference matcher with RabbitMQ's word split ('' has no words, 'a..b' has three)."""
     p = pattern.split(".") if pattern else []
@@ -186,19 +179,27 @@ def test_delete_if_unused_with_bindings_406(conn, vh):
     assert refused(ch.exchange_declare, "x", passive=True).reply_code == 404
 
 
-def test_delete_if_unused_counts_only_source_bindings(ch):
+def test_delete_if_unused_counts_only_source_bindings(conn):
     """An exchange that is only a destination of an e2e binding is unused."""
+    ch = conn.channel()
     ch.exchange_declare("src", "fanout")
     ch.exchange_declare("dst", "fanout")
     ch.exchange_bind("dst", "src")
+    assert refused(ch.exchange_delete, "src", if_unused=True).reply_code == 406   # a source
+    ch = conn.channel()
     ch.exchange_delete("dst", if_unused=True)
-    # ...and the binding went with it.
+    assert refused(ch.exchange_declare, "dst", passive=True).reply_code == 404
+    # ...and the binding went with it: the source is unused now.
+    ch = conn.channel()
     ch.exchange_delete("src", if_unused=True)
+    assert refused(ch.exchange_declare, "src", passive=True).reply_code == 404
 
 
 def test_delete_missing_exchange_is_ok(ch):
-    ch.exchange_delete("never-declared")
-    ch.exchange_delete("never-declared", if_unused=True)
+    assert ch.exchange_delete("never-declared").method.NAME == "Exchange.DeleteOk"
+    assert ch.exchange_delete("never-declared", if_unused=True).method.NAME == \
+        "Exchange.DeleteOk"
+    assert ch.is_open
 
 
 @pytest.mark.parametrize("name", ["amq.direct", "amq.topic", "amq.match"])
@@ -420,9 +421,13 @@ def test_exchange_bind_missing_source_or_destination_404(conn, vh):
 
 
 def test_unbind_missing_exchange_binding_is_ok(ch):
-    ch.exchange_declare("e1", "fanout")
+    ch.exchange_declare("e1", "direct")
     ch.exchange_declare("e2", "fanout")
-    ch.exchange_unbind("e2", "e1", "never-bound")
+    ch.exchange_bind("e2", "e1", "k")
+    q = new_queue(ch, "e2")
+    assert ch.exchange_unbind("e2", "e1", "never-bound").method.NAME == "Exchange.UnbindOk"
+    ch.basic_publish("e1", "k", b"still routed")       # the real binding is untouched
+    assert drain(ch, q) == [b"still routed"]
 
 
 def test_bind_to_default_exchange_403(conn):
@@ -587,12 +592,6 @@ def test_headers_invalid_x_match_type_text(ch):
     e = refused(ch.queue_bind, q, "hx", "", arguments={"x-match": 1})
     assert reply(e) == (406, "PRECONDITION_FAILED - Invalid x-match field type signedint "
                              "(value 1); expected longstr")
-
-
-def rabbit_text(text: str) -> str:
-    """RabbitMQ cuts reply texts longer than 255 bytes to 252 bytes and '...'."""
-    raw = text.encode()
-    return text if len(raw) <= 255 else (raw[:252] + b"...").decode()
 
 
 def test_long_connection_close_text_truncated_like_rabbitmq(conn):

@@ -107,7 +107,11 @@ def test_requeue_of_interleaved_unacked_messages_does_not_stall(broker):
         broker.wait_for(lambda: broker.broker.vhosts["/"].queues["big"].unacked == 20_000, 30)
         b.close()
         broker.wait_for(lambda: broker.broker.vhosts["/"].queues["big"].unacked == 0, 30)
-        time.sleep(0.2)
+        after = canary.count                # a few round trips after the merge, then stop
+        deadline = time.monotonic() + 10
+        while canary.count < after + 10:
+            assert time.monotonic() < deadline, "the canary stopped"
+            time.sleep(0.01)
     assert canary.count > 10
     assert canary.worst < 0.5, f"an unrelated round trip took {canary.worst:.3f} s"
     # and every message is back, in order
@@ -192,8 +196,10 @@ def test_no_confirm_after_close_ok(broker, how):
             if isinstance(f, done):
                 break
             assert isinstance(f, C.Basic.Ack) and ch == 1, f
+        # Nothing may follow on channel 1: a window (the point is that nothing comes) long
+        # enough for the fsyncs of the burst's last group commits.
         after = []
-        deadline = time.monotonic() + 1.0
+        deadline = time.monotonic() + 0.4
         while time.monotonic() < deadline:
             try:
                 after.append(c.recv(deadline - time.monotonic()))
@@ -212,10 +218,11 @@ def test_any_utf8_queue_name_up_to_255_bytes(ch, name):
     ch.queue_delete(name)
 
 
-def test_start_ok_over_4096_bytes_before_tune_is_refused_undecoded(broker):
+def test_start_ok_over_4096_bytes_before_tune_is_refused_undecoded(make_broker):
     """A 131 KB start-ok whose client-properties table has 65,504 empty entries used to be
     decoded (0.27 s of CPU, every client stalled); RabbitMQ refuses frames over 4096 bytes
     before tune."""
+    broker = make_broker(limits={"close_timeout": 0.5})
     props = b"".join(b"\x00V" for _ in range(65_504))
     with RawClient(broker.port) as c:
         c.send(PROTOCOL_HEADER)
@@ -224,8 +231,8 @@ def test_start_ok_over_4096_bytes_before_tune_is_refused_undecoded(broker):
                 + pamqp_encode.long_string("\0guest\0guest") + pamqp_encode.short_string("en_US"))
         c.send(ref.raw_method(0, 10, 11, args))
         expect_connection_close(c, XC(501, None, 0, 0))
-        gone = closed_after(c, 5.0)       # the stream is not read any more: dropped after 3 s
-        assert gone is not None and gone < 4.0
+        gone = closed_after(c, 5.0)       # not read any more: dropped after close_timeout
+        assert gone is not None and 0.3 < gone < 1.5, gone
 
 
 def test_amqplain_nested_600_deep_is_a_refused_login(broker):

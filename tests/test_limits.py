@@ -6,34 +6,14 @@ import pika
 import pytest
 from pamqp import commands as C
 
-from tests.rawclient import PROTOCOL_HEADER, Closed, RawClient
+from tests.rawclient import PROTOCOL_HEADER, Closed, RawClient, open_reply
+from tests.helpers import ready
 
 USERS = [{"name": "guest", "password": "guest"},
          {"name": "one", "password": "pw", "max_connections": 1},
          {"name": "chan", "password": "pw", "max_channels": 3},
          {"name": "slow", "password": "pw", "max_publish_rate": 500}]
 PERMS = [{"user": u["name"]} for u in USERS] + [{"user": "guest", "vhost": "v2"}]
-
-
-def open_reply(port, user="guest", password="guest", vhost="/"):
-    """Handshake; returns the open RawClient, or the Connection.Close fields."""
-    c = RawClient(port)
-    c.send(PROTOCOL_HEADER)
-    c.expect(C.Connection.Start)
-    c.method(0, C.Connection.StartOk(client_properties={}, mechanism="PLAIN",
-                                     response=f"\0{user}\0{password}"))
-    tune = c.expect(C.Connection.Tune)
-    c.method(0, C.Connection.TuneOk(channel_max=tune.channel_max, frame_max=tune.frame_max,
-                                    heartbeat=0))
-    c.method(0, C.Connection.Open(virtual_host=vhost))
-    _ch, reply = c.recv()
-    if isinstance(reply, C.Connection.OpenOk):
-        return c
-    assert isinstance(reply, C.Connection.Close), reply
-    c.method(0, C.Connection.CloseOk())
-    assert c.is_closed()
-    c.close()
-    return reply.reply_code, reply.reply_text, reply.class_id, reply.method_id
 
 
 def alive(c: RawClient, number: int = 7) -> None:
@@ -152,10 +132,6 @@ def test_oversized_message_is_refused_and_others_keep_going(make_broker):
     other.close()
 
 
-def _queue_len(b, name):
-    return b.call(lambda: b.broker.vhosts["/"].queues[name].message_count)
-
-
 def test_publish_rate_limit_per_user(make_broker):
     """500 messages/s for user 'slow', over both its connections: 1000 messages cannot be
     taken in faster than (1000 - 500 burst - one 8 KiB read's overshoot) / 500 s."""
@@ -175,7 +151,7 @@ def test_publish_rate_limit_per_user(make_broker):
     for _ in range(200):
         fast.basic_publish("", "free", b"f")
     fast.queue_declare("free")        # a round trip: everything before it was taken in
-    assert _queue_len(b, "free") == 200
+    assert ready(b, "free") == 200
     assert time.monotonic() - started < 0.5
     b.wait_for(lambda: b.broker.vhosts["/"].queues["rate"].message_count == 1000, timeout=10,
                what="the rate-limited messages")

@@ -9,7 +9,7 @@ import pika
 import pytest
 
 from .brokerthread import BrokerThread
-from .helpers import connect, count, pump
+from .helpers import connect, count, drain, pump
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -18,15 +18,6 @@ def publish(ch, queue: str, items, persistent: bool = False) -> None:
     for priority, body in items:
         ch.basic_publish("", queue, body, pika.BasicProperties(
             priority=priority, delivery_mode=2 if persistent else None))
-
-
-def get_all(ch, queue: str, with_flags: bool = False) -> list:
-    out = []
-    while True:
-        method, props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append((body, method.redelivered) if with_flags else body)
 
 
 # -- priority queues -----------------------------------------------------------------------------
@@ -38,7 +29,7 @@ def test_higher_priority_first_fifo_within_a_priority(broker):
         publish(ch, "pq", [(1, b"a1"), (5, b"b1"), (1, b"a2"), (10, b"c1"), (5, b"b2"),
                            (0, b"z1"), (None, b"n1"), (10, b"c2"), (0, b"z2")])
         assert count(ch, "pq") == 9
-        assert get_all(ch, "pq") == [b"c1", b"c2", b"b1", b"b2", b"a1", b"a2",
+        assert drain(ch, "pq") == [b"c1", b"c2", b"b1", b"b2", b"a1", b"a2",
                                      b"z1", b"n1", b"z2"]
     finally:
         conn.close()
@@ -50,7 +41,7 @@ def test_priority_above_maximum_is_the_maximum(broker):
         ch = conn.channel()
         ch.queue_declare("pq", arguments={"x-max-priority": 5})
         publish(ch, "pq", [(9, b"a"), (5, b"b"), (255, b"c"), (4, b"d"), (6, b"e")])
-        assert get_all(ch, "pq") == [b"a", b"b", b"c", b"e", b"d"]
+        assert drain(ch, "pq") == [b"a", b"b", b"c", b"e", b"d"]
     finally:
         conn.close()
 
@@ -61,7 +52,7 @@ def test_no_priority_counts_as_zero(broker):
         ch = conn.channel()
         ch.queue_declare("pq", arguments={"x-max-priority": 3})
         publish(ch, "pq", [(None, b"x"), (0, b"y"), (1, b"z"), (None, b"w")])
-        assert get_all(ch, "pq") == [b"z", b"x", b"y", b"w"]
+        assert drain(ch, "pq") == [b"z", b"x", b"y", b"w"]
     finally:
         conn.close()
 
@@ -74,7 +65,7 @@ def test_queue_without_priorities_is_fifo(broker, arguments):
         ch = conn.channel()
         ch.queue_declare("fifo", arguments=arguments)
         publish(ch, "fifo", [(1, b"a"), (9, b"b"), (None, b"c")])
-        assert get_all(ch, "fifo") == [b"a", b"b", b"c"]
+        assert drain(ch, "fifo") == [b"a", b"b", b"c"]
     finally:
         conn.close()
 
@@ -105,7 +96,7 @@ def test_requeue_keeps_priority_order(broker):
             tags.append(method.delivery_tag)
         publish(ch, "pq", [(9, b"high3"), (1, b"low3")])
         ch.basic_nack(0, multiple=True, requeue=True)
-        assert get_all(ch, "pq", with_flags=True) == [
+        assert drain(ch, "pq", flags=True) == [
             (b"high1", True), (b"high2", True), (b"high3", False), (b"mid", True),
             (b"low1", True), (b"low2", False), (b"low3", False)]
     finally:
@@ -152,8 +143,8 @@ def test_priority_queue_with_ttl_expires_across_levels(broker):
         ch.basic_publish("", "pq", b"z", pika.BasicProperties(priority=0))
         pump(conn, lambda: count(ch, "dead") == 1, timeout=2, what="the expiry")
         assert count(ch, "pq") == 3
-        assert get_all(ch, "pq") == [b"h1", b"h2", b"z"]
-        assert get_all(ch, "dead") == [b"short"]
+        assert drain(ch, "pq") == [b"h1", b"h2", b"z"]
+        assert drain(ch, "dead") == [b"short"]
     finally:
         conn.close()
 
@@ -167,7 +158,7 @@ def test_drop_head_in_priority_queue_keeps_the_limit(broker):
         assert count(ch, "pq") == 3
         # The head of a priority queue is its most urgent message: that is what drop-head
         # drops (as RabbitMQ does), and the rest comes out in priority order.
-        assert get_all(ch, "pq") == [b"e", b"a", b"c"]
+        assert drain(ch, "pq") == [b"e", b"a", b"c"]
     finally:
         conn.close()
 
@@ -288,12 +279,12 @@ def test_durable_priority_queue_recovered_in_priority_order(tmp_path):
         try:
             ch = conn.channel()
             ch.queue_declare("dpq", durable=True, arguments=args)     # same arguments
-            assert get_all(ch, "dpq", with_flags=True) == [
+            assert drain(ch, "dpq", flags=True) == [
                 (b"c1", True), (b"c2", False), (b"b1", False), (b"a1", False), (b"a2", False),
                 (b"z", False)]
             # Still a priority queue after recovery.
             publish(ch, "dpq", [(2, b"later-low"), (8, b"later-high")], persistent=True)
-            assert get_all(ch, "dpq") == [b"later-high", b"later-low"]
+            assert drain(ch, "dpq") == [b"later-high", b"later-low"]
         finally:
             conn.close()
         second.wait_for(lambda: not second.server.protocols, what="client to disconnect")

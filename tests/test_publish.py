@@ -15,7 +15,7 @@ from pamqp import header as pamqp_header
 from pika.exceptions import UnroutableError
 
 from tests.rawclient import Closed, RawClient
-from .helpers import refused, reply
+from .helpers import new_queue, refused, reply
 
 FRAME_MAX = 131072          # what amqpd and RabbitMQ offer and pika accepts
 
@@ -35,47 +35,20 @@ def raw(broker, vh):
     client.close()
 
 
-def new_queue(ch) -> str:
-    return ch.queue_declare("", exclusive=True).method.queue
-
-
-def read_frame(raw: RawClient, timeout: float = 5.0) -> tuple:
-    """The next frame as raw (type, channel, payload) bytes, heartbeats skipped."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if len(raw.buf) >= 7:
-            ftype, channel, size = struct.unpack_from(">BHI", raw.buf)
-            if len(raw.buf) >= size + 8:
-                payload = raw.buf[7:7 + size]
-                assert raw.buf[7 + size] == 0xCE, "bad frame end"
-                raw.buf = raw.buf[size + 8:]
-                if ftype == 8:
-                    continue
-                return ftype, channel, payload
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("no frame from the broker")
-        raw.sock.settimeout(left)
-        chunk = raw.sock.recv(1 << 20)
-        if not chunk:
-            raise Closed()
-        raw.buf += chunk
-
-
 def raw_get(raw: RawClient, queue: str, frame_max: int, no_ack: bool = True):
     """basic.get on channel 1; returns (GetOk, header payload bytes, [body frame payloads])."""
     raw.method(1, C.Basic.Get(queue=queue, no_ack=no_ack))
-    ftype, channel, payload = read_frame(raw)
+    ftype, channel, payload = raw.raw_frame()
     assert (ftype, channel) == (1, 1)
     method = C.INDEX_MAPPING[struct.unpack_from(">I", payload)[0]]()
     method.unmarshal(payload[4:])
     assert isinstance(method, C.Basic.GetOk), method
-    ftype, channel, header = read_frame(raw)
+    ftype, channel, header = raw.raw_frame()
     assert (ftype, channel) == (2, 1)
     body_size = struct.unpack_from(">Q", header, 4)[0]
     parts, got = [], 0
     while got < body_size:
-        ftype, channel, payload = read_frame(raw)
+        ftype, channel, payload = raw.raw_frame()
         assert (ftype, channel) == (3, 1)
         assert 0 < len(payload) <= frame_max - 8
         parts.append(payload)

@@ -8,7 +8,7 @@ import pytest
 from pamqp import commands as C
 
 from .rawclient import RawClient
-from .helpers import connect
+from .helpers import connect, queue_exists, server_queue
 
 Q = "q"
 PREFIX = f"PRECONDITION_FAILED - invalid arg '{{arg}}' for queue '{Q}' in vhost '/': "
@@ -35,10 +35,6 @@ def declare_error(broker, arguments: dict, durable: bool = False, exclusive: boo
 
 def invalid(arg: str, reason: str) -> str:
     return PREFIX.format(arg=arg) + reason
-
-
-def queue_exists(broker, name: str) -> bool:
-    return broker.call(lambda: name in broker.broker.vhosts["/"].queues)
 
 
 # -- bad values: RabbitMQ's texts ----------------------------------------------------------------
@@ -327,8 +323,10 @@ def test_redeclare_with_same_lifecycle_arguments(broker, arguments):
     try:
         ch = conn.channel()
         ch.queue_declare(Q, arguments=arguments)
-        ch.queue_declare(Q, arguments=dict(reversed(list(arguments.items()))))
-        ch.queue_declare(Q, passive=True)
+        ch.basic_publish("", Q, b"kept")
+        ok = ch.queue_declare(Q, arguments=dict(reversed(list(arguments.items())))).method
+        assert (ok.queue, ok.message_count) == (Q, 1)        # the same queue, not a new one
+        assert broker.call(lambda: server_queue(broker, Q).arguments) == arguments
     finally:
         conn.close()
 
@@ -362,6 +360,9 @@ def test_redeclare_classic_type_explicit_or_default(broker, first, second):
     try:
         ch = conn.channel()
         ch.queue_declare(Q, durable=True, arguments=first)
-        ch.queue_declare(Q, durable=True, arguments=second)
+        ch.basic_publish("", Q, b"kept")
+        ok = ch.queue_declare(Q, durable=True, arguments=second).method
+        assert (ok.queue, ok.message_count) == (Q, 1)        # equivalent: the same queue
+        assert broker.call(lambda: server_queue(broker, Q).arguments) == first
     finally:
         conn.close()

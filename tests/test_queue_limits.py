@@ -7,46 +7,16 @@ rabbitmq-message-deduplication plugin)."""
 import aio_pika
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, header
+from pamqp import commands as C
 
-from .rawclient import RawClient
-from .helpers import connect, count, pump
+from .rawclient import RawClient, publish_frames
+from .helpers import connect, count, dead_queue, drain, pump
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def get_all(ch, queue: str) -> list:
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
-
-
-class Recorder:
-    def __init__(self, ch, queue: str):
-        self.got = []
-        ch.basic_consume(queue, self.on_message, auto_ack=True)
-
-    def on_message(self, ch, method, props, body):
-        self.got.append((method, props, body))
-
-    @property
-    def bodies(self) -> list:
-        return [b for _m, _p, b in self.got]
-
-
-def dead_queue(conn) -> Recorder:
-    ch = conn.channel()
-    ch.exchange_declare(DLX, "fanout")
-    ch.queue_declare(DEAD)
-    ch.queue_bind(DEAD, DLX)
-    return Recorder(ch, DEAD)
-
-
 def publish_confirmed(ch, queue: str, body: bytes, props=None) -> bool:
     """True when the broker acked the publish, False when it nacked it."""
     try:
@@ -58,12 +28,7 @@ def publish_confirmed(ch, queue: str, body: bytes, props=None) -> bool:
 
 def burst(rc: RawClient, queue: str, n: int) -> None:
     """n one-byte publishes in a single write (one read on the broker side)."""
-    frames = []
-    for _ in range(n):
-        frames += [pamqp_frame.marshal(C.Basic.Publish(exchange="", routing_key=queue), 1),
-                   pamqp_frame.marshal(header.ContentHeader(0, 1, C.Basic.Properties()), 1),
-                   pamqp_frame.marshal(pamqp_body.ContentBody(b"x"), 1)]
-    rc.send(b"".join(frames))
+    rc.send(publish_frames(1, b"x", routing_key=queue) * n)
 
 
 def confirms(rc: RawClient, n: int) -> tuple[set, set]:
@@ -100,7 +65,7 @@ def test_drop_head_max_length_dead_letters_oldest(broker):
             assert (death["reason"], death["queue"], death["count"]) == ("maxlen", "q", 1)
             assert death["exchange"] == "" and death["routing-keys"] == ["q"]
             assert props.headers["x-first-death-reason"] == "maxlen"
-        assert get_all(ch, "q") == [b"m2", b"m3", b"m4"]
+        assert drain(ch, "q") == [b"m2", b"m3", b"m4"]
     finally:
         conn.close()
 
@@ -112,7 +77,7 @@ def test_drop_head_without_dlx_just_drops(broker):
         ch.queue_declare("q", arguments={"x-max-length": 2, "x-overflow": "drop-head"})
         for i in range(6):
             ch.basic_publish("", "q", b"m%d" % i)
-        assert get_all(ch, "q") == [b"m4", b"m5"]
+        assert drain(ch, "q") == [b"m4", b"m5"]
     finally:
         conn.close()
 
@@ -147,7 +112,7 @@ def test_both_limits_apply(broker):
             ch.basic_publish("", "q", body)
         assert count(ch, "q") == 3                      # by count
         ch.basic_publish("", "q", b"eeeee")             # b,c,d,eeeee: by count, then bytes
-        assert get_all(ch, "q") == [b"d", b"eeeee"]
+        assert drain(ch, "q") == [b"d", b"eeeee"]
     finally:
         conn.close()
 
@@ -168,7 +133,7 @@ def test_unacked_messages_do_not_count(broker, overflow):
         assert count(ch, "q") == 1
         ch.basic_ack(method.delivery_tag)
         expected = [b"third"] if overflow == "drop-head" else [b"second"]
-        assert get_all(ch, "q") == expected
+        assert drain(ch, "q") == expected
     finally:
         conn.close()
 
@@ -183,7 +148,7 @@ def test_requeue_over_the_limit_with_reject_publish_keeps_both(broker):
         ch.basic_publish("", "q", b"second")
         ch.basic_nack(method.delivery_tag, requeue=True)   # 2 ready: over, but nothing refused
         assert count(ch, "q") == 2
-        assert get_all(ch, "q") == [b"first", b"second"]
+        assert drain(ch, "q") == [b"first", b"second"]
     finally:
         conn.close()
 
@@ -202,7 +167,7 @@ def test_requeue_over_the_limit_with_drop_head_drops_the_head(broker):
         pump(conn, lambda: dead.got, timeout=1, what="the dropped head")
         assert dead.bodies == [b"first"]
         assert dead.got[0][1].headers["x-death"][0]["reason"] == "maxlen"
-        assert get_all(ch, "q") == [b"second"]
+        assert drain(ch, "q") == [b"second"]
     finally:
         conn.close()
 
@@ -221,7 +186,7 @@ def test_reject_publish_nacks_with_pika(broker):
         assert count(ch, "q") == 2
         ch.basic_get("q", auto_ack=True)
         assert publish_confirmed(ch, "q", b"room again")
-        assert get_all(ch, "q") == [b"m1", b"room again"]
+        assert drain(ch, "q") == [b"m1", b"room again"]
         assert dead.got == []           # reject-publish does not dead-letter
     finally:
         conn.close()
@@ -255,7 +220,7 @@ def test_reject_publish_without_confirms_drops_silently(broker):
         ch.queue_declare("q", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
         ch.basic_publish("", "q", b"kept")
         ch.basic_publish("", "q", b"refused")
-        assert get_all(ch, "q") == [b"kept"]
+        assert drain(ch, "q") == [b"kept"]
         assert ch.is_open
     finally:
         conn.close()
@@ -282,7 +247,7 @@ def test_reject_publish_dlx_nacks_and_dead_letters(broker):
         (death,) = props.headers["x-death"]
         assert (death["reason"], death["queue"], death["exchange"], death["routing-keys"]) == (
             "maxlen", "q", "src", ["k"])
-        assert get_all(ch, "q") == [b"in"]
+        assert drain(ch, "q") == [b"in"]
     finally:
         conn.close()
 
@@ -300,8 +265,8 @@ def test_reject_publish_in_one_queue_nacks_but_others_get_it(broker):
         ch.basic_publish("fan", "", b"one")
         with pytest.raises(pika.exceptions.NackError):
             ch.basic_publish("fan", "", b"two")
-        assert get_all(ch, "full") == [b"one"]
-        assert get_all(ch, "open") == [b"one", b"two"]
+        assert drain(ch, "full") == [b"one"]
+        assert drain(ch, "open") == [b"one", b"two"]
     finally:
         conn.close()
 
@@ -382,10 +347,10 @@ def test_duplicate_not_enqueued_while_first_is_in_queue(broker):
         assert publish_confirmed(ch, "dd", b"plain")                      # no header
         assert publish_confirmed(ch, "dd", b"plain")
         assert count(ch, "dd") == 4
-        assert get_all(ch, "dd") == [b"first", b"other", b"plain", b"plain"]
+        assert drain(ch, "dd") == [b"first", b"other", b"plain", b"plain"]
         # Consumed (auto-ack): the id can be used again.
         ch.basic_publish("", "dd", b"again", dedup("order-1"))
-        assert get_all(ch, "dd") == [b"again"]
+        assert drain(ch, "dd") == [b"again"]
     finally:
         conn.close()
 
@@ -406,7 +371,7 @@ def test_duplicate_refused_while_unacked_and_accepted_after_ack(broker):
         assert body == b"v1" and method.redelivered
         ch.basic_ack(method.delivery_tag)
         ch.basic_publish("", "dd", b"v4", dedup(42))
-        assert get_all(ch, "dd") == [b"v4"]
+        assert drain(ch, "dd") == [b"v4"]
     finally:
         conn.close()
 
@@ -423,7 +388,7 @@ def test_rejected_or_expired_message_frees_its_id(broker):
             headers={"x-deduplication-header": "k"}, expiration="30"))
         pump(conn, lambda: count(ch, "dd") == 0, timeout=2, what="the expiry")
         ch.basic_publish("", "dd", b"v3", dedup("k"))
-        assert get_all(ch, "dd") == [b"v3"]
+        assert drain(ch, "dd") == [b"v3"]
     finally:
         conn.close()
 
@@ -440,7 +405,7 @@ def test_purge_frees_ids_and_queues_without_the_flag_do_not_deduplicate(broker):
         assert (count(ch, "dd"), count(ch, "plain")) == (1, 2)
         ch.queue_purge("dd")
         ch.basic_publish("", "dd", b"c", dedup("same"))
-        assert get_all(ch, "dd") == [b"c"]
+        assert drain(ch, "dd") == [b"c"]
     finally:
         conn.close()
 

@@ -11,7 +11,7 @@ from pamqp import commands as C
 from pika.exceptions import ChannelClosedByBroker
 
 from tests.rawclient import RawClient
-from .helpers import refused, reply
+from .helpers import rabbit_text, refused, reply
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -46,12 +46,6 @@ def wait_deliveries(conn, got: list, n: int, timeout: float = 5) -> None:
     while len(got) < n:
         assert time.monotonic() < deadline, f"only {len(got)} of {n} deliveries arrived"
         conn.process_data_events(time_limit=0.05)
-
-
-def rabbit_text(text: str) -> str:
-    """RabbitMQ cuts reply texts longer than 255 bytes to 252 bytes and '...'."""
-    raw = text.encode()
-    return text if len(raw) <= 255 else (raw[:252] + b"...").decode()
 
 
 def locked_text(q: str, vh: str) -> str:
@@ -394,9 +388,16 @@ def test_unbind_with_missing_queue_or_exchange_ok(conn):
     the exchange does not exist either."""
     ch = conn.channel()
     ch.queue_declare("q", exclusive=True)
-    ch.queue_unbind("q", "no-such-exchange", "k")
-    ch.queue_unbind("no-such-queue", "amq.direct", "k")
-    ch.queue_declare("q", passive=True)
+    ch.queue_bind("q", "amq.direct", "k")
+    assert ch.queue_unbind("q", "no-such-exchange", "k").method.NAME == "Queue.UnbindOk"
+    assert ch.queue_unbind("no-such-queue", "amq.direct", "k").method.NAME == "Queue.UnbindOk"
+    # nothing was created on the way, and q's own binding is untouched
+    assert refused(ch.exchange_declare, "no-such-exchange", passive=True).reply_code == 404
+    ch = conn.channel()
+    assert refused(ch.queue_declare, "no-such-queue", passive=True).reply_code == 404
+    ch = conn.channel()
+    ch.basic_publish("amq.direct", "k", b"routed")
+    assert ch.basic_get("q", auto_ack=True)[2] == b"routed"
 
 
 def test_bind_missing_queue_or_exchange_404(conn, vh):

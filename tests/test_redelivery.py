@@ -7,7 +7,7 @@ import time
 
 import pika
 import pytest
-from pamqp import body as pamqp_body, commands as C, header
+from pamqp import commands as C
 
 from .rawclient import Closed, RawClient
 from .helpers import connect, pump
@@ -17,15 +17,6 @@ from .helpers import connect, pump
 def queue_state(broker, name: str):
     q = broker.broker.vhosts["/"].queues[name]
     return q.message_count, q.unacked, len(q.consumers)
-
-
-def read_delivery(rc: RawClient, timeout: float = 5.0):
-    deliver = rc.expect(C.Basic.Deliver, timeout)
-    head = rc.expect(header.ContentHeader, timeout)
-    data = b""
-    while len(data) < head.body_size:
-        data += rc.expect(pamqp_body.ContentBody, timeout).value
-    return deliver, data
 
 
 N = 6          # messages published
@@ -137,7 +128,7 @@ def raw_worker(broker, queue: str, heartbeat: int = 0) -> RawClient:
     rc.call(1, C.Basic.Qos(prefetch_count=HELD), C.Basic.QosOk)
     rc.call(1, C.Basic.Consume(queue=queue, consumer_tag="worker"), C.Basic.ConsumeOk)
     for i in range(HELD):
-        deliver, data = read_delivery(rc)
+        deliver, _, data = rc.read_delivery()
         assert (data, deliver.redelivered, deliver.delivery_tag) == (b"m%d" % i, False, i + 1)
     return rc
 
@@ -221,19 +212,28 @@ def test_silent_client_dropped_by_heartbeat_and_redelivered(make_broker):
 
 
 def test_heartbeating_client_is_not_dropped(make_broker):
-    """The converse: a client that sends heartbeats keeps its connection and its messages."""
+    """The converse: a client that sends heartbeats keeps its connection and its messages,
+    past the point a silent one is dropped (also the RabbitMQ comparison of heartbeat=1)."""
     broker = make_broker(limits={"heartbeat": 1})
     with RawClient(broker.port) as rc:
         rc.handshake(heartbeat_s=1)
         rc.open_channel(1)
+        rc.call(1, C.Queue.Declare(queue="held"), C.Queue.DeclareOk)
+        rc.publish(1, b"m0", routing_key="held")
+        rc.method(1, C.Basic.Get(queue="held"))
+        get_ok, _, _ = rc.read_delivery(C.Basic.GetOk)
         start = time.monotonic()
         beats = 0
-        while time.monotonic() - start < 2.8:
+        while time.monotonic() - start < 2.8:       # a silent peer is dropped by 2.5 s
             rc.send(b"\x08\x00\x00\x00\x00\x00\x00\xce")     # heartbeat frame
             try:
                 _ch, frame = rc.recv(timeout=0.4)
-                beats += frame.name == "Heartbeat"
+                assert frame.name == "Heartbeat", frame
+                beats += 1
             except TimeoutError:
                 pass
-        assert beats >= 2                                   # the broker heartbeats too
-        rc.call(1, C.Queue.Declare(queue="alive"), C.Queue.DeclareOk)
+        assert beats >= 4                             # the broker heartbeats every 0.5 s too
+        assert broker.call(lambda: queue_state(broker, "held")) == (0, 1, 0)   # still held
+        rc.method(1, C.Basic.Ack(delivery_tag=get_ok.delivery_tag))
+        rc.call(1, C.Queue.Declare(queue="held", passive=True), C.Queue.DeclareOk)
+        assert broker.call(lambda: queue_state(broker, "held")) == (0, 0, 0)

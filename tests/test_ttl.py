@@ -3,7 +3,8 @@
 which only drops expired messages at the head: not compared with RabbitMQ); TTL 0; dead-lettering
 of expired messages; TTL passing while a message is unacked; x-expires; TTL across a restart.
 
-Time-based checks wait with a deadline and assert generous bounds."""
+Time-based checks wait with a deadline and assert generous bounds. The exact deadlines (to the
+millisecond, on an injected clock) are tested in tests/unit/test_queue_lifecycle.py."""
 import asyncio
 import datetime
 import time
@@ -15,47 +16,15 @@ from pamqp import body as pamqp_body, commands as C, frame as pamqp_frame, heade
 
 from .brokerthread import BrokerThread
 from .rawclient import RawClient
-from .helpers import connect, count, let_time_pass, pump
+from .helpers import connect, count, dead_queue, drain, let_time_pass, pump, queue_exists
 
 DLX = "dlx"
 DEAD = "dead"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def get_all(ch, queue: str) -> list:
-    out = []
-    while True:
-        method, _props, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            return out
-        out.append(body)
-
-
-class Dead:
-    """A consumer on the dead-letter queue, recording when each message arrived."""
-
-    def __init__(self, conn, queue: str = DEAD, exchange: str = DLX):
-        self.ch = ch = conn.channel()
-        ch.exchange_declare(exchange, "fanout")
-        ch.queue_declare(queue)
-        ch.queue_bind(queue, exchange)
-        self.got = []      # (monotonic time, method, properties, body)
-        ch.basic_consume(queue, self.on_message, auto_ack=True)
-
-    def on_message(self, ch, method, props, body):
-        self.got.append((time.monotonic(), method, props, body))
-
-    @property
-    def bodies(self) -> list:
-        return [b for _t, _m, _p, b in self.got]
-
-
 def exp(ms: int) -> pika.BasicProperties:
     return pika.BasicProperties(expiration=str(ms))
-
-
-def queue_exists(broker, name: str) -> bool:
-    return broker.call(lambda: name in broker.broker.vhosts["/"].queues)
 
 
 def wait_deleted(broker, name: str, timeout: float = 3.0) -> float:
@@ -70,7 +39,7 @@ def wait_deleted(broker, name: str, timeout: float = 3.0) -> float:
 def test_message_expires_on_time(broker, how):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         args = {"x-dead-letter-exchange": DLX}
         if how == "x-message-ttl":
@@ -79,7 +48,7 @@ def test_message_expires_on_time(broker, how):
         t0 = time.monotonic()
         ch.basic_publish("", "q", b"short", exp(100) if how == "expiration" else None)
         pump(conn, lambda: dead.got, timeout=2, what="the expired message")
-        elapsed = dead.got[0][0] - t0
+        elapsed = dead.times[0] - t0
         assert 0.08 <= elapsed <= 1.0, elapsed
         assert dead.bodies == [b"short"]
         assert count(ch, "q") == 0
@@ -92,14 +61,14 @@ def test_message_expires_on_time(broker, how):
 def test_lower_of_queue_and_message_ttl_wins(broker, queue_ttl, message_ttl):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-message-ttl": queue_ttl,
                                          "x-dead-letter-exchange": DLX})
         t0 = time.monotonic()
         ch.basic_publish("", "q", b"m", exp(message_ttl))
         pump(conn, lambda: dead.got, timeout=3, what="the expired message")
-        elapsed = dead.got[0][0] - t0
+        elapsed = dead.times[0] - t0
         assert 0.08 <= elapsed <= 1.0, elapsed
     finally:
         conn.close()
@@ -109,7 +78,7 @@ def test_longer_message_ttl_does_not_extend_queue_ttl_and_shorter_queue_ttl_appl
         broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-message-ttl": 150, "x-dead-letter-exchange": DLX})
         t0 = time.monotonic()
@@ -120,8 +89,8 @@ def test_longer_message_ttl_does_not_extend_queue_ttl_and_shorter_queue_ttl_appl
         # "short" goes first although it was published last.
         assert dead.bodies[0] == b"short"
         assert sorted(dead.bodies[1:]) == [b"long", b"plain"]
-        assert all(t - t0 <= 1.5 for t, *_ in dead.got)
-        assert dead.got[1][0] - t0 >= 0.12
+        assert all(t - t0 <= 1.5 for t in dead.times)
+        assert dead.times[1] - t0 >= 0.12
     finally:
         conn.close()
 
@@ -131,7 +100,7 @@ def test_short_ttl_behind_long_lived_message_expires_on_time(broker):
     wherever it sits (the issue's improvement; not compared with RabbitMQ)."""
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX})
         ch.basic_publish("", "q", b"head", exp(60000))     # long-lived, at the head
@@ -141,12 +110,12 @@ def test_short_ttl_behind_long_lived_message_expires_on_time(broker):
         ch.basic_publish("", "q", b"tail")
         assert count(ch, "q") == 4
         pump(conn, lambda: dead.got, timeout=2, what="the short-TTL message behind the head")
-        elapsed = dead.got[0][0] - t0
+        elapsed = dead.times[0] - t0
         assert 0.08 <= elapsed <= 1.0, elapsed
         assert dead.bodies == [b"short"]
-        assert dead.got[0][2].headers["x-death"][0]["reason"] == "expired"
+        assert dead.got[0][1].headers["x-death"][0]["reason"] == "expired"
         assert count(ch, "q") == 3          # message_count drops right away
-        assert get_all(ch, "q") == [b"head", b"no-ttl", b"tail"]
+        assert drain(ch, "q") == [b"head", b"no-ttl", b"tail"]
     finally:
         conn.close()
 
@@ -154,7 +123,7 @@ def test_short_ttl_behind_long_lived_message_expires_on_time(broker):
 def test_messages_expire_in_deadline_order_not_queue_order(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX,
                                          "x-message-ttl": 60000})
@@ -163,7 +132,7 @@ def test_messages_expire_in_deadline_order_not_queue_order(broker):
             ch.basic_publish("", "q", body, exp(ms))
         pump(conn, lambda: len(dead.got) == 3, timeout=3, what="three expiries")
         assert dead.bodies == [b"a", b"b", b"c"]
-        times = [t - t0 for t, *_ in dead.got]
+        times = [t - t0 for t in dead.times]
         assert times[0] >= 0.08 and times[2] >= 0.25 and times[2] <= 1.5, times
         assert count(ch, "q") == 1
     finally:
@@ -181,7 +150,7 @@ def test_expired_messages_without_dlx_are_dropped_and_counted_out(broker):
         ch.basic_publish("", "q", b"stay too")
         assert count(ch, "q") == 52
         pump(conn, lambda: count(ch, "q") == 2, timeout=2, what="50 expiries")
-        assert get_all(ch, "q") == [b"stay", b"stay too"]
+        assert drain(ch, "q") == [b"stay", b"stay too"]
     finally:
         conn.close()
 
@@ -191,7 +160,7 @@ def test_expired_messages_without_dlx_are_dropped_and_counted_out(broker):
 def test_ttl_zero_without_consumer_expires_at_once(broker, how):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         args = {"x-dead-letter-exchange": DLX}
         if how == "x-message-ttl":
@@ -200,8 +169,8 @@ def test_ttl_zero_without_consumer_expires_at_once(broker, how):
         t0 = time.monotonic()
         ch.basic_publish("", "q", b"now or never", exp(0) if how == "expiration" else None)
         pump(conn, lambda: dead.got, timeout=2, what="the TTL-0 message to be dead-lettered")
-        assert dead.got[0][0] - t0 <= 0.5
-        assert dead.got[0][2].headers["x-death"][0]["reason"] == "expired"
+        assert dead.times[0] - t0 <= 0.5
+        assert dead.got[0][1].headers["x-death"][0]["reason"] == "expired"
         assert count(ch, "q") == 0
         assert ch.basic_get("q")[0] is None
     finally:
@@ -212,7 +181,7 @@ def test_ttl_zero_without_consumer_expires_at_once(broker, how):
 def test_ttl_zero_delivered_to_ready_consumer(broker, how):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         args = {"x-dead-letter-exchange": DLX}
         if how == "x-message-ttl":
@@ -232,7 +201,7 @@ def test_ttl_zero_delivered_to_ready_consumer(broker, how):
 def test_ttl_zero_not_delivered_to_consumer_without_credit(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.basic_qos(prefetch_count=1)
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX})
@@ -275,7 +244,7 @@ def test_ttl_zero_burst_reaches_ready_consumer(broker):
 def test_expired_message_dead_lettered_with_x_death(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.exchange_declare("src", "direct")
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX})
@@ -285,7 +254,7 @@ def test_expired_message_dead_lettered_with_x_death(broker):
             expiration="100", headers={"app": "kept"}, content_type="text/plain",
             message_id="m-1", delivery_mode=2))
         pump(conn, lambda: dead.got, timeout=2, what="the expired message")
-        _t, method, props, body = dead.got[0]
+        method, props, body = dead.got[0]
         assert body == b"old"
         assert (method.exchange, method.routing_key) == (DLX, "rk")
         assert props.expiration is None                 # removed from the dead-lettered copy
@@ -314,13 +283,13 @@ def test_expired_message_dead_lettered_with_x_death(broker):
 def test_queue_ttl_expiry_has_no_original_expiration(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX, "x-message-ttl": 50,
                                          "x-dead-letter-routing-key": "moved"})
         ch.basic_publish("", "q", b"x")
         pump(conn, lambda: dead.got, timeout=2, what="the expired message")
-        _t, method, props, _b = dead.got[0]
+        method, props, _b = dead.got[0]
         assert method.routing_key == "moved"
         (death,) = props.headers["x-death"]
         assert death["reason"] == "expired" and death["routing-keys"] == ["q"]
@@ -333,7 +302,7 @@ def test_queue_ttl_expiry_has_no_original_expiration(broker):
 def test_ttl_passing_while_unacked_dead_letters_on_requeue(broker, requeue_by):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX, "x-message-ttl": 100})
         ch.basic_publish("", "q", b"slow")
@@ -358,7 +327,7 @@ def test_ttl_passing_while_unacked_dead_letters_on_requeue(broker, requeue_by):
             ch = conn.channel()
         pump(conn, lambda: len(dead.got) == 2, timeout=2, what="the requeued message")
         assert dead.bodies == [b"fresh-later", b"slow"]
-        assert dead.got[1][2].headers["x-death"][0]["reason"] == "expired"
+        assert dead.got[1][1].headers["x-death"][0]["reason"] == "expired"
         assert count(ch, "q") == 0
         assert ch.basic_get("q")[0] is None
     finally:
@@ -368,7 +337,7 @@ def test_ttl_passing_while_unacked_dead_letters_on_requeue(broker, requeue_by):
 def test_unacked_message_past_its_ttl_is_still_consumed_normally(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX})
         got = []
@@ -387,7 +356,7 @@ def test_unacked_message_past_its_ttl_is_still_consumed_normally(broker):
 def test_requeued_message_within_its_ttl_keeps_original_deadline(broker):
     conn = connect(broker)
     try:
-        dead = Dead(conn)
+        dead = dead_queue(conn)
         ch = conn.channel()
         ch.queue_declare("q", arguments={"x-dead-letter-exchange": DLX})
         t0 = time.monotonic()
@@ -396,7 +365,7 @@ def test_requeued_message_within_its_ttl_keeps_original_deadline(broker):
         ch.basic_nack(method.delivery_tag, requeue=True)
         assert count(ch, "q") == 1
         pump(conn, lambda: dead.got, timeout=3, what="the expiry")
-        assert 0.35 <= dead.got[0][0] - t0 <= 1.3
+        assert 0.35 <= dead.times[0] - t0 <= 1.3
     finally:
         conn.close()
 
@@ -465,20 +434,8 @@ def test_unused_queue_expires_even_with_messages(broker):
         conn.close()
 
 
-def test_consumer_keeps_queue_alive_until_cancelled(broker):
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.queue_declare("exp", arguments={"x-expires": 150})
-        tag = ch.basic_consume("exp", lambda *a: None)
-        let_time_pass(conn, 0.45)
-        assert queue_exists(broker, "exp")
-        ch.basic_cancel(tag)
-        t0 = time.monotonic()
-        gone = wait_deleted(broker, "exp")
-        assert 0.1 <= gone - t0 <= 2.0, gone - t0
-    finally:
-        conn.close()
+# A consumer keeping the queue until basic.cancel: tests/unit/test_queue_lifecycle.py (exact
+# to the millisecond); the channel-close path stays here.
 
 
 def test_consumer_channel_closing_starts_the_expiry_clock(broker):
@@ -497,25 +454,7 @@ def test_consumer_channel_closing_starts_the_expiry_clock(broker):
         conn.close()
 
 
-@pytest.mark.parametrize("use", ["basic.get", "redeclare"])
-def test_get_or_redeclare_keeps_queue_alive(broker, use):
-    conn = connect(broker)
-    try:
-        ch = conn.channel()
-        ch.queue_declare("exp", arguments={"x-expires": 300})
-        end = time.monotonic() + 0.8
-        while time.monotonic() < end:
-            if use == "basic.get":
-                ch.basic_get("exp", auto_ack=True)
-            else:
-                ch.queue_declare("exp", arguments={"x-expires": 300})
-            last = time.monotonic()
-            let_time_pass(conn, 0.1)
-        assert queue_exists(broker, "exp")          # 0.8 s > x-expires, kept alive by use
-        gone = wait_deleted(broker, "exp")
-        assert 0.2 <= gone - last <= 2.0, gone - last
-    finally:
-        conn.close()
+# basic.get and redeclare resetting x-expires: tests/unit/test_queue_lifecycle.py.
 
 
 # -- TTL across a restart ------------------------------------------------------------------------
@@ -550,7 +489,7 @@ def test_ttl_message_recovered_after_restart_still_expires(tmp_path):
             assert count(ch, "durable-ttl") in (1, 2)
             pump(conn, lambda: count(ch, "durable-ttl") == 1, timeout=3,
                  what="the recovered message to expire")
-            assert get_all(ch, "durable-ttl") == [b"stays"]
+            assert drain(ch, "durable-ttl") == [b"stays"]
         finally:
             conn.close()
         second.wait_for(lambda: not second.server.protocols, what="client to disconnect")

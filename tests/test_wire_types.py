@@ -19,7 +19,7 @@ from pamqp import commands as C, decode as pamqp_decode
 from amqpd.wire import tables
 from tests import reference_cases as ref
 from tests.brokerthread import BrokerThread
-from tests.rawclient import Closed, RawClient
+from tests.rawclient import RawClient, sstr, table
 
 from .helpers import count, let_time_pass
 
@@ -28,14 +28,6 @@ INTERNAL_ERROR = (541, "INTERNAL_ERROR", 0, 0)
 
 
 # -- raw frames ----------------------------------------------------------------------------------
-def sstr(raw: bytes) -> bytes:
-    return bytes([len(raw)]) + raw
-
-
-def table(entries: bytes) -> bytes:
-    return struct.pack(">I", len(entries)) + entries
-
-
 def content_header(flags: int, props: bytes, size: int = 5, extra: bytes = b"") -> bytes:
     return struct.pack(">HHQH", 60, 0, size, flags) + extra + props
 
@@ -48,37 +40,18 @@ def publish(exchange: str, rk: str, header_payload: bytes, body: bytes = b"hello
             + ref.frame(2, ch, header_payload) + ref.frame(3, ch, body))
 
 
-def next_raw(raw: RawClient, timeout: float = 5.0):
-    """The next non-heartbeat frame as (type, channel, payload), without decoding it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if len(raw.buf) >= 7:
-            kind, channel, size = struct.unpack_from(">BHI", raw.buf)
-            if len(raw.buf) >= size + 8:
-                payload = raw.buf[7:7 + size]
-                raw.buf = raw.buf[size + 8:]
-                if kind != 8:
-                    return kind, channel, payload
-                continue
-        raw.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        chunk = raw.sock.recv(65536)
-        if not chunk:
-            raise Closed()
-        raw.buf += chunk
-
-
 def get_raw(raw: RawClient, queue: str):
     """basic.get (no-ack) -> (content header payload, body) or None when empty."""
     raw.method(1, C.Basic.Get(queue=queue, no_ack=True))
-    kind, _ch, payload = next_raw(raw)
+    kind, _ch, payload = raw.raw_frame()
     if payload[:4] == b"\x00\x3c\x00\x48":       # Get-Empty
         return None
     assert payload[:4] == b"\x00\x3c\x00\x47", payload
-    _k, _c, header = next_raw(raw)
+    _k, _c, header = raw.raw_frame()
     size = struct.unpack_from(">Q", header, 4)[0]
     body = b""
     while len(body) < size:
-        _k, _c, part = next_raw(raw)
+        _k, _c, part = raw.raw_frame()
         body += part
     return header, body
 
@@ -209,6 +182,11 @@ def test_expiration_forms_rabbitmq_accepts(broker, value):
         raw.call(1, C.Queue.Declare(queue="ttl"), C.Queue.DeclareOk)
         raw.send(publish("", "ttl", content_header(1 << 8, sstr(value))))
         raw.call(1, C.Basic.Qos(), C.Basic.QosOk)          # the publish was not refused
+        got = get_raw(raw, "ttl")          # ... and it was queued as sent, or expired at once
+        if value == b"-0":                 # a TTL of 0 with no consumer waiting
+            assert got is None
+        else:
+            assert got is not None and got[0][14:] == sstr(value)
 
 
 # == direct reply-to =============================================================================
@@ -254,10 +232,9 @@ def test_dead_lettered_headers_keep_their_types(broker, ch):
     with opened(broker) as raw:
         raw.send(publish("", "work", content_header(H, table(RICH))))
         raw.call(1, C.Basic.Get(queue="work"), C.Basic.GetOk)
-        next_raw(raw), next_raw(raw)
+        raw.raw_frame(), raw.raw_frame()
         raw.method(1, C.Basic.Reject(delivery_tag=1, requeue=False))
-        let_time_pass(ch.connection, 0.05)
-        header, _ = get_raw(raw, "dead")
+        header, _ = get_raw(raw, "dead")        # same channel: after the reject dead-lettered it
     headers = tables.decode_field_table(header, 14)[0]
     for key in ("d", "s", "u", "n", "f", "x"):
         original = tables.decode_table(RICH)[key]
@@ -340,7 +317,7 @@ def test_delivery_count_is_added_and_other_headers_keep_their_bytes(broker):
             "x-queue-type": "quorum", "x-delivery-limit": 5}), C.Queue.DeclareOk)
         raw.send(publish("", "qq", content_header(H, table(RICH))))
         raw.call(1, C.Basic.Get(queue="qq"), C.Basic.GetOk)
-        next_raw(raw), next_raw(raw)
+        raw.raw_frame(), raw.raw_frame()
         raw.method(1, C.Basic.Nack(delivery_tag=1, requeue=True))
         header, _ = get_raw(raw, "qq")
     headers = tables.decode_field_table(header, 14)[0]
@@ -404,7 +381,7 @@ def test_dead_lettering_a_message_whose_x_death_is_not_an_array_of_tables(broker
     with opened(broker) as raw:
         raw.send(publish("", "work", content_header(H, table(sstr(b"x-death") + x_death))))
         raw.call(1, C.Basic.Get(queue="work"), C.Basic.GetOk)
-        next_raw(raw), next_raw(raw)
+        raw.raw_frame(), raw.raw_frame()
         raw.method(1, C.Basic.Nack(delivery_tag=1, requeue=False))
         raw.call(1, C.Basic.Qos(), C.Basic.QosOk)
         header, _ = get_raw(raw, "dead")

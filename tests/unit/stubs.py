@@ -13,6 +13,7 @@ from amqpd.access.control import AccessControl
 from amqpd.amqp.connection import Connection
 from amqpd.broker.broker import Broker
 from amqpd.broker.clock import ManualClock
+from amqpd.broker.message import Message
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 CLIENT_CAPS = {"authentication_failure_close": True, "consumer_cancel_notify": True,
@@ -50,6 +51,40 @@ def make_broker(clock=None, **cfg) -> Broker:
     """A memory-only broker with the configuration's users and a clock that stands still."""
     config = amqpd_config.from_dict(cfg)
     return Broker(config, None, AccessControl(config), clock or ManualClock())
+
+
+# -- the domain without a connection ------------------------------------------------------------
+def message(body: bytes = b"", routing_key: str = "", exchange: str = "", **props) -> Message:
+    """A message as a channel hands it to ``VHost.publish``: raw route and content-header
+    bytes (the header built by pamqp from ``props``, e.g. expiration="100", priority=3,
+    headers={...})."""
+    header = pamqp_header.ContentHeader(0, len(body), C.Basic.Properties(**props)).marshal()
+    route = _shortstr(exchange) + _shortstr(routing_key)
+    return Message(exchange, routing_key, route, header, body)
+
+
+def _shortstr(text: str) -> bytes:
+    raw = text.encode()
+    return bytes((len(raw),)) + raw
+
+
+def declare_queue(vhost, name: str, durable: bool = False, **arguments):
+    """A shared queue with these x-arguments, as queue.declare makes it (``durable`` changes
+    nothing without a store, but quorum queues must say it)."""
+    return vhost.declare_queue(name, None, False, durable, False, False, arguments)
+
+
+def declare_exchange(vhost, name: str, kind: str = "fanout", **arguments):
+    return vhost.declare_exchange(name, kind, False, False, False, False, arguments)
+
+
+def bodies(queue) -> list:
+    """Take every ready message (the basic.get path) and settle it: the bodies in order."""
+    out = []
+    while (entry := queue.take()) is not None:
+        queue.settle(entry)
+        out.append(entry.message.body)
+    return out
 
 
 # -- client bytes (all built with pamqp) --------------------------------------------------------
