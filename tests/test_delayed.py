@@ -292,13 +292,7 @@ def test_delayed_type_itself_refused_406(ch):
     assert e.reply_code == 406
 
 
-HEADERS_BUG = ("a delayed exchange with x-delayed-type headers routes nothing: the inner "
-               "HeadersExchange matches against its own (empty) bindings, the outer exchange "
-               "holds them; every message is dropped as unroutable")
-
-
-@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", pytest.param(
-    "headers", marks=pytest.mark.xfail(strict=True, reason=HEADERS_BUG))])
+@pytest.mark.parametrize("kind", ["direct", "topic", "fanout", "headers"])
 def test_every_routing_type_accepted(ch, kind):
     declare_delayed(ch, "dx-" + kind, kind=kind)
     declare_delayed(ch, "dx-" + kind, kind=kind)          # equivalent redeclare

@@ -73,6 +73,8 @@ class DelayedExchange(Exchange):
         kind = text(self.arguments.get("x-delayed-type"))
         # The routing index is an exchange of the underlying type, holding the same bindings.
         self.inner = self.vhost.types[kind](self.vhost, self.name, self.durable, False, False, {})
+        # The bindings live here; an index-free type (headers) routes by scanning them.
+        self.inner.bindings = self.bindings
         self.pending: list = []            # heap of (due, n, message, log seq or None)
         self._n = itertools.count()
         self.log = None                    # QueueLog of pending messages when durable

@@ -7,7 +7,7 @@ from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
 from .message import with_routing_key
-from .publish import ACCEPTED, REJECTED, STORED, UNROUTABLE, PublishResult
+from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult
 from .queue import Queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
@@ -243,8 +243,8 @@ class VHost:
         """The one way a message enters queues: a client's publish, a tx commit, dead-lettering
         and the delayed exchange's release all come here. Route, enqueue everywhere it routes
         (``allow(queue)`` may veto a queue: dead-letter cycles), and say what the publisher
-        must hear: REJECTED wins over STORED, which wins over ACCEPTED; UNROUTABLE when no
-        queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
+        must hear: REJECTED wins over STORED, which wins over ACCEPTED; DUPLICATE when every
+        queue it reached already had it; UNROUTABLE when no queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
         if take_aside and ex.delays_messages:
             held = ex.take_aside(message)
             if held is not None:
@@ -252,16 +252,22 @@ class VHost:
         queues = self.route(ex, message)
         if not queues:
             return UNROUTABLE
-        result = ACCEPTED
+        result = None
         for q in queues:
             if allow is not None and not allow(q):
                 continue
             verdict = q.enqueue(message)
             if verdict is REJECTED:
                 result = REJECTED
-            elif verdict is STORED and result is not REJECTED:
-                result = STORED
-        return result
+            elif verdict is STORED:
+                if result is not REJECTED:
+                    result = STORED
+            elif verdict is ACCEPTED:
+                if result is None or result is DUPLICATE:
+                    result = ACCEPTED
+            elif result is None:
+                result = DUPLICATE
+        return ACCEPTED if result is None else result
 
     # -- routing ------------------------------------------------------------------------------
     def route(self, ex: Exchange, message):

@@ -126,9 +126,6 @@ def test_deleting_the_exchange_drops_what_it_holds(clock, vh):
     assert q.message_count == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a delayed exchange with x-delayed-type headers routes "
-                   "nothing: HeadersExchange.route reads the inner exchange's bindings, which "
-                   "stay empty (the outer DelayedExchange holds them, _index is a no-op)")
 @pytest.mark.parametrize("delay", [None, 100], ids=["at-once", "delayed"])
 def test_headers_routing_type_routes_by_headers(clock, vh, delay):
     ex = delayed(vh, "headers")

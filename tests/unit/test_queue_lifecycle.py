@@ -443,9 +443,6 @@ def test_queue_deduplication_until_the_message_leaves(vh):
     assert bodies(q) == [b"plain", b"after-ack"]
 
 
-@pytest.mark.xfail(strict=True, reason="VHost.publish folds a queue's DUPLICATE verdict into "
-                   "ACCEPTED (publish.py documents DUPLICATE as what a publish reports); the "
-                   "publisher hears basic.ack either way, so nothing shows on the wire")
 def test_publish_reports_duplicate_when_its_only_queue_dropped_it(vh):
     declare_queue(vh, "dq", **{"x-message-deduplication": True})
     dup = {"headers": {"x-deduplication-header": "id-1"}}
