@@ -70,8 +70,10 @@ class Broker:
         if vhost is None:
             return False
         if self.access is not None:
+            # RabbitMQ 3.10.8 sends "is deleted" or, when its vhost supervisor stops first,
+            # "is down": the two race there; this is the one that says why
             for conn in self.access.delete_vhost(name):
-                conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is down")
+                conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is deleted")
         for q in list(vhost.queues.values()) + list(vhost.reply_queues.values()):
             vhost.delete_queue(q)
         for ex in list(vhost.exchanges.values()):

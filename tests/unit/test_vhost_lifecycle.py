@@ -61,7 +61,7 @@ def test_deleting_a_vhost_closes_its_connections_and_removes_its_contents():
     assert broker.delete_vhost("t1") is True
     close = inside.expect_one(C.Connection.Close, 0)
     assert (close.reply_code, close.reply_text) == (
-        320, "CONNECTION_FORCED - vhost 't1' is down")      # RabbitMQ 3.10.8's text
+        320, "CONNECTION_FORCED - vhost 't1' is deleted")   # RabbitMQ 3.10.8's text
     assert "t1" not in broker.vhosts and "t1" not in broker.access.vhosts
     assert broker.access.grant("guest", "t1") is None
     assert not broker.access.by_vhost.get("t1")          # released: limits count it no more
