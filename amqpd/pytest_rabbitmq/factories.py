@@ -28,7 +28,8 @@ PortType = Union[str, int, tuple, set, list, None]
 class AmqpdProcess:
     """What pytest-rabbitmq's ``rabbitmq_proc`` yields (its ``RabbitMqExecutor``): ``host``,
     ``port``, ``running()``, ``list_exchanges()``, ``list_queues()`` (of vhost ``/``), and
-    ``start()``/``stop()``. ``broker`` is the ``amqpd.testing.BrokerThread`` behind it."""
+    ``start()``/``stop()``. ``broker`` is the ``amqpd.testing.BrokerThread`` behind it, whose
+    other attributes (``url``, ``call()``, ``add_vhost()``...) it passes on."""
 
     def __init__(self, host: str, port: int):
         self.broker = BrokerThread(host=host, port=port)
@@ -44,17 +45,11 @@ class AmqpdProcess:
     def running(self) -> bool:
         return self.broker.running
 
-    @property
-    def host(self) -> str:
-        return self.broker.host
-
-    @property
-    def port(self) -> int:
-        return self.broker.port
-
-    @property
-    def url(self) -> str:
-        return self.broker.url
+    def __getattr__(self, name: str) -> Any:
+        """``host``, ``port``, ``url``, ``call()``... : the BrokerThread's."""
+        if name == "broker":            # not made yet: no recursion
+            raise AttributeError(name)
+        return getattr(self.broker, name)
 
     def list_exchanges(self) -> list[str]:
         """The exchanges of vhost ``/`` (``amq.*`` included, the nameless default not)."""

@@ -12,6 +12,16 @@ from amqpd.node import build
 from tests.unit.stubs import Client, handshake_bytes, make_broker, open_
 
 
+def declared(broker, vhost: str, queue: str) -> Client:
+    """A connection to ``vhost`` that declared ``queue`` on channel 1."""
+    c = Client(broker)
+    c.handshake(vhost=vhost)
+    c.open_channel()
+    c.send_method(1, C.Queue.Declare(queue=queue))
+    c.expect_one(C.Queue.DeclareOk, 1)
+    return c
+
+
 def test_an_added_vhost_opens_for_a_user_with_a_grant():
     broker = make_broker()
     broker.add_vhost("shop")
@@ -22,22 +32,14 @@ def test_an_added_vhost_opens_for_a_user_with_a_grant():
         530, "NOT_ALLOWED - access to vhost 'shop' refused for user 'guest'")
 
     broker.access.set_permissions(Grant("guest", "shop", ".*", ".*", ".*"))
-    c = Client(broker)
-    c.handshake(vhost="shop")
-    c.open_channel()
-    c.send_method(1, C.Queue.Declare(queue="orders"))
-    c.expect_one(C.Queue.DeclareOk, 1)
+    declared(broker, "shop", "orders")
     assert "orders" in broker.vhosts["shop"].queues
     assert "orders" not in broker.vhosts["/"].queues
 
 
 def test_adding_a_vhost_that_exists_keeps_what_is_in_it():
     broker = make_broker()
-    c = Client(broker)
-    c.handshake()
-    c.open_channel()
-    c.send_method(1, C.Queue.Declare(queue="kept"))
-    c.expect_one(C.Queue.DeclareOk, 1)
+    declared(broker, "/", "kept")
     assert broker.add_vhost("/") is broker.vhosts["/"]
     assert "kept" in broker.vhosts["/"].queues
 
@@ -81,11 +83,7 @@ def test_a_deleted_vhost_can_be_added_again_empty():
     broker = make_broker()
     broker.add_vhost("t2")
     broker.access.set_permissions(Grant("guest", "t2", ".*", ".*", ".*"))
-    c = Client(broker)
-    c.handshake(vhost="t2")
-    c.open_channel()
-    c.send_method(1, C.Queue.Declare(queue="q"))
-    c.expect_one(C.Queue.DeclareOk, 1)
+    declared(broker, "t2", "q")
     broker.delete_vhost("t2")
     broker.add_vhost("t2")
     assert broker.vhosts["t2"].queues == {}
