@@ -1,9 +1,10 @@
 """``amqpd [--config FILE] [--host H] [--port N] [--data-dir DIR] [--log-level LEVEL]`` runs
-the broker; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
+the broker; ``amqpd --print-default-config`` writes the commented default configuration; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
 out of a data directory in RabbitMQ's JSON format; ``amqpd hash-password [PW]`` prints a
 password_hash for the configuration (as ``rabbitmqctl hash_password``)."""
 import argparse
 import logging
+import os
 import sys
 
 from . import config as config_mod
@@ -22,10 +23,14 @@ def parse_args(argv=None):
     p.add_argument("--config", "-c", help="YAML configuration file (default: built-in defaults)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 5672)")
-    p.add_argument("--data-dir", help="where durable state lives (default ./data)")
+    p.add_argument("--data-dir", help="where durable state lives (default "
+                                      "~/.local/state/amqpd)")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and TLS files, load_definitions) and exit")
+    p.add_argument("--print-default-config", action="store_true",
+                   help="write the default configuration (every key, commented) to stdout "
+                        "and exit")
     p.add_argument("--version", action="version", version=f"amqpd {__version__}")
     sub = p.add_subparsers(dest="command",
                            metavar="{definitions {export,import} FILE, hash-password [PW]}")
@@ -39,6 +44,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.print_default_config:
+        sys.stdout.write(config_mod.default_text())
+        return 0
     if args.command == "hash-password":
         from .access.passwords import hash_password
         password = args.password
@@ -169,6 +177,10 @@ async def serve(cfg, ready=None) -> None:
     import signal
     from .edge import gc_policy
     from .node import Node
+    log = logging.getLogger("amqpd.server")
+    data_dir = cfg.storage.data_dir
+    log.info("data directory: %s", "none (memory only)" if data_dir is None
+             else os.path.abspath(data_dir))
     node = await Node(cfg).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -181,7 +193,7 @@ async def serve(cfg, ready=None) -> None:
     if ready is not None:
         ready(node)
     await stop.wait()
-    logging.getLogger("amqpd.server").info("shutting down")
+    log.info("shutting down")
     await node.stop()
 
 

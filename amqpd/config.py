@@ -1,11 +1,13 @@
 """Configuration: frozen dataclasses loaded from YAML. Unknown keys and wrong types are errors
 that name the key's path, so a typo never silently falls back to a default.
 
-Every key, its default and its meaning is listed in ``conf/amqpd.yaml`` and
-``docs/configuration.md``; a test keeps the three in step.
+Every key, its default and its meaning is listed in ``amqpd/default.yaml`` (shipped in the
+package: ``amqpd --print-default-config``; ``conf/amqpd.yaml`` in the repository is a link to
+it) and ``docs/configuration.md``; a test keeps the three in step.
 """
 import base64
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass
@@ -83,9 +85,14 @@ class Listeners:
     amqps: typing.Optional[TLSListener] = None
 
 
+DEFAULT_DATA_DIR = "~/.local/state/amqpd"
+
+
 @dataclass(frozen=True)
 class Storage:
-    data_dir: typing.Optional[str] = "./data"   # null: memory only (nothing persisted)
+    # The XDG state directory: the same place whatever directory amqpd is started from
+    # (``~`` expanded when the configuration is loaded). null: memory only.
+    data_dir: typing.Optional[str] = DEFAULT_DATA_DIR
     fsync: str = "batch"
 
 
@@ -235,6 +242,10 @@ def _join(path: str, key: str) -> str:
 
 
 def _validate(cfg: Config) -> Config:
+    data_dir = cfg.storage.data_dir
+    if data_dir is not None and data_dir.startswith("~"):
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(
+            cfg.storage, data_dir=os.path.expanduser(data_dir)))
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
     listeners = cfg.listeners
@@ -295,6 +306,13 @@ def _validate(cfg: Config) -> Config:
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r}")
     return cfg
+
+
+def default_text() -> str:
+    """The commented default configuration shipped in the package (every key, its default,
+    what it means): what ``amqpd --print-default-config`` writes."""
+    from importlib import resources
+    return resources.files(__package__).joinpath("default.yaml").read_text(encoding="utf-8")
 
 
 def from_dict(data: dict | None) -> Config:

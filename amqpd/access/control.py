@@ -174,6 +174,14 @@ class AccessControl:
     def add_vhost(self, vhost: VHostRecord) -> None:
         self.vhosts[vhost.name] = vhost
 
+    def delete_vhost(self, name: str) -> list:
+        """The vhost and every grant in it. Returns its open connections, which the broker
+        closes (their users' cached decisions would be stale anyway)."""
+        self.vhosts.pop(name, None)
+        for key in [k for k in self.grants if k[1] == name]:
+            del self.grants[key]
+        return list(self.by_vhost.get(name, ()))
+
     def set_permissions(self, grant: Grant) -> None:
         self.grants[(grant.user, grant.vhost)] = grant
         self._changed(grant.user)

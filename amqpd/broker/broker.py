@@ -5,6 +5,7 @@ import itertools
 import logging
 from collections import deque
 
+from ..access.control import VHostRecord
 from ..store.definitions import decode_args
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
@@ -47,6 +48,38 @@ class Broker:
             for q in queues:
                 if not q.deleted:
                     q.dispatch()
+
+    # -- vhosts at run time --------------------------------------------------------------------
+    def add_vhost(self, name: str) -> VHost:
+        """A vhost from now on (``rabbitmqctl add_vhost``): its standard exchanges exist at
+        once; users still need a grant to open it. Adding one that exists changes nothing. Not
+        stored: after a restart it exists again only if the configuration or definitions
+        list it."""
+        vhost = self.vhosts.get(name)
+        if vhost is None:
+            vhost = self.vhosts[name] = VHost(self, name)
+        if self.access is not None and name not in self.access.vhosts:
+            self.access.add_vhost(VHostRecord(name))
+        return vhost
+
+    def delete_vhost(self, name: str) -> bool:
+        """Delete a vhost and everything in it, as RabbitMQ does: its connections are closed
+        (320 CONNECTION_FORCED), its queues (their logs in the store too) and exchanges go,
+        and its grants with it. Returns False when there was no such vhost."""
+        vhost = self.vhosts.pop(name, None)      # from here on, connection.open is refused
+        if vhost is None:
+            return False
+        if self.access is not None:
+            # RabbitMQ 3.10.8 sends "is deleted" or, when its vhost supervisor stops first,
+            # "is down": the two race there; this is the one that says why
+            for conn in self.access.delete_vhost(name):
+                conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is deleted")
+        for q in list(vhost.queues.values()) + list(vhost.reply_queues.values()):
+            vhost.delete_queue(q)
+        for ex in list(vhost.exchanges.values()):
+            if ex.name and not ex.name.startswith("amq."):    # the standard ones: no journal
+                vhost.delete_exchange(ex.name, if_unused=False)
+        return True
 
     # -- long work in slices ------------------------------------------------------------------
     def background(self, task) -> None:
