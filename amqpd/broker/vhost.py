@@ -230,13 +230,12 @@ class VHost:
             self._maybe_auto_delete(source)
 
     def journal(self, entry: dict) -> None:
-        """Record a durable definition change; the client hears about it once the line is
-        durable (the commit path's ``journal_gen``: the connection holds its output)."""
+        """Record a durable definition change (written and fsynced before the client hears
+        about it)."""
         store = self.broker.store
         if store is not None:
             entry["vhost"] = self.name
             store.journal.append(entry)
-            store.commit.journal_written()
 
     # -- publishing ---------------------------------------------------------------------------
     def publish(self, ex: Exchange, message, allow=None, take_aside: bool = True) -> PublishResult:

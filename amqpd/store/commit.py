@@ -12,10 +12,9 @@ A publish confirm waits for its generation to be durable. How that happens is th
 - ``never``: a generation counts as durable once written (the OS decides when it reaches the
   disk; a power cut loses what it had not flushed).
 
-The definitions journal rides along: a durable declare or delete writes its line at once (into
-the page cache) and the same fsync covers it (``journal_gen`` is the generation to wait for;
-the connection holds its output, declare-ok included, until then). A deleted queue's directory
-is renamed out of the way at once and removed by the job, off the loop (``discard_later``).
+A deleted queue's directory is renamed out of the way at once and removed by the next job, off
+the loop (``discard_later``). ``journal_written`` lets a writer whose reply must wait for the
+next durable generation say so (the definitions journal fsyncs itself today: see storage.md).
 
 Waiters (channels with confirms outstanding, connections with held output) register with
 ``wait()`` and are called back: ``flush_confirms()`` when generations become durable,

@@ -50,9 +50,9 @@ class DefinitionsJournal:
     refused rather than half-kept. After a failed fsync the file's unsynced pages may be lost
     whatever a retry says, so the next append first rewrites the journal from scratch.
 
-    With ``fsync`` on, an append only writes into the page cache: the commit path
-    (commit.py) fsyncs it on its worker thread, and the client hears declare-ok once that is
-    done. Off (``storage.fsync: never``), nothing is fsynced."""
+    With ``fsync`` on (every mode but ``never``), an append is fsynced before it returns, on
+    the loop thread: definition changes are rare, and a deferred fsync of this file lost
+    confirmed messages in the power-loss harness (see docs/storage.md)."""
 
     def __init__(self, path: str, fsync: bool = True, io=REAL):
         self.path = path
@@ -121,8 +121,14 @@ class DefinitionsJournal:
         except OSError:
             self._cut_back()
             raise
+        if self.fsync:
+            try:
+                io.fsync(self.fd)
+            except OSError:
+                self._cut_back()
+                self.suspect = True
+                raise
         self.size += len(line)
-        self.unsynced = self.fsync
 
     def sync_target(self):
         """A descriptor of the journal for the next fsync (the caller closes it), or None."""
