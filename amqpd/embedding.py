@@ -10,7 +10,6 @@ the host process: no signal handlers, no garbage-collection policy, no logging c
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -100,7 +99,6 @@ class EmbeddedBroker:
     def __init__(self, config: config_mod.Config, import_files: Iterable[str] = ()):
         self.config = config
         self.node = Node(config, import_files)
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._running = False
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -111,7 +109,6 @@ class EmbeddedBroker:
         for a data directory in use."""
         if self._running:
             return self
-        self._loop = asyncio.get_running_loop()
         await self.node.start()
         self._running = True
         data_dir = self.config.storage.data_dir
@@ -214,11 +211,7 @@ class EmbeddedBroker:
     def _on_loop(self) -> None:
         if not self._running:
             raise RuntimeError("the broker is not running")
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is not self._loop:
+        if not self.node.server.runs_here():
             raise RuntimeError("call this on the broker's event loop (amqpd.testing."
                                "BrokerThread does that for code on other threads)")
 

@@ -59,6 +59,13 @@ class Server:
             await self.close_listeners()
             raise
 
+    def runs_here(self) -> bool:
+        """Is the caller running on this server's event loop?"""
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
     def clock(self) -> LoopClock:
         return LoopClock(self.loop)
 
