@@ -225,3 +225,19 @@ def split_content(frames: list):
     body = b"".join(parts)
     assert len(body) == hdr.body_size
     return first, hdr, body
+
+
+def commit_turn(store) -> None:
+    """What the edge does once per loop turn with the store's commit path: write, run the
+    fsync job (and the removals it carries), report how it went."""
+    commit = store.commit
+    commit.write_pending()
+    job = commit.begin_sync()
+    if job is None:
+        return
+    try:
+        commit.sync(job)
+    except OSError as exc:
+        commit.finish(job, exc)
+    else:
+        commit.finish(job)

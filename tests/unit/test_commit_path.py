@@ -12,7 +12,7 @@ from amqpd.broker.broker import Broker
 from amqpd.broker.clock import ManualClock
 from amqpd.store.fileio import FileIO
 from amqpd.store.store import Store
-from tests.unit.stubs import Client, handshake_bytes, method, publish
+from tests.unit.stubs import Client, commit_turn, handshake_bytes, method, publish
 
 
 class FailingFsync(FileIO):
@@ -32,20 +32,6 @@ def durable_client(tmp_path, io=None):
     c.send(handshake_bytes() + method(1, C.Channel.Open()))
     c.frames()
     return c, store
-
-
-def edge_turn(store) -> None:
-    commit = store.commit
-    commit.write_pending()
-    job = commit.begin_sync()
-    if job is None:
-        return
-    try:
-        commit.sync(job)
-    except OSError as exc:
-        commit.finish(job, exc)
-    else:
-        commit.finish(job)
 
 
 def test_a_durable_declare_is_answered_once_its_journal_line_is_fsynced(tmp_path):
@@ -79,12 +65,12 @@ def test_a_persistent_publish_is_confirmed_once_durable(tmp_path):
     try:
         c.send(method(1, C.Queue.Declare(queue="q", durable=True))
                + method(1, C.Confirm.Select()))
-        edge_turn(store)
+        commit_turn(store)
         assert [type(f) for _, f in c.methods()] == [C.Queue.DeclareOk, C.Confirm.SelectOk]
         c.send(publish(1, b"m", routing_key="q",
                        properties=C.Basic.Properties(delivery_mode=2)))
         assert c.methods() == []                  # written, not yet fsynced: no ack
-        edge_turn(store)
+        commit_turn(store)
         ack = c.expect_one(C.Basic.Ack, channel=1)
         assert ack.delivery_tag == 1
     finally:

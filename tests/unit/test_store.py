@@ -14,6 +14,7 @@ from amqpd.store.fileio import FileIO
 from amqpd.store.queue_log import QueueLog
 from amqpd.store.commit import RECOVERED_AFTER
 from amqpd.store.store import FORMAT, Store, StoreError
+from tests.unit.stubs import commit_turn
 
 ROUTE = b"\x02ex\x03key"          # exchange "ex", routing key "key" as two shortstrs
 HEADER = b"\x00\x3c\x00\x00\x00\x00\x00\x00\x00\x05\x10\x00\x02"   # any raw header bytes
@@ -985,21 +986,6 @@ def test_after_a_failed_journal_fsync_the_journal_is_rewritten(tmp_path):
     j.close()
     assert os.stat(j.path).st_ino != before            # a fresh file, fsynced as a whole
     assert summary(j.load()) == {("queue", "/", "a"), ("queue", "/", "c")}
-
-
-def commit_turn(store) -> None:
-    """What the edge does once per loop turn: write, run the fsync job, report how it went."""
-    commit = store.commit
-    commit.write_pending()
-    job = commit.begin_sync()
-    if job is None:
-        return
-    try:
-        commit.sync(job)
-    except OSError as exc:
-        commit.finish(job, exc)
-    else:
-        commit.finish(job)
 
 
 @pytest.mark.parametrize("which", ["middle", "last"])
