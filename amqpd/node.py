@@ -12,6 +12,7 @@ import dataclasses
 import logging
 
 from . import definitions
+from .admin import Admin
 from .broker.broker import Broker
 from .edge.server import Server
 from .store.store import Store
@@ -57,6 +58,7 @@ class Node:
         self.store = self.access = self.broker = None
         self.http = None                # the management API's listener (listeners.http)
         self.management = None          # its ManagementContext
+        self.admin = None               # run-time users, vhosts, permissions (admin.py)
 
     async def start(self) -> "Node":
         docs = definitions.prepare(self.config, self.import_files)
@@ -64,6 +66,7 @@ class Node:
         try:
             self.store, self.access, self.broker = build(self.config, docs,
                                                          self.server.clock())
+            self.admin = Admin(self.broker, self.access, self.store)
             self.server.attach(self.broker, self.store)
             await self.server.serve()
             if self.config.listeners.http is not None:
@@ -85,6 +88,7 @@ class Node:
         ctx = ManagementContext(self.broker, self.access, self.server, self.config,
                                 self.store)
         ctx.definitions = definitions          # export / import for /api/definitions
+        ctx.admin = self.admin
         self.management = ctx
         self.http = HTTPListener(lambda: make_app(ctx), self.config.listeners.http)
         await self.http.start()

@@ -18,12 +18,12 @@ import logging
 
 from aiohttp import web
 
-from . import api_core
+from . import api_access, api_connections, api_core, api_node, api_objects
 from .auth import CTX, NoCredentials
 
 log = logging.getLogger("amqpd.management")
 
-MODULES: list = [api_core]
+MODULES: list = [api_core, api_objects, api_access, api_connections, api_node]
 
 
 def _json_error(status: int, err: str, reason: str, headers=None) -> web.Response:

@@ -2,6 +2,7 @@
 live connections), the configuration, and the node's name and start time."""
 import socket
 import time
+import weakref
 
 
 class ManagementContext:
@@ -14,6 +15,10 @@ class ManagementContext:
         self.node_name = node_name or f"amqpd@{socket.gethostname()}"
         self.started_at = time.time()   # wall clock: shown to people (uptime, start time)
         self.started_mono = time.monotonic()
+        self.admin = None               # admin.Admin: run-time users, vhosts, permissions
+        self.definitions = None         # the definitions module (export / import)
+        self.http_port = None
+        self._seen = weakref.WeakKeyDictionary()
 
     def now(self) -> float:
         """Monotonic seconds from the broker's clock (what rates are computed against)."""
@@ -21,6 +26,14 @@ class ManagementContext:
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started_mono) * 1000)
+
+    def connected_at(self, conn) -> int:
+        """Milliseconds since the epoch: when the connection opened, as far as the API knows
+        (the first time it listed it; the edge keeps no open time)."""
+        try:
+            return self._seen.setdefault(conn, int(time.time() * 1000))
+        except TypeError:
+            return int(self.started_at * 1000)
 
     def connections(self):
         """The AMQP connections that are open (handshake done, not closing) — a connection

@@ -133,16 +133,17 @@ def exchange_json(ctx, ex, now=None) -> dict:
 
 # -- bindings -----------------------------------------------------------------------------------
 def properties_key(key: str, args: dict) -> str:
-    """RabbitMQ's binding "properties_key": the routing key (``~`` for an empty one), with
-    ``~`` and a hash of the arguments appended when there are any."""
+    """RabbitMQ's binding "properties_key": the routing key form-encoded (``~`` for an empty
+    one without arguments), then ``~`` and a short hash of the arguments when there are any
+    (RabbitMQ hashes the Erlang term; amqpd its JSON: the same shape, its own values)."""
     import hashlib
     import json
     import urllib.parse
-    base = urllib.parse.quote(key, safe="") if key else "~"
+    quoted = urllib.parse.quote_plus(key, safe="")
     if not args:
-        return base
-    digest = hashlib.sha1(json.dumps(args_out(args), sort_keys=True).encode()).digest()
-    return base + "~" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+        return quoted or "~"
+    digest = hashlib.sha1(json.dumps(args_out(args), sort_keys=True).encode()).digest()[:4]
+    return quoted + "~" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
 def binding_json(vhost: str, source: str, dest, dest_type: str, key: str, args) -> dict:
@@ -152,11 +153,6 @@ def binding_json(vhost: str, source: str, dest, dest_type: str, key: str, args) 
 
 
 # -- connections, channels, consumers -----------------------------------------------------------
-def connection_name(conn) -> str:
-    """RabbitMQ's name: "client_ip:port -> server_ip:port"."""
-    return getattr(conn, "mgmt_name", None) or str(conn.peer)
-
-
 def consumer_json(ctx, c) -> dict:
     ch = c.channel
     return {
@@ -174,7 +170,7 @@ def consumer_json(ctx, c) -> dict:
 
 def channel_ref(ch) -> dict:
     conn = ch.conn
-    name = connection_name(conn)
+    name = name_of(conn)
     peer_host, peer_port = _peer(conn)
     return {"connection_name": name, "name": f"{name} ({ch.number})", "node": "",
             "number": ch.number, "peer_host": peer_host, "peer_port": peer_port,
@@ -187,3 +183,101 @@ def _peer(conn):
     if sep and port.isdigit():
         return conn.peer_ip or host.strip("[]"), int(port)
     return conn.peer_ip or "", 0
+
+
+def connection_json(ctx, conn, now=None) -> dict:
+    io = conn.io
+    transport = getattr(io, "transport", None)
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    host, port = (sock[0], sock[1]) if isinstance(sock, tuple) else ("", 0)
+    peer_host, peer_port = _peer(conn)
+    tls = conn.tls
+    cert = (tls or {}).get("peercert") or {}
+    props = value_out(conn.client_properties or {})
+    stats = getattr(conn, "stats", None)
+    out = {
+        "auth_mechanism": getattr(conn, "mechanism", None) or "PLAIN",
+        "channel_max": conn.channel_max,
+        "channels": len(conn.channels),
+        "client_properties": props,
+        "connected_at": ctx.connected_at(conn),
+        "frame_max": conn.frame_max,
+        "host": host,
+        "name": name_of(conn),
+        "node": ctx.node_name,
+        "peer_cert_issuer": _dn(cert.get("issuer")) if tls else None,
+        "peer_cert_subject": _dn(cert.get("subject")) if tls else None,
+        "peer_cert_validity": cert.get("notAfter") if tls else None,
+        "peer_host": peer_host,
+        "peer_port": peer_port,
+        "port": port,
+        "protocol": "AMQP 0-9-1",
+        "recv_cnt": 0, "recv_oct": 0, "recv_oct_details": {"rate": 0.0},
+        "send_cnt": 0, "send_oct": 0, "send_oct_details": {"rate": 0.0},
+        "send_pend": 0,
+        "ssl": tls is not None,
+        "ssl_cipher": None, "ssl_hash": None, "ssl_key_exchange": None, "ssl_protocol": None,
+        "state": "blocked" if getattr(io, "blocked", False) else "running",
+        "timeout": conn.heartbeat,
+        "type": "network",
+        "user": conn.user or "",
+        "user_provided_name": props.get("connection_name") if isinstance(props, dict) else None,
+        "user_who_performed_action": conn.user or "",
+        "vhost": conn.vhost.name if conn.vhost is not None else "",
+    }
+    if stats is not None:
+        try:
+            out.update(stats.io())
+            out.update(stats.io_details(now if now is not None else ctx.now()))
+        except Exception:
+            pass
+    if tls is not None and transport is not None:
+        cipher = transport.get_extra_info("cipher")
+        if cipher:
+            out["ssl_cipher"], out["ssl_protocol"] = cipher[0], cipher[1]
+    return out
+
+
+def _dn(rdns) -> str | None:
+    if not rdns:
+        return None
+    return ",".join(f"{k}={v}" for rdn in rdns for k, v in rdn)
+
+
+def name_of(conn) -> str:
+    """RabbitMQ's connection name: "client_ip:port -> server_ip:port"."""
+    io = conn.io
+    transport = getattr(io, "transport", None)
+    sock = transport.get_extra_info("sockname") if transport is not None else None
+    here = f"{sock[0]}:{sock[1]}" if isinstance(sock, tuple) else "?"
+    return f"{conn.peer} -> {here}"
+
+
+def channel_json(ctx, ch, now=None) -> dict:
+    conn = ch.conn
+    name = name_of(conn)
+    peer_host, peer_port = _peer(conn)
+    out = {
+        "acks_uncommitted": 0,
+        "confirm": bool(ch.confirm),
+        "connection_details": {"name": name, "peer_host": peer_host, "peer_port": peer_port},
+        "consumer_count": len(ch.consumers),
+        "global_prefetch_count": ch.global_prefetch,
+        "messages_unacknowledged": len(ch.unacked),
+        "messages_uncommitted": len(ch.tx) if ch.tx else 0,
+        "messages_unconfirmed": max(0, ch.publish_seq - ch.confirmed) if ch.confirm else 0,
+        "name": f"{name} ({ch.number})",
+        "node": ctx.node_name,
+        "number": ch.number,
+        "pending_raft_commands": 0,
+        "prefetch_count": ch.prefetch,
+        "state": "running",
+        "transactional": ch.tx is not None,
+        "user": conn.user or "",
+        "user_who_performed_action": conn.user or "",
+        "vhost": conn.vhost.name if conn.vhost is not None else "",
+    }
+    ms = _message_stats(ch, now if now is not None else ctx.now())
+    if ms:
+        out["message_stats"] = ms
+    return out
