@@ -25,6 +25,7 @@ go to a file found at start-up.
 import logging
 import os
 import struct
+import zlib
 from array import array
 
 from . import records
@@ -34,6 +35,8 @@ log = logging.getLogger("amqpd.store")
 
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 _due = struct.Struct(">Q")
+_head = struct.Struct(">2sII")           # records.py: magic, crc, length
+HEAD = records.HEAD_SIZE
 MIN_WIDTH_MS = 1 << 10   # about a second; widths are powers of two (files record the exponent)
 MAX_WIDTH_MS = 1 << 26          # 18.6 h: (due - start) fits the index's 28 bits
 OFFSET_BITS = 36                # 64 GB per bucket file
@@ -224,51 +227,43 @@ class DelayedLog:
         good_end = 0
         start = bucket.start
         try:
-            size = os.path.getsize(path)
             with open(path, "rb") as f:
-                head = f.read(64)
-                seed, base, _ = records.segment_info(head)
+                seed, base, _ = records.segment_info(f.read(64))
                 bucket.seed = seed
-                good_end = pos = base
+                good_end = pos = base            # pos: the file offset of buf[0]
+                f.seek(base)
                 buf = b""
-                buf_at = pos
-                f.seek(pos)
-                MESSAGE, SETTLED = records.MESSAGE, records.SETTLED
-                while True:
+                damaged = False
+                head, crc32, due_at = _head.unpack_from, zlib.crc32, HEAD + 11
+                MESSAGE, SETTLED, MAGIC = records.MESSAGE, records.SETTLED, records.MAGIC
+                while not damaged:
                     chunk = f.read(SCAN_CHUNK)
                     if not chunk:
                         break
-                    buf = buf[pos - buf_at:] + chunk if buf else chunk
-                    buf_at = pos
+                    buf = buf + chunk if buf else chunk
                     view = memoryview(buf)
-                    at = 0
-                    while at + records.HEAD_SIZE <= len(buf):
-                        length = int.from_bytes(buf[at + 6:at + 10], "big")
-                        if at + records.HEAD_SIZE + length > len(buf):
+                    at, n = 0, len(buf)
+                    # Records are checked (CRC) but not copied: only the due time and the
+                    # offset of a message, the seq of a settled marker are taken.
+                    while at + HEAD <= n:
+                        magic, crc, length = head(buf, at)
+                        stop = at + HEAD + length
+                        if stop > n:
+                            break                # continued in the next chunk (or torn)
+                        if magic != MAGIC or not length or crc32(view[at + 6:stop], seed) != crc:
+                            damaged = True       # the rest of the file is not trusted
                             break
-                        rec = records._record_at(buf, view, at, seed)
-                        if rec is None:
-                            break
-                        offset = buf_at + at
-                        if rec.kind == MESSAGE:
-                            due = _due.unpack_from(rec.route)[0]
-                            entries.append(((due - start) << OFFSET_BITS) | offset)
-                        elif rec.kind == SETTLED:
-                            settled.add(rec.seq)
-                        at += rec.size
+                        kind = buf[at + HEAD]
+                        if kind == MESSAGE:
+                            entries.append(((_due.unpack_from(buf, at + due_at)[0] - start)
+                                            << OFFSET_BITS) | (pos + at))
+                        elif kind == SETTLED:
+                            settled.add(_due.unpack_from(buf, at + HEAD + 1)[0])
+                        at = stop
                     view.release()
-                    pos = buf_at + at
-                    good_end = pos
-                    if at < len(buf) and at + records.HEAD_SIZE <= len(buf):
-                        length = int.from_bytes(buf[at + 6:at + 10], "big")
-                        if at + records.HEAD_SIZE + length <= len(buf):
-                            break            # a damaged record: the rest is not trusted
-                    if pos >= size:
-                        break
-                    f.seek(pos)
+                    good_end = pos + at
                     buf = buf[at:]
-                    buf_at = pos
-                    pos = buf_at
+                    pos += at
         except OSError as exc:
             log.error("%s: cannot be read (%s); its messages are lost", path, exc)
         if good_end < bucket.size:

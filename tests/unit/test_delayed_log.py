@@ -14,6 +14,7 @@ from amqpd.broker.broker import Broker
 from amqpd.broker.clock import ManualClock
 from amqpd.broker.publish import ACCEPTED, STORED
 from amqpd.broker.delayed import BATCH
+from amqpd.store import delayed_log
 from amqpd.store.delayed_log import bucket_of
 from amqpd.store.store import Store
 
@@ -109,7 +110,9 @@ def test_due_order_across_buckets_and_never_early(tmp_path):
                 if n.endswith(".dlb")]
 
 
-def test_a_big_bucket_is_read_in_batches(tmp_path):
+@pytest.mark.parametrize("chunk", [4 << 20, 777], ids=["one-read", "many-reads"])
+def test_a_big_bucket_is_read_in_batches(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(delayed_log, "SCAN_CHUNK", chunk)   # records straddle the reads
     clock = ManualClock(START, WALL)
     broker, store = open_broker(tmp_path, clock)
     vh = broker.vhosts["/"]
@@ -163,10 +166,12 @@ def test_clean_restart_keeps_due_order_and_what_was_routed_stays_routed(tmp_path
     store2.close()
 
 
-def test_crash_in_the_middle_of_a_bucket(tmp_path):
+@pytest.mark.parametrize("chunk", [4 << 20, 300], ids=["one-read", "many-reads"])
+def test_crash_in_the_middle_of_a_bucket(tmp_path, monkeypatch, chunk):
     """A copy of the data dir taken while the broker runs (what a kill -9 leaves: written,
     not closed), with a torn record appended to a bucket file: every message not yet routed
     comes back once, in due order; routed ones do not."""
+    monkeypatch.setattr(delayed_log, "SCAN_CHUNK", chunk)
     live, image = tmp_path / "live", tmp_path / "image"
     clock = ManualClock(START, WALL)
     broker, store = open_broker(live, clock)
