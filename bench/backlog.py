@@ -409,10 +409,12 @@ def run_broker(name, port, pid, args, scenario, restart=None):
 
 
 def amqpd_args() -> list:
+    """Every listener on a free port (RabbitMQ holds the defaults here): AmqpdProcess passes
+    --port 0 and --http-port 0; others this amqpd has are added."""
     help_text = subprocess.run([sys.executable, "-m", "amqpd", "--help"], cwd=ROOT,
                                capture_output=True, text=True).stdout
     extra = ["--log-level", "info"]
-    for flag in ("--http-port", "--prometheus-port"):
+    for flag in ("--prometheus-port",):
         if flag in help_text:
             extra += [flag, "0"]
     return extra
