@@ -324,9 +324,12 @@ class DelayedLog:
             for i in range(cursor, stop):
                 key = index[i]
                 offset = key & OFFSET_MASK
-                head = os.pread(fd, records.HEAD_SIZE, offset)
-                length = int.from_bytes(head[6:10], "big")
-                data = head + os.pread(fd, length, offset + records.HEAD_SIZE)
+                data = os.pread(fd, 4096, offset)      # most records: one read
+                length = int.from_bytes(data[6:10], "big")
+                if len(data) < HEAD + length:
+                    data = os.pread(fd, HEAD + length, offset)
+                elif len(data) > HEAD + length:
+                    data = data[:HEAD + length]
                 rec = records._record_at(data, memoryview(data), 0, bucket.seed)
                 if rec is None:           # changed under us: skip it (logged)
                     log.error("%s: record at %d unreadable; message lost", path, offset)
