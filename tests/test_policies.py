@@ -1,0 +1,158 @@
+"""Policies with a real broker and real clients (pika): a policy set while the broker runs
+changes what an existing queue does (max-length trims it, message-ttl expires what comes
+after), survives a restart, and comes in with a definitions file exported by RabbitMQ 3.10.8
+(tests/fixtures/rabbitmq-3.10.8-policies.json: recorded from RabbitMQ's GET /api/definitions
+after setting these policies on a scratch vhost)."""
+import contextlib
+import json
+import os
+
+import pika
+import pytest
+
+from amqpd import cli
+from amqpd.broker.policy import PolicyError
+
+from .brokerthread import BrokerThread
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures",
+                       "rabbitmq-3.10.8-policies.json")
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+
+
+@contextlib.contextmanager
+def running(data_dir, **overrides):
+    b = BrokerThread(data_dir=str(data_dir), **overrides).start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        b.cleanup()
+
+
+@contextlib.contextmanager
+def channel(b, vhost: str = "%2F"):
+    conn = pika.BlockingConnection(pika.URLParameters(
+        f"amqp://guest:guest@127.0.0.1:{b.port}/{vhost}"))
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        yield ch
+    finally:
+        conn.close()
+
+
+def set_policy(b, name: str, body: dict, vhost: str = "/", operator: bool = False) -> bool:
+    """What PUT /api/policies does, on the broker's loop."""
+    return b.call(b.broker.policies.set, vhost, name, body, operator)
+
+
+def count(ch, queue: str) -> int:
+    return ch.queue_declare(queue, passive=True).method.message_count
+
+
+def drain(ch, queue: str) -> list:
+    out = []
+    while True:
+        _method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if body is None:
+            return out
+        out.append(body)
+
+
+def test_max_length_policy_trims_an_existing_queue_and_dead_letters(broker):
+    with channel(broker) as ch:
+        ch.exchange_declare("dlx", "fanout")
+        ch.queue_declare("dead")
+        ch.queue_bind("dead", "dlx")
+        ch.queue_declare("jobs", arguments={"x-max-length": 100})
+        for i in range(5):
+            ch.basic_publish("", "jobs", str(i).encode())
+        assert set_policy(broker, "cap", {"pattern": "^jobs$", "apply-to": "queues",
+                                          "definition": {"max-length": 2,
+                                                         "dead-letter-exchange": "dlx"}})
+        assert count(ch, "jobs") == 2
+        assert drain(ch, "dead") == [b"0", b"1", b"2"]
+        for i in range(5, 8):
+            ch.basic_publish("", "jobs", str(i).encode())
+        assert drain(ch, "jobs") == [b"6", b"7"]
+        # the declared arguments are unchanged: a re-declare with them is still equivalent
+        ch.queue_declare("jobs", arguments={"x-max-length": 100})
+
+
+def test_message_ttl_policy_expires_new_messages_of_an_existing_queue(broker):
+    with channel(broker) as ch:
+        ch.queue_declare("events")
+        ch.basic_publish("", "events", b"before")
+        set_policy(broker, "ttl", {"pattern": "^events$", "definition": {"message-ttl": 50}})
+        ch.basic_publish("", "events", b"after")
+        q = broker.broker.vhosts["/"].queues["events"]
+        broker.wait_for(lambda: q.message_count == 1, what="the new message to expire")
+        assert drain(ch, "events") == [b"before"]
+
+
+def test_policy_and_operator_policy_survive_a_restart(tmp_path):
+    data = tmp_path / "data"
+    with running(data) as b:
+        with channel(b) as ch:
+            ch.queue_declare("orders", durable=True)
+        set_policy(b, "lim", {"pattern": "^ord", "definition": {"max-length": 3},
+                              "priority": 1, "apply-to": "queues"})
+        set_policy(b, "cap", {"pattern": ".*", "definition": {"max-length": 2}},
+                   operator=True)
+        set_policy(b, "gone", {"pattern": ".*", "definition": {"expires": 1000}})
+        assert b.call(b.broker.policies.delete, "/", "gone")
+    with running(data) as b:
+        q = b.broker.vhosts["/"].queues["orders"]
+        assert (q.policy_name, q.operator_policy_name) == ("lim", "cap")
+        assert q.effective_policy_definition == {"max-length": 2}
+        assert [p.name for p in b.broker.policies.list("/")] == ["lim"]
+        with channel(b) as ch:
+            for i in range(5):
+                ch.basic_publish("", "orders", str(i).encode(), PERSISTENT)
+            assert drain(ch, "orders") == [b"3", b"4"]
+            ch.queue_declare("ord-new", durable=True)       # a new queue gets them too
+        assert b.broker.vhosts["/"].queues["ord-new"].policy_name == "lim"
+
+
+def test_bad_policy_changes_nothing(broker):
+    with pytest.raises(PolicyError) as info:
+        set_policy(broker, "bad", {"pattern": "^q", "definition": {"max-length": -1}})
+    assert str(info.value) == "-1 is not a valid maximum length"
+    with pytest.raises(KeyError):
+        set_policy(broker, "p", {"pattern": "^q", "definition": {"max-length": 1}}, vhost="nope")
+    assert broker.call(broker.broker.policies.list) == []
+
+
+def test_rabbitmq_export_with_policies_loads_and_exports_back(tmp_path, caplog):
+    data = tmp_path / "data"
+    with running(data, load_definitions=FIXTURE) as b:
+        vhost = b.broker.vhosts["polscratch"]
+        jobs, orders = vhost.queues["pol-jobs"], vhost.exchanges["pol-orders"]
+        # pol-limits (priority 2) beats pol-ha; ha-mode is dropped with a warning
+        assert (jobs.policy_name, jobs.operator_policy_name) == ("pol-limits", "op-cap")
+        assert jobs.effective_policy_definition == {
+            "dead-letter-exchange": "pol-alt", "expires": 86400000, "max-length": 10,
+            "message-ttl": 60000, "overflow": "drop-head"}
+        assert b.broker.policies.get("polscratch", "pol-ha").definition == {
+            "queue-mode": "lazy"}
+        assert "ha-mode not supported by amqpd" in caplog.text
+        assert orders.policy_name == "pol-ae" and orders.alternate == "pol-alt"
+        with channel(b, "polscratch") as ch:
+            ch.basic_publish("pol-orders", "nobody.binds.this", b"to the alternate")
+            ch.basic_publish("pol-orders", "jobs.1", b"job")
+            assert drain(ch, "pol-unrouted") == [b"to the alternate"]
+            for i in range(12):
+                ch.basic_publish("", "pol-jobs", b"x")
+            assert count(ch, "pol-jobs") == 10          # max-length 10 from the policy
+            assert count(ch, "pol-unrouted") == 3        # the dropped head, dead-lettered
+    out = tmp_path / "export.json"
+    assert cli.main(["--data-dir", str(data), "definitions", "export", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    fixture = json.loads(open(FIXTURE).read())
+    ours = sorted(doc["policies"], key=lambda p: p["name"])
+    theirs = sorted(fixture["policies"], key=lambda p: p["name"])
+    theirs[1]["definition"] = {"queue-mode": "lazy"}        # pol-ha without ha-mode
+    assert ours == theirs
+    assert [p for p in doc["parameters"] if p["component"] == "operator_policy"] == [
+        p for p in fixture["parameters"] if p["component"] == "operator_policy"]
