@@ -165,7 +165,7 @@ def test_command_line_import_of_policies_then_start(tmp_path):
         jobs = b.broker.vhosts["polscratch"].queues["pol-jobs"]
         assert (jobs.policy_name, jobs.operator_policy_name) == ("pol-limits", "op-cap")
         assert [p.name for p in b.broker.policies.list("polscratch")] == [
-            "pol-limits", "pol-ae", "pol-ha"]
+            "pol-ae", "pol-ha", "pol-limits"]
 
 
 def test_deleted_vhost_takes_its_policies_across_a_restart(tmp_path):

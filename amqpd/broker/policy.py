@@ -219,8 +219,9 @@ class PolicySet:
         return self.table(operator).pop(name, None)
 
     def listed(self, operator: bool = False) -> list:
-        """As RabbitMQ lists them: highest priority first (then by name)."""
-        return sorted(self.table(operator).values(), key=lambda p: (-p.priority, p.name))
+        """As RabbitMQ 3.10.8's API lists them: lowest priority first (observed; its
+        sort_by_priority), then by name."""
+        return sorted(self.table(operator).values(), key=lambda p: (p.priority, p.name))
 
     def match(self, kind: str, name: str):
         """(policy, operator policy) for a queue or exchange; either may be None."""

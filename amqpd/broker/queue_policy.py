@@ -62,9 +62,12 @@ class Policies:
         return None if v is None else v.policies.table(operator).get(name)
 
     def list(self, vhost: str | None = None, operator: bool = False) -> list:
-        """Policies of one vhost (KeyError when it does not exist) or of all."""
-        vhosts = [self._vhost(vhost)] if vhost is not None else self.broker.vhosts.values()
-        return [p for v in vhosts for p in v.policies.listed(operator)]
+        """Policies of one vhost (KeyError when it does not exist) or of all, lowest
+        priority first (as RabbitMQ's API lists them)."""
+        if vhost is not None:
+            return self._vhost(vhost).policies.listed(operator)
+        found = [p for v in self.broker.vhosts.values() for p in v.policies.listed(operator)]
+        return sorted(found, key=lambda p: (p.priority, p.vhost, p.name))
 
 
 def record(policy) -> dict:

@@ -313,7 +313,9 @@ def test_listing_is_by_priority_and_vhosts_are_checked(broker):
     broker.policies.set("/", "a", {"pattern": ".", "definition": {"max-length": 1}})
     broker.policies.set("/", "b", {"pattern": ".", "definition": {"max-length": 1},
                                    "priority": 3})
-    assert [p.name for p in broker.policies.list("/")] == ["b", "a"]
+    broker.policies.set("/", "c", {"pattern": ".", "definition": {"max-length": 1},
+                                   "priority": -1})
+    assert [p.name for p in broker.policies.list("/")] == ["c", "a", "b"]
     assert broker.policies.list(operator=True) == []
     with pytest.raises(KeyError):
         broker.policies.set("nope", "a", {"pattern": ".", "definition": {"max-length": 1}})
