@@ -131,8 +131,6 @@ def refresh_exchange(ex) -> None:
     policies = ex.vhost.policies
     if not policies and ex.policy is None and ex.operator_policy is None:
         return
-    if ex.name == "" or ex.name.startswith("amq."):
-        return              # RabbitMQ matches them too, but nothing a policy sets acts there
     policy, operator_policy = policies.match(EXCHANGES, ex.name)
     if policy is ex.policy and operator_policy is ex.operator_policy:
         return
@@ -140,8 +138,8 @@ def refresh_exchange(ex) -> None:
     ex.policy_name = policy.name if policy is not None else None
     ex.operator_policy_name = operator_policy.name if operator_policy is not None else None
     ex.effective_policy_definition = definition = effective(policy, operator_policy)
-    ae = alternate_exchange(ex.arguments, definition)
-    ex.alternate = name_text(ae) or None
+    if ex.name:     # RabbitMQ routes the default exchange without alternate exchanges
+        ex.alternate = name_text(alternate_exchange(ex.arguments, definition)) or None
 
 
 def reconfigure(q, opts: QueueOptions) -> None:

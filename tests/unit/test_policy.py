@@ -302,6 +302,20 @@ def test_alternate_exchange_from_policy_unless_argument(broker, vh):
     assert plain.alternate is None and plain.policy_name is None
 
 
+def test_standard_exchanges_match_but_the_default_gets_no_alternate(broker, vh):
+    """RabbitMQ 3.10.8 (observed): a policy matching amq.direct and the default exchange
+    shows on both; the default exchange routes without alternate exchanges."""
+    alt_q = declare_queue(vh, "alt-q")
+    vh.bind(declare_exchange(vh, "alt"), alt_q, "", {})
+    broker.policies.set("/", "a", {"pattern": r"^amq\.direct$|^$", "apply-to": "exchanges",
+                                   "definition": {"alternate-exchange": "alt"}})
+    direct, default = vh.exchanges["amq.direct"], vh.exchanges[""]
+    assert direct.policy_name == default.policy_name == "a"
+    send(vh, b"lost", "no-such-queue")
+    send(vh, b"kept", "no-binding", "amq.direct")
+    assert bodies(alt_q) == [b"kept"]
+
+
 def test_queues_policy_does_not_touch_exchanges(broker, vh):
     ex = declare_exchange(vh, "q-ex")
     broker.policies.set("/", "p", {"pattern": "^q", "apply-to": "queues",
