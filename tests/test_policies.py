@@ -178,3 +178,129 @@ def test_deleted_vhost_takes_its_policies_across_a_restart(tmp_path):
     with running(data) as b:
         # the vhost is not kept (add_vhost is run-time only), so ask the journal itself
         assert [d for d in b.call(b.broker.store.journal.load) if d["op"] == "policy"] == []
+
+
+# -- the HTTP API (amqpd/management/api_policies.py) --------------------------------------------
+ALL = {"configure": ".*", "write": ".*", "read": ".*"}
+USERS = [{"name": "guest", "password": "guest", "tags": ["administrator"]},
+         {"name": "maker", "password": "pw", "tags": ["policymaker"]},
+         {"name": "viewer", "password": "pw", "tags": ["management"]}]
+GRANTS = [{"user": "guest", "vhost": "/", **ALL}, {"user": "maker", "vhost": "/", **ALL},
+          {"user": "viewer", "vhost": "/", **ALL}, {"user": "guest", "vhost": "other", **ALL}]
+
+
+@pytest.fixture
+def hb(make_broker):
+    return make_broker(http_port=0, vhosts=["/", "other"], users=USERS, permissions=GRANTS,
+                       loopback_users=[])
+
+
+@pytest.fixture
+def api(hb):
+    from .mgmt_client import API
+    return API(hb.management_url)
+
+
+LIMIT = {"pattern": "^jobs$", "apply-to": "queues", "priority": 1,
+         "definition": {"max-length": 2}}
+
+
+def test_http_policy_lifecycle_with_rabbitmq_shapes(api):
+    r = api.put("/api/policies/%2F/limit", LIMIT)
+    assert (r.status, r.body) == (201, b"")
+    assert api.put("/api/policies/%2F/limit", LIMIT).status == 204
+    one = {"vhost": "/", "name": "limit", "pattern": "^jobs$", "apply-to": "queues",
+           "definition": {"max-length": 2}, "priority": 1}
+    r = api.get("/api/policies/%2F/limit")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+    assert r.json() == one
+    assert api.get("/api/policies").json() == [one]
+    assert api.get("/api/policies/%2F/").json() == [one]          # a trailing slash is none
+    assert api.get("/api/policies/other").json() == []
+    assert api.get("/api/operator-policies").json() == []
+    r = api.delete("/api/policies/%2F/limit")
+    assert (r.status, r.body) == (204, b"")
+    for r in (api.delete("/api/policies/%2F/limit"), api.get("/api/policies/%2F/limit"),
+              api.get("/api/policies/nope")):
+        assert (r.status, r.json()) == (404, {"error": "Object Not Found", "reason": "Not Found"})
+    r = api.put("/api/policies/nope/x", LIMIT)
+    assert (r.status, r.json()) == (404, {"error": "not_found", "reason": "vhost_not_found"})
+
+
+@pytest.mark.parametrize("path, body, reason", [
+    ("/api/policies/%2F/b", {"pattern": "^q", "definition": {"max-length": "x"}},
+     "Validation failed\n\n&lt;&lt;\"x\"&gt;&gt; is not a valid maximum length\n"),
+    ("/api/policies/%2F/b", {"pattern": "^q", "definition": {"foo": 1}},
+     "Validation failed\n\n[{&lt;&lt;\"foo\"&gt;&gt;,1}] are not recognised policy settings\n"),
+    ("/api/policies/%2F/b", {"pattern": "^q", "definition": {}},
+     "Validation failed\n\nno policy provided\n"),
+    ("/api/policies/%2F/b", {"pattern": "^q"}, "[{key_missing,definition}]"),
+    ("/api/policies/%2F/b", [1], "not_json"),
+    ("/api/operator-policies/%2F/b", {"pattern": "^q", "definition": {"overflow": "drop-head"}},
+     "Validation failed\n\n[{<<\"overflow\">>,<<\"drop-head\">>}] are not recognised policy "
+     "settings\n"),
+])
+def test_http_refusals_read_as_rabbitmq(api, path, body, reason):
+    r = api.put(path, body)
+    assert (r.status, r.json()) == (400, {"error": "bad_request", "reason": reason})
+    assert api.get("/api/policies").json() == []
+
+
+def test_http_not_json_body(api):
+    r = api.put("/api/policies/%2F/b", raw=b"notjson", headers={"Content-Type": "application/json"})
+    assert (r.status, r.json()) == (400, {"error": "bad_request", "reason": "not_json"})
+
+
+def test_http_policy_applies_to_a_live_queue(hb, api):
+    with channel(hb) as ch:
+        ch.queue_declare("jobs")
+        for i in range(5):
+            ch.basic_publish("", "jobs", str(i).encode())
+        assert api.put("/api/policies/%2F/limit", LIMIT).status == 201
+        assert api.put("/api/operator-policies/%2F/cap",
+                       {"pattern": ".*", "definition": {"max-length": 1}}).status == 201
+        q = api.get("/api/queues/%2F/jobs").json()
+        assert (q["policy"], q["operator_policy"]) == ("limit", "cap")
+        assert q["effective_policy_definition"] == {"max-length": 1}
+        assert drain(ch, "jobs") == [b"4"]
+        assert api.delete("/api/operator-policies/%2F/cap").status == 204
+        for i in range(5):
+            ch.basic_publish("", "jobs", str(i).encode())
+        assert count(ch, "jobs") == 2
+
+
+def test_http_who_may_do_what(api):
+    maker, viewer = api.as_user("maker", "pw"), api.as_user("viewer", "pw")
+    denied = {"error": "not_authorised", "reason": "User not authorised to access object"}
+    r = viewer.put("/api/policies/%2F/p", LIMIT)
+    assert (r.status, r.json()) == (401, denied)
+    assert maker.put("/api/policies/%2F/p", LIMIT).status == 201
+    assert maker.get("/api/policies/%2F/p").status == 200
+    assert viewer.get("/api/policies/%2F/p").status == 401
+    assert [p["name"] for p in viewer.get("/api/policies").json()] == ["p"]
+    r = maker.put("/api/policies/other/p", LIMIT)            # no permissions in "other"
+    assert (r.status, r.json()) == (401, denied)
+    r = maker.get("/api/policies/other")
+    assert (r.status, r.json()) == (401, {"error": "not_authorised",
+                                          "reason": "User not authorised to access virtual host"})
+    r = maker.put("/api/operator-policies/%2F/o", {"pattern": ".", "definition": {"expires": 9}})
+    assert (r.status, r.json()) == (401, {"error": "not_authorised",
+                                          "reason": "Not administrator user"})
+    assert api.put("/api/operator-policies/%2F/o",
+                   {"pattern": ".", "definition": {"expires": 9000}}).status == 201
+    assert [p["name"] for p in maker.get("/api/operator-policies").json()] == ["o"]
+    assert maker.delete("/api/policies/%2F/p").status == 204
+
+
+def test_http_definitions_carry_policies(api):
+    """POST /api/definitions with RabbitMQ's export sets its policies (operator ones too);
+    GET /api/definitions gives them back in RabbitMQ's places."""
+    fixture = json.loads(open(FIXTURE).read())
+    assert api.post("/api/definitions", fixture).status in (200, 201, 204)
+    names = [p["name"] for p in api.get("/api/policies/polscratch").json()]
+    assert names == ["pol-ae", "pol-ha", "pol-limits"]
+    assert [p["name"] for p in api.get("/api/operator-policies/polscratch").json()] == ["op-cap"]
+    doc = api.get("/api/definitions").json()
+    assert {p["name"] for p in doc["policies"]} == {"pol-ae", "pol-ha", "pol-limits"}
+    assert [p["name"] for p in doc["parameters"] if p["component"] == "operator_policy"] == [
+        "op-cap"]
