@@ -115,6 +115,29 @@ def test_policy_and_operator_policy_survive_a_restart(tmp_path):
         assert b.broker.vhosts["/"].queues["ord-new"].policy_name == "lim"
 
 
+def test_a_policy_ttl_deadline_survives_a_restart(tmp_path):
+    """A persistent message keeps the deadline the policy gave it at publish (on disk with
+    it). One queued before the policy had none: it gets the policy's TTL from the recovery
+    on (docs/policies.md; RabbitMQ would leave it without)."""
+    data = tmp_path / "data"
+    with running(data) as b:
+        with channel(b) as ch:
+            ch.queue_declare("timed", durable=True)
+            ch.basic_publish("", "timed", b"before", PERSISTENT)
+            set_policy(b, "ttl", {"pattern": "^timed$", "definition": {"message-ttl": 600000}})
+            ch.basic_publish("", "timed", b"after", PERSISTENT)
+    with running(data) as b:
+        q = b.broker.vhosts["/"].queues["timed"]
+
+        def deadlines():
+            now = b.broker.clock()
+            return [(e.message.body, None if e.expires is None else round(e.expires - now))
+                    for e in q.ready]
+        (first, from_recovery), (second, left) = b.call(deadlines)
+        assert (first, second) == (b"before", b"after")
+        assert 0 < left <= 600 and from_recovery == 600
+
+
 def test_bad_policy_changes_nothing(broker):
     with pytest.raises(PolicyError) as info:
         set_policy(broker, "bad", {"pattern": "^q", "definition": {"max-length": -1}})

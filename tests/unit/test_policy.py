@@ -344,3 +344,22 @@ def test_vhost_deletion_takes_its_policies(broker):
     broker.delete_vhost("v")
     broker.add_vhost("v")
     assert broker.policies.list("v") == []
+
+
+def test_journal_replays_policies_first_and_keeps_operator_ones_apart(tmp_path):
+    from amqpd.store.definitions import DefinitionsJournal
+    journal = DefinitionsJournal(str(tmp_path / "definitions.jsonl"), fsync=False)
+    journal.rewrite([])
+    policy = {"op": "policy", "vhost": "/", "pattern": ".", "apply-to": "all", "priority": 0,
+              "definition": {"max-length": 1}}
+    journal.append({"op": "queue", "vhost": "/", "name": "q", "durable": True,
+                    "auto_delete": False, "args": ""})
+    journal.append(dict(policy, name="p", operator=False))
+    journal.append(dict(policy, name="p", operator=True))
+    journal.append(dict(policy, name="gone", operator=False))
+    journal.append({"op": "policy.delete", "vhost": "/", "name": "gone", "operator": False})
+    journal.append({"op": "policy.delete", "vhost": "/", "name": "p", "operator": True})
+    journal.close()
+    loaded = journal.load()
+    assert [(d["op"], d["name"], d.get("operator")) for d in loaded] == [
+        ("policy", "p", False), ("queue", "q", None)]
