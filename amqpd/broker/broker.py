@@ -10,6 +10,7 @@ from ..store.definitions import decode_args
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
+from . import queue_policy
 from .vhost import VHost
 
 log = logging.getLogger("amqpd.broker")
@@ -35,6 +36,7 @@ class Broker:
         self.connections: set = set()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
+        self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -74,6 +76,7 @@ class Broker:
             # "is down": the two race there; this is the one that says why
             for conn in self.access.delete_vhost(name):
                 conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is deleted")
+        queue_policy.clear(vhost)
         for q in list(vhost.queues.values()) + list(vhost.reply_queues.values()):
             vhost.delete_queue(q)
         for ex in list(vhost.exchanges.values()):
@@ -200,11 +203,13 @@ class Broker:
             ex = cls(vhost, d["name"], True, d["auto_delete"], d["internal"],
                      decode_args(d["args"]))
             vhost.exchanges[d["name"]] = ex
+            queue_policy.refresh_exchange(ex)
             if cls.delays_messages:
                 vhost.attach_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
             vhost.queues[d["name"]] = q
+            queue_policy.refresh_queue(q)
             vhost.attach_log(q)
         elif op == "bind":
             source = vhost.exchanges.get(d["source"])
@@ -212,4 +217,6 @@ class Broker:
             if source is None or dest is None:
                 return False
             source.add_binding(dest, d["key"], decode_args(d["args"]))
+        elif op == "policy":      # journaled before queues and exchanges (store/definitions.py)
+            queue_policy.restore(vhost, d)
         return True

@@ -31,6 +31,12 @@ EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
 
 
 class Queue(Consumers, Expiry, LengthLimits):
+    # Set by broker/queue_policy.py when a policy or operator policy matches; until then
+    # these class defaults answer (never mutated in place).
+    policy = operator_policy = None
+    policy_name = operator_policy_name = None
+    effective_policy_definition: dict = {}
+
     def __init__(self, vhost, name: str, durable: bool, exclusive_owner, auto_delete: bool,
                  arguments: dict):
         self.vhost = vhost

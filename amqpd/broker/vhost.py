@@ -9,6 +9,8 @@ from .arguments import validate as validate_arguments
 from .message import with_routing_key
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult
 from .queue import Queue
+from .policy import PolicySet
+from .queue_policy import refresh_exchange, refresh_queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"),
@@ -25,6 +27,7 @@ class VHost:
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}     # direct reply-to consumers' queues
         self.max_queues = None          # vhost limit set by definitions (None: the config's)
+        self.policies = PolicySet()     # policies and operator policies (queue_policy.py)
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
@@ -65,6 +68,7 @@ class VHost:
         cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {},
                                self.types)
         ex = cls(self, name, durable, auto_delete, internal, arguments)
+        refresh_exchange(ex)
         if durable:
             self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
                            "auto_delete": auto_delete, "internal": internal,
@@ -136,6 +140,7 @@ class VHost:
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        refresh_queue(q)
         if exclusive:
             owner.exclusive_queues.add(q)
         elif durable:
