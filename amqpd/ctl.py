@@ -48,8 +48,14 @@ class UsageError(CtlError):
 class HTTPFailure(CtlError):
     """The API answered with an error status; the verb decides what that means."""
 
-    def __init__(self, status: int, reason: str, url: str):
-        super().__init__(f"HTTP {status} from {url}: {reason}", EX_SOFTWARE)
+    def __init__(self, status: int, reason: str, method: str, url: str):
+        if status in (404, 405):
+            # what a verb does not turn into "no such queue" is a path this API lacks
+            text = (f"{method} {url}: {status} {reason} (does this broker's management API "
+                    f"have this endpoint?)")
+        else:
+            text = f"{method} {url}: {status} {reason}"
+        super().__init__(text, EX_SOFTWARE)
         self.status = status
         self.reason = reason
 
@@ -83,7 +89,7 @@ class Client:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            raise self._refused(exc, url) from None
+            raise self._refused(exc, method, url) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise CtlError(f"unable to reach the management API at {self.url}: {reason}\n"
@@ -97,7 +103,7 @@ class Client:
             raise CtlError(f"{url} answered with something that is not JSON; is it a "
                            f"management API?", EX_SOFTWARE) from None
 
-    def _refused(self, exc: urllib.error.HTTPError, url: str) -> CtlError:
+    def _refused(self, exc: urllib.error.HTTPError, method: str, url: str) -> CtlError:
         try:
             body = json.loads(exc.read() or b"{}")
             # RabbitMQ escapes its reasons for HTML ("&lt;&lt;" in a policy's 400)
@@ -110,7 +116,7 @@ class Client:
         if exc.code in (401, 403):     # RabbitMQ says 401 "Not administrator user" too
             return CtlError(f"user '{self.username}' may not do this on {self.url} "
                             f"({exc.code}: {reason})", EX_NOPERM)
-        return HTTPFailure(exc.code, str(reason), url)
+        return HTTPFailure(exc.code, str(reason), method, url)
 
     def get(self, path):
         return self.request("GET", path)
@@ -301,6 +307,17 @@ LISTINGS = {
 # look like an empty vhost)
 
 
+def vhost_missing(client, vhost):
+    """Raise 'does not exist' (65) if the vhost is absent; return if it is there (then a
+    404 was for something else, such as a path this API lacks)."""
+    try:
+        client.get(f"/api/vhosts/{q(vhost)}")
+    except HTTPFailure as exc:
+        if exc.status == 404:
+            raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR) from None
+        raise
+
+
 def do_list(verb, client, args, out):
     listing = LISTINGS[verb]
     columns = args.args or listing.defaults
@@ -314,7 +331,7 @@ def do_list(verb, client, args, out):
         rows = client.get(listing.path.format(vhost=q(vhost)))
     except HTTPFailure as exc:
         if exc.status == 404 and listing.vhost_scoped:
-            raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR) from None
+            vhost_missing(client, vhost)
         raise
     if isinstance(rows, dict) and "items" in rows:     # a paged answer
         rows = rows["items"]
