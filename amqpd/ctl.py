@@ -424,7 +424,10 @@ def do_purge_queue(client, args, out):
 
 def do_delete_queue(client, args, out):
     (name,) = args.args
-    out.banner(f"Deleting queue '{name}' on vhost '{args.vhost}' ...")
+    conditions = " and ".join(w for w, on in (("empty", args.if_empty), ("unused", args.if_unused))
+                              if on)
+    out.banner(f"Deleting queue '{name}' on vhost '{args.vhost}'"
+               f"{' if queue is ' + conditions if conditions else ''} ...")
     path = f"/api/queues/{q(args.vhost)}/{q(name)}"
     missing = f"Queue '{name}' in vhost '{args.vhost}' not found"
     try:
@@ -433,8 +436,8 @@ def do_delete_queue(client, args, out):
         query = ("?" + "&".join(f"{k}=true" for k in flags)) if flags else ""
         client.request("DELETE", path + query)
     except HTTPFailure as exc:
-        if exc.status == 400:       # if-empty / if-unused refused
-            raise CtlError(f"Queue '{name}' not deleted: {exc.reason}", EX_SOFTWARE) from None
+        if exc.status == 400:       # if-empty / if-unused refused: 64, as rabbitmqctl
+            raise CtlError(f"Queue '{name}' not deleted: {exc.reason}", EX_USAGE) from None
         raise not_found(exc, missing, EX_USAGE) from None
     out.banner(f"Queue was successfully deleted with {ready} ready messages")
     return EX_OK
