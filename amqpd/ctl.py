@@ -68,6 +68,8 @@ class Client:
 
     def __init__(self, url: str, username: str, password: str, timeout: float):
         self.url = url.rstrip("/")
+        if self.url.endswith("/api"):        # the API's URL given instead of the base
+            self.url = self.url[:-len("/api")]
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
         self.auth = f"Basic {token}"
         self.username = username
@@ -110,10 +112,12 @@ class Client:
             reason = html.unescape(str(body.get("reason") or body.get("error") or exc.reason))
         except (ValueError, AttributeError, OSError):
             reason = exc.reason
-        if exc.code == 401 and reason == "Login failed":
+        # RabbitMQ answers 401 both for bad credentials ("Login failed") and for a user
+        # whose tags do not allow the path ("Not administrator user", "Not management user")
+        if exc.code == 401 and not str(reason).startswith("Not "):
             return CtlError(f"the broker at {self.url} refused the credentials of user "
                             f"'{self.username}' (401: {reason})", EX_NOPERM)
-        if exc.code in (401, 403):     # RabbitMQ says 401 "Not administrator user" too
+        if exc.code in (401, 403):
             return CtlError(f"user '{self.username}' may not do this on {self.url} "
                             f"({exc.code}: {reason})", EX_NOPERM)
         return HTTPFailure(exc.code, str(reason), method, url)
