@@ -736,9 +736,11 @@ def parser() -> Parser:
 
 def run(argv) -> int:
     args = parser().parse_intermixed_args(argv)
-    if args.help or not args.command:
+    if args.help:
         print(usage_text())
-        return EX_OK if args.help else EX_USAGE
+        return EX_OK
+    if not args.command:
+        raise UsageError("no command given.")
     if args.command not in VERBS:
         raise UsageError(f"Command '{args.command}' not found.")
     handler, arity, synopsis = VERBS[args.command]
