@@ -15,8 +15,8 @@ DRIVER_CANDIDATES = ("/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver")
 
 
 def _first(env: str, candidates, name: str) -> str | None:
-    if os.environ.get(env):
-        return os.environ[env]
+    if os.environ.get(env):                 # an explicit choice: that one or none
+        return os.environ[env] if os.path.exists(os.environ[env]) else None
     for path in candidates:
         if os.path.exists(path):
             return path

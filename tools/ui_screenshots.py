@@ -44,7 +44,6 @@ def setup(broker_url: str, base: str) -> None:
     for path, body in [("/vhosts/staging", {"description": "pre-production"}),
                        ("/users/alice", {"password": "s3cret", "tags": "monitoring"}),
                        ("/permissions/staging/alice", {"configure": "", "write": "^orders", "read": ".*"}),
-                       ("/permissions/staging/guest", {"configure": ".*", "write": ".*", "read": ".*"}),
                        ("/policies/%2F/cap-logs", {"pattern": "^logs\\.", "apply-to": "queues",
                                                    "definition": {"max-length": 10000}, "priority": 1})]:
         try:
@@ -68,7 +67,7 @@ def setup(broker_url: str, base: str) -> None:
     for i in range(40):
         ch.basic_publish("", "emails", b"hello %d" % i)
     conn.close()
-    staging = pika.BlockingConnection(pika.URLParameters(broker_url.rstrip("/") + "/staging"))
+    staging = pika.BlockingConnection(pika.URLParameters(broker_url.rsplit("/", 1)[0] + "/staging"))
     sch = staging.channel()
     sch.queue_declare("orders.staging", durable=True)
     for i in range(7):
@@ -114,7 +113,9 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with BrokerThread(http_port=0, vhosts=["/", "staging"]) as broker:
+    # resource checks on (an embedded broker has them off), so the overview shows memory and disk
+    with BrokerThread(http_port=0, vhosts=["/", "staging"],
+                      config={"resources": {"check_interval": 1}}) as broker:
         base = broker.management_url
         setup(broker.url, base)
         stop = threading.Event()
@@ -135,10 +136,19 @@ def main() -> None:
                 driver.get(base + "/" + fragment)
                 WebDriverWait(driver, 10).until(lambda d: d.execute_script(
                     "return document.getElementById('main').dataset.loaded"))
+                if name == "queue":       # show a message got (and requeued)
+                    driver.find_element(By.CSS_SELECTOR, "#get-messages button[type=submit]").click()
+                    WebDriverWait(driver, 10).until(
+                        lambda d: d.find_elements(By.CSS_SELECTOR, "#got-messages .message"))
                 if name != "overview":
                     time.sleep(1.2)       # one refresh later: rates computed from two samples
+                # the whole page, up to a limit
+                height = driver.execute_script("return document.documentElement.scrollHeight")
+                driver.set_window_size(1360, max(700, min(height, 1800)))
+                driver.execute_script("window.scrollTo(0, 0)")
                 path = out / f"ui-{name}.png"
                 driver.save_screenshot(str(path))
+                driver.set_window_size(1360, 860)
                 print(path)
         finally:
             driver.quit()

@@ -78,7 +78,7 @@
     if (typeof ms !== 'number') return '';
     const s = Math.floor(ms / 1000), d = Math.floor(s / 86400), hh = Math.floor(s % 86400 / 3600),
       mm = Math.floor(s % 3600 / 60);
-    return d ? `${d}d ${hh}h` : hh ? `${hh}h ${mm}m` : `${mm}m ${s % 60}s`;
+    return d ? `${d}d ${hh}h` : hh ? `${hh}h ${mm}m` : mm ? `${mm}m ${s % 60}s` : `${s}s`;
   }
   const fmtJSON = (v) => (v && typeof v === 'object' && Object.keys(v).length) ? JSON.stringify(v) : '';
   const tag = (text, cls) => h('span.tag' + (cls ? '.' + cls : ''), {text});
@@ -296,6 +296,14 @@
         h('i', {style: 'background:' + se.color}), `${se.label} `, h('b', {text: format(last[se.key] || 0)})))));
   }
 
+  const rateFmt = (v) => (v >= 100 ? Math.round(v).toLocaleString('en-US') : Number.isInteger(v) ? String(v) : v.toFixed(v < 1 ? 2 : 1)) + '/s';
+  const countFmt = (v) => Number.isInteger(v) ? v.toLocaleString('en-US') : v.toFixed(1);
+  const QUEUED = [{label: 'Ready', key: 'ready', color: '#f60'}, {label: 'Unacked', key: 'unacked', color: '#2c7fb8'}];
+  function sample(samples, values) {
+    samples.push(Object.assign({t: Date.now()}, values));
+    while (samples.length > HISTORY) samples.shift();
+  }
+
   // ---------------------------------------------------------------- pages
   function card(label, value, opts) {
     opts = opts || {};
@@ -318,15 +326,15 @@
     async function refresh() {
       const [ov, nodeList] = await Promise.all([
         api('GET', '/overview'),
-        api('GET', '/nodes').catch(() => null)]);
+        api('GET', '/nodes').catch((e) => e)]);
       const qt = ov.queue_totals || {}, ot = ov.object_totals || {};
       const ms = ov.message_stats || {};
       const rate = (k) => (ms[k + '_details'] && ms[k + '_details'].rate) || 0;
-      history.push({t: Date.now(), ready: qt.messages_ready || 0, unacked: qt.messages_unacknowledged || 0,
+      sample(history, {ready: qt.messages_ready || 0, unacked: qt.messages_unacknowledged || 0,
         publish: rate('publish'), deliver: rate('deliver_get'), ack: rate('ack'), confirm: rate('confirm')});
-      while (history.length > HISTORY) history.shift();
       const alarms = [];
-      for (const n of nodeList || []) {
+      const nodesError = nodeList instanceof Error ? nodeList : null;
+      for (const n of nodesError ? [] : nodeList) {
         if (n.mem_alarm) alarms.push(`memory (${n.name})`);
         if (n.disk_free_alarm) alarms.push(`disk (${n.name})`);
       }
@@ -340,19 +348,15 @@
         card('Queues', fmtNum(ot.queues || 0), {id: 'total-queues'}),
         card('Consumers', fmtNum(ot.consumers || 0)),
         card('Alarms', alarms.length ? alarms.join(', ') : 'none', {id: 'alarms', alarm: alarms.length > 0}));
-      const rateFmt = (v) => (v >= 100 ? Math.round(v).toLocaleString('en-US') : Number.isInteger(v) ? String(v) : v.toFixed(v < 1 ? 2 : 1)) + '/s';
-      const countFmt = (v) => Number.isInteger(v) ? v.toLocaleString('en-US') : v.toFixed(1);
       replace(charts,
-        lineChart('chart-queued', 'Queued messages', [
-          {label: 'Ready', key: 'ready', color: '#f60'},
-          {label: 'Unacked', key: 'unacked', color: '#2c7fb8'}], history, countFmt),
+        lineChart('chart-queued', 'Queued messages', QUEUED, history, countFmt),
         lineChart('chart-rates', 'Message rates', [
           {label: 'Publish', key: 'publish', color: '#f60'},
           {label: 'Deliver / get', key: 'deliver', color: '#2c7fb8'},
           {label: 'Ack', key: 'ack', color: '#41ab5d'},
           {label: 'Confirm', key: 'confirm', color: '#8856a7'}], history, rateFmt));
-      if (nodeList === null) {
-        replace(nodes, h('p.empty', {text: 'Node details are not available to this user.'}));
+      if (nodesError) {
+        replace(nodes, h('p.empty', {text: `Node details unavailable: ${nodesError.message}`}));
       } else {
         replace(nodes, table([
           {key: 'name', title: 'Name'},
@@ -441,8 +445,8 @@
     if (fixedKey === undefined) rows.push(field('Routing key', h('input', {name: 'routing_key'})));
     rows.push(
       field('Delivery mode', select('delivery_mode', [['1', '1 - Non-persistent'], ['2', '2 - Persistent']], '2')),
-      field('Headers', h('input', {name: 'headers', placeholder: 'key = value, one per line, or JSON'})),
-      field('Properties', h('input', {name: 'properties', placeholder: 'content_type = text/plain'})),
+      field('Headers', h('input', {name: 'headers', placeholder: 'key = value, comma separated, or JSON'})),
+      field('Properties', h('input', {name: 'properties', placeholder: 'content_type = text/plain, priority = 1'})),
       field('Payload', h('textarea', {name: 'payload'})));
     return panelForm(id, rows, 'Publish message', (v) => {
       const props = parseArgs((v.properties || '').replace(/,\s*/g, '\n'));
@@ -475,6 +479,8 @@
   function queuePage(vhost, name) {
     const base = `/queues/${vhostPath(vhost)}/${encodeURIComponent(name)}`;
     const details = h('div', {id: 'queue-details'});
+    const charts = h('div.charts');
+    const samples = [];
     const consumers = h('div', {id: 'consumers'});
     const bindings = h('div', {id: 'bindings'});
     const got = h('div', {id: 'got-messages'});
@@ -513,7 +519,7 @@
     }});
     const el = h('div', null,
       h('h1', null, 'Queue ', h('span', {id: 'queue-name', text: name}), ' ', h('small', {text: `in virtual host ${vhost}`})),
-      details,
+      details, charts,
       h('h2', {text: 'Consumers'}), consumers,
       h('h2', {text: 'Bindings'}), bindings, h('details', null, h('summary', {text: 'Add a binding to this queue'}), bindForm),
       h('h2', {text: 'Publish message'}), h('p.muted', {text: 'Published through the default exchange with this queue\'s name as routing key.'}),
@@ -538,6 +544,14 @@
         ['Arguments', fmtJSON(q.arguments)], ['Policy', q.policy || ''], ['Operator policy', q.operator_policy || ''],
         ['Effective policy', fmtJSON(q.effective_policy_definition)], ['Exclusive owner', q.owner_pid_details ? q.owner_pid_details.name : ''],
       ]));
+      sample(samples, {ready: q.messages_ready || 0, unacked: q.messages_unacknowledged || 0,
+        publish: rateNum(q, 'publish'), deliver: rateNum(q, 'deliver_get'), ack: rateNum(q, 'ack')});
+      replace(charts,
+        lineChart('chart-queue-queued', 'Queued messages', QUEUED, samples, countFmt),
+        lineChart('chart-queue-rates', 'Message rates', [
+          {label: 'Publish', key: 'publish', color: '#f60'},
+          {label: 'Deliver / get', key: 'deliver', color: '#2c7fb8'},
+          {label: 'Ack', key: 'ack', color: '#41ab5d'}], samples, rateFmt));
       replace(consumers, table([
         {key: 'channel', title: 'Channel', get: (c) => c.channel_details ? c.channel_details.name : ''},
         {key: 'consumer_tag', title: 'Consumer tag', get: (c) => c.consumer_tag},
