@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -114,8 +115,9 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     # resource checks on (an embedded broker has them off), so the overview shows memory and disk
-    with BrokerThread(http_port=0, vhosts=["/", "staging"],
-                      config={"resources": {"check_interval": 1}}) as broker:
+    data_dir = tempfile.TemporaryDirectory(prefix="amqpd-ui-")     # on disk: a disk to measure
+    with data_dir, BrokerThread(http_port=0, vhosts=["/", "staging"], data_dir=data_dir.name,
+                                config={"resources": {"check_interval": 1}}) as broker:
         base = broker.management_url
         setup(broker.url, base)
         stop = threading.Event()
@@ -143,8 +145,9 @@ def main() -> None:
                 if name != "overview":
                     time.sleep(1.2)       # one refresh later: rates computed from two samples
                 # the whole page, up to a limit
-                height = driver.execute_script("return document.documentElement.scrollHeight")
-                driver.set_window_size(1360, max(700, min(height, 1800)))
+                height, chrome = driver.execute_script(
+                    "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+                driver.set_window_size(1360, min(height, 1800) + chrome)
                 driver.execute_script("window.scrollTo(0, 0)")
                 path = out / f"ui-{name}.png"
                 driver.save_screenshot(str(path))
