@@ -18,9 +18,14 @@ TIMEOUT = 10
 @pytest.fixture
 def ui(make_broker, browser):  # noqa: F811
     """A broker with the HTTP listener on, and the browser logged in to its UI."""
+    page = login(browser, make_broker(http_port=0))
+    yield page
+    browser.execute_script("sessionStorage.clear()")
+
+
+def login(browser, b):  # noqa: F811
     from selenium.webdriver.common.by import By
 
-    b = make_broker(http_port=0)
     base = b.management_url
     browser.get(base + "/")
     # a fresh origin per broker (its own port): sessionStorage starts empty
@@ -32,8 +37,7 @@ def ui(make_broker, browser):  # noqa: F811
     page = Page(browser, base)
     page.wait_loaded()
     page.broker = b
-    yield page
-    browser.execute_script("sessionStorage.clear()")
+    return page
 
 
 class Page:
@@ -63,16 +67,28 @@ class Page:
         self.d.get(self.base + "/" + fragment)
         self.wait_loaded()
 
+    # the page redraws its tables every second: an element found may be replaced before it is
+    # read or clicked, so both retry on a stale element (within the same timeout)
     def text(self, css):
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
-        found = self.d.find_elements(By.CSS_SELECTOR, css)
-        return found[0].text if found else None
+        for _ in range(10):
+            try:
+                found = self.d.find_elements(By.CSS_SELECTOR, css)
+                return found[0].text if found else None
+            except StaleElementReferenceException:
+                continue
+        raise AssertionError(f"{css} kept being redrawn")
 
     def click(self, css):
         from selenium.webdriver.common.by import By
-        self.d.find_element(By.CSS_SELECTOR, css).click()
 
-    def fill(self, form_css, **values):
+        def clicked():
+            self.d.find_element(By.CSS_SELECTOR, css).click()
+            return True
+        self.wait(clicked, f"a clickable {css}")
+
+    def fill(self, form_css, submit=True, **values):
         from selenium.webdriver.common.by import By
         form = self.d.find_element(By.CSS_SELECTOR, form_css)
         for name, value in values.items():
@@ -83,7 +99,8 @@ class Page:
             else:
                 el.clear()
                 el.send_keys(value)
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        if submit:
+            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
 
     def accept_confirm(self):
         from selenium.webdriver.support import expected_conditions as EC
@@ -164,6 +181,37 @@ def test_queue_count_follows_publishes_then_purge_from_the_queue_page(ui, channe
     ui.accept_confirm()
     ui.wait(lambda: ui.text("#q-ready") == "0", "the purged queue")
     assert ch.queue_declare("ui-q", passive=True).method.message_count == 0
+
+
+def test_queues_are_filtered_sorted_and_paged_by_the_api(ui, channel):
+    for i in range(22):
+        channel.queue_declare(f"page-{i:02d}")
+    channel.queue_declare("deep")
+    for _ in range(2):
+        channel.basic_publish("", "deep", b"x")
+    ui.go("#/queues")
+    ui.fill("div.toolbar", submit=False, page_size="20")
+    ui.wait(lambda: ui.text("#pager-info") == "page 1 of 2 · 23 shown", "two pages of 20")
+    ui.click("#page-next")
+    ui.wait(lambda: ui.text("#pager-info") == "page 2 of 2 · 23 shown", "page 2")
+    assert len(ui.d.find_elements("css selector", "tbody tr")) == 3
+    ui.click("#page-prev")
+    total = "th.sortable:nth-of-type(8)"           # Total
+    assert ui.text(total).startswith("Total")
+    ui.click(total)
+    ui.click(total)                                  # again: largest first
+    ui.wait(lambda: ui.text("tbody tr:first-child td.c-name") == "deep", "deep first")
+    ui.d.find_element("id", "filter").send_keys("page-1")
+    ui.wait(lambda: ui.text("#pager-info") == "page 1 of 1 · 10 shown of 23", "the filtered list")
+
+
+def test_the_overview_shows_a_disk_alarm(make_broker, browser):  # noqa: F811
+    # a free-disk limit no disk meets: the disk alarm goes off at the first check
+    b = make_broker(http_port=0, resources={"disk_free_limit": 10 ** 18, "check_interval": 0.05})
+    page = login(browser, b)
+    page.wait(lambda: (page.text("#alarms") or "").startswith("ALARMS\ndisk"), "the disk alarm")
+    page.wait(lambda: "alarm" in page.d.find_element("id", "alarms").get_attribute("class"), "a red card")
+    assert "alarm" in page.text("#nodes td.c-disk")
 
 
 def test_publish_from_the_exchange_page(ui, channel):

@@ -140,10 +140,18 @@
 
   // ---------------------------------------------------------------- tables, pager, forms
   // columns: [{key, title, num, get(row) -> node|string}]; rows get data-* from rowAttrs(row)
-  function table(columns, rows, rowAttrs, emptyText) {
+  // sorting (optional): {field, reverse, by(field)}; a column with `sort` (the API's field,
+  // dotted for nested ones) gets a clickable header
+  function table(columns, rows, rowAttrs, emptyText, sorting) {
     if (!rows.length) return h('p.empty', {text: emptyText || 'Nothing here.'});
+    const header = (c) => {
+      if (!sorting || !c.sort) return h('th' + (c.num ? '.num' : ''), {text: c.title});
+      const mark = sorting.field === c.sort ? (sorting.reverse ? ' ▼' : ' ▲') : '';
+      return h('th.sortable' + (c.num ? '.num' : ''), {title: 'Sort by ' + c.title.toLowerCase(),
+        onclick: () => sorting.by(c.sort)}, c.title + mark);
+    };
     return h('table', null,
-      h('thead', null, h('tr', null, columns.map((c) => h('th' + (c.num ? '.num' : ''), {text: c.title})))),
+      h('thead', null, h('tr', null, columns.map(header))),
       h('tbody', null, rows.map((row) => h('tr', rowAttrs ? rowAttrs(row) : null,
         columns.map((c) => {
           const v = c.get ? c.get(row) : fmtNum(row[c.key]);
@@ -189,6 +197,11 @@
   function pagedList(path, columns, rowAttrs, emptyText) {
     const state = {page: 1, size: Number(sessionStorage.getItem('amqpd.page_size.' + path)) || 100,
       name: '', regex: false};
+    const sorting = {field: '', reverse: false, by(field) {
+      if (sorting.field === field) sorting.reverse = !sorting.reverse;
+      else { sorting.field = field; sorting.reverse = false; }
+      refreshNow();
+    }};
     const filter = h('input', {type: 'search', id: 'filter', placeholder: 'Filter by name', value: ''});
     const regex = h('input', {type: 'checkbox', id: 'filter-regex'});
     const size = select('page_size', ['20', '50', '100', '500'].map((v) => [v, v + ' per page']), String(state.size));
@@ -214,7 +227,8 @@
       body);
     async function refresh() {
       const q = `?page=${state.page}&page_size=${state.size}&name=${encodeURIComponent(state.name)}` +
-        `&use_regex=${state.regex}&pagination=true`;
+        `&use_regex=${state.regex}&pagination=true` +
+        (sorting.field ? `&sort=${encodeURIComponent(sorting.field)}&sort_reverse=${sorting.reverse}` : '');
       let data;
       try {
         data = await api('GET', path + q);
@@ -244,7 +258,7 @@
       next.disabled = state.page >= pageCount;
       info.textContent = `page ${state.page} of ${pageCount} · ${fmtNum(filtered)} shown` +
         (total !== filtered ? ` of ${fmtNum(total)}` : '');
-      replace(body, table(columns, items, rowAttrs, emptyText));
+      replace(body, table(columns, items, rowAttrs, emptyText, Array.isArray(data) ? null : sorting));
       return items;
     }
     return {el, refresh};
@@ -400,18 +414,18 @@
 
   function queuesPage() {
     const list = pagedList('/queues', [
-      {key: 'vhost', title: 'Virtual host', get: (q) => q.vhost},
-      {key: 'name', title: 'Name', get: (q) => h('a', {href: queueHref(q), text: q.name})},
+      {key: 'vhost', title: 'Virtual host', sort: 'vhost', get: (q) => q.vhost},
+      {key: 'name', title: 'Name', sort: 'name', get: (q) => h('a', {href: queueHref(q), text: q.name})},
       {key: 'type', title: 'Type', get: (q) => q.type || 'classic'},
       {key: 'features', title: 'Features', get: queueFeatures},
       {key: 'state', title: 'State', get: (q) => q.state === 'running' || !q.state ? tag(q.state || 'running', 'ok') : tag(q.state, 'bad')},
-      {key: 'messages_ready', title: 'Ready', num: true},
-      {key: 'messages_unacknowledged', title: 'Unacked', num: true},
-      {key: 'messages', title: 'Total', num: true},
-      {key: 'incoming', title: 'Incoming', num: true, get: (q) => fmtRate(rateOf(q, 'publish'))},
+      {key: 'messages_ready', title: 'Ready', num: true, sort: 'messages_ready'},
+      {key: 'messages_unacknowledged', title: 'Unacked', num: true, sort: 'messages_unacknowledged'},
+      {key: 'messages', title: 'Total', num: true, sort: 'messages'},
+      {key: 'incoming', title: 'Incoming', num: true, sort: 'message_stats.publish_details.rate', get: (q) => fmtRate(rateOf(q, 'publish'))},
       {key: 'deliver', title: 'Deliver / get', num: true, get: (q) => fmtRate(rateOf(q, 'deliver_get'))},
       {key: 'ack', title: 'Ack', num: true, get: (q) => fmtRate(rateOf(q, 'ack'))},
-      {key: 'consumers', title: 'Consumers', num: true},
+      {key: 'consumers', title: 'Consumers', num: true, sort: 'consumers'},
     ], (q) => ({'data-vhost': q.vhost, 'data-name': q.name}), 'No queues.');
     const vhostSel = select('vhost', ['/'], '/');
     const addForm = panelForm('add-queue', [
@@ -568,9 +582,9 @@
 
   function exchangesPage() {
     const list = pagedList('/exchanges', [
-      {key: 'vhost', title: 'Virtual host', get: (x) => x.vhost},
-      {key: 'name', title: 'Name', get: (x) => h('a', {href: exchangeHref(x.vhost, x.name), text: exLabel(x.name)})},
-      {key: 'type', title: 'Type', get: (x) => x.type},
+      {key: 'vhost', title: 'Virtual host', sort: 'vhost', get: (x) => x.vhost},
+      {key: 'name', title: 'Name', sort: 'name', get: (x) => h('a', {href: exchangeHref(x.vhost, x.name), text: exLabel(x.name)})},
+      {key: 'type', title: 'Type', sort: 'type', get: (x) => x.type},
       {key: 'features', title: 'Features', get: (x) => [x.durable ? tag('D') : null, x.auto_delete ? tag('AD') : null,
         x.internal ? tag('I') : null, Object.keys(x.arguments || {}).map((k) => h('span.tag', {text: k === 'alternate-exchange' ? 'AE' : k,
           title: `${k}: ${JSON.stringify(x.arguments[k])}`})), x.policy ? h('span.tag', {title: 'policy', text: x.policy}) : null]},
@@ -578,10 +592,11 @@
       {key: 'out', title: 'Message rate out', num: true, get: (x) => fmtRate(rateOf(x, 'publish_out'))},
     ], (x) => ({'data-vhost': x.vhost, 'data-name': x.name}), 'No exchanges.');
     const vhostSel = select('vhost', ['/'], '/');
+    const typeSel = select('type', ['direct', 'fanout', 'headers', 'topic'], 'direct');
     const addForm = panelForm('add-exchange', [
       field('Virtual host', vhostSel),
       field('Name', h('input', {name: 'name', required: true})),
-      field('Type', select('type', ['direct', 'fanout', 'headers', 'topic'], 'direct')),
+      field('Type', typeSel),
       field('Durability', select('durable', [['true', 'Durable'], ['false', 'Transient']], 'true')),
       field('Auto delete', select('auto_delete', [['false', 'No'], ['true', 'Yes']], 'false')),
       field('Internal', select('internal', [['false', 'No'], ['true', 'Yes']], 'false')),
@@ -597,7 +612,15 @@
     let vhostsLoaded = false;
     async function refresh() {
       await list.refresh();
-      if (!vhostsLoaded) { vhostsLoaded = true; fillSelect(vhostSel, await vhostNames()); }
+      if (!vhostsLoaded) {
+        vhostsLoaded = true;
+        fillSelect(vhostSel, await vhostNames());
+        // the types this broker has (plugins' too: x-delayed-message, x-consistent-hash, ...)
+        const ov = await api('GET', '/overview').catch(() => ({}));
+        if (Array.isArray(ov.exchange_types) && ov.exchange_types.length) {
+          fillSelect(typeSel, ov.exchange_types.map((t) => t.name));
+        }
+      }
     }
     return {el, refresh};
   }
