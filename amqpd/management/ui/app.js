@@ -101,7 +101,9 @@
     const text = await r.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
-    if (r.status === 401 && method === 'GET' && path !== '/whoami') {
+    // 401 is both "who are you?" (no or wrong credentials: log in again) and, as in RabbitMQ,
+    // "not_authorised": a known user whose tags do not allow this request (stay, show why)
+    if (r.status === 401 && path !== '/whoami' && !(data && data.error === 'not_authorised')) {
       showLogin('Your session is no longer valid: log in again.');
     }
     if (!r.ok) {
@@ -335,7 +337,8 @@
     const charts = h('div.charts');
     const nodes = h('div', {id: 'nodes'});
     const listeners = h('div', {id: 'listeners'});
-    const el = h('div', null, h('h1', {id: 'overview-title', text: 'Overview'}), cards, charts,
+    const title = h('h1', {id: 'overview-title', text: 'Overview'});
+    const el = h('div', null, title, cards, charts,
       h('h2', {text: 'Nodes'}), nodes, h('h2', {text: 'Ports and contexts'}), listeners);
     async function refresh() {
       const [ov, nodeList] = await Promise.all([
@@ -391,7 +394,7 @@
       ], ov.listeners || [], null, 'No listeners reported.'));
       const version = ov.product_name ? `${ov.product_name} ${ov.product_version || ''}` :
         (ov.rabbitmq_version ? `RabbitMQ ${ov.rabbitmq_version}` : '');
-      replace($('overview-title'), 'Overview ', h('small', {text: [ov.node, version].filter(Boolean).join(' · ')}));
+      replace(title, 'Overview ', h('small', {text: [ov.node, version].filter(Boolean).join(' · ')}));
     }
     return {el, refresh};
   }
@@ -767,7 +770,10 @@
       h('h2', {text: 'Virtual hosts'}), vhosts, h('details', null, h('summary', {text: 'Add a virtual host'}), addVhost),
       h('h2', {text: 'Permissions'}), perms, h('details', null, h('summary', {text: 'Set a permission'}), setPerm),
       h('h2', {text: 'Policies'}), policies, h('details', null, h('summary', {text: 'Add or update a policy'}), addPolicy));
-    const failed = (box) => (e) => { replace(box, h('p.error', {text: e.message})); return null; };
+    const failed = (box) => (e) => {
+      replace(box, h('p.error', {text: e.status === 404 ? `This broker does not offer it (${e.message}).` : e.message}));
+      return null;
+    };
     async function refresh() {
       const [us, vs, ps, pol] = await Promise.all([
         api('GET', '/users').catch(failed(users)), api('GET', '/vhosts').catch(failed(vhosts)),
