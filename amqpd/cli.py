@@ -26,6 +26,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="where durable state lives (default "
                                       "~/.local/state/amqpd)")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    p.add_argument("--prometheus-port", type=int, metavar="N",
+                   help="serve Prometheus metrics on port N (0: a free port; default: "
+                        "listeners.prometheus, 15692)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and TLS files, load_definitions) and exit")
     p.add_argument("--print-default-config", action="store_true",
@@ -57,13 +60,18 @@ def main(argv=None) -> int:
     try:
         cfg = config_mod.load(args.config)
         cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level)
+        cfg = config_mod.override_prometheus(cfg, args.prometheus_port)
     except config_mod.ConfigError as exc:
         print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
         return check(cfg)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logconfig
+    try:
+        logconfig.configure(cfg, args.log_level)
+    except config_mod.ConfigError as exc:
+        print(f"amqpd: configuration error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "definitions":
         return definitions_command(cfg, args.action, args.file)
     from .edge.listeners import StartError

@@ -34,7 +34,8 @@ EMBEDDED_DEFAULTS = {"resources": {"check_interval": 0}}
 def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = None,
                  users: Optional[Mapping[str, str]] = None,
                  vhosts: Optional[Iterable[str]] = None,
-                 config: ConfigSource = None) -> config_mod.Config:
+                 config: ConfigSource = None,
+                 prometheus_port: Optional[int] = None) -> config_mod.Config:
     """The configuration ``serve`` runs: ``config`` (a ``Config``, a mapping in the YAML
     file's shape, or the path of a YAML file; None: the defaults, resource alarms off) with
     the plain listener on ``host``:``port`` and the data directory ``data_dir`` (None: memory
@@ -60,7 +61,11 @@ def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[s
         grants = tuple(given.get((u.name, v), config_mod.Permission(u.name, v))
                        for u in people for v in names)
         changes.update(vhosts=names, users=people, permissions=grants)
+    # The Prometheus endpoint only when asked for: a test suite's brokers must not all want
+    # port 15692 (nor take it from a RabbitMQ on the same machine).
+    changes["listeners"] = dataclasses.replace(cfg.listeners, prometheus=None)
     cfg = dataclasses.replace(cfg, **changes)
+    cfg = config_mod.override_prometheus(cfg, prometheus_port)
     return config_mod.override(cfg, host=host, port=port)
 
 
@@ -164,6 +169,16 @@ class EmbeddedBroker:
         return None
 
     @property
+    def metrics_url(self) -> Optional[str]:
+        """The Prometheus endpoint (``http://127.0.0.1:PORT/metrics``) when the broker was
+        started with ``prometheus_port``; else None."""
+        port = self.node.prometheus_port
+        if port is None:
+            return None
+        host = reachable(self.config.listeners.prometheus.host)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+
+    @property
     def data_dir(self) -> Optional[str]:
         """The data directory as an absolute path, or None (memory only)."""
         data_dir = self.config.storage.data_dir
@@ -219,7 +234,8 @@ class EmbeddedBroker:
 def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = None,
           users: Optional[Mapping[str, str]] = None, vhosts: Optional[Iterable[str]] = None,
           config: ConfigSource = None,
-          import_definitions: Iterable[str] = ()) -> EmbeddedBroker:
+          import_definitions: Iterable[str] = (),
+          prometheus_port: Optional[int] = None) -> EmbeddedBroker:
     """A broker for this event loop, started by ``async with`` (or ``await``).
 
     - ``host``, ``port``: the plain AMQP listener (default 127.0.0.1 and a free port; read
@@ -231,7 +247,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = N
     - ``config``: everything else, as a ``Config``, a mapping in the YAML file's shape, or a
       YAML file's path; ``host``, ``port`` and ``data_dir`` above always win over it.
     - ``import_definitions``: RabbitMQ definitions files imported at start.
+    - ``prometheus_port``: serve Prometheus metrics on 127.0.0.1 at this port (0: a free
+      one; ``broker.metrics_url``); None (the default): no metrics endpoint.
     """
     cfg = build_config(host=host, port=port, data_dir=data_dir, users=users, vhosts=vhosts,
-                       config=config)
+                       config=config, prometheus_port=prometheus_port)
     return EmbeddedBroker(cfg, import_definitions)

@@ -55,6 +55,7 @@ class Node:
         self.import_files = tuple(import_files)
         self.server = Server(config)
         self.store = self.access = self.broker = None
+        self.prometheus = self.statsd = None       # monitoring (docs/metrics.md)
 
     async def start(self) -> "Node":
         docs = definitions.prepare(self.config, self.import_files)
@@ -64,7 +65,9 @@ class Node:
                                                          self.server.clock())
             self.server.attach(self.broker, self.store)
             await self.server.serve()
+            await self._start_monitoring()
         except BaseException:
+            await self._stop_monitoring()
             await self.server.close_listeners()
             if self.store is not None:
                 self.store.close()
@@ -75,10 +78,45 @@ class Node:
     async def stop(self, reason: str = "shutdown") -> None:
         """Close every client (320 CONNECTION_FORCED), finish background work, write out and
         release the data directory."""
+        await self._stop_monitoring()
         await self.server.stop(reason)
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    # -- monitoring: the Prometheus endpoint and the StatsD pusher (docs/metrics.md) ----------
+    async def _start_monitoring(self) -> None:
+        prom = self.config.listeners.prometheus
+        statsd = self.config.metrics.statsd
+        if prom is None and statsd is None:
+            return
+        from .edge.listeners import listen_error
+        from .management.metrics import MetricsSource
+        source = MetricsSource(self.broker, self.server, self.config)
+        if prom is not None:
+            from .management.prometheus import PrometheusServer
+            self.prometheus = PrometheusServer(source, prom)
+            try:
+                await self.prometheus.start()
+            except OSError as exc:
+                self.prometheus = None
+                raise listen_error("prometheus", prom, exc) from None
+        if statsd is not None:
+            from .management.statsd import StatsDPusher
+            self.statsd = StatsDPusher(source, statsd)
+            self.statsd.start()
+
+    async def _stop_monitoring(self) -> None:
+        if self.statsd is not None:
+            statsd, self.statsd = self.statsd, None
+            await statsd.stop()
+        if self.prometheus is not None:
+            prom, self.prometheus = self.prometheus, None
+            await prom.stop()
+
+    @property
+    def prometheus_port(self) -> int | None:
+        return self.prometheus.port if self.prometheus is not None else None
 
     @property
     def port(self) -> int | None:

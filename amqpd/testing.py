@@ -33,9 +33,11 @@ class BrokerThread:
                  data_dir: Optional[str] = None, users: Optional[Mapping[str, str]] = None,
                  vhosts: Optional[Iterable[str]] = None, config: ConfigSource = None,
                  import_definitions: Iterable[str] = (),
-                 loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None):
+                 loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None,
+                 prometheus_port: Optional[int] = None):
         self.config = build_config(host=host, port=port, data_dir=data_dir, users=users,
-                                   vhosts=vhosts, config=config)
+                                   vhosts=vhosts, config=config,
+                                   prometheus_port=prometheus_port)
         self.broker = EmbeddedBroker(self.config, import_definitions)
         self._loop_factory = loop_factory or asyncio.new_event_loop
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -128,6 +130,11 @@ class BrokerThread:
     def management_url(self) -> Optional[str]:
         """None: amqpd has no management listener yet."""
         return self.broker.management_url
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """The Prometheus endpoint when started with ``prometheus_port``; else None."""
+        return self.broker.metrics_url
 
     @property
     def data_dir(self) -> Optional[str]:

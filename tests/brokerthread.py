@@ -10,7 +10,8 @@ from amqpd.node import Node
 
 
 class BrokerThread:
-    def __init__(self, data_dir: str | None = None, **overrides):
+    def __init__(self, data_dir: str | None = None, prometheus_port: int | None = None,
+                 **overrides):
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="amqpd-test-")
@@ -18,6 +19,9 @@ class BrokerThread:
         self.data_dir = data_dir
         data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}},
                 "storage": {"data_dir": data_dir}}
+        # the Prometheus listener: off unless asked for (RabbitMQ holds 15692 here)
+        data["listeners"]["prometheus"] = (None if prometheus_port is None else
+                                           {"host": "127.0.0.1", "port": prometheus_port})
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key].update(value)
@@ -59,6 +63,12 @@ class BrokerThread:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://127.0.0.1:PORT/metrics`` when started with ``prometheus_port``."""
+        port = self.node.prometheus_port
+        return None if port is None else f"http://127.0.0.1:{port}/metrics"
 
     @property
     def broker(self):

@@ -21,6 +21,8 @@ LAYERS = {
     "embedding": ("facade", 0), "testing": ("facade", 0), "pytest_plugin": ("facade", 0),
     "pytest_rabbitmq": ("facade", 0),
     "node": ("node", 1), "definitions": ("node", 1),
+    "logconfig": ("cli", 0),
+    "management": ("management", 2),
     "edge": ("edge", 2),
     "amqp": ("amqp", 3),
     "broker": ("broker", 4),
@@ -28,7 +30,7 @@ LAYERS = {
     "wire": ("wire", 6), "config": ("config", 6),
     "errors": ("errors", 7), "version": ("errors", 7),
 }
-ASYNCIO_ALLOWED = {"edge", "cli", "facade"}
+ASYNCIO_ALLOWED = {"edge", "cli", "facade", "management"}
 
 
 def layer_of(module: str) -> tuple[str, int]:
