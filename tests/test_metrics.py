@@ -93,6 +93,41 @@ RABBITMQ = {
     "rabbitmq_global_messages_acknowledged_total": (
         "counter", "Total number of messages acknowledged by consumers"),
     "rabbitmq_global_consumers": ("gauge", "Current number of consumers"),
+    # the aggregated channel metrics the RabbitMQ-Overview Grafana dashboard reads
+    "rabbitmq_channel_consumers": ("gauge", "Consumers on a channel"),
+    "rabbitmq_channel_messages_unacked": ("gauge", "Delivered but not yet acknowledged messages"),
+    "rabbitmq_channel_messages_unconfirmed": ("gauge", "Published but not yet confirmed messages"),
+    "rabbitmq_channel_messages_published_total": (
+        "counter", "Total number of messages published into an exchange on a channel"),
+    "rabbitmq_channel_messages_confirmed_total": (
+        "counter", "Total number of messages published into an exchange and confirmed on the "
+                   "channel"),
+    "rabbitmq_channel_messages_unroutable_returned_total": (
+        "counter", "Total number of messages published as mandatory into an exchange and "
+                   "returned to the publisher as unroutable"),
+    "rabbitmq_channel_messages_unroutable_dropped_total": (
+        "counter", "Total number of messages published as non-mandatory into an exchange and "
+                   "dropped as unroutable"),
+    "rabbitmq_channel_get_ack_total": (
+        "counter", "Total number of messages fetched with basic.get in manual acknowledgement "
+                   "mode"),
+    "rabbitmq_channel_get_total": (
+        "counter", "Total number of messages fetched with basic.get in automatic "
+                   "acknowledgement mode"),
+    "rabbitmq_channel_messages_delivered_ack_total": (
+        "counter", "Total number of messages delivered to consumers in manual acknowledgement "
+                   "mode"),
+    "rabbitmq_channel_messages_delivered_total": (
+        "counter", "Total number of messages delivered to consumers in automatic "
+                   "acknowledgement mode"),
+    "rabbitmq_channel_messages_redelivered_total": (
+        "counter", "Total number of messages redelivered to consumers"),
+    "rabbitmq_channel_messages_acked_total": (
+        "counter", "Total number of messages acknowledged by consumers"),
+    "rabbitmq_channel_get_empty_total": (
+        "counter", "Total number of times basic.get operations fetched no message"),
+    "rabbitmq_queue_messages_published_total": (
+        "counter", "Total number of messages published to queues"),
     "rabbitmq_global_publishers": ("gauge", "Current number of publishers"),
 }
 
@@ -174,6 +209,8 @@ def test_queue_connection_and_channel_gauges_follow_the_broker(prom):
         assert value(metrics, "rabbitmq_global_consumers", protocol="amqp091") == 1
         assert value(metrics, "rabbitmq_connections") == 1
         assert value(metrics, "rabbitmq_channels") == 2
+        assert value(metrics, "rabbitmq_channel_consumers") == 1
+        assert value(metrics, "rabbitmq_channel_messages_unacked") == 2
 
         per_object = parse(fetch(prom.metrics_url + "/per-object")[1])
         a = {"vhost": "/", "queue": "depth-a"}

@@ -66,6 +66,39 @@ GLOBAL_COUNTERS = (
      "Total number of messages acknowledged by consumers"),
 )
 
+# The same totals under the names of RabbitMQ's aggregated channel and queue metrics, which the
+# RabbitMQ-Overview Grafana dashboard (grafana.com 10991) reads. RabbitMQ sums them over the
+# channels that are open (they fall when a channel closes); here they are node-wide totals
+# that only grow, as a Prometheus counter should.
+CHANNEL_COUNTERS = (
+    ("messages_received", "rabbitmq_channel_messages_published_total",
+     "Total number of messages published into an exchange on a channel"),
+    ("messages_confirmed", "rabbitmq_channel_messages_confirmed_total",
+     "Total number of messages published into an exchange and confirmed on the channel"),
+    ("messages_unroutable_returned", "rabbitmq_channel_messages_unroutable_returned_total",
+     "Total number of messages published as mandatory into an exchange and returned to the "
+     "publisher as unroutable"),
+    ("messages_unroutable_dropped", "rabbitmq_channel_messages_unroutable_dropped_total",
+     "Total number of messages published as non-mandatory into an exchange and dropped as "
+     "unroutable"),
+    ("messages_delivered_get_manual_ack", "rabbitmq_channel_get_ack_total",
+     "Total number of messages fetched with basic.get in manual acknowledgement mode"),
+    ("messages_delivered_get_auto_ack", "rabbitmq_channel_get_total",
+     "Total number of messages fetched with basic.get in automatic acknowledgement mode"),
+    ("messages_delivered_consume_manual_ack", "rabbitmq_channel_messages_delivered_ack_total",
+     "Total number of messages delivered to consumers in manual acknowledgement mode"),
+    ("messages_delivered_consume_auto_ack", "rabbitmq_channel_messages_delivered_total",
+     "Total number of messages delivered to consumers in automatic acknowledgement mode"),
+    ("messages_redelivered", "rabbitmq_channel_messages_redelivered_total",
+     "Total number of messages redelivered to consumers"),
+    ("messages_acknowledged", "rabbitmq_channel_messages_acked_total",
+     "Total number of messages acknowledged by consumers"),
+    ("messages_get_empty", "rabbitmq_channel_get_empty_total",
+     "Total number of times basic.get operations fetched no message"),
+    ("messages_routed", "rabbitmq_queue_messages_published_total",
+     "Total number of messages published to queues"),
+)
+
 # (key in broker.stats.churn(), metric name, HELP)
 CHURN_COUNTERS = (
     ("connections_opened", "rabbitmq_connections_opened_total",
@@ -168,8 +201,9 @@ class MetricsSource:
                        "consumers": consumers}, rows
 
     def connections(self):
-        """(connections, channels, publishers) among the open AMQP connections."""
-        conns = channels = publishers = 0
+        """(connections, channels, publishers, unacked, unconfirmed) over the open AMQP
+        connections."""
+        conns = channels = publishers = unacked = unconfirmed = 0
         stats_now = None
         for p in list(getattr(self.server, "protocols", ())):
             conn = getattr(p, "conn", None)
@@ -178,6 +212,9 @@ class MetricsSource:
             conns += 1
             channels += len(conn.channels)
             for ch in conn.channels.values():
+                unacked += len(ch.unacked)
+                if ch.confirm:
+                    unconfirmed += max(ch.publish_seq - ch.confirmed, 0)
                 st = getattr(ch, "stats", None)
                 if st is None:
                     continue
@@ -188,7 +225,7 @@ class MetricsSource:
                         publishers += 1
                 except Exception:
                     pass
-        return conns, channels, publishers
+        return conns, channels, publishers, unacked, unconfirmed
 
     def resources(self) -> dict:
         monitor = getattr(self.server, "monitor", None)
@@ -219,7 +256,7 @@ class MetricsSource:
         totals = _read(stats, "totals")
         churn = _read(stats, "churn")
         n_queues, sums, rows = self.queues(per_object)
-        conns, channels, publishers = self.connections()
+        conns, channels, publishers, ch_unacked, unconfirmed = self.connections()
         res = self.resources()
         out = [
             Family("rabbitmq_alarms_file_descriptor_limit", "untyped",
@@ -283,6 +320,16 @@ class MetricsSource:
             out.append(Family(name, "counter", help_text, [(labels, totals.get(key, 0))]))
         out.append(Family("rabbitmq_global_publishers", "gauge",
                           "Current number of publishers", [(PROTOCOL, publishers)]))
+        out += [
+            Family("rabbitmq_channel_consumers", "gauge", "Consumers on a channel",
+                   [({}, sums["consumers"])]),
+            Family("rabbitmq_channel_messages_unacked", "gauge",
+                   "Delivered but not yet acknowledged messages", [({}, ch_unacked)]),
+            Family("rabbitmq_channel_messages_unconfirmed", "gauge",
+                   "Published but not yet confirmed messages", [({}, unconfirmed)]),
+        ]
+        for key, name, help_text in CHANNEL_COUNTERS:
+            out.append(Family(name, "counter", help_text, [({}, totals.get(key, 0))]))
         return out
 
 
