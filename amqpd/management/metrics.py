@@ -204,27 +204,25 @@ class MetricsSource:
         """(connections, channels, publishers, unacked, unconfirmed) over the open AMQP
         connections."""
         conns = channels = publishers = unacked = unconfirmed = 0
-        stats_now = None
         for p in list(getattr(self.server, "protocols", ())):
             conn = getattr(p, "conn", None)
-            if conn is None or getattr(conn, "vhost", None) is None:
-                continue              # still in the handshake, or refused
+            if conn is None or not conn.is_open:
+                continue              # still in the handshake, refused, or closing
             conns += 1
             channels += len(conn.channels)
             for ch in conn.channels.values():
                 unacked += len(ch.unacked)
                 if ch.confirm:
                     unconfirmed += max(ch.publish_seq - ch.confirmed, 0)
-                st = getattr(ch, "stats", None)
-                if st is None:
-                    continue
-                if stats_now is None:
-                    stats_now = self.broker.clock()
-                try:
-                    if st.message_stats(stats_now).get("publish"):
-                        publishers += 1
-                except Exception:
-                    pass
+                # the counters only (stats.values()), never message_stats(): that one moves
+                # the rate samples the management API's readers compute rates from
+                values = getattr(getattr(ch, "stats", None), "values", None)
+                if values is not None:
+                    try:
+                        if values().get("publish"):
+                            publishers += 1
+                    except Exception:
+                        pass
         return conns, channels, publishers, unacked, unconfirmed
 
     def resources(self) -> dict:
