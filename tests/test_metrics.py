@@ -405,3 +405,21 @@ async def test_a_dead_or_unresolvable_collector_never_stops_the_broker(host, cap
     warnings = [r for r in caplog.records
                 if r.name == "amqpd.statsd" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "cannot send metrics" in warnings[0].getMessage()
+
+
+def test_statsd_lines_carry_counter_increases_and_fit_one_mtu():
+    from amqpd.management.metrics import Family
+    from amqpd.management.statsd import MAX_DATAGRAM, StatsDLines, datagrams
+    fmt = StatsDLines("p", dogstatsd=False)
+    received = [Family("rabbitmq_global_messages_received_total", "counter", "",
+                       [({"protocol": "amqp091"}, 7)]),
+                Family("rabbitmq_queues", "gauge", "", [({}, 3)])]
+    assert fmt.lines(received) == ["p.global_messages_received:7|c", "p.queues:3|g"]
+    received[0].samples = [({"protocol": "amqp091"}, 7)]
+    assert fmt.lines(received) == ["p.queues:3|g"]            # no increase: nothing sent
+    received[0].samples = [({"protocol": "amqp091"}, 10)]
+    assert fmt.lines(received)[0] == "p.global_messages_received:3|c"
+    lines = [f"p.metric_number_{i}:{i}|g" for i in range(500)]
+    packets = datagrams(lines)
+    assert len(packets) > 1 and all(len(x) <= MAX_DATAGRAM for x in packets)
+    assert b"\n".join(packets).decode().split("\n") == lines
