@@ -114,6 +114,10 @@ def check(cfg) -> int:
         listener = getattr(cfg.listeners, name)
         if listener is not None:
             notes.append(attempt(check_listener, name, listener))
+    if cfg.listeners.prometheus is not None:
+        notes.append(attempt(check_listener, "prometheus", cfg.listeners.prometheus))
+    if cfg.logging.file:
+        attempt(_check_log_file, cfg.logging.file)
     docs = attempt(definitions.load_definitions, cfg)
     if cfg.storage.data_dir is not None:
         attempt(definitions.check_data_dir, cfg.storage.data_dir)
@@ -131,6 +135,20 @@ def check(cfg) -> int:
         return 2
     print("configuration ok")
     return 0
+
+
+def _check_log_file(path: str) -> None:
+    """logging.file could be opened for appending at start-up (checked without creating it)."""
+    where = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
+    why = None
+    if not os.path.exists(where):
+        why = "No such file or directory"
+    elif os.path.isdir(path):
+        why = "Is a directory"
+    elif not os.access(where, os.W_OK):
+        why = "Permission denied"
+    if why:
+        raise config_mod.ConfigError(f"logging.file: cannot open {path} for writing: {why}")
 
 
 def _loopback_problems(cfg, users) -> list:

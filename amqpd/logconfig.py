@@ -34,9 +34,16 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(cfg, level: str | None = None) -> logging.Handler:
+def configure(cfg, level: str | None = None) -> logging.Handler | None:
     """Install one handler on the root logger as the configuration says (``level``: the
-    command line's --log-level). Raises ConfigError when the log file cannot be opened."""
+    command line's --log-level). Raises ConfigError when the log file cannot be opened.
+
+    Like ``logging.basicConfig``, it leaves a root logger that already has handlers it did
+    not install alone (``amqpd.cli.main`` called inside a program or a test run that set up
+    its own logging) and returns None then."""
+    root = logging.getLogger()
+    if any(not getattr(h, "amqpd_handler", False) for h in root.handlers):
+        return None
     lg = cfg.logging
     level = (level or config_mod.effective_log_level(cfg)).upper()
     if lg.file:
@@ -48,9 +55,9 @@ def configure(cfg, level: str | None = None) -> logging.Handler:
                 f"{exc.strerror or exc}") from None
     else:
         handler = logging.StreamHandler(sys.stderr)
+    handler.amqpd_handler = True
     handler.setFormatter(JSONFormatter() if lg.format == "json"
                          else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
         old.close()

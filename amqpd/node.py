@@ -64,8 +64,10 @@ class Node:
             self.store, self.access, self.broker = build(self.config, docs,
                                                          self.server.clock())
             self.server.attach(self.broker, self.store)
-            await self.server.serve()
+            # before clients are let in: importing aiohttp takes the loop for a moment, and a
+            # busy metrics port must stop start-up before anyone connected
             await self._start_monitoring()
+            await self.server.serve()
         except BaseException:
             await self._stop_monitoring()
             await self.server.close_listeners()

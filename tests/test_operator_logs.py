@@ -263,3 +263,22 @@ def test_embedded_broker_leaves_the_root_logger_alone():
         async with amqpd.serve(config={"logging": {"level": "debug", "format": "json"}}):
             return (root.handlers[:], root.level)
     assert asyncio.run(run()) == before
+
+
+def test_check_config_checks_the_log_file_and_the_prometheus_port(tmp_path, capsys):
+    from amqpd import cli
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"listeners: {{amqp: {{port: 0}}, prometheus: {{port: "
+                       f"{busy.getsockname()[1]}}}}}\n"
+                       f"logging: {{file: {tmp_path / 'missing-dir' / 'a.log'}}}\n"
+                       f"storage: {{data_dir: null}}\n")
+        assert cli.main(["--check-config", "-c", str(cfg)]) == 2
+        out, err = capsys.readouterr()
+        assert "listeners.prometheus: 127.0.0.1:" in out and "already in use" in out
+        assert "logging.file: cannot open" in err
+    finally:
+        busy.close()
