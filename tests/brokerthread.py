@@ -10,14 +10,18 @@ from amqpd.node import Node
 
 
 class BrokerThread:
-    def __init__(self, data_dir: str | None = None, prometheus_port: int | None = None,
+    def __init__(self, data_dir: str | None = None, http_port: int | None = None,
+                 prometheus_port: int | None = None,
                  **overrides):
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="amqpd-test-")
             data_dir = self._tmp.name
         self.data_dir = data_dir
-        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}},
+        # the management API only when asked for (http_port=0: a free port): RabbitMQ holds
+        # 15672 on the test machines
+        http = None if http_port is None else {"host": "127.0.0.1", "port": http_port}
+        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}, "http": http},
                 "storage": {"data_dir": data_dir}}
         # the Prometheus listener: off unless asked for (RabbitMQ holds 15692 here)
         data["listeners"]["prometheus"] = (None if prometheus_port is None else
@@ -63,6 +67,11 @@ class BrokerThread:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def management_url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` of the management API, or None (off)."""
+        return self.node.management_url
 
     @property
     def metrics_url(self) -> str | None:

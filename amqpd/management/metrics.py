@@ -15,6 +15,7 @@ import platform
 import resource
 import socket
 
+from ..edge.resources import process_rss
 from ..version import __version__
 
 # The RabbitMQ release whose Prometheus names and labels these are (what dashboards expect in
@@ -137,16 +138,6 @@ class Family:
 
 def node_name() -> str:
     return f"amqpd@{socket.gethostname()}"
-
-
-def process_rss() -> int:
-    """Resident set size in bytes (read here rather than from edge/resources.py, which is a
-    sibling layer; it is one small file read)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def open_fds() -> int:

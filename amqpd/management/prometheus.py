@@ -2,17 +2,14 @@
 15692: ``GET /metrics`` (node-wide, aggregated) and ``GET /metrics/per-object`` (plus one
 series per queue). The text is prometheus_client's exposition (``generate_latest``) of the
 families ``metrics.py`` reads; it runs on the broker's event loop, so a scrape is one read of
-the node between two batches of frames.
+the node between two batches of frames. The listener is the management API's
+(``listener.HTTPListener``).
 """
-import logging
-
 from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric
 
 from .metrics import MetricsSource, QueueFamily
-
-log = logging.getLogger("amqpd.prometheus")
 
 # The 0.0.4 text format, as RabbitMQ labels it (prometheus_client's own label names 1.0.0,
 # which older Prometheus servers do not know; the text itself is the same).
@@ -93,35 +90,3 @@ def _reply(request: web.Request, body: bytes) -> web.Response:
         response.enable_compression()      # Prometheus asks for it; 10k queues compress 10x
     return response
 
-
-class PrometheusServer:
-    """The listener: an aiohttp runner and TCP site on the broker's loop (no access log: a
-    scrape every 15 s is not news). ``start`` raises OSError when it cannot bind; the node
-    turns that into the operator's message. (The management API's HTTPListener does the same
-    for port 15672; the two may share one class.)"""
-
-    def __init__(self, source: MetricsSource, listener_config):
-        self.source = source
-        self.listener_config = listener_config
-        self.runner = None
-        self.port = None
-
-    async def start(self) -> None:
-        cfg = self.listener_config
-        self.runner = web.AppRunner(make_app(self.source), access_log=None,
-                                    handle_signals=False)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, cfg.host, cfg.port, reuse_address=True)
-        try:
-            await site.start()
-        except BaseException:
-            await self.runner.cleanup()
-            self.runner = None
-            raise
-        self.port = site._server.sockets[0].getsockname()[1]
-        log.info("Prometheus metrics on http://%s:%d/metrics", cfg.host, self.port)
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            runner, self.runner = self.runner, None
-            await runner.cleanup()
