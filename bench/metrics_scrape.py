@@ -69,7 +69,8 @@ class Amqpd:
     def __init__(self):
         self.data_dir = tempfile.mkdtemp(prefix="amqpd-scrape-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amqpd", "--port", "0", "--prometheus-port", "0",
+            [sys.executable, "-m", "amqpd", "--port", "0", "--http-port", "0",
+             "--prometheus-port", "0",
              "--data-dir", self.data_dir, "--log-level", "info"],
             cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             env={**os.environ, "PYTHONPATH": ROOT})

@@ -301,8 +301,8 @@ def test_amqpd_testing_broker_thread_takes_prometheus_port():
 
 def test_cli_prometheus_port_flag(tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "amqpd", "--port", "0", "--prometheus-port", "0",
-         "--data-dir", str(tmp_path / "data")],
+        [sys.executable, "-m", "amqpd", "--port", "0", "--http-port", "0",
+         "--prometheus-port", "0", "--data-dir", str(tmp_path / "data")],
         stderr=subprocess.PIPE, text=True)
     try:
         url = None

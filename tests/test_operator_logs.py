@@ -175,8 +175,8 @@ def _run_cli(tmp_path, config_text: str, *args) -> subprocess.Popen:
     cfg = tmp_path / "amqpd.yaml"
     cfg.write_text(config_text)
     return subprocess.Popen(
-        [sys.executable, "-m", "amqpd", "-c", str(cfg), "--port", "0", "--prometheus-port",
-         "0", "--data-dir", str(tmp_path / "data"), *args],
+        [sys.executable, "-m", "amqpd", "-c", str(cfg), "--port", "0", "--http-port", "0",
+         "--prometheus-port", "0", "--data-dir", str(tmp_path / "data"), *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
