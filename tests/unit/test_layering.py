@@ -21,6 +21,7 @@ LAYERS = {
     "embedding": ("facade", 0), "testing": ("facade", 0), "pytest_plugin": ("facade", 0),
     "pytest_rabbitmq": ("facade", 0),
     "node": ("node", 1), "definitions": ("node", 1),
+    "logconfig": ("cli", 0),
     # the management plane (HTTP API, its listener, run-time admin) is part of the node: the
     # node starts it, and it uses the node's definitions import/export
     "management": ("node", 1), "admin": ("node", 1),
