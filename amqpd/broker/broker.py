@@ -10,12 +10,15 @@ from ..store.definitions import decode_args
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
+from .stats import BrokerCounts, BrokerStats
 from .vhost import VHost
 
 log = logging.getLogger("amqpd.broker")
 
 
 class Broker:
+    stats = property(BrokerStats)    # node-wide statistics and churn (broker/stats.py)
+
     """``store`` keeps durable state (None: memory only), ``access`` is the access control
     connections consult, ``clock`` the one clock of the domain (broker/clock.py; a
     ManualClock that stands still when none is given: unit tests, offline tools)."""
@@ -32,7 +35,8 @@ class Broker:
         self._timer_seq = itertools.count()
         self._armed = None             # (deadline, handle) of the scheduler callback
         self.vhosts: dict[str, VHost] = {name: VHost(self, name) for name in config.vhosts}
-        self.connections: set = set()
+        self.connections: set = set()   # open connections (statistics add up their channels)
+        self.counters = BrokerCounts()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
 
@@ -184,6 +188,7 @@ class Broker:
                         q._prepare(entry, deadline)
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
+                q.counts.seq_base = q.next_seq       # recovered messages were not published now
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,
                  self.clock() - started)

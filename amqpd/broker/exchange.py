@@ -5,6 +5,7 @@ from . import headers as headers_match
 from ..wire.tables import type_name
 from .arguments import name_text
 from .queue import describe, same_value
+from .stats import ExchangeStats
 from .topic import TopicTrie
 
 
@@ -53,6 +54,7 @@ def _key_order(item) -> bytes:
 
 class Exchange:
     kind = ""
+    stats = property(ExchangeStats)  # the statistics read model (broker/stats.py)
 
     def __init__(self, vhost, name: str, durable: bool = True, auto_delete: bool = False,
                  internal: bool = False, arguments: dict | None = None):
@@ -68,6 +70,10 @@ class Exchange:
         self.sources: set = set()      # exchanges with an e2e binding to this one
         ae = self.arguments.get("alternate-exchange")
         self.alternate = name_text(ae) or None
+        # statistics (broker/stats.py): publishes by channels, how many found no queue, and
+        # queues beyond the first for messages routed to several (publish_out is derived)
+        self.published_in = self.unroutable = self.extra_routes = 0
+        self.samples = None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}>"

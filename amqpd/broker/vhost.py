@@ -123,6 +123,7 @@ class VHost:
                 existing.check_equivalent(durable, auto_delete, arguments)
                 if existing.opts.expires:
                     existing.touch()
+                self.broker.counters.queues_declared += 1
                 return existing
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -142,6 +143,9 @@ class VHost:
             self._persist({"op": "queue", "name": name, "durable": True,
                            "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
         self.queues[name] = q
+        counters = self.broker.counters
+        counters.queues_declared += 1
+        counters.queues_created += 1
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:
@@ -189,7 +193,8 @@ class VHost:
         q.deleted = True
         if self.queues.get(q.name) is q:
             del self.queues[q.name]
-        self.reply_queues.pop(q.name, None)
+        if self.reply_queues.pop(q.name, None) is None:
+            self.broker.counters.queues_deleted += 1
         for ex in list(q.sources):
             ex.remove_dest(q)
             self._maybe_auto_delete(ex)
@@ -254,6 +259,8 @@ class VHost:
         if allow is None and len(queues) == 1:
             for q in queues:               # the common case: one queue's verdict is the result
                 return q.enqueue(message)
+        if allow is None:
+            ex.extra_routes += len(queues) - 1     # publish_out (broker/stats.py)
         result = None
         for q in queues:
             if allow is not None and not allow(q):
