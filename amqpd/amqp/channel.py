@@ -11,7 +11,7 @@ from ..broker import sender_selected
 from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.publish import REJECTED, STORED, UNROUTABLE
-from ..broker.stats import ChannelStats, Counts, retire_channel, retire_consumer
+from ..broker.stats import ChannelStats, Counts, PublishRun, retire_channel, retire_consumer
 from ..wire import fastpath, properties
 from ..wire.tables import text
 from .. import errors
@@ -62,8 +62,11 @@ class Channel:
         self.body_size = 0
         self.body_parts: list = []
         self.received = 0
-        # statistics: publishes here, the rest derived or counted off the hot path (stats.py)
-        self.publishes = 0
+        # statistics (broker/stats.py): publishes are counted once, in the run of the exchange
+        # last authorised (shared with that exchange); the rest is derived or counted off the
+        # hot path
+        self.run = None
+        self.runs: dict = {}             # exchange -> PublishRun
         self.counts = Counts()
 
     # -- frames -------------------------------------------------------------------------------
@@ -95,7 +98,14 @@ class Channel:
                 exc.class_id, exc.method_id = 60, 40
             return exc
         self.write_checked = ex
+        self.run = self._run(ex)         # write_checked is ex => run counts ex's publishes
         return None
+
+    def _run(self, ex) -> PublishRun:
+        run = self.runs.get(ex)
+        if run is None:
+            run = self.runs[ex] = PublishRun(ex)
+        return run
 
     def on_content_method(self, payload: bytes) -> None:
         """A content-bearing method only a server sends (basic.deliver, get-ok, return): like
@@ -175,8 +185,7 @@ class Channel:
         if self.tx is not None:
             self.tx.append((self._publish, (ex, msg, mandatory)))
             return
-        self.publishes += 1
-        ex.published_in += 1
+        self.run.n += 1                  # the run of ex: on_publish authorised ex last
         verdict = self.vhost.publish(ex, msg)
         if verdict is UNROUTABLE:
             self._unroutable(ex, msg, mandatory)
@@ -215,8 +224,7 @@ class Channel:
 
     def _publish(self, ex, msg: Message, mandatory: bool) -> None:
         """A publish held by a transaction, at commit."""
-        self.publishes += 1
-        ex.published_in += 1
+        self._run(ex).n += 1
         if self.vhost.publish(ex, msg) is UNROUTABLE:
             self._unroutable(ex, msg, mandatory)
 

@@ -70,9 +70,11 @@ class Exchange:
         self.sources: set = set()      # exchanges with an e2e binding to this one
         ae = self.arguments.get("alternate-exchange")
         self.alternate = name_text(ae) or None
-        # statistics (broker/stats.py): publishes by channels, how many found no queue, and
-        # queues beyond the first for messages routed to several (publish_out is derived)
-        self.published_in = self.unroutable = self.extra_routes = 0
+        # statistics (broker/stats.py): the publish runs of open channels and what closed
+        # ones counted, publishes that found no queue, and queues beyond the first for
+        # messages routed to several (publish_in and publish_out are derived)
+        self.runs: set = set()
+        self.published_in_closed = self.unroutable = self.extra_routes = 0
         self.samples = None
 
     def __repr__(self):

@@ -1,11 +1,11 @@
 """Message statistics: a read model over counters the message path already keeps.
 
-The hot path pays three attribute increments per message and nothing per ack; everything else
+The hot path pays two attribute increments per message and nothing per ack; everything else
 is derived when someone reads (the management API, Prometheus), so the cost lands on the reader:
 
-- counted per message: ``Channel.publishes`` and ``Exchange.published_in`` (one each per
-  publish), ``Consumer.delivered`` (one per delivery; ``Consumer.redelivered`` only for a
-  redelivered message);
+- counted per message: ``PublishRun.n`` (one per publish: the run of publishes of one channel
+  to one exchange, which both read) and ``Consumer.delivered`` (one per delivery;
+  ``Consumer.redelivered`` only for a redelivered message);
 - already there: ``Channel.next_tag`` (deliveries + gets of the channel), ``Channel.publish_seq``
   / ``confirmed`` (confirm mode), ``Queue.next_seq`` (messages enqueued), ``Queue.unacked`` and
   ``len(Channel.unacked)`` (outstanding deliveries);
@@ -62,6 +62,18 @@ class BrokerCounts:
         self.samples = None
 
 
+class PublishRun:
+    """The publishes of one channel to one exchange: the one counter a publish increments,
+    read by both (channel ``publish``, exchange ``publish_in``)."""
+
+    __slots__ = ("n", "exchange")
+
+    def __init__(self, exchange):
+        self.n = 0
+        self.exchange = exchange
+        exchange.runs.add(self)
+
+
 # -- consumers and channels that go away -----------------------------------------------------
 def retire_consumer(consumer) -> None:
     """A consumer left its queue and channel: its counts stay with both."""
@@ -86,6 +98,12 @@ def retire_channel(ch) -> None:
     closed = broker.closed
     for i, v in enumerate(channel_values(ch)):
         closed[i] += v
+    for run in ch.runs.values():
+        ex = run.exchange
+        ex.published_in_closed += run.n
+        ex.runs.discard(run)
+    ch.runs = {}
+    ch.run = None
 
 
 # -- the values -------------------------------------------------------------------------------
@@ -117,7 +135,10 @@ def channel_values(ch) -> tuple:
     deliver, no_ack, redeliver = _consumer_sums(ch.consumers.values(), k)
     get, get_no_ack = k.gets, k.gets_no_ack
     ack = deliver + get - len(ch.unacked) - ch.tx_held - k.not_acked
-    return (ch.publishes, ch.confirmed - k.nacked, k.returned, k.dropped, deliver, no_ack, get,
+    publishes = 0
+    for run in ch.runs.values():
+        publishes += run.n
+    return (publishes, ch.confirmed - k.nacked, k.returned, k.dropped, deliver, no_ack, get,
             get_no_ack, k.gets_empty, deliver + no_ack + get + get_no_ack,
             redeliver + k.get_redelivered, ack, ch.publish_seq)
 
@@ -133,7 +154,9 @@ def queue_values(q) -> tuple:
 
 
 def exchange_values(ex) -> tuple:
-    published = ex.published_in
+    published = ex.published_in_closed
+    for run in ex.runs:
+        published += run.n
     return published, published - ex.unroutable + ex.extra_routes
 
 
@@ -242,9 +265,12 @@ class ExchangeStats(_View):
 
     def message_stats(self, now: float) -> dict:
         ex = self.obj
-        if not ex.published_in and not ex.extra_routes:
+        if not ex.runs and not ex.published_in_closed:
             return {}
-        return _with_rates(ex, now, EXCHANGE_KEYS, exchange_values(ex), EXCHANGE_KEYS)
+        values = exchange_values(ex)
+        if not any(values):
+            return {}
+        return _with_rates(ex, now, EXCHANGE_KEYS, values, EXCHANGE_KEYS)
 
 
 IO_KEYS = ("recv_oct", "recv_cnt", "send_oct", "send_cnt")

@@ -9,7 +9,7 @@ import struct
 from pamqp import commands as C
 
 from amqpd.broker.clock import ManualClock
-from tests.unit.stubs import Client, make_broker
+from tests.unit.stubs import Client, content, make_broker, method
 
 DELIVER_KEYS = {"deliver", "deliver_no_ack", "get", "get_no_ack", "get_empty", "deliver_get",
                 "redeliver", "ack"}
@@ -357,3 +357,45 @@ def test_ack_frames_pack_many_tags():
                     for t in range(1, 51)))
     values = c.conn.channels[1].stats.values()
     assert values["deliver"] == 50 and values["ack"] == 50 and values["publish"] == 50
+
+
+def test_publish_runs_add_up_per_channel_and_per_exchange():
+    """One counter per publish serves both the channel and the exchange: channels switching
+    exchanges, a transaction, a permission change between a publish and its content, and a
+    closed channel all keep both sides right."""
+    broker = make_broker()
+    a = opened(broker, channels=(1, 2))
+    declare(a, "q")
+    for name in ("x", "y", "t"):
+        a.send_method(1, C.Exchange.Declare(exchange=name, exchange_type="fanout"))
+        a.send_method(1, C.Queue.Bind(queue="q", exchange=name))
+    a.methods()
+    for ex in ("x", "y", "x", "x", "y"):
+        a.publish(1, b"m", exchange=ex)
+    a.publish(2, b"m", exchange="y")
+    a.send_method(2, C.Tx.Select())
+    a.publish(2, b"m", exchange="t")
+    a.publish(2, b"m", exchange="x")
+    a.send_method(2, C.Tx.Commit())
+    a.methods()
+    # permissions re-read between a publish method and its content: still counted on x
+    a.send(method(1, C.Basic.Publish(exchange="x", routing_key="")))
+    a.conn.permissions_changed()
+    a.send(content(1, b"late"))
+    vhost = broker.vhosts["/"]
+    now = broker.clock()
+
+    def publish_in(name):
+        return vhost.exchanges[name].stats.values()["publish_in"]
+
+    assert (publish_in("x"), publish_in("y"), publish_in("t")) == (5, 3, 1)
+    assert a.conn.channels[1].stats.values()["publish"] == 6
+    assert a.conn.channels[2].stats.values()["publish"] == 3
+    assert vhost.queues["q"].stats.values()["publish"] == 9
+    a.send_method(2, C.Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0))
+    a.methods()
+    assert (publish_in("x"), publish_in("y"), publish_in("t")) == (5, 3, 1)
+    assert broker.stats.totals()["messages_received"] == 9
+    assert counts(vhost.exchanges["t"].stats.message_stats(now)) == {"publish_in": 1,
+                                                                    "publish_out": 1}
+    assert not vhost.exchanges["t"].runs           # the closed channel's run was folded in
