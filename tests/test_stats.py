@@ -180,3 +180,30 @@ def test_persistent_confirms_and_a_restart_starts_from_zero(tmp_path):
     finally:
         b2.stop()
         b2.cleanup()
+
+
+def test_the_management_api_shows_the_statistics(make_broker):
+    """What an operator sees: /api/overview, /api/queues/{vhost}/{name}, /api/exchanges and
+    /api/channels carry these counters (read by the management API, amqpd/management)."""
+    from .mgmt_client import API
+    broker = make_broker(http_port=0)
+    api = API(broker.management_url)
+    conn = pika.BlockingConnection(pika.URLParameters(broker.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("seen")
+        for _ in range(3):
+            ch.basic_publish("", "seen", b"m")
+        ch.basic_get("seen", auto_ack=True)
+        ch.queue_declare("seen", passive=True)
+        q = api.request("GET", "/api/queues/%2F/seen").json()
+        assert q["message_stats"]["publish"] == 3
+        assert q["message_stats"]["get_no_ack"] == 1
+        assert "rate" in q["message_stats"]["publish_details"]
+        default = [x for x in api.request("GET", "/api/exchanges/%2F").json() if x["name"] == ""]
+        assert default[0]["message_stats"]["publish_in"] == 3
+        overview = api.request("GET", "/api/overview").json()
+        assert overview["message_stats"]["publish"] == 3
+        assert overview["message_stats"]["deliver_get"] == 1
+    finally:
+        conn.close()
