@@ -110,9 +110,7 @@ def retire_channel(ch) -> None:
 CHANNEL_KEYS = ("publish", "confirm", "return_unroutable", "drop_unroutable", "deliver",
                 "deliver_no_ack", "get", "get_no_ack", "get_empty", "deliver_get", "redeliver",
                 "ack", "received_confirm")
-_PUBLISH_KEYS = CHANNEL_KEYS[:4]
-_DELIVER_KEYS = CHANNEL_KEYS[4:12]
-QUEUE_KEYS = ("publish",) + _DELIVER_KEYS
+QUEUE_KEYS = ("publish",) + CHANNEL_KEYS[4:12]
 EXCHANGE_KEYS = ("publish_in", "publish_out")
 OVERVIEW_KEYS = CHANNEL_KEYS[:12]
 
@@ -178,32 +176,49 @@ def broker_values(broker) -> list:
 
 # -- rates ------------------------------------------------------------------------------------
 def _with_rates(holder, now: float, keys, values, shown) -> dict:
-    """RabbitMQ's shape: each shown key with its value and ``<key>_details: {"rate": r}``,
-    the rate since the older of two samples kept at least INTERVAL apart."""
+    """RabbitMQ's shape: each shown key (indexes into keys) with its value and
+    ``<key>_details: {"rate": r}``, the rate since the older of two samples kept at least
+    INTERVAL apart."""
     s = holder.samples
     if s is None or now < s[2]:
         holder.samples = s = (now, values, now, values)
     elif now - s[2] >= INTERVAL:
         holder.samples = s = (s[2], s[3], now, values)
-    base_t, base = s[0], s[1]
-    span = now - base_t
+    base = s[1]
+    span = now - s[0]
     out = {}
-    for i, key in enumerate(keys):
-        if key in shown:
-            out[key] = values[i]
-            rate = (values[i] - base[i]) / span if span > 0 else 0.0
-            out[key + "_details"] = {"rate": round(rate, 2)}
+    for i in shown:
+        key, details = keys[i]
+        v = values[i]
+        out[key] = v
+        out[details] = {"rate": round((v - base[i]) / span, 2) if span > 0 else 0.0}
     return out
 
 
-def _shown(keys, values, groups) -> set:
-    """RabbitMQ shows a group of keys (publishing, delivering) once anything in it happened."""
-    shown = set()
-    index = {k: i for i, k in enumerate(keys)}
+def _shown(values, groups) -> tuple:
+    """RabbitMQ shows a group of keys (publishing, delivering) once anything in it happened:
+    the indexes to show."""
+    shown = ()
     for group in groups:
-        if any(values[index[k]] for k in group):
-            shown.update(group)
+        for i in group:
+            if values[i]:
+                shown += group
+                break
     return shown
+
+
+def _keys(names) -> tuple:
+    return tuple((k, k + "_details") for k in names)
+
+
+_CH_KEYS = _keys(CHANNEL_KEYS)
+_CH_GROUPS = (tuple(range(0, 4)), tuple(range(4, 12)))
+_Q_KEYS = _keys(QUEUE_KEYS)
+_Q_GROUPS = ((0,), tuple(range(1, 9)))
+_X_KEYS = _keys(EXCHANGE_KEYS)
+_ALL_X = (0, 1)
+_O_KEYS = _keys(OVERVIEW_KEYS)
+_ALL_O = tuple(range(len(OVERVIEW_KEYS)))
 
 
 # -- the views --------------------------------------------------------------------------------
@@ -226,10 +241,10 @@ class ChannelStats(_View):
 
     def message_stats(self, now: float) -> dict:
         values = channel_values(self.obj)
-        shown = _shown(CHANNEL_KEYS, values, (_PUBLISH_KEYS, _DELIVER_KEYS))
+        shown = _shown(values, _CH_GROUPS)
         if not shown:
             return {}
-        return _with_rates(self.obj.counts, now, CHANNEL_KEYS, values, shown)
+        return _with_rates(self.obj.counts, now, _CH_KEYS, values, shown)
 
 
 class QueueStats(_View):
@@ -248,10 +263,10 @@ class QueueStats(_View):
                 and not (k.gets or k.gets_empty or k.gone_deliver or k.gone_deliver_no_ack):
             return {}                            # the common idle queue: nothing to add up
         values = queue_values(q)
-        shown = _shown(QUEUE_KEYS, values, (("publish",), _DELIVER_KEYS))
+        shown = _shown(values, _Q_GROUPS)
         if not shown:
             return {}
-        return _with_rates(k, now, QUEUE_KEYS, values, shown)
+        return _with_rates(k, now, _Q_KEYS, values, shown)
 
 
 class ExchangeStats(_View):
@@ -270,10 +285,11 @@ class ExchangeStats(_View):
         values = exchange_values(ex)
         if not any(values):
             return {}
-        return _with_rates(ex, now, EXCHANGE_KEYS, values, EXCHANGE_KEYS)
+        return _with_rates(ex, now, _X_KEYS, values, _ALL_X)
 
 
 IO_KEYS = ("recv_oct", "recv_cnt", "send_oct", "send_cnt")
+_IO_KEYS = _keys(IO_KEYS)
 
 
 class ConnectionStats(_View):
@@ -290,7 +306,7 @@ class ConnectionStats(_View):
     def io_details(self, now: float) -> dict:
         c = self.obj
         values = (c.recv_oct, c.recv_cnt, c.send_oct, c.send_cnt)
-        out = _with_rates(c.io_counts, now, IO_KEYS, values, ("recv_oct", "send_oct"))
+        out = _with_rates(c.io_counts, now, _IO_KEYS, values, (0, 2))
         return {"recv_oct_details": out["recv_oct_details"],
                 "send_oct_details": out["send_oct_details"]}
 
@@ -340,7 +356,7 @@ class BrokerStats(_View):
         values = broker_values(self.obj)[:len(OVERVIEW_KEYS)]
         if not any(values):
             return {}
-        return _with_rates(self.obj.counters, now, OVERVIEW_KEYS, values, OVERVIEW_KEYS)
+        return _with_rates(self.obj.counters, now, _O_KEYS, values, _ALL_O)
 
     def churn(self) -> dict:
         k = self.obj.counters
