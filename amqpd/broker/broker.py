@@ -188,7 +188,7 @@ class Broker:
                         q._prepare(entry, deadline)
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
-                q.counts.seq_base = q.next_seq       # recovered messages were not published now
+                q.counts.not_published = q.next_seq       # recovered messages were not published now
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,
                  self.clock() - started)

@@ -35,7 +35,7 @@ class Counts:
 
     __slots__ = ("gets", "gets_no_ack", "gets_empty", "get_redelivered", "returned",
                  "dropped", "nacked", "not_acked", "requeued", "rejected", "gone_deliver",
-                 "gone_deliver_no_ack", "gone_redeliver", "seq_base", "samples")
+                 "gone_deliver_no_ack", "gone_redeliver", "not_published", "samples")
 
     def __init__(self):
         self.gets = self.gets_no_ack = self.gets_empty = self.get_redelivered = 0
@@ -43,7 +43,7 @@ class Counts:
         self.not_acked = 0           # channel: records nacked, rejected or requeued, not acked
         self.requeued = self.rejected = 0          # queue: the same, per queue
         self.gone_deliver = self.gone_deliver_no_ack = self.gone_redeliver = 0  # consumers gone
-        self.seq_base = 0            # queue: next_seq after recovery (recovered != published)
+        self.not_published = 0       # queue: enqueued but not published (recovered, dead-lettered)
         self.samples = None
 
 
@@ -147,7 +147,7 @@ def queue_values(q) -> tuple:
     deliver, no_ack, redeliver = _consumer_sums(q.consumers, k)
     get, get_no_ack = k.gets, k.gets_no_ack
     ack = deliver + get - q.unacked - k.requeued - k.rejected
-    return (q.next_seq - k.seq_base, deliver, no_ack, get, get_no_ack, k.gets_empty,
+    return (q.next_seq - k.not_published, deliver, no_ack, get, get_no_ack, k.gets_empty,
             deliver + no_ack + get + get_no_ack, redeliver + k.get_redelivered, ack)
 
 
@@ -259,8 +259,9 @@ class QueueStats(_View):
     def message_stats(self, now: float) -> dict:
         q = self.obj
         k = q.counts
-        if q.next_seq == k.seq_base and not q.consumers and k.samples is None \
-                and not (k.gets or k.gets_empty or k.gone_deliver or k.gone_deliver_no_ack):
+        if q.next_seq == k.not_published and not q.consumers and k.samples is None \
+                and not (k.gets or k.gets_no_ack or k.gets_empty or k.gone_deliver
+                     or k.gone_deliver_no_ack):
             return {}                            # the common idle queue: nothing to add up
         values = queue_values(q)
         shown = _shown(values, _Q_GROUPS)

@@ -263,9 +263,14 @@ class VHost:
             ex.extra_routes += len(queues) - 1     # publish_out (broker/stats.py)
         result = None
         for q in queues:
-            if allow is not None and not allow(q):
-                continue
-            verdict = q.enqueue(message)
+            if allow is not None:          # dead-lettering: not a publish to the queue
+                if not allow(q):
+                    continue
+                before = q.next_seq
+                verdict = q.enqueue(message)
+                q.counts.not_published += q.next_seq - before
+            else:
+                verdict = q.enqueue(message)
             if verdict is REJECTED:
                 result = REJECTED
             elif verdict is STORED:

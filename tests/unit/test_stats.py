@@ -399,3 +399,23 @@ def test_publish_runs_add_up_per_channel_and_per_exchange():
     assert counts(vhost.exchanges["t"].stats.message_stats(now)) == {"publish_in": 1,
                                                                     "publish_out": 1}
     assert not vhost.exchanges["t"].runs           # the closed channel's run was folded in
+
+
+def test_dead_lettered_messages_are_not_publishes_of_the_target_queue():
+    """RabbitMQ counts a queue's publish per channel publish; dead-lettering bypasses
+    channels, so the dead-letter queue shows the message without a publish."""
+    broker = make_broker()
+    c = opened(broker)
+    declare(c, "dlq")
+    declare(c, "src", arguments={"x-dead-letter-exchange": "",
+                                 "x-dead-letter-routing-key": "dlq"})
+    c.publish(1, b"m", routing_key="src")
+    c.get(1, "src")
+    c.send_method(1, C.Basic.Reject(delivery_tag=1, requeue=False))
+    vhost = broker.vhosts["/"]
+    assert vhost.queues["dlq"].message_count == 1
+    assert vhost.queues["dlq"].stats.message_stats(broker.clock()) == {}
+    assert counts(vhost.queues["src"].stats.message_stats(broker.clock()))["publish"] == 1
+    m, _, body = c.get(1, "dlq", no_ack=True)
+    assert body == b"m"
+    assert counts(vhost.queues["dlq"].stats.message_stats(broker.clock()))["get_no_ack"] == 1
