@@ -11,12 +11,15 @@ from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
 from . import queue_policy
+from .stats import BrokerCounts, BrokerStats
 from .vhost import VHost
 
 log = logging.getLogger("amqpd.broker")
 
 
 class Broker:
+    stats = property(BrokerStats)    # node-wide statistics and churn (broker/stats.py)
+
     """``store`` keeps durable state (None: memory only), ``access`` is the access control
     connections consult, ``clock`` the one clock of the domain (broker/clock.py; a
     ManualClock that stands still when none is given: unit tests, offline tools)."""
@@ -33,7 +36,8 @@ class Broker:
         self._timer_seq = itertools.count()
         self._armed = None             # (deadline, handle) of the scheduler callback
         self.vhosts: dict[str, VHost] = {name: VHost(self, name) for name in config.vhosts}
-        self.connections: set = set()
+        self.connections: set = set()   # open connections (statistics add up their channels)
+        self.counters = BrokerCounts()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
         self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
@@ -187,6 +191,7 @@ class Broker:
                         q._prepare(entry, deadline)
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
+                q.counts.not_published = q.next_seq       # recovered messages were not published now
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,
                  self.clock() - started)

@@ -127,6 +127,7 @@ class VHost:
                 existing.check_equivalent(durable, auto_delete, arguments)
                 if existing.opts.expires:
                     existing.touch()
+                self.broker.counters.queues_declared += 1
                 return existing
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -147,6 +148,9 @@ class VHost:
             self._persist({"op": "queue", "name": name, "durable": True,
                            "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
         self.queues[name] = q
+        counters = self.broker.counters
+        counters.queues_declared += 1
+        counters.queues_created += 1
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:
@@ -194,7 +198,8 @@ class VHost:
         q.deleted = True
         if self.queues.get(q.name) is q:
             del self.queues[q.name]
-        self.reply_queues.pop(q.name, None)
+        if self.reply_queues.pop(q.name, None) is None:
+            self.broker.counters.queues_deleted += 1
         for ex in list(q.sources):
             ex.remove_dest(q)
             self._maybe_auto_delete(ex)
@@ -259,11 +264,18 @@ class VHost:
         if allow is None and len(queues) == 1:
             for q in queues:               # the common case: one queue's verdict is the result
                 return q.enqueue(message)
+        if allow is None:
+            ex.extra_routes += len(queues) - 1     # publish_out (broker/stats.py)
         result = None
         for q in queues:
-            if allow is not None and not allow(q):
-                continue
-            verdict = q.enqueue(message)
+            if allow is not None:          # dead-lettering: not a publish to the queue
+                if not allow(q):
+                    continue
+                before = q.next_seq
+                verdict = q.enqueue(message)
+                q.counts.not_published += q.next_seq - before
+            else:
+                verdict = q.enqueue(message)
             if verdict is REJECTED:
                 result = REJECTED
             elif verdict is STORED:
