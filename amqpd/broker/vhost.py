@@ -163,7 +163,7 @@ class VHost:
         key = self._log_key(logged) if logged is not None else None
         try:
             if logged is not None:
-                logged.log = store.queue_log(self.name, key)
+                logged.log = self._open_log(store, logged, key)
             self.journal(entry)
         except OSError as exc:
             if logged is not None:
@@ -174,7 +174,14 @@ class VHost:
 
     @staticmethod
     def _log_key(owner) -> str:
-        return owner.name if isinstance(owner, Queue) else "\0delayed:" + owner.name
+        if isinstance(owner, Queue):
+            return owner.name
+        return getattr(owner, "log_key", None) or "\0delayed:" + owner.name
+
+    def _open_log(self, store, owner, key: str):
+        if getattr(owner, "delays_messages", False):
+            return store.delayed_log(self.name, key)       # its held messages, by due time
+        return store.queue_log(self.name, key)
 
     def reply_queue(self, owner) -> Queue:
         """A hidden queue for a direct reply-to consumer: routable only by its name through
@@ -189,7 +196,7 @@ class VHost:
         """Open the log of a recovered durable queue or delayed exchange."""
         store = self.broker.store
         if store is not None:
-            owner.log = store.queue_log(self.name, self._log_key(owner))
+            owner.log = self._open_log(store, owner, self._log_key(owner))
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""
