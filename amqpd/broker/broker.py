@@ -171,6 +171,11 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
+                if q.pager is not None:       # positions only; the window is read in
+                    runs, expiries, top = q.log.recover_positions()
+                    messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    q.next_seq = max(q.next_seq, top)
+                    continue
                 live, top = q.log.recover()
                 routes: dict = {}
                 ready = q.ready

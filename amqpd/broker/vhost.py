@@ -155,6 +155,8 @@ class VHost:
         try:
             if logged is not None:
                 logged.log = store.queue_log(self.name, key)
+                if isinstance(logged, Queue):
+                    logged.start_paging()
             self.journal(entry)
         except OSError as exc:
             if logged is not None:
@@ -181,6 +183,8 @@ class VHost:
         store = self.broker.store
         if store is not None:
             owner.log = store.queue_log(self.name, self._log_key(owner))
+            if isinstance(owner, Queue):
+                owner.start_paging()
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""

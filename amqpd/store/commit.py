@@ -62,6 +62,7 @@ class Commit:
         self.failures = 0              # failed writes/fsyncs since it started failing
         self.failed_gen = 0            # the last generation that failed
         self.good_run = 0              # successful commits since the last failure
+        self.written_hooks: list = []  # called once after the next write (paged queues)
 
     # -- appends ------------------------------------------------------------------------------
     def mark_dirty(self, qlog) -> None:
@@ -101,6 +102,13 @@ class Commit:
         """The write batch a record buffered now belongs to."""
         return self.gen + 1
 
+    def after_write(self, callback) -> None:
+        """Call ``callback()`` once the records buffered now have been handed to the OS (a
+        paged queue reads them back from there)."""
+        self.written_hooks.append(callback)
+        if not self.dirty and not self.extra and self.on_dirty is not None:
+            self.on_dirty()
+
     def wait(self, waiter) -> None:
         """Call ``waiter.flush_confirms()`` when the next sync completes (or
         ``nack_generations`` if it fails)."""
@@ -130,6 +138,10 @@ class Commit:
         self.gen = gen
         if error is not None:
             self._failed(gen - 1, gen, f"cannot write to {self.data_dir}", error)
+        if self.written_hooks:
+            hooks, self.written_hooks = self.written_hooks, []
+            for hook in hooks:
+                hook()
         if self.mode == "never":
             for qlog in self.unsynced:
                 qlog.release_retired()

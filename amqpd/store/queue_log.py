@@ -14,6 +14,7 @@ and the next record starts a new one.
 """
 import logging
 import os
+from array import array
 
 from . import records
 from .fileio import REAL
@@ -48,6 +49,7 @@ class QueueLog:
         self.doomed: list = []             # settled segments to unlink once written
         self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
+        self.last_offset = 0               # offset of the last message appended
         self.parent_dirty = io.makedirs(path) is not None     # a new directory: fsync parent
 
     def _segment_path(self, number: int) -> str:
@@ -126,6 +128,92 @@ class QueueLog:
         self._unlink_doomed()
         return live, top
 
+    def recover_positions(self):
+        """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
+        ``runs`` being store.paging.Run objects holding the positions of the live messages
+        in seq order (the redelivered bit set for those with a DELIVERED marker),
+        ``expiries`` {seq: TTL deadline in ms since the epoch}."""
+        from .paging import REDELIVERED, Run
+        segs = []
+        settled: set[int] = set()
+        delivered: set[int] = set()
+        expiries: dict[int, int] = {}
+        top = 0
+        numbers = self._segments_on_disk()
+        unreadable = None
+        MESSAGE, SETTLED, DELIVERED = records.MESSAGE, records.SETTLED, records.DELIVERED
+        for number in numbers:
+            path = self._segment_path(number)
+            try:
+                data = self.io.read(path)
+            except OSError as exc:
+                unreadable = number
+                self._set_aside(path, exc)
+                continue
+            problems: list = []
+            seed, base, high = records.segment_info(data)
+            if high > top:
+                top = high
+            run = Run(number, seed)
+            seqs, offs = run.seqs, run.offs
+            rec = None
+            for rec in records.scan_positions(data, problems):
+                kind, seq, at, _ = rec
+                if seq > top:
+                    top = seq
+                if kind == MESSAGE:
+                    seqs.append(seq)
+                    offs.append(at << 1)
+                elif kind == SETTLED:
+                    settled.add(seq)
+                elif kind == DELIVERED:
+                    delivered.add(seq)
+                else:
+                    expiries[seq] = records.expiry_at(data, at)
+            good_end = rec[3] if rec is not None else base
+            for offset, length, reason in problems:
+                log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
+            if number == numbers[-1] and good_end < len(data):
+                self._truncate(path, good_end)
+                data = data[:good_end]
+            segs.append(run)
+            self.live[number] = 0
+            if number == numbers[-1]:
+                self.active = self.writing = number
+                self.active_size = self.file_size = len(data)
+                self.seed, self.base_size = seed, base
+            del data
+        if unreadable is not None and unreadable == numbers[-1]:
+            self.active = self.writing = unreadable + 1     # never append to it
+            self.active_size = self.file_size = 0
+        runs = []
+        last = 0
+        gone = array("Q", sorted(settled))
+        seen = array("Q", sorted(delivered))
+        for run in segs:
+            seqs, offs = run.seqs, run.offs
+            if not seqs:
+                self.live[run.segment] = 0
+                continue
+            lo, hi = seqs[0], seqs[-1]
+            if lo <= last or hi < lo:
+                runs = None                   # out of order (never written so): sort all
+            if _any_in(gone, lo, hi) or _any_in(seen, lo, hi):
+                keep = [(seqs[i], offs[i] | (REDELIVERED if seqs[i] in delivered else 0))
+                        for i in range(len(seqs)) if seqs[i] not in settled]
+                run.seqs = array("Q", [k[0] for k in keep])
+                run.offs = array("I", [k[1] for k in keep])
+            last = max(last, hi)
+            self.live[run.segment] = len(run.seqs)
+            if runs is not None:
+                runs.append(run)
+        if runs is None:
+            runs = _resplit(segs)
+        self.high = top
+        self._drop_settled_prefix()
+        self._unlink_doomed()
+        return [r for r in runs if r.seqs], expiries, top
+
     def _set_aside(self, path: str, exc: OSError) -> None:
         """A segment that cannot be read at all (EIO, or EBADMSG from a file system whose
         metadata was lost): its messages cannot be recovered, but the queue and the others
@@ -155,6 +243,7 @@ class QueueLog:
         if self.active_size + len(rec) > self.segment_size and self.active_size > self.base_size:
             self._roll()
             rec = records.message(seq, route, header, body, self.seed)
+        self.last_offset = self.active_size      # where it lands (a paged message's position)
         self.pending.append(rec)
         self.active_size += len(rec)
         self.high = seq
@@ -378,3 +467,25 @@ class QueueLog:
             self.io.replace(self.path, trash)
         else:
             self.io.rmtree(self.path)
+
+
+def _any_in(sorted_seqs, lo: int, hi: int) -> bool:
+    """Does the sorted array hold any value in lo..hi?"""
+    from bisect import bisect_left
+    i = bisect_left(sorted_seqs, lo)
+    return i < len(sorted_seqs) and sorted_seqs[i] <= hi
+
+
+def _resplit(runs: list) -> list:
+    """Messages out of seq order across segments (never written so; kept for safety): one
+    run per stretch of one segment in global seq order."""
+    from .paging import Run
+    items = sorted((run.seqs[i], run.offs[i], run.segment, run.seed)
+                   for run in runs for i in range(len(run.seqs)))
+    out: list = []
+    for seq, off, segment, seed in items:
+        if not out or out[-1].segment != segment:
+            out.append(Run(segment, seed))
+        out[-1].seqs.append(seq)
+        out[-1].offs.append(off)
+    return out

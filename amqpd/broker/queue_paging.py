@@ -1,0 +1,172 @@
+"""A durable queue's bounded window: at most ``storage.queue_window`` messages (and bytes) of
+its ready list in RAM, the rest of the backlog only on disk (store/paging.py holds their
+positions, 12 bytes each) and read back in order ahead of the consumers.
+
+Order is kept by construction: requeued entries (``ready.back``) come before the window, the
+window before the pager. A message goes to the pager when the window is full or the pager is
+not empty (so it stays behind the ones already there); the window is refilled from the pager's
+head whenever it drops below half (``dispatch``, ``take``), so a consumer at the head finds
+messages in RAM. A record written in this loop turn is not readable yet (it goes to the OS at
+the end of the turn): the queue asks the commit path to call it back after the write.
+"""
+from collections import deque
+
+from ..store.paging import Pager, Run
+from .message import GONE, Entry, from_route
+
+
+class Paging:
+    """Part of Queue (broker/queue.py)."""
+
+    def start_paging(self) -> None:
+        """The queue got its log: page it, unless it needs per-entry state that cannot be
+        paged yet (priorities, TTL, length limits, delivery limit, deduplication)."""
+        if self.log is None or self.pager is not None or self.tracks_entries:
+            return
+        window = self.vhost.broker.config.storage.queue_window
+        self.window_messages = window.messages
+        self.window_limit = window.bytes
+        self.window_low = max(1, window.messages // 2)
+        self.pager = Pager(self.log)
+
+    def _should_page(self) -> bool:
+        return bool(self.pager.count) or len(self.ready) >= self.window_messages \
+            or self.window_bytes >= self.window_limit
+
+    def _page_in(self) -> bool:
+        """Refill the window from the pager's head; True if anything came in."""
+        pager = self.pager
+        if pager is None or not pager.count:
+            return False
+        ready = self.ready
+        moved = 0
+        routes: dict = {}
+        while pager.count:
+            room = self.window_messages - len(ready)
+            budget = self.window_limit - self.window_bytes
+            if room <= 0 or (budget <= 0 and len(ready)):
+                break
+            run = pager.runs[0]
+            if run.__class__ is deque:
+                entry = run.popleft()
+                pager.count -= 1
+                if not run:
+                    pager.runs.popleft()
+                ready.append(entry)
+                self.window_bytes += len(entry.message.body)
+                moved += 1
+                continue
+            got = pager.read(run, room, budget)
+            if not got:
+                self._wait_for_write()
+                break
+            pager.advance(run, len(got))
+            segment = run.segment
+            for seq, redelivered, rec in got:
+                if rec is None:                    # nacked and lost with its write
+                    self.log.settle(seq, segment)
+                    self.vhost.broker.commit.mark_dirty(self.log)
+                    continue
+                ready.append(Entry(seq, from_route(rec.route, rec.header, rec.body, routes),
+                                   bool(redelivered), segment))
+                self.window_bytes += len(rec.body)
+                moved += 1
+        return moved > 0
+
+    def _wait_for_write(self) -> None:
+        pager = self.pager
+        if not pager.waiting:
+            pager.waiting = True
+            self.vhost.broker.commit.after_write(self._written)
+
+    def _written(self) -> None:
+        """The log was written: what this queue could not read before can be now."""
+        if self.pager is None or self.deleted:
+            return
+        pager = self.pager
+        pager.waiting = False
+        if pager.count and not self.log.pending:
+            for seq, segment in pager.drop_unwritten():
+                self.log.settle(seq, segment)
+            self.vhost.broker.commit.mark_dirty(self.log)
+        if self.consumers and self._page_in():
+            broker = self.vhost.broker
+            broker.schedule(self)
+            broker.call_at(broker.clock(), _nothing)       # dispatch runs after timers
+
+    def _refill(self) -> None:
+        """Read ahead: keep the window at least half full while the pager has more."""
+        if len(self.ready) < self.window_low:
+            self._page_in()
+
+    # -- recovery -------------------------------------------------------------------------------
+    def recover_paged(self, runs: list, expiries: dict, now: float, wall: float) -> int:
+        """Rebuild the queue from positions (QueueLog.recover_positions): everything goes to
+        the pager, then the window is read in. A message with a TTL deadline is loaded into
+        RAM at its place (its deadline is armed). Returns the messages recovered."""
+        pager = self.pager
+        total = 0
+        for run in runs:
+            total += len(run.seqs)
+            if not expiries:
+                pager.add_run(run)
+                continue
+            part = Run(run.segment, run.seed)
+            for i in range(len(run.seqs)):
+                seq, off = run.seqs[i], run.offs[i]
+                at = expiries.get(seq)
+                if at is None:
+                    part.seqs.append(seq)
+                    part.offs.append(off)
+                    continue
+                pager.add_run(part)
+                part = Run(run.segment, run.seed)
+                probe = Run(run.segment, run.seed)
+                probe.seqs.append(seq)
+                probe.offs.append(off)
+                (got,) = pager.read(probe, 1, 1)
+                if got[2] is None:
+                    total -= 1
+                    continue
+                rec = got[2]
+                entry = Entry(seq, from_route(rec.route, rec.header, rec.body), bool(got[1]),
+                              run.segment)
+                self._prepare(entry, now + (at / 1000.0 - wall))
+                pager.add_entry(entry)
+            pager.add_run(part)
+        pager.close()
+        self._page_in()
+        return total
+
+    # -- purge and delete ---------------------------------------------------------------------
+    def _release_paged(self, pager: Pager, settle: bool):
+        """Settle (purge) or just drop (delete) what a pager held, a slice per turn."""
+        from .queue import SLICE
+        log = self.log
+        while pager.runs:
+            run = pager.runs.popleft()
+            if run.__class__ is deque:
+                while run:
+                    for _ in range(SLICE):
+                        if not run:
+                            break
+                        entry = run.popleft()
+                        if settle and entry.state != GONE:
+                            self._forget(entry)
+                    yield
+                continue
+            if not settle or log is None or self.log is not log:
+                continue
+            seqs, segment = run.seqs, run.segment
+            for start in range(run.head, len(seqs), SLICE):
+                if self.log is not log:
+                    break
+                for i in range(start, min(start + SLICE, len(seqs))):
+                    log.settle(seqs[i], segment)
+                self.vhost.broker.commit.mark_dirty(log)
+                yield
+        pager.close()
+
+
+def _nothing() -> None:
+    pass
