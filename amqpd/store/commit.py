@@ -230,6 +230,8 @@ class Commit:
 
     def synced(self, job: SyncJob) -> None:
         self.synced_gen = max(self.synced_gen, job.gen)
+        for qlog in job.logs:
+            qlog.index_synced()         # summaries of the segments it finished
         self._writes_succeed(job.gen)
 
     def sync_failed(self, job: SyncJob, exc: OSError) -> None:
@@ -241,6 +243,7 @@ class Commit:
         fsync covered moves to a fresh segment, and the broker carries on."""
         self._failed(self.synced_gen, self.gen + 1, f"fsync in {self.data_dir} failed", exc)
         for qlog in job.logs:
+            qlog.index_failed()
             if not qlog.deleted:
                 qlog.abandon_segment()
                 qlog.dir_dirty = True          # the names may not be durable either

@@ -16,7 +16,8 @@ import logging
 import os
 from array import array
 
-from . import records
+from . import records, segment_index
+from .segment_index import SegmentIndex
 from .fileio import REAL
 
 log = logging.getLogger("amqpd.store")
@@ -50,6 +51,13 @@ class QueueLog:
         self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
         self.last_offset = 0               # offset of the last message appended
+        # Segment summaries (segment_index.py): the active segment's, collected as records
+        # are appended; finished ones wait for their segment to be written, then fsynced.
+        self.index = SegmentIndex()
+        self.index.valid = False           # until a segment is opened here
+        self.sealed: list = []             # (number, index): finished, records still buffered
+        self.unsynced_index: list = []     # written to the OS, waiting for the next fsync
+        self.syncing_index: list = []      # covered by the fsync running now
         self.parent_dirty = io.makedirs(path) is not None     # a new directory: fsync parent
 
     def _segment_path(self, number: int) -> str:
@@ -144,6 +152,17 @@ class QueueLog:
         MESSAGE, SETTLED, DELIVERED = records.MESSAGE, records.SETTLED, records.DELIVERED
         for number in numbers:
             path = self._segment_path(number)
+            if number != numbers[-1]:
+                ix = segment_index.load(path)
+                if ix is not None:            # a sealed segment's summary: no need to read it
+                    top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
+                    settled.update(ix.settled)
+                    delivered.update(ix.delivered)
+                    for i in range(len(ix.exp_seqs)):
+                        expiries[ix.exp_seqs[i]] = ix.exp_at[i]
+                    segs.append(Run(number, ix.seed, ix.seqs, ix.offs))
+                    self.live[number] = 0
+                    continue
             try:
                 data = self.io.read(path)
             except OSError as exc:
@@ -155,6 +174,7 @@ class QueueLog:
             if high > top:
                 top = high
             run = Run(number, seed)
+            ix = SegmentIndex(seed, base, high)
             seqs, offs = run.seqs, run.offs
             rec = None
             for rec in records.scan_positions(data, problems):
@@ -166,10 +186,14 @@ class QueueLog:
                     offs.append(at << 1)
                 elif kind == SETTLED:
                     settled.add(seq)
+                    ix.settled.append(seq)
                 elif kind == DELIVERED:
                     delivered.add(seq)
+                    ix.delivered.append(seq)
                 else:
-                    expiries[seq] = records.expiry_at(data, at)
+                    expiries[seq] = at_ms = records.expiry_at(data, at)
+                    ix.exp_seqs.append(seq)
+                    ix.exp_at.append(at_ms)
             good_end = rec[3] if rec is not None else base
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
@@ -182,6 +206,11 @@ class QueueLog:
                 self.active = self.writing = number
                 self.active_size = self.file_size = len(data)
                 self.seed, self.base_size = seed, base
+                # appends go on in this segment: its summary so far, for when it is sealed
+                ix.seqs.extend(seqs)
+                ix.offs.extend(offs)
+                ix.valid = not problems and good_end > 0
+                self.index = ix
             del data
         if unreadable is not None and unreadable == numbers[-1]:
             self.active = self.writing = unreadable + 1     # never append to it
@@ -243,7 +272,10 @@ class QueueLog:
         if self.active_size + len(rec) > self.segment_size and self.active_size > self.base_size:
             self._roll()
             rec = records.message(seq, route, header, body, self.seed)
-        self.last_offset = self.active_size      # where it lands (a paged message's position)
+        self.last_offset = offset = self.active_size   # where it lands (a paged message's place)
+        ix = self.index
+        ix.seqs.append(seq)
+        ix.offs.append(offset << 1)
         self.pending.append(rec)
         self.active_size += len(rec)
         self.high = seq
@@ -264,6 +296,8 @@ class QueueLog:
         if self.active_size == 0:
             self._open_segment()
         rec = records.expiry(seq, at_ms, self.seed)
+        self.index.exp_seqs.append(seq)
+        self.index.exp_at.append(at_ms)
         self.pending.append(rec)
         self.active_size += len(rec)
 
@@ -271,6 +305,10 @@ class QueueLog:
         if self.active_size == 0:
             self._open_segment()
         rec = records.marker(kind, seq, self.seed)
+        if kind == records.SETTLED:
+            self.index.settled.append(seq)
+        else:
+            self.index.delivered.append(seq)
         self.pending.append(rec)
         self.active_size += len(rec)
 
@@ -281,11 +319,15 @@ class QueueLog:
         header = records.segment_header(salt, self.high)
         self.pending.append(header)
         self.active_size = self.base_size = len(header)
+        self.index = SegmentIndex(self.seed, self.base_size, self.high)
 
     def _roll(self, open_next: bool = True) -> None:
         """Start a new segment; what is buffered so far still goes to the old one."""
         self.pending.append(ROLL)
         self.rolls += 1
+        self.sealed.append((self.active, self.index))
+        self.index = SegmentIndex()
+        self.index.valid = False            # until the next segment is opened
         self.active += 1
         self.live.setdefault(self.active, 0)
         if open_next:
@@ -307,6 +349,9 @@ class QueueLog:
         """An fsync of this log failed: the kernel may have dropped the segment's unsynced
         pages and a later fsync could still report success (PostgreSQL's "fsyncgate"), so
         nothing more is added to it; the next record starts a new segment."""
+        self.index.valid = False
+        for _number, index in self.syncing_index + self.unsynced_index + self.sealed:
+            index.valid = False
         if self.active_size:
             self._roll(open_next=False)
 
@@ -367,6 +412,8 @@ class QueueLog:
             self.retired.append(self.fd)
             self.fd = None
         self.file_size = 0
+        if self.sealed and self.sealed[0][0] == self.writing:
+            self.unsynced_index.append(self.sealed.pop(0))
 
     def _write_failed(self) -> None:
         """Leave no partial record: cut the file back to its last complete record and go on
@@ -374,6 +421,10 @@ class QueueLog:
         in the middle of the log, where recovery skips it) and start a new one."""
         self.pending.clear()
         self.rolls = 0
+        self.index.valid = False            # its summary no longer matches the file
+        for _number, index in self.sealed:
+            index.valid = False
+        self.sealed.clear()
         cut = False
         if self.fd is not None:
             try:
@@ -394,6 +445,7 @@ class QueueLog:
 
     def _unlink_doomed(self) -> None:
         for number in self.doomed:
+            segment_index.remove(self._segment_path(number), self.io)
             try:
                 self.io.unlink(self._segment_path(number))
             except FileNotFoundError:
@@ -408,6 +460,9 @@ class QueueLog:
         duplicate, so a segment retired meanwhile cannot make it fsync a reused number."""
         fds = self.retired
         self.retired = []
+        if self.unsynced_index:
+            self.syncing_index += self.unsynced_index
+            self.unsynced_index = []
         if self.fd is not None:
             fds.append(self.io.dup(self.fd))
         dirs = []
@@ -424,6 +479,23 @@ class QueueLog:
         for fd in self.retired:
             self.io.close(fd)
         self.retired.clear()
+        self.syncing_index += self.unsynced_index
+        self.unsynced_index = []
+        self.index_synced()
+
+    def index_synced(self) -> None:
+        """The fsync that covered finished segments succeeded: their summaries may be
+        written now."""
+        done, self.syncing_index = self.syncing_index, []
+        if self.deleted:
+            return
+        for number, index in done:
+            if index.valid:
+                segment_index.write(self._segment_path(number), index, self.io)
+
+    def index_failed(self) -> None:
+        """That fsync failed: no summary for those segments (a restart scans them)."""
+        self.syncing_index = []
 
     def close(self, sync: bool = True) -> None:
         """Write what is buffered, fsync (unless told not to) and close. Raises the first
@@ -451,7 +523,9 @@ class QueueLog:
             except OSError as exc:
                 error = error or exc
         if error is not None:
+            self.index_failed()
             raise error
+        self.index_synced()
 
     def delete(self, trash: str | None = None) -> None:
         """The queue is gone: move its directory to ``trash`` (someone else removes it), or

@@ -326,3 +326,56 @@ def test_model(tmp_path_factory, ops):
     got = node.drain()
     assert [(b, r) for b, r in got] == [(it[1], it[2]) for it in model]
     node.store.close()
+
+
+# -- segment summaries ------------------------------------------------------------------------------
+def test_sealed_segments_get_summaries_and_a_restart_reads_only_those(tmp_path, monkeypatch):
+    node = Node(tmp_path, window=4, segment_size=4096)
+    for b in bodies(400, 100):
+        node.publish(b)
+    node.turn()
+    for _ in range(3):
+        node.q.settle(node.q.take())
+    node.q.take()                                     # delivered, not acked
+    node.turn()
+    qdir = node.q.log.path
+    segs = sorted(n for n in os.listdir(qdir) if n.endswith(".seg"))
+    idx = sorted(n for n in os.listdir(qdir) if n.endswith(".idx"))
+    assert len(segs) > 5 and len(idx) == len(segs) - 1   # all but the active one
+    read = []
+    real_read = node.store.io.read
+
+    def spy(path):
+        read.append(os.path.basename(path))
+        return real_read(path)
+    monkeypatch.setattr(type(node.store.io), "read", staticmethod(spy), raising=False)
+    node.crash()
+    assert read == [segs[-1]]                          # only the active segment is scanned
+    got = node.drain()
+    assert [b for b, _ in got] == bodies(400, 100)[3:]
+    assert [r for _, r in got] == [True] + [False] * 396
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble", "truncate", "stale"])
+def test_a_missing_or_bad_summary_falls_back_to_scanning(tmp_path, damage):
+    node = Node(tmp_path, window=4, segment_size=4096)
+    for b in bodies(300, 100):
+        node.publish(b)
+    node.turn()
+    node.q.settle(node.q.take())
+    node.turn()
+    qdir = node.q.log.path
+    idx = sorted(os.path.join(qdir, n) for n in os.listdir(qdir) if n.endswith(".idx"))
+    victim = idx[1]
+    if damage == "delete":
+        os.unlink(victim)
+    elif damage == "garble":
+        data = bytearray(open(victim, "rb").read())
+        data[len(data) // 2] ^= 0xFF
+        open(victim, "wb").write(bytes(data))
+    elif damage == "truncate":
+        open(victim, "r+b").truncate(20)
+    else:                                              # another segment's summary
+        open(victim, "wb").write(open(idx[2], "rb").read())
+    node.crash()
+    assert [b for b, _ in node.drain()] == bodies(300, 100)[1:]
