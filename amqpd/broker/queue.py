@@ -92,6 +92,8 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
             self.vhost.broker.schedule(self)
         stored = ACCEPTED
         pager = self.pager
+        paging = pager is not None and (pager.count or len(self.ready) >= self.window_messages
+                                        or self.window_bytes >= self.window_limit)
         qlog = self.log
         if qlog is not None and message.persistent:
             entry.segment = segment = qlog.append_message(seq, message.raw_route,
@@ -102,20 +104,17 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
                 qlog.expiry(seq, int((broker.wallclock() + left) * 1000))
             self.vhost.broker.commit.mark_dirty(qlog)
             stored = STORED
-            if pager is not None and self._should_page():
+            if paging:
                 if entry.expires is None:            # only its position stays in RAM
                     pager.add(seq, segment, qlog.last_offset, qlog.seed)
                 else:
                     pager.add_entry(entry)
-                pager = None
-        if pager is None:
-            if self.pager is None:
-                self.ready.append(entry)
-        elif pager.count:
-            pager.add_entry(entry)                   # behind the paged ones, in RAM
-        else:
+        elif paging:
+            self._spill(entry)                       # to the scratch log
+        if not paging:
             self.ready.append(entry)
-            self.window_bytes += len(message.body)
+            if pager is not None:
+                self.window_bytes += len(message.body)
         if self.length_limited:
             if self.consumers:
                 self.dispatch()        # a waiting consumer takes it before the limit applies
@@ -288,7 +287,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         pager = self.pager
         if pager is not None:
             self.pager = None
-            self.start_paging()
+            self.start_paging(pager.scratch)
             if pager.count:
                 self.vhost.broker.background(self._release_paged(pager, settle=True))
         if self.expiring:             # keep the deadlines of delivered messages only
@@ -306,9 +305,12 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         self.expiring = None
         pager = self.pager
         if pager is not None:
-            pager.runs.clear()          # positions only: the log goes as a whole
+            pager.runs.clear()          # positions only: the logs go as a whole
             pager.count = 0
             pager.close()
+            if pager.scratch is not None:
+                self.vhost.broker.store.delete_scratch_log(pager.scratch)
+                pager.scratch = None
         if old.size():
             self.vhost.broker.background(self._release(old, settle=False))
 

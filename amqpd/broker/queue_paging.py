@@ -18,16 +18,33 @@ from .message import GONE, Entry, from_route
 class Paging:
     """Part of Queue (broker/queue.py)."""
 
-    def start_paging(self) -> None:
-        """The queue got its log: page it, unless it needs per-entry state that cannot be
-        paged yet (priorities, TTL, length limits, delivery limit, deduplication)."""
-        if self.log is None or self.pager is not None or self.tracks_entries:
+    def start_paging(self, scratch=None) -> None:
+        """Give the queue a bounded window (when the broker has a store), unless it needs
+        per-entry state that cannot be paged yet (priorities, TTL, length limits, delivery
+        limit, deduplication). Persistent messages of a durable queue page to its log, the
+        others to a scratch log made on first use."""
+        if self.vhost.broker.store is None or self.pager is not None or self.tracks_entries:
             return
         window = self.vhost.broker.config.storage.queue_window
         self.window_messages = window.messages
         self.window_limit = window.bytes
         self.window_low = max(1, window.messages // 2)
-        self.pager = Pager(self.log)
+        self.pager = Pager(self.log, scratch)
+
+    def _spill(self, entry) -> None:
+        """A transient message (or any in a queue without a log) beyond the window: to the
+        queue's scratch log; one with a TTL stays in RAM (its deadline holds it)."""
+        pager = self.pager
+        if entry.expires is not None:
+            pager.add_entry(entry)
+            return
+        scratch = pager.scratch
+        if scratch is None:
+            scratch = pager.scratch = self.vhost.broker.store.scratch_log()
+        m = entry.message
+        segment = scratch.append_message(entry.seq, m.raw_route, m.header, m.body)
+        pager.add(entry.seq, segment, scratch.last_offset, scratch.seed, True)
+        self.vhost.broker.commit.mark_dirty(scratch)
 
     def _should_page(self) -> bool:
         return bool(self.pager.count) or len(self.ready) >= self.window_messages \
@@ -62,6 +79,18 @@ class Paging:
                 break
             pager.advance(run, len(got))
             segment = run.segment
+            if run.scratch:
+                pager.scratch.forget(segment, len(got))
+                if pager.scratch.doomed:              # read back: the file can go
+                    self.vhost.broker.commit.mark_dirty(pager.scratch)
+                for seq, _redelivered, rec in got:
+                    if rec is not None:
+                        msg = from_route(rec.route, rec.header, rec.body, routes)
+                        msg._persistent = None          # as published (peeked when asked)
+                        ready.append(Entry(seq, msg))
+                        self.window_bytes += len(rec.body)
+                        moved += 1
+                continue
             for seq, redelivered, rec in got:
                 if rec is None:                    # nacked and lost with its write
                     self.log.settle(seq, segment)
@@ -85,10 +114,15 @@ class Paging:
             return
         pager = self.pager
         pager.waiting = False
-        if pager.count and not self.log.pending:
-            for seq, segment in pager.drop_unwritten():
-                self.log.settle(seq, segment)
-            self.vhost.broker.commit.mark_dirty(self.log)
+        qlog, scratch = self.log, pager.scratch
+        if pager.count and not (qlog is not None and qlog.pending) \
+                and not (scratch is not None and scratch.pending):
+            for seq, segment, in_scratch in pager.drop_unwritten():
+                if in_scratch:
+                    scratch.forget(segment)
+                else:
+                    qlog.settle(seq, segment)
+                    self.vhost.broker.commit.mark_dirty(qlog)
         if self.consumers and self._page_in():
             broker = self.vhost.broker
             broker.schedule(self)
@@ -154,6 +188,11 @@ class Paging:
                         if settle and entry.state != GONE:
                             self._forget(entry)
                     yield
+                continue
+            if run.scratch:
+                if pager.scratch is not None and not pager.scratch.deleted:
+                    pager.scratch.forget(run.segment, len(run))
+                    self.vhost.broker.commit.mark_dirty(pager.scratch)
                 continue
             if not settle or log is None or self.log is not log:
                 continue

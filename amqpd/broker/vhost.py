@@ -142,6 +142,7 @@ class VHost:
             self._persist({"op": "queue", "name": name, "durable": True,
                            "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
         self.queues[name] = q
+        q.start_paging()
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:

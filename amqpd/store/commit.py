@@ -128,6 +128,9 @@ class Commit:
         error = None
         for qlog in logs:
             before = qlog.written
+            if qlog.scratch:
+                self._write_scratch(qlog)
+                continue
             try:
                 if qlog.write():
                     self.unsynced[qlog] = None
@@ -151,6 +154,18 @@ class Commit:
                 self._writes_succeed(gen)
             self._notify()
         return True
+
+    def _write_scratch(self, qlog) -> None:
+        """Transient messages paged out: written, never fsynced, and nobody waits for them. A
+        failed write loses them (the queue skips what it cannot read back)."""
+        before = qlog.written
+        try:
+            qlog.write()
+        except OSError as exc:
+            log.warning("%s: cannot write transient messages paged out of memory: %s",
+                        qlog.path, exc)
+        qlog.release_retired()
+        self.written += qlog.written - before
 
     def begin_sync(self) -> SyncJob | None:
         """What to fsync for everything written so far, and the generation it covers; None

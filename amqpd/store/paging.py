@@ -34,9 +34,10 @@ REDELIVERED = 1
 
 class Run:
     """Paged messages of one segment, in order; ``head`` is the next to read."""
-    __slots__ = ("segment", "seed", "seqs", "offs", "head")
+    __slots__ = ("segment", "seed", "seqs", "offs", "head", "scratch")
 
-    def __init__(self, segment: int, seed: int, seqs=None, offs=None):
+    def __init__(self, segment: int, seed: int, seqs=None, offs=None, scratch: bool = False):
+        self.scratch = scratch        # in the queue's scratch log (transient messages)
         self.segment = segment
         self.seed = seed
         self.seqs = seqs if seqs is not None else array("Q")
@@ -54,8 +55,9 @@ class Pager:
     """The paged tail of one queue. ``count`` is how many messages it holds (disk and RAM
     runs)."""
 
-    def __init__(self, qlog):
-        self.qlog = qlog
+    def __init__(self, qlog, scratch=None):
+        self.qlog = qlog              # the durable queue's log (None for a transient queue)
+        self.scratch = scratch        # its scratch log, once a transient message was paged
         self.runs: deque = deque()
         self.count = 0
         self.waiting = False        # a read found its record not yet written: wait for it
@@ -65,14 +67,15 @@ class Pager:
     def __len__(self) -> int:
         return self.count
 
-    def add(self, seq: int, segment: int, offset: int, seed: int, redelivered: bool = False):
+    def add(self, seq: int, segment: int, offset: int, seed: int, scratch: bool = False):
         runs = self.runs
         run = runs[-1] if runs else None
-        if run is None or run.__class__ is not Run or run.segment != segment:
-            run = Run(segment, seed)
+        if run is None or run.__class__ is not Run or run.segment != segment \
+                or run.scratch != scratch:
+            run = Run(segment, seed, scratch=scratch)
             runs.append(run)
         run.seqs.append(seq)
-        run.offs.append(offset << 1 | redelivered)
+        run.offs.append(offset << 1)
         self.count += 1
 
     def add_run(self, run: Run) -> None:
@@ -97,7 +100,7 @@ class Pager:
     # -- reading back ---------------------------------------------------------------------------
     def readable(self, run: Run) -> int:
         """How many messages of ``run`` from its head are on the OS's side of the log."""
-        qlog = self.qlog
+        qlog = self.scratch if run.scratch else self.qlog
         if run.segment < qlog.writing:
             return len(run)
         if run.segment > qlog.writing:
@@ -118,7 +121,7 @@ class Pager:
         limit = bisect_left(offs, (first + max(budget, 1)) << 1, head, head + n)
         n = max(1, limit - head)
         last = offs[head + n - 1] >> 1
-        fd = self._open(run.segment)
+        fd = self._open(run)
         data = os.pread(fd, last - first + records.HEAD_SIZE, first)
         if len(data) >= last - first + records.HEAD_SIZE:
             (length,) = records._len.unpack_from(data, last - first + 6)
@@ -134,8 +137,9 @@ class Pager:
             rec = records._record_at(data, view, (off >> 1) - first, run.seed)
             if rec is None or rec.kind != records.MESSAGE or rec.seq != seq:
                 log.warning("%s: segment %d: the record of message %d at offset %d is missing "
-                            "(its write failed; the publish was nacked)", self.qlog.path,
-                            run.segment, seq, off >> 1)
+                            "(its write failed; the publish was nacked)",
+                            (self.scratch if run.scratch else self.qlog).path, run.segment,
+                            seq, off >> 1)
                 rec = None
             out.append((seq, off & REDELIVERED, rec))
         return out
@@ -147,13 +151,13 @@ class Pager:
         gone = []
         while self.runs:
             run = self.runs[0]
-            if run.__class__ is not Run or run.segment != self.qlog.writing \
-                    or self.readable(run):
+            qlog = self.scratch if run.__class__ is Run and run.scratch else self.qlog
+            if run.__class__ is not Run or run.segment != qlog.writing or self.readable(run):
                 break
             for i in range(run.head, len(run.seqs)):
-                gone.append((run.seqs[i], run.segment))
+                gone.append((run.seqs[i], run.segment, run.scratch))
             log.warning("%s: %d paged message(s) lost with a failed write (their publishes "
-                        "were nacked)", self.qlog.path, len(run))
+                        "were nacked)", qlog.path, len(run))
             self.advance(run, len(run))
         return gone
 
@@ -163,14 +167,16 @@ class Pager:
         self.count -= n
         if not len(run):
             self.runs.popleft()
-            if run.segment == self._fd_segment:
+            if (run.scratch, run.segment) == self._fd_segment:
                 self.close()
 
-    def _open(self, segment: int) -> int:
-        if self._fd_segment != segment:
+    def _open(self, run: Run) -> int:
+        key = (run.scratch, run.segment)
+        if self._fd_segment != key:
             self.close()
-            self._fd = os.open(self.qlog._segment_path(segment), os.O_RDONLY)
-            self._fd_segment = segment
+            qlog = self.scratch if run.scratch else self.qlog
+            self._fd = os.open(qlog._segment_path(run.segment), os.O_RDONLY)
+            self._fd_segment = key
         return self._fd
 
     def close(self) -> None:

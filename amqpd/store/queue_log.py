@@ -50,6 +50,7 @@ class QueueLog:
         self.doomed: list = []             # settled segments to unlink once written
         self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
+        self.scratch = False               # transient messages paged out: never fsynced
         self.last_offset = 0               # offset of the last message appended
         # Segment summaries (segment_index.py): the active segment's, collected as records
         # are appended; finished ones wait for their segment to be written, then fsynced.
@@ -289,6 +290,14 @@ class QueueLog:
         if n == 0 and segment != self.active:
             self._drop_settled_prefix()
 
+    def forget(self, segment: int, n: int = 1) -> None:
+        """Scratch logs: ``n`` messages of ``segment`` were read back (no marker: a scratch
+        log is never recovered); a segment nobody needs any more is deleted."""
+        left = self.live[segment] - n
+        self.live[segment] = left
+        if left == 0 and segment != self.active:
+            self._drop_settled_prefix()
+
     def delivered(self, seq: int) -> None:
         self._marker(records.DELIVERED, seq)
 
@@ -487,7 +496,7 @@ class QueueLog:
         """The fsync that covered finished segments succeeded: their summaries may be
         written now."""
         done, self.syncing_index = self.syncing_index, []
-        if self.deleted:
+        if self.deleted or self.scratch:
             return
         for number, index in done:
             if index.valid:

@@ -379,3 +379,44 @@ def test_a_missing_or_bad_summary_falls_back_to_scanning(tmp_path, damage):
         open(victim, "wb").write(open(idx[2], "rb").read())
     node.crash()
     assert [b for b, _ in node.drain()] == bodies(300, 100)[1:]
+
+
+# -- transient messages -----------------------------------------------------------------------------
+@pytest.mark.parametrize("durable", [True, False])
+def test_transient_messages_spill_to_scratch_segments(tmp_path, durable):
+    node = Node(tmp_path, window=4, segment_size=4096)
+    q = node.q if durable else node.vhost.declare_queue("t", None, False, False, False, False,
+                                                         {})
+    ex = node.vhost.exchanges[""]
+    expect = bodies(300, 100)
+    for i, b in enumerate(expect):
+        node.vhost.publish(ex, message(b, q.name, delivery_mode=2 if durable and i % 2 else 1))
+    node.turn()
+    assert in_ram(q) == 4 and q.pager.count == 296 and not any(
+        r.__class__.__name__ == "deque" for r in q.pager.runs)
+    scratch = q.pager.scratch.path
+    assert len([n for n in os.listdir(scratch) if n.endswith(".seg")]) > 3
+    got = []
+    while (e := q.take()) is not None:
+        q.settle(e)
+        got.append(e.message.body)
+        assert e.message.persistent == (durable and len(got) % 2 == 0)
+        node.turn()
+    assert got == expect
+    assert len([n for n in os.listdir(scratch) if n.endswith(".seg")]) == 1   # read back: gone
+    node.vhost.delete_queue(q)
+    node.turn()
+    assert not os.path.exists(scratch)
+
+
+def test_scratch_segments_are_removed_at_start_up(tmp_path):
+    node = Node(tmp_path, window=2)
+    q = node.vhost.declare_queue("t", None, False, False, False, False, {})
+    for b in bodies(50):
+        node.vhost.publish(node.vhost.exchanges[""], message(b, "t"))
+    node.turn()
+    assert os.listdir(os.path.join(node.path, "scratch"))
+    node.crash()
+    assert not os.path.exists(os.path.join(node.path, "scratch"))
+    assert node.q.message_count == 0
+    del q
