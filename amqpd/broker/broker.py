@@ -171,7 +171,9 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
-                if q.pager is not None:       # positions only; the window is read in
+                if q.pager is not None and q.opts.max_bytes is None:
+                    # positions only; the window is read in (x-max-length-bytes needs every
+                    # body's size: such a queue is read whole, as before)
                     runs, expiries, top = q.log.recover_positions()
                     messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
                     q.next_seq = max(q.next_seq, top)

@@ -20,10 +20,11 @@ class Paging:
 
     def start_paging(self, scratch=None) -> None:
         """Give the queue a bounded window (when the broker has a store), unless it needs
-        per-entry state that cannot be paged yet (priorities, TTL, length limits, delivery
-        limit, deduplication). Persistent messages of a durable queue page to its log, the
+        per-entry state that cannot be paged yet (priorities, a queue TTL, deduplication). Persistent messages of a durable queue page to its log, the
         others to a scratch log made on first use."""
-        if self.vhost.broker.store is None or self.pager is not None or self.tracks_entries:
+        opts = self.opts
+        if self.vhost.broker.store is None or self.pager is not None or opts.max_priority \
+                or opts.message_ttl is not None or opts.dedup:
             return
         window = self.vhost.broker.config.storage.queue_window
         self.window_messages = window.messages

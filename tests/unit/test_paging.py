@@ -420,3 +420,32 @@ def test_scratch_segments_are_removed_at_start_up(tmp_path):
     assert not os.path.exists(os.path.join(node.path, "scratch"))
     assert node.q.message_count == 0
     del q
+
+
+# -- length limits ----------------------------------------------------------------------------------
+def limited(node, **args):
+    return node.vhost.declare_queue("lim", None, False, True, False, False, args)
+
+
+@pytest.mark.parametrize("overflow", ["drop-head", "reject-publish"])
+def test_max_length_on_a_paged_queue(tmp_path, overflow):
+    node = Node(tmp_path, window=4)
+    q = limited(node, **{"x-max-length": 50, "x-overflow": overflow,
+                         "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dlq"})
+    dlq = node.vhost.declare_queue("dlq", None, False, True, False, False, {})
+    for b in bodies(80):
+        node.vhost.publish(node.vhost.exchanges[""], message(b, "lim", delivery_mode=2))
+        node.turn()
+    assert q.message_count == 50 and q.pager is not None and q.pager.count > 0
+    got = []
+    while (e := q.take()) is not None:
+        q.settle(e)
+        got.append(e.message.body)
+    dropped = []
+    while (e := dlq.take()) is not None:
+        dlq.settle(e)
+        dropped.append(e.message.body)
+    if overflow == "drop-head":
+        assert got == bodies(80)[30:] and dropped == bodies(80)[:30]
+    else:
+        assert got == bodies(80)[:50] and dropped == []
