@@ -224,6 +224,8 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         if entry.segment is not None and self.log is not None:
             self.log.settle(entry.seq, entry.segment)
             self.vhost.broker.commit.mark_dirty(self.log)
+            if self.log.wants_compaction:
+                self._compact_soon()
         if self.dedup_ids is not None:
             key = dedup_key(entry.message, self.opts.dedup_header)
             if key is not None and self.dedup_ids.get(key) is entry:

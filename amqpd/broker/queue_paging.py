@@ -9,10 +9,13 @@ head whenever it drops below half (``dispatch``, ``take``), so a consumer at the
 messages in RAM. A record written in this loop turn is not readable yet (it goes to the OS at
 the end of the turn): the queue asks the commit path to call it back after the write.
 """
+import logging
 from collections import deque
 
 from ..store.paging import Pager, Run
 from .message import GONE, Entry, from_route
+
+log = logging.getLogger("amqpd.queue")
 
 
 class Paging:
@@ -134,6 +137,67 @@ class Paging:
         if len(self.ready) < self.window_low:
             self._page_in()
 
+    # -- compaction -----------------------------------------------------------------------------
+    def _compact_soon(self) -> None:
+        self.log.wants_compaction = False
+        broker = self.vhost.broker
+        broker.call_at(broker.clock(), self._compact_log)
+
+    def _compact_log(self) -> None:
+        """A few live messages in old segments keep fully settled later ones on disk (those
+        hold the SETTLED markers of the old ones' messages): rewrite the old segments with
+        just their live messages, so the others can go (QueueLog.compact). Which messages are
+        live is asked of where they can be: the pager, the ready list, and the channels of
+        this queue's consumers; unless that accounts for every live message the log counts
+        (one held by a basic.get or an open transaction, say), nothing is done."""
+        qlog = self.log
+        if qlog is None or qlog.deleted or self.deleted:
+            return
+        targets = qlog.compaction_targets()
+        if not targets:
+            return
+        live = {n: {} for n in targets}
+        pager = self.pager
+        if pager is not None:
+            for run in pager.runs:
+                if run.__class__ is deque:
+                    for entry in run:
+                        if entry.segment in live and entry.state != GONE:
+                            live[entry.segment][entry.seq] = entry.redelivered
+                elif not run.scratch and run.segment in live:
+                    found = live[run.segment]
+                    for i in range(run.head, len(run.seqs)):
+                        found[run.seqs[i]] = bool(run.offs[i] & 1)
+        for entry in self.ready:
+            if entry.segment in live and entry.state != GONE:
+                live[entry.segment][entry.seq] = entry.redelivered
+        holders = [c.channel for c in self.consumers]
+        if self.sac_waiting is not None:
+            holders.append(self.sac_waiting.channel)
+        for channel in dict.fromkeys(holders):
+            for queue, entry, _consumer in channel.unacked.values():
+                if queue is self and entry.segment in live:
+                    live[entry.segment][entry.seq] = True
+        if any(len(live[n]) != qlog.live[n] for n in targets):
+            return
+        sync = self.vhost.broker.commit.mode != "never"
+        if pager is not None:
+            pager.close()
+        for n in targets:
+            try:
+                offsets = qlog.compact(n, live[n], sync)
+            except (OSError, ValueError) as exc:
+                log.warning("%s: compacting segment %d failed: %s", qlog.path, n, exc)
+                return
+            if pager is not None:
+                for run in pager.runs:
+                    if run.__class__ is not deque and not run.scratch and run.segment == n:
+                        offs, seqs = run.offs, run.seqs
+                        for i in range(run.head, len(seqs)):
+                            offs[i] = offsets[seqs[i]] << 1 | (offs[i] & 1)
+        qlog._drop_settled_prefix()
+        self.vhost.broker.commit.mark_dirty(qlog)
+
     # -- recovery -------------------------------------------------------------------------------
     def recover_paged(self, runs: list, expiries: dict, now: float, wall: float) -> int:
         """Rebuild the queue from positions (QueueLog.recover_positions): everything goes to
@@ -177,7 +241,7 @@ class Paging:
     def _release_paged(self, pager: Pager, settle: bool):
         """Settle (purge) or just drop (delete) what a pager held, a slice per turn."""
         from .queue import SLICE
-        log = self.log
+        qlog = self.log
         while pager.runs:
             run = pager.runs.popleft()
             if run.__class__ is deque:
@@ -195,15 +259,15 @@ class Paging:
                     pager.scratch.forget(run.segment, len(run))
                     self.vhost.broker.commit.mark_dirty(pager.scratch)
                 continue
-            if not settle or log is None or self.log is not log:
+            if not settle or qlog is None or self.log is not qlog:
                 continue
             seqs, segment = run.seqs, run.segment
             for start in range(run.head, len(seqs), SLICE):
-                if self.log is not log:
+                if self.log is not qlog:
                     break
                 for i in range(start, min(start + SLICE, len(seqs))):
-                    log.settle(seqs[i], segment)
-                self.vhost.broker.commit.mark_dirty(log)
+                    qlog.settle(seqs[i], segment)
+                self.vhost.broker.commit.mark_dirty(qlog)
                 yield
         pager.close()
 

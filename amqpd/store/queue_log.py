@@ -23,6 +23,8 @@ from .fileio import REAL
 log = logging.getLogger("amqpd.store")
 
 SEGMENT_SIZE = 16 << 20
+COMPACT_AFTER = 2        # fully settled segments kept for an older live one: compact it
+COMPACT_LIMIT = 4096     # live messages one compaction may copy (it runs on the loop)
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 ROLL = None          # in ``pending``: the records after it go to the next segment
 
@@ -51,6 +53,8 @@ class QueueLog:
         self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
         self.scratch = False               # transient messages paged out: never fsynced
+        self.clean_until: dict = {}        # compacted segment -> first segment it may need
+        self.wants_compaction = False      # settled segments are kept only for their markers
         self.last_offset = 0               # offset of the last message appended
         # Segment summaries (segment_index.py): the active segment's, collected as records
         # are appended; finished ones wait for their segment to be written, then fsynced.
@@ -346,13 +350,98 @@ class QueueLog:
         self._drop_settled_prefix()
 
     def _drop_settled_prefix(self) -> None:
-        """Forget the oldest segments that hold nothing live; their files go at the next write
-        (after any of their records still buffered)."""
+        """Forget the segments that hold nothing live and that no older segment needs (a
+        later segment may hold the SETTLED markers of an older one's messages, so normally
+        they go oldest first; a compacted segment holds only live messages and no longer
+        needs the segments up to ``clean_until``); their files go at the next write (after
+        any of their records still buffered). Fully settled segments kept only for their
+        markers ask for a compaction (``wants_compaction``)."""
+        barrier = None
+        pinned = 0
         for number in sorted(self.live):
-            if number == self.active or self.live[number]:
-                return
-            del self.live[number]
-            self.doomed.append(number)
+            if number == self.active:
+                break
+            if self.live[number]:
+                clean = self.clean_until.get(number, number + 1)
+                barrier = clean if barrier is None else min(barrier, clean)
+                continue
+            if barrier is None or number < barrier:
+                del self.live[number]
+                self.clean_until.pop(number, None)
+                self.doomed.append(number)
+            else:
+                pinned += 1
+        if pinned >= COMPACT_AFTER:
+            self.wants_compaction = True
+
+    def compaction_targets(self) -> list:
+        """The live segments to rewrite so that the fully settled ones behind them can go:
+        every live sealed segment older than the last fully settled one, if together they
+        hold at most COMPACT_LIMIT messages (the rewrite runs on the loop); else []."""
+        numbers = sorted(self.live)
+        last_empty = None
+        for number in numbers:
+            if number >= min(self.active, self.writing):
+                break
+            if not self.live[number]:
+                last_empty = number
+        if last_empty is None:
+            return []
+        # Every live one, compacted before or not: rewriting a segment drops the SETTLED
+        # markers it holds for older segments' messages, so those must go from them too.
+        targets = [n for n in numbers if n < last_empty and self.live[n]]
+        if not any(self.clean_until.get(n, n + 1) <= last_empty for n in targets) \
+                or sum(self.live[n] for n in targets) > COMPACT_LIMIT:
+            return []
+        return targets
+
+    def compact(self, number: int, keep: dict, sync: bool) -> dict:
+        """Rewrite sealed segment ``number`` with only the messages in ``keep`` ({seq:
+        delivered}) and their EXPIRY records, a DELIVERED marker for those delivered; same
+        header (salt, high), so the records are copied byte for byte. Atomic (temporary
+        file, fsync, rename, fsync of the directory unless ``sync`` is false). Returns {seq:
+        new offset}."""
+        path = self._segment_path(number)
+        data = self.io.read(path)
+        seed, base, _high = records.segment_info(data)
+        out = [data[:base]]
+        size = base
+        offsets = {}
+        marked = set()
+        MESSAGE, EXPIRY, DELIVERED = records.MESSAGE, records.EXPIRY, records.DELIVERED
+        for kind, seq, pos, end in records.scan_positions(data):
+            if seq not in keep or kind == records.SETTLED:
+                continue
+            if kind == MESSAGE:
+                offsets[seq] = size
+            elif kind == DELIVERED:
+                marked.add(seq)
+            elif kind != EXPIRY:
+                continue
+            out.append(data[pos:end])
+            size += end - pos
+        for seq, delivered in keep.items():
+            if delivered and seq not in marked and seq in offsets:
+                rec = records.marker(DELIVERED, seq, seed)
+                out.append(rec)
+                size += len(rec)
+        if len(offsets) != len(keep):
+            raise ValueError(f"segment {number} lacks {len(keep) - len(offsets)} live message(s)")
+        tmp = path + ".compact"
+        io = self.io
+        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            io.write_all(fd, b"".join(out))
+            if sync:
+                io.fsync(fd)
+        finally:
+            io.close(fd)
+        io.replace(tmp, path)
+        if sync:
+            io.fsync_dir(self.path)
+        segment_index.remove(path, io)
+        self.clean_until[number] = self.active
+        return offsets
 
     def abandon_segment(self) -> None:
         """An fsync of this log failed: the kernel may have dropped the segment's unsynced
