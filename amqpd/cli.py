@@ -1,4 +1,4 @@
-"""``amqpd [--config FILE] [--host H] [--port N] [--data-dir DIR] [--log-level LEVEL]`` runs
+"""``amqpd [--config FILE] [--host H] [--port N] [--http-port N] [--data-dir DIR] [--log-level LEVEL]`` runs
 the broker; ``amqpd --print-default-config`` writes the commented default configuration; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
 out of a data directory in RabbitMQ's JSON format; ``amqpd hash-password [PW]`` prints a
 password_hash for the configuration (as ``rabbitmqctl hash_password``)."""
@@ -23,6 +23,8 @@ def parse_args(argv=None):
     p.add_argument("--config", "-c", help="YAML configuration file (default: built-in defaults)")
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 5672)")
+    p.add_argument("--http-port", type=int,
+                   help="management HTTP API port (default 15672; 0 picks a free one)")
     p.add_argument("--data-dir", help="where durable state lives (default "
                                       "~/.local/state/amqpd)")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
         return 0
     try:
         cfg = config_mod.load(args.config)
-        cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level)
+        cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level,
+                                  http_port=args.http_port)
     except config_mod.ConfigError as exc:
         print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -102,7 +105,9 @@ def check(cfg) -> int:
 
     if cfg.listeners.amqps is not None:
         attempt(tls_context, cfg.listeners.amqps)
-    for name in ("amqp", "amqps"):
+    if cfg.listeners.http is not None and cfg.listeners.http.certfile:
+        attempt(tls_context, cfg.listeners.http, "http")
+    for name in ("amqp", "amqps", "http"):
         listener = getattr(cfg.listeners, name)
         if listener is not None:
             notes.append(attempt(check_listener, name, listener))

@@ -80,9 +80,23 @@ class TLSListener:
 
 
 @dataclass(frozen=True)
+class HTTPListener:
+    """The management HTTP API (docs/management.md); TLS when certfile is set (the same keys
+    as the AMQPS listener)."""
+    host: str = "127.0.0.1"
+    port: int = 15672
+    certfile: typing.Optional[str] = None
+    keyfile: typing.Optional[str] = None
+    cafile: typing.Optional[str] = None
+    verify_peer: bool = False
+    fail_if_no_peer_cert: bool = False
+
+
+@dataclass(frozen=True)
 class Listeners:
     amqp: typing.Optional[Listener] = Listener()
     amqps: typing.Optional[TLSListener] = None
+    http: typing.Optional[HTTPListener] = HTTPListener()
 
 
 DEFAULT_DATA_DIR = "~/.local/state/amqpd"
@@ -263,7 +277,7 @@ def _validate(cfg: Config) -> Config:
     listeners = cfg.listeners
     if listeners.amqp is None and listeners.amqps is None:
         raise ConfigError("listeners: at least one of amqp and amqps is needed")
-    for name in ("amqp", "amqps"):
+    for name in ("amqp", "amqps", "http"):
         lst = getattr(listeners, name)
         if lst is not None and not 0 <= lst.port <= 65535:
             raise ConfigError(f"listeners.{name}.port: expected 0..65535, got {lst.port}")
@@ -273,6 +287,13 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError("listeners.amqps.certfile: required (PEM certificate chain)")
         if (tls.verify_peer or tls.fail_if_no_peer_cert) and not tls.cafile:
             raise ConfigError("listeners.amqps.cafile: required to verify client certificates")
+    http = listeners.http
+    if http is not None and not http.certfile and (http.keyfile or http.cafile or
+                                                   http.verify_peer or http.fail_if_no_peer_cert):
+        raise ConfigError("listeners.http.certfile: required for HTTPS (the other TLS keys "
+                          "are set)")
+    if http is not None and (http.verify_peer or http.fail_if_no_peer_cert) and not http.cafile:
+        raise ConfigError("listeners.http.cafile: required to verify client certificates")
     limits = cfg.limits
     for key in ("max_connections", "max_connections_per_vhost", "max_queues_per_vhost",
                 "heartbeat", "max_message_size", "handshake_timeout"):
@@ -344,8 +365,13 @@ def load(path: str | None) -> Config:
     return from_dict(data)
 
 
-def override(cfg: Config, host=None, port=None, data_dir=None, log_level=None) -> Config:
-    """Command-line flags win over the file."""
+def override(cfg: Config, host=None, port=None, data_dir=None, log_level=None,
+             http_port=None) -> Config:
+    """Command-line flags win over the file. ``http_port`` turns the management listener on
+    (on its configured host, 127.0.0.1 by default) at that port; 0 picks a free one."""
+    if http_port is not None:
+        http = dataclasses.replace(cfg.listeners.http or HTTPListener(), port=http_port)
+        cfg = dataclasses.replace(cfg, listeners=dataclasses.replace(cfg.listeners, http=http))
     amqp = cfg.listeners.amqp or Listener()
     if host is not None or port is not None:
         amqp = dataclasses.replace(amqp, host=host if host is not None else amqp.host,

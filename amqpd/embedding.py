@@ -34,13 +34,19 @@ EMBEDDED_DEFAULTS = {"resources": {"check_interval": 0}}
 def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = None,
                  users: Optional[Mapping[str, str]] = None,
                  vhosts: Optional[Iterable[str]] = None,
-                 config: ConfigSource = None) -> config_mod.Config:
+                 config: ConfigSource = None,
+                 http_port: Optional[int] = None) -> config_mod.Config:
     """The configuration ``serve`` runs: ``config`` (a ``Config``, a mapping in the YAML
     file's shape, or the path of a YAML file; None: the defaults, resource alarms off) with
     the plain listener on ``host``:``port`` and the data directory ``data_dir`` (None: memory
     only). ``users`` ({name: password}) and ``vhosts`` replace the configuration's when given,
     and every user then gets full permissions on every vhost (a permission the configuration
-    lists for a pair stays as it is). Raises ``amqpd.config.ConfigError``."""
+    lists for a pair stays as it is). The management HTTP API is off unless ``http_port`` is
+    given (0: a free port) or a mapping ``config`` names ``listeners.http`` itself: an
+    embedded broker must not take port 15672 from the host. Raises
+    ``amqpd.config.ConfigError``."""
+    explicit_http = (isinstance(config, Mapping) and isinstance(config.get("listeners"), Mapping)
+                     and "http" in config["listeners"])
     if config is None:
         cfg = config_mod.from_dict(EMBEDDED_DEFAULTS)
     elif isinstance(config, config_mod.Config):
@@ -60,8 +66,10 @@ def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[s
         grants = tuple(given.get((u.name, v), config_mod.Permission(u.name, v))
                        for u in people for v in names)
         changes.update(vhosts=names, users=people, permissions=grants)
+    if not explicit_http:
+        changes["listeners"] = dataclasses.replace(cfg.listeners, http=None)
     cfg = dataclasses.replace(cfg, **changes)
-    return config_mod.override(cfg, host=host, port=port)
+    return config_mod.override(cfg, host=host, port=port, http_port=http_port)
 
 
 def reachable(host: str) -> str:
@@ -160,8 +168,10 @@ class EmbeddedBroker:
 
     @property
     def management_url(self) -> Optional[str]:
-        """The HTTP management API's address: None, amqpd has no management listener yet."""
-        return None
+        """The management HTTP API's address, ``http://127.0.0.1:PORT`` (its API is under
+        ``/api``), or None when it is off (the default: ``serve(http_port=0)`` turns it
+        on)."""
+        return self.node.management_url
 
     @property
     def data_dir(self) -> Optional[str]:
@@ -219,7 +229,8 @@ class EmbeddedBroker:
 def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = None,
           users: Optional[Mapping[str, str]] = None, vhosts: Optional[Iterable[str]] = None,
           config: ConfigSource = None,
-          import_definitions: Iterable[str] = ()) -> EmbeddedBroker:
+          import_definitions: Iterable[str] = (),
+          http_port: Optional[int] = None) -> EmbeddedBroker:
     """A broker for this event loop, started by ``async with`` (or ``await``).
 
     - ``host``, ``port``: the plain AMQP listener (default 127.0.0.1 and a free port; read
@@ -231,7 +242,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = N
     - ``config``: everything else, as a ``Config``, a mapping in the YAML file's shape, or a
       YAML file's path; ``host``, ``port`` and ``data_dir`` above always win over it.
     - ``import_definitions``: RabbitMQ definitions files imported at start.
+    - ``http_port``: turns the RabbitMQ-compatible management HTTP API on (0: a free port;
+      ``broker.management_url`` tells where). Off by default.
     """
     cfg = build_config(host=host, port=port, data_dir=data_dir, users=users, vhosts=vhosts,
-                       config=config)
+                       config=config, http_port=http_port)
     return EmbeddedBroker(cfg, import_definitions)

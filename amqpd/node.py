@@ -12,6 +12,7 @@ import dataclasses
 import logging
 
 from . import definitions
+from .admin import Admin
 from .broker.broker import Broker
 from .edge.server import Server
 from .store.store import Store
@@ -55,6 +56,9 @@ class Node:
         self.import_files = tuple(import_files)
         self.server = Server(config)
         self.store = self.access = self.broker = None
+        self.http = None                # the management API's listener (listeners.http)
+        self.management = None          # its ManagementContext
+        self.admin = None               # run-time users, vhosts, permissions (admin.py)
 
     async def start(self) -> "Node":
         docs = definitions.prepare(self.config, self.import_files)
@@ -62,9 +66,13 @@ class Node:
         try:
             self.store, self.access, self.broker = build(self.config, docs,
                                                          self.server.clock())
+            self.admin = Admin(self.broker, self.access, self.store)
             self.server.attach(self.broker, self.store)
             await self.server.serve()
+            if self.config.listeners.http is not None:
+                await self._start_http()
         except BaseException:
+            await self._stop_http()
             await self.server.close_listeners()
             if self.store is not None:
                 self.store.close()
@@ -72,9 +80,29 @@ class Node:
             raise
         return self
 
+    async def _start_http(self) -> None:
+        """The management API, once the AMQP listeners serve (what it shows is then live)."""
+        from .management.app import make_app
+        from .management.context import ManagementContext
+        from .management.listener import HTTPListener
+        ctx = ManagementContext(self.broker, self.access, self.server, self.config,
+                                self.store)
+        ctx.definitions = definitions          # export / import for /api/definitions
+        ctx.admin = self.admin
+        self.management = ctx
+        self.http = HTTPListener(lambda: make_app(ctx), self.config.listeners.http)
+        await self.http.start()
+        ctx.http_port = self.http.port
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            http, self.http = self.http, None
+            await http.stop()
+
     async def stop(self, reason: str = "shutdown") -> None:
         """Close every client (320 CONNECTION_FORCED), finish background work, write out and
         release the data directory."""
+        await self._stop_http()
         await self.server.stop(reason)
         if self.store is not None:
             self.store.close()
@@ -87,6 +115,22 @@ class Node:
     @property
     def tls_port(self) -> int | None:
         return self.server.tls_port
+
+    @property
+    def http_port(self) -> int | None:
+        """The management API's port (None: listeners.http is off)."""
+        return self.http.port if self.http is not None else None
+
+    @property
+    def management_url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` (https with TLS), or None when the API is off."""
+        if self.http is None:
+            return None
+        host = self.config.listeners.http.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.http.scheme}://{host}:{self.http.port}"
 
     @property
     def protocols(self) -> set:

@@ -33,9 +33,10 @@ class BrokerThread:
                  data_dir: Optional[str] = None, users: Optional[Mapping[str, str]] = None,
                  vhosts: Optional[Iterable[str]] = None, config: ConfigSource = None,
                  import_definitions: Iterable[str] = (),
-                 loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None):
+                 loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None,
+                 http_port: Optional[int] = None):
         self.config = build_config(host=host, port=port, data_dir=data_dir, users=users,
-                                   vhosts=vhosts, config=config)
+                                   vhosts=vhosts, config=config, http_port=http_port)
         self.broker = EmbeddedBroker(self.config, import_definitions)
         self._loop_factory = loop_factory or asyncio.new_event_loop
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -126,7 +127,7 @@ class BrokerThread:
 
     @property
     def management_url(self) -> Optional[str]:
-        """None: amqpd has no management listener yet."""
+        """The management HTTP API's address (``http_port=0`` turns it on), or None."""
         return self.broker.management_url
 
     @property

@@ -306,7 +306,8 @@ class Amqpd:
         self.data_dir = Path(tempfile.mkdtemp(prefix="amqpd-bench-data-"))
         self.log_path = log_dir / "amqpd.log"
         self.cmd = [sys.executable, "-m", "amqpd", "--host", "127.0.0.1", "--port", str(port),
-                    "--data-dir", str(self.data_dir), "--log-level", "warning", *extra]
+                    "--data-dir", str(self.data_dir), "--log-level", "warning",
+                    "--http-port", "0", *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self, user: str, password: str, vhost: str, wait: float = 30.0) -> dict:

@@ -43,8 +43,8 @@ def test_flags_override_config_file(tmp_path, amqpd_process):
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "amqpd", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "amqpd", "--http-port", "0", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
 
 
 def test_bad_config_exits_2_with_key_path(tmp_path):

@@ -20,7 +20,7 @@ from .process import ROOT
 
 
 def amqpd(*args, timeout=30):
-    return subprocess.run([sys.executable, "-m", "amqpd", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "amqpd", "--http-port", "0", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 

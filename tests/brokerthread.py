@@ -10,13 +10,17 @@ from amqpd.node import Node
 
 
 class BrokerThread:
-    def __init__(self, data_dir: str | None = None, **overrides):
+    def __init__(self, data_dir: str | None = None, http_port: int | None = None,
+                 **overrides):
         self._tmp = None
         if data_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="amqpd-test-")
             data_dir = self._tmp.name
         self.data_dir = data_dir
-        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}},
+        # the management API only when asked for (http_port=0: a free port): RabbitMQ holds
+        # 15672 on the test machines
+        http = None if http_port is None else {"host": "127.0.0.1", "port": http_port}
+        data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}, "http": http},
                 "storage": {"data_dir": data_dir}}
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
@@ -59,6 +63,11 @@ class BrokerThread:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def management_url(self) -> str | None:
+        """``http://127.0.0.1:PORT`` of the management API, or None (off)."""
+        return self.node.management_url
 
     @property
     def broker(self):

@@ -12,7 +12,7 @@ class StartError(Exception):
     """The configuration is sound but the broker cannot start now (its port is taken)."""
 
 
-def tls_context(tls) -> ssl.SSLContext:
+def tls_context(tls, name: str = "amqps") -> ssl.SSLContext:
     """The AMQPS listener's context: TLS 1.2 or later; client certificates requested when
     verify_peer is on (required with fail_if_no_peer_cert), checked against cafile.
 
@@ -21,8 +21,8 @@ def tls_context(tls) -> ssl.SSLContext:
     certificate's."""
     for key in ("certfile", "keyfile", "cafile"):
         if getattr(tls, key):
-            _readable(key, getattr(tls, key))
-    _has_certificate("certfile", tls.certfile)
+            _readable(key, getattr(tls, key), name)
+    _has_certificate("certfile", tls.certfile, name)
     key_in = "keyfile" if tls.keyfile else "certfile"
     key_path = tls.keyfile or tls.certfile
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -30,17 +30,17 @@ def tls_context(tls) -> ssl.SSLContext:
     try:
         context.load_cert_chain(tls.certfile, tls.keyfile, password=_no_password)
     except _EncryptedKey:
-        raise ConfigError(f"listeners.amqps.{key_in}: the private key in {key_path} is "
+        raise ConfigError(f"listeners.{name}.{key_in}: the private key in {key_path} is "
                           f"encrypted; amqpd needs it unencrypted") from None
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(f"listeners.amqps.{key_in}: the private key in {key_path} does "
+            raise ConfigError(f"listeners.{name}.{key_in}: the private key in {key_path} does "
                               f"not belong to the certificate in {tls.certfile}") from None
-        hint = "" if tls.keyfile else " (set listeners.amqps.keyfile if the key is elsewhere)"
-        raise ConfigError(f"listeners.amqps.{key_in}: no PEM private key in {key_path}"
+        hint = "" if tls.keyfile else f" (set listeners.{name}.keyfile if the key is elsewhere)"
+        raise ConfigError(f"listeners.{name}.{key_in}: no PEM private key in {key_path}"
                           f"{hint}") from None
     if tls.cafile:
-        _has_certificate("cafile", tls.cafile)
+        _has_certificate("cafile", tls.cafile, name)
         context.load_verify_locations(tls.cafile)
     if tls.fail_if_no_peer_cert:
         context.verify_mode = ssl.CERT_REQUIRED
@@ -60,25 +60,25 @@ def _no_password():
     raise _EncryptedKey
 
 
-def _readable(key: str, path: str) -> None:
+def _readable(key: str, path: str, name: str = "amqps") -> None:
     try:
         with open(path, "rb"):
             pass
     except FileNotFoundError:
-        raise ConfigError(f"listeners.amqps.{key}: {path} does not exist") from None
+        raise ConfigError(f"listeners.{name}.{key}: {path} does not exist") from None
     except IsADirectoryError:
-        raise ConfigError(f"listeners.amqps.{key}: {path} is a directory") from None
+        raise ConfigError(f"listeners.{name}.{key}: {path} is a directory") from None
     except OSError as exc:
-        raise ConfigError(f"listeners.amqps.{key}: {path} is not readable "
+        raise ConfigError(f"listeners.{name}.{key}: {path} is not readable "
                           f"({exc.strerror})") from None
 
 
-def _has_certificate(key: str, path: str) -> None:
+def _has_certificate(key: str, path: str, name: str = "amqps") -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(path)
     except ssl.SSLError as exc:
         why = "" if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND" else f" ({exc.reason or exc})"
-        raise ConfigError(f"listeners.amqps.{key}: {path} holds no PEM certificate{why}") \
+        raise ConfigError(f"listeners.{name}.{key}: {path} holds no PEM certificate{why}") \
             from None
 
 

@@ -1,0 +1,209 @@
+"""The node (one: amqpd does not cluster), health checks, aliveness test and definitions."""
+import os
+import resource
+import shutil
+
+from aiohttp import web
+
+from ..admin import AdminError
+from ..edge import resources
+from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION
+from .auth import bad_request, check_vhost, endpoint, error, not_found
+from .body import after_change, durable, no_content, read_json
+from .listing import json_response
+
+
+def _fds() -> tuple[int, int]:
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 0
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return used, soft if soft != resource.RLIM_INFINITY else 1048576
+
+
+def node_json(ctx) -> dict:
+    server = ctx.server
+    monitor = server.monitor
+    alarms = server.alarms.active
+    fd_used, fd_total = _fds()
+    try:
+        mem_used = resources.process_rss()
+    except OSError:
+        mem_used = 0
+    data_dir = ctx.store.data_dir if ctx.store is not None else None
+    disk_free = 0
+    if data_dir is not None:
+        try:
+            disk_free = shutil.disk_usage(data_dir).free
+        except OSError:
+            disk_free = 0
+    cfg = ctx.config
+    zero = {"rate": 0.0}
+    return {
+        "name": ctx.node_name,
+        "type": "disc",
+        "running": True,
+        "being_drained": False,
+        "os_pid": str(os.getpid()),
+        "fd_used": fd_used, "fd_used_details": zero, "fd_total": fd_total,
+        "sockets_used": len(server.protocols), "sockets_used_details": zero,
+        "sockets_total": fd_total,
+        "mem_used": mem_used, "mem_used_details": zero,
+        "mem_limit": monitor.memory_limit if monitor is not None else 0,
+        "mem_alarm": "memory" in alarms,
+        "mem_calculation_strategy": "rss",
+        "disk_free": disk_free, "disk_free_details": zero,
+        "disk_free_limit": monitor.disk_free_limit if monitor is not None else 0,
+        "disk_free_alarm": "disk" in alarms,
+        "proc_used": len(server.protocols), "proc_used_details": zero, "proc_total": 1048576,
+        "run_queue": 0,
+        "processors": os.cpu_count() or 1,
+        "uptime": ctx.uptime_ms(),
+        "rates_mode": "basic",
+        "net_ticktime": 60,
+        "partitions": [],
+        "cluster_links": [],
+        "exchange_types": EXCHANGE_TYPES,
+        "auth_mechanisms": [{"name": m, "description": m, "enabled": True}
+                            for m in cfg.auth_mechanisms],
+        "applications": [{"name": "amqpd", "description": "amqpd AMQP 0-9-1 broker",
+                          "version": RABBITMQ_VERSION}],
+        "contexts": [{"description": "amqpd management", "path": "/",
+                      "port": str(ctx.http_port or "")}],
+        "enabled_plugins": ["rabbitmq_management"],
+        "log_files": [],
+        "db_dir": data_dir or "",
+        "config_files": [],
+    }
+
+
+@endpoint("monitoring")
+async def nodes(request):
+    return json_response([node_json(request["ctx"])])
+
+
+@endpoint("monitoring")
+async def node(request):
+    ctx = request["ctx"]
+    if request.match_info["name"] != ctx.node_name:
+        raise not_found()
+    return json_response(node_json(ctx))
+
+
+# -- health -------------------------------------------------------------------------------------
+@endpoint("management")
+async def aliveness(request):
+    """RabbitMQ declares aliveness-test, publishes and gets a message through it: the same
+    here, through the broker (no network client)."""
+    ctx = request["ctx"]
+    name = request.match_info["vhost"]
+    check_vhost(ctx, request["user"], name)
+    vhost = ctx.broker.vhosts[name]
+    from ..broker.message import Message
+    import struct
+    q = vhost.declare_queue("aliveness-test", None, False, False, False, False, {})
+    header = struct.pack(">HHQH", 60, 0, len(b"test_message"), 0)
+    route = b"\x00\x0ealiveness-test"
+    vhost.publish(vhost.default, Message("", "aliveness-test", route, header, b"test_message"))
+    entry = q.take()
+    ok = entry is not None and entry.message.body == b"test_message"
+    if entry is not None:
+        q.settle(entry)
+    after_change(ctx)
+    if not ok:
+        return json_response({"status": "failed", "reason": "message not received"},
+                             status=503)
+    return json_response({"status": "ok"})
+
+
+@endpoint("monitoring")
+async def check_alarms(request):
+    ctx = request["ctx"]
+    alarms = sorted(ctx.server.alarms.active)
+    if alarms:
+        return json_response({"status": "failed", "reason": "resource alarm(s) in effect",
+                              "alarms": [{"node": ctx.node_name, "resource": a}
+                                         for a in alarms]}, status=503)
+    return json_response({"status": "ok"})
+
+
+@endpoint("monitoring")
+async def check_port_listener(request):
+    ctx = request["ctx"]
+    try:
+        port = int(request.match_info["port"])
+    except ValueError:
+        raise bad_request("port must be a number") from None
+    ports = sorted(p for p in (ctx.server.port, ctx.server.tls_port, ctx.http_port)
+                   if p is not None)
+    if port in ports:
+        return json_response({"status": "ok", "port": port})
+    return json_response({"status": "failed", "reason": "No active listener",
+                          "missing": port, "ports": ports}, status=503)
+
+
+@endpoint("monitoring")
+async def check_virtual_hosts(request):
+    return json_response({"status": "ok"})
+
+
+# -- definitions --------------------------------------------------------------------------------
+@endpoint("administrator")
+async def get_definitions(request):
+    ctx = request["ctx"]
+    doc = ctx.admin.export_definitions()
+    doc["rabbit_version"] = RABBITMQ_VERSION
+    doc["rabbitmq_version"] = RABBITMQ_VERSION
+    vhost = request.match_info.get("vhost")
+    if vhost is not None:
+        if vhost not in ctx.broker.vhosts:
+            raise not_found()
+        doc = {"rabbit_version": RABBITMQ_VERSION, "rabbitmq_version": RABBITMQ_VERSION,
+               **{key: [dict((k, v) for k, v in item.items() if k != "vhost")
+                        for item in doc.get(key, ()) if item.get("vhost") == vhost]
+                  for key in ("policies", "queues", "exchanges", "bindings")},
+               "parameters": []}
+    headers = {}
+    if request.query.get("download"):
+        headers["Content-Disposition"] = \
+            f'attachment; filename="{request.query["download"]}"'
+    return json_response(doc, headers=headers)
+
+
+@endpoint("administrator")
+async def post_definitions(request):
+    ctx = request["ctx"]
+    body = await read_json(request)
+    if "file" in body and isinstance(body["file"], str):     # the UI's upload form
+        import json
+        try:
+            body = json.loads(body["file"])
+        except ValueError:
+            raise bad_request("not_json") from None
+    vhost = request.match_info.get("vhost")
+    if vhost is not None and vhost not in ctx.broker.vhosts:
+        raise not_found()
+    try:
+        ctx.admin.import_definitions(body, vhost)
+    except (AdminError, ValueError) as exc:
+        raise error(400, "bad_request", str(exc)) from None
+    after_change(ctx)
+    await durable(ctx)
+    return no_content()
+
+
+def routes(ctx):
+    return [
+        web.get("/api/nodes", nodes),
+        web.get("/api/nodes/{name}", node),
+        web.get("/api/aliveness-test/{vhost}", aliveness),
+        web.get("/api/health/checks/alarms", check_alarms),
+        web.get("/api/health/checks/local-alarms", check_alarms),
+        web.get("/api/health/checks/port-listener/{port}", check_port_listener),
+        web.get("/api/health/checks/virtual-hosts", check_virtual_hosts),
+        web.get("/api/definitions", get_definitions),
+        web.post("/api/definitions", post_definitions),
+        web.get("/api/definitions/{vhost}", get_definitions),
+        web.post("/api/definitions/{vhost}", post_definitions),
+    ]
