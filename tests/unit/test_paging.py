@@ -509,3 +509,20 @@ def test_an_old_live_message_does_not_pin_later_segments(tmp_path, how):
         assert got[:10] == [(b"keep", True)] * 10
     else:
         assert got[0] == (bodies(3)[0], True) and len(got) >= 1
+
+
+def test_many_expired_messages_behind_paged_ones_keep_the_count_exact(tmp_path):
+    """Over 1,024 expired in place (the ready list is rebuilt): the ones waiting in RAM behind
+    paged messages are still counted as expired until they are reached."""
+    node = Node(tmp_path, window=4, segment_size=1 << 20)
+    for b in bodies(6):
+        node.publish(b)
+    for b in bodies(1500):
+        node.publish(b, expiration="1000")
+    node.publish(b"last")
+    node.turn()
+    node.clock.advance(2)
+    node.turn()
+    assert node.q.message_count == 7
+    assert [b for b, _ in node.drain()] == bodies(6) + [b"last"]
+    assert node.q.message_count == 0 and node.q.expired_in_place == 0
