@@ -178,6 +178,13 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
+                if q.pager is not None and q.opts.max_bytes is None:
+                    # positions only; the window is read in (x-max-length-bytes needs every
+                    # body's size: such a queue is read whole, as before)
+                    runs, expiries, top = q.log.recover_positions()
+                    messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    q.next_seq = max(q.next_seq, top)
+                    continue
                 live, top = q.log.recover()
                 routes: dict = {}
                 ready = q.ready

@@ -151,6 +151,7 @@ class VHost:
         counters = self.broker.counters
         counters.queues_declared += 1
         counters.queues_created += 1
+        q.start_paging()
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:
@@ -164,6 +165,8 @@ class VHost:
         try:
             if logged is not None:
                 logged.log = self._open_log(store, logged, key)
+                if isinstance(logged, Queue):
+                    logged.start_paging()
             self.journal(entry)
         except OSError as exc:
             if logged is not None:
@@ -197,6 +200,8 @@ class VHost:
         store = self.broker.store
         if store is not None:
             owner.log = self._open_log(store, owner, self._log_key(owner))
+            if isinstance(owner, Queue):
+                owner.start_paging()
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""
