@@ -18,6 +18,7 @@ from .queue_paging import Paging
 from .message import GONE, OUT, READY, Entry, Message
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, PublishResult
 from .ready import PriorityReady, Ready
+from .stats import Counts, QueueStats
 
 log = logging.getLogger("amqpd.queue")
 
@@ -32,6 +33,13 @@ EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
 
 
 class Queue(Consumers, Expiry, LengthLimits, Paging):
+    # Set by broker/queue_policy.py when a policy or operator policy matches; until then
+    # these class defaults answer (never mutated in place).
+    policy = operator_policy = None
+    policy_name = operator_policy_name = None
+    effective_policy_definition: dict = {}
+    stats = property(QueueStats)     # the statistics read model (broker/stats.py)
+
     def __init__(self, vhost, name: str, durable: bool, exclusive_owner, auto_delete: bool,
                  arguments: dict):
         self.vhost = vhost
@@ -64,6 +72,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         self.dedup_ids = {} if opts.dedup else None
         self.sac_waiting = None          # a departed single active consumer still holding messages
         self.last_used = None            # x-expires bookkeeping
+        self.counts = Counts()           # statistics off the hot path (broker/stats.py)
         if opts.expires:
             self.touch()
 
@@ -187,6 +196,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         when its TTL passed meanwhile or it hit the delivery limit."""
         entry.redelivered = True
         self.unacked -= 1
+        self.counts.requeued += 1
         if self.tracks_entries:
             if entry.expires is not None and entry.expires <= self.vhost.broker.clock():
                 self._remove(entry, "expired")
@@ -211,6 +221,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
     def reject(self, entry: Entry) -> None:
         """A consumer rejected or nacked it without requeue."""
         self.unacked -= 1
+        self.counts.rejected += 1
         self._remove(entry, "rejected")
 
     def settle(self, entry: Entry) -> None:

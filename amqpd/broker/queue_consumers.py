@@ -1,6 +1,7 @@
 """A queue's consumers: exclusive consumers, consumer priorities, round-robin among those with
 credit, single active consumer (x-single-active-consumer), and dispatch."""
 from .. import errors
+from .stats import retire_consumer
 
 
 class Consumers:
@@ -24,6 +25,7 @@ class Consumers:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        retire_consumer(consumer)
         self.priorities = any(c.priority for c in self.consumers)
         if self.opts.single_active and consumer.unacked:
             # its messages come back first (requeued in order) before the next one starts

@@ -10,6 +10,7 @@ import logging
 import os
 
 from .commit import Commit
+from .delayed_log import DelayedLog
 from .definitions import DefinitionsJournal
 from .fileio import REAL
 from .queue_log import SEGMENT_SIZE, QueueLog
@@ -151,6 +152,20 @@ class Store:
                     self.io.write_file(meta, json.dumps({"vhost": vhost, "name": name})
                                        .encode(), sync=False)
         return qlog
+
+    def delayed_log(self, vhost: str, name: str, durable: bool = True) -> DelayedLog:
+        """The bucket files of a delayed exchange's held messages (store/delayed_log.py), in
+        the same place a queue log of that name would be. Non-durable: scratch files, removed
+        at the next start by ``remove_orphans`` (no definition names them)."""
+        key = (vhost, name)
+        dlog = self.logs.get(key)
+        if dlog is None:
+            path = self._log_path(vhost, name)
+            if (self.recovered or not durable) and os.path.exists(path):
+                log.warning("%s: removing the files of an earlier exchange %r", path, name)
+                self.io.rmtree(path)
+            dlog = self.logs[key] = DelayedLog(path, self.io, durable)
+        return dlog
 
     def scratch_log(self) -> QueueLog:
         """A log for one queue's transient messages beyond its RAM window: never fsynced,
