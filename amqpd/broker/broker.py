@@ -184,6 +184,7 @@ class Broker:
                     runs, expiries, top = q.log.recover_positions()
                     messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
                     q.next_seq = max(q.next_seq, top)
+                    q.counts.not_published = q.next_seq   # recovered: not published now
                     continue
                 live, top = q.log.recover()
                 routes: dict = {}
