@@ -214,7 +214,8 @@ def test_a_user_without_a_management_tag_is_refused(api):
     r = api.as_user("plain", "pw").get("/api/overview")
     assert r.status == 401
     assert r.json() == {"error": "not_authorised", "reason": "Not management user"}
-    assert r.headers["WWW-Authenticate"] == 'Basic realm="RabbitMQ Management"'
+    # logged in, but not allowed: RabbitMQ 3.10.8 sends no challenge here
+    assert "WWW-Authenticate" not in r.headers
 
 
 def test_a_management_user_sees_only_its_vhosts(api, mch):
@@ -226,5 +227,8 @@ def test_a_management_user_sees_only_its_vhosts(api, mch):
     mu = api.as_user("mu", "pw")
     assert [v["name"] for v in mu.get("/api/vhosts").json()] == ["/"]
     assert [q["name"] for q in mu.get("/api/queues").json()] == ["visible"]
-    assert mu.get("/api/queues/hidden").status == 401
+    r = mu.get("/api/queues/hidden")
+    assert (r.status, r.json()["reason"]) == (401, "User not authorised to access virtual host")
+    assert mu.get("/api/nodes").json() == {"error": "not_authorised",
+                                           "reason": "Not monitor user"}
     assert mu.get("/api/overview").json()["object_totals"]["queues"] == 1
