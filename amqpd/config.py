@@ -111,11 +111,20 @@ DEFAULT_DATA_DIR = "~/.local/state/amqpd"
 
 
 @dataclass(frozen=True)
+class QueueWindow:
+    # How much of a durable queue's backlog stays in RAM (the head consumers take next); the
+    # rest is read back from its log (docs/storage.md, "Memory").
+    messages: int = 2048
+    bytes: Size = 8 << 20
+
+
+@dataclass(frozen=True)
 class Storage:
     # The XDG state directory: the same place whatever directory amqpd is started from
     # (``~`` expanded when the configuration is loaded). null: memory only.
     data_dir: typing.Optional[str] = DEFAULT_DATA_DIR
     fsync: str = "batch"
+    queue_window: QueueWindow = QueueWindow()
 
 
 HASHING_ALGORITHMS = ("rabbit_password_hashing_sha256", "rabbit_password_hashing_sha512",
@@ -300,6 +309,9 @@ def _validate(cfg: Config) -> Config:
             cfg.storage, data_dir=os.path.expanduser(data_dir)))
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
+    window = cfg.storage.queue_window
+    if window.messages < 1 or window.bytes < 1:
+        raise ConfigError("storage.queue_window: messages and bytes must be at least 1")
     listeners = cfg.listeners
     if listeners.amqp is None and listeners.amqps is None:
         raise ConfigError("listeners: at least one of amqp and amqps is needed")

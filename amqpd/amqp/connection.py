@@ -13,6 +13,7 @@ from ..wire import methods
 from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, FrameReader)
 from .. import errors
+from ..broker.stats import ConnectionStats, IOCounts
 from .channel import CLOSING, OPEN, Channel
 from .handshake import Handshake, _text, client_label
 from .output import Output
@@ -62,6 +63,8 @@ DETACHED = _Detached()
 
 
 class Connection(Handshake, Output):
+    stats = property(ConnectionStats)    # io statistics (broker/stats.py)
+
     """``io`` is the I/O edge, told of every effect the core decides: ``wake(conn)`` (output
     is pending), ``close(conn)`` (drop the transport once pending output is written),
     ``linger(conn, seconds, reading)`` (closing: keep the socket that long at most),
@@ -113,6 +116,9 @@ class Connection(Handshake, Output):
         # frames pipelined behind tune-ok were split before the new limit was known.
         self.size_checked = True
         self.frame_limit = FRAME_MIN_SIZE
+        # statistics: octets and reads in here, octets and writes out (take_output)
+        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0
+        self.io_counts = IOCounts()
 
     # -- output -------------------------------------------------------------------------------
     # -- durable definitions: replies wait for the disk ----------------------------------------
@@ -150,6 +156,8 @@ class Connection(Handshake, Output):
     # -- input --------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.received = True
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
         commit = self.broker.commit
         journaled = commit.journal_gen if commit is not None else 0
         try:
@@ -319,6 +327,7 @@ class Connection(Handshake, Output):
                 f"number of channels opened for user '{self.user}' has reached the maximum "
                 f"allowed user limit of ({limit})", 0, 0)
         self.channels[number] = Channel(self, number)
+        self.broker.counters.channels_opened += 1
         self.send_method(number, C.Channel.OpenOk())
 
     def close_channel(self, ch: Channel, client_initiated: bool) -> None:
@@ -508,6 +517,10 @@ class Connection(Handshake, Output):
         return "(" + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
 
     def _release(self) -> None:
+        opened = self.broker.connections
+        if self in opened:
+            opened.discard(self)
+            self.broker.counters.connections_closed += 1
         if self.counted:
             self.counted = False
             self.access.closed(self, self.user, self.vhost.name)

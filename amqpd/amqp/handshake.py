@@ -239,6 +239,8 @@ class Handshake:
         self.counted = True
         self.publish_rate = self.user_record.max_publish_rate if self.user_record else 0.0
         self.state = RUNNING
+        self.broker.connections.add(self)          # statistics add up its channels
+        self.broker.counters.connections_opened += 1
         self.send_method(0, C.Connection.OpenOk())
         self.sent = False     # RabbitMQ's first heartbeat comes heartbeat/2 after open-ok
         log.info("connection %s opened: user '%s' vhost '%s' client %s", self.peer,
