@@ -1,10 +1,11 @@
-"""Restart time with a large persistent backlog (no pass/fail: figures to read).
+"""Restart time and memory with a large persistent backlog (no pass/fail: figures to read).
 
-    python3 bench/restart.py [--messages 1000000] [--size 16]
+    python3 bench/restart.py [--messages 1000000] [--size 16] [--data-dir DIR]
 
 Starts amqpd from this checkout on a fresh data dir, publishes --messages persistent messages to
-a durable queue with confirms (pipelined raw frames), kills amqpd with SIGKILL, restarts it and
-prints how long until it listened again, the recovery time it logged, and its RSS.
+a durable queue with confirms (pipelined raw frames), sampling amqpd's RSS during the fill; kills
+amqpd with SIGKILL, restarts it and prints how long until it listened again and until a client
+got the first message (basic.get, from exec), the recovery time it logged, and its RSS.
 """
 import argparse
 import os
@@ -62,22 +63,58 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+class RssSampler(threading.Thread):
+    """Peak RSS of a process, sampled every 0.2 s."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.running = pid, 0.0, True
+
+    def run(self):
+        while self.running:
+            try:
+                self.peak = max(self.peak, rss_mb(self.pid))
+            except OSError:
+                return
+            time.sleep(0.2)
+
+
+def first_delivery(port: int) -> tuple[bytes, bool]:
+    import pika
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", port))
+    ch = conn.channel()
+    method, _props, body = ch.basic_get("backlog")
+    ch.basic_reject(method.delivery_tag, requeue=True)
+    conn.close()
+    return body, method.redelivered
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--data-dir", default=None, help="parent of the temporary data dir")
     args = ap.parse_args()
     print(f"# command: python3 bench/restart.py --messages {args.messages} --size {args.size}")
-    with tempfile.TemporaryDirectory(prefix="amqpd-restart-") as data:
+    with tempfile.TemporaryDirectory(prefix="amqpd-restart-", dir=args.data_dir) as data:
         p = AmqpdProcess(data_dir=data).start()
+        base = rss_mb(p.proc.pid)
+        sampler = RssSampler(p.proc.pid)
+        sampler.start()
         took = fill(p.port, args.messages, args.size)
+        sampler.running = False
         print(f"published {args.messages:,} persistent {args.size}-byte messages with confirms "
               f"in {took:.1f} s ({args.messages / took:,.0f} msg/s)")
+        print(f"RSS: {base:.0f} MB before, peak {sampler.peak:.0f} MB during the fill, "
+              f"{rss_mb(p.proc.pid):.0f} MB after it")
         p.kill()
         q = AmqpdProcess(data_dir=data).start(timeout=600)
+        body, redelivered = first_delivery(q.port)
+        first = time.monotonic() - q.started_at
+        assert len(body) == args.size and not redelivered
         recovered = [line for line in q.log if "recovered" in line]
-        print(f"after SIGKILL: listening again {q.listening_after:.2f} s after exec; "
-              f"RSS {rss_mb(q.proc.pid):.0f} MB")
+        print(f"after SIGKILL: listening again {q.listening_after:.2f} s after exec, first "
+              f"message delivered {first:.2f} s after exec; RSS {rss_mb(q.proc.pid):.0f} MB")
         print(recovered[-1].split(": ", 1)[-1] if recovered else "no recovery line logged")
         q.stop()
 

@@ -15,7 +15,7 @@ from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_MET
 from .. import errors
 from ..broker.stats import ConnectionStats, IOCounts
 from .channel import CLOSING, OPEN, Channel
-from .handshake import Handshake
+from .handshake import Handshake, _text, client_label
 from .output import Output
 from . import handlers
 from .handlers import class_method
@@ -391,7 +391,9 @@ class Connection(Handshake, Output):
         if exc.connection_level or ch is None or ch.state != OPEN:
             self._connection_error(exc)
             return
-        log.debug("channel %s error on %s: %s", number, self.peer, exc.reply_text)
+        log.warning("channel error on connection %s, channel %d: %s caused %d %s",
+                    self.describe(), number, method_name(exc.class_id, exc.method_id),
+                    exc.code, exc.reply_text)
         ch.cleanup()
         ch.state = CLOSING
         self.send_method(number, C.Channel.Close(reply_code=exc.code, reply_text=exc.reply_text,
@@ -399,7 +401,10 @@ class Connection(Handshake, Output):
                                                  method_id=exc.method_id or 0))
 
     def _connection_error(self, exc: errors.AMQPError) -> None:
-        log.info("closing connection %s: %s %s", self.peer, exc.code, exc.reply_text)
+        if self.state < CLOSE_SENT:
+            log.warning("connection error on %s: %s caused %d %s; closing the connection",
+                        self.describe(), method_name(exc.class_id, exc.method_id), exc.code,
+                        exc.reply_text)
         self.close(exc.code, exc.reply_text, exc.class_id or 0, exc.method_id or 0)
 
     # -- resource alarms ----------------------------------------------------------------------
@@ -492,11 +497,24 @@ class Connection(Handshake, Output):
         self.state = CLOSED
         if self.vhost is not None and not self.close_logged:
             self.close_logged = True
-            product = self.client_properties.get("product", "?")
-            version = self.client_properties.get("version", "?")
+            product = _text(self.client_properties.get("product")) or "?"
+            version = (_text(self.client_properties.get("version"))
+                       or _text(self.client_properties.get("product_version")) or "?")
             log.info("connection %s closed: user '%s' vhost '%s' client %s %s (%s)", self.peer,
                      self.user, self.vhost.name, product, version,
                      self.close_reason or "connection lost")
+
+    def describe(self) -> str:
+        """The client as an operator needs it in a log line: address, user, vhost, client
+        library (product, version, platform) and the connection name the client gave."""
+        parts = [self.peer]
+        if self.user is not None:
+            parts.append(f"user '{self.user}'")
+        if self.vhost is not None:
+            parts.append(f"vhost '{self.vhost.name}'")
+        if self.client_properties:
+            parts.append("client " + client_label(self.client_properties))
+        return "(" + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
 
     def _release(self) -> None:
         opened = self.broker.connections
@@ -541,6 +559,14 @@ class Connection(Handshake, Output):
     @property
     def handshake_done(self) -> bool:
         return self.state >= RUNNING
+
+
+def method_name(class_id, method_id) -> str:
+    """``queue.declare`` for class 50 method 10; 'a frame' when no method was involved."""
+    if not class_id:
+        return "a frame"
+    cls = C.INDEX_MAPPING.get((class_id << 16) | (method_id or 0))
+    return cls.name.lower() if cls is not None else f"method {class_id}.{method_id}"
 
 
 def _octets(ftype: int, payload: bytes) -> str:

@@ -10,6 +10,7 @@ from ..store.definitions import decode_args
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
+from . import queue_policy
 from .stats import BrokerCounts, BrokerStats
 from .vhost import VHost
 
@@ -39,6 +40,7 @@ class Broker:
         self.counters = BrokerCounts()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
+        self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -78,6 +80,7 @@ class Broker:
             # "is down": the two race there; this is the one that says why
             for conn in self.access.delete_vhost(name):
                 conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is deleted")
+        queue_policy.clear(vhost)
         for q in list(vhost.queues.values()) + list(vhost.reply_queues.values()):
             vhost.delete_queue(q)
         for ex in list(vhost.exchanges.values()):
@@ -175,6 +178,14 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
+                if q.pager is not None and q.opts.max_bytes is None:
+                    # positions only; the window is read in (x-max-length-bytes needs every
+                    # body's size: such a queue is read whole, as before)
+                    runs, expiries, top = q.log.recover_positions()
+                    messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    q.next_seq = max(q.next_seq, top)
+                    q.counts.not_published = q.next_seq   # recovered: not published now
+                    continue
                 live, top = q.log.recover()
                 routes: dict = {}
                 ready = q.ready
@@ -205,11 +216,13 @@ class Broker:
             ex = cls(vhost, d["name"], True, d["auto_delete"], d["internal"],
                      decode_args(d["args"]))
             vhost.exchanges[d["name"]] = ex
+            queue_policy.refresh_exchange(ex)
             if cls.delays_messages:
                 vhost.attach_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
             vhost.queues[d["name"]] = q
+            queue_policy.refresh_queue(q)
             vhost.attach_log(q)
         elif op == "bind":
             source = vhost.exchanges.get(d["source"])
@@ -217,4 +230,6 @@ class Broker:
             if source is None or dest is None:
                 return False
             source.add_binding(dest, d["key"], decode_args(d["args"]))
+        elif op == "policy":      # journaled before queues and exchanges (store/definitions.py)
+            queue_policy.restore(vhost, d)
         return True

@@ -2,29 +2,38 @@
 
 Declared with ``x-delayed-type`` (the routing semantics: direct, topic, ...). A message with an
 ``x-delay`` header (milliseconds) is held and routed when its time comes; without one (or with
-x-delay <= 0) it is routed at once. Pending messages sit in a heap ordered by due time, so holding
-a million costs O(log n) per message and nothing per tick: one timer is armed, for the earliest.
+x-delay <= 0) it is routed at once. One timer is armed, for the earliest entry of a heap ordered
+by due time, so holding a million costs O(log n) per message and nothing per tick.
 
-A durable delayed exchange logs its pending messages (store: one log per exchange, each record's
-route field prefixed with the due time in ms since the epoch), so they survive a restart; the
-record is settled once the message is routed.
+With a data directory, held messages live on disk, not in RAM (store/delayed_log.py): each goes
+to the file of its due-time bucket; a durable exchange's files are fsynced before the publish is
+confirmed, a non-durable one's are scratch. The heap then holds only what is nearly due: a
+bucket is represented by one *control* entry (message None) keyed AHEAD seconds before its start;
+when that comes, the bucket's index is built (8 bytes per message) and its first BATCH messages
+are read into the heap, with another control entry keyed AHEAD before the next unread one. So
+the buckets are merged in due order, each read ahead of time, and RAM holds at most a few
+batches per bucket in progress. A message whose bucket's time has come already (short delays)
+goes straight to the heap (its file copy is for a restart). Without a data directory every held
+message is in the heap.
 """
 import heapq
 import itertools
 import logging
 import math
-import struct
 
 from .. import errors
 from ..wire import properties
 from ..wire.tables import Long, SignedInt, TableError, text
 from .exchange import Exchange, check_type
-from .message import Message
+from .message import Message, from_route
 from .publish import ACCEPTED, STORED
 
 log = logging.getLogger("amqpd.delayed")
 
-_due = struct.Struct(">Q")
+AHEAD = 1.0          # seconds: a bucket is indexed, and each batch read, this long before due
+AHEAD_MS = int(AHEAD * 1000)
+BATCH = 512          # messages read from a bucket's file at a time
+
 MAX_DELAY = 2 ** 32 - 1       # the plugin routes longer delays at once
 
 
@@ -75,11 +84,14 @@ class DelayedExchange(Exchange):
         self.inner = self.vhost.types[kind](self.vhost, self.name, self.durable, False, False, {})
         # The bindings live here; an index-free type (headers) routes by scanning them.
         self.inner.bindings = self.bindings
-        self.pending: list = []            # heap of (due, n, message, log seq or None)
+        # heap of (due, n, message, (bucket, offset) or None), and control entries
+        # (due - AHEAD, n, None, bucket): read the bucket's next batch
+        self.pending: list = []
         self._n = itertools.count()
-        self.log = None                    # QueueLog of pending messages when durable
-        self.log_seq = 0
-        self.segments: dict = {}           # log seq -> segment
+        self.held = 0                      # messages held (those of files found at start-up
+                                           # are counted once their bucket is read)
+        self.log = None                    # DelayedLog (store/delayed_log.py) or None
+        self.log_key = None                # the store's name for a non-durable one's log
 
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
@@ -120,45 +132,94 @@ class DelayedExchange(Exchange):
         return self._hold(message, broker.clock() + delay / 1000.0,
                           broker.wallclock() + delay / 1000.0)
 
-    def _hold(self, message, due: float, due_wall: float, seq=None):
-        stored = ACCEPTED
-        if self.log is not None and seq is None:
-            self.log_seq = seq = self.log_seq + 1
-            route = _due.pack(int(due_wall * 1000)) + message.raw_route
-            self.segments[seq] = self.log.append_message(seq, route, message.header,
-                                                         message.body)
-            self.vhost.broker.commit.mark_dirty(self.log)
-            stored = STORED
-        heapq.heappush(self.pending, (due, next(self._n), message, seq))
-        if self.pending[0][2] is message:
+    def _hold(self, message, due: float, due_wall: float):
+        self.held += 1
+        dlog = self.log if self.log is not None else self._scratch_log()
+        if dlog is None:                   # memory only: the heap holds it
+            self._push(due, message, None)
+            return ACCEPTED
+        broker = self.vhost.broker
+        now_ms = int(broker.wallclock() * 1000)
+        due_ms = int(due_wall * 1000)
+        bucket, offset, direct, created = dlog.append(
+            due_ms, due_ms - now_ms, message.raw_route, message.header, message.body, now_ms,
+            AHEAD_MS)
+        broker.commit.mark_dirty(dlog)
+        if direct:
+            self._push(due, message, (bucket, offset))
+        elif created:
+            self._push(self._mono(bucket.start) - AHEAD, None, bucket)
+        return STORED if dlog.durable else ACCEPTED
+
+    def _scratch_log(self):
+        """A non-durable exchange keeps its held messages in scratch files (never fsynced,
+        removed at the next start) when there is a data directory."""
+        store = self.vhost.broker.store
+        if store is None or self.durable:
+            return None
+        self.log_key = "\0delayed-scratch:" + self.name
+        self.log = store.delayed_log(self.vhost.name, self.log_key, durable=False)
+        return self.log
+
+    def _mono(self, wall_ms: int) -> float:
+        broker = self.vhost.broker
+        return broker.clock() + (wall_ms / 1000.0 - broker.wallclock())
+
+    def _push(self, due: float, message, ref) -> None:
+        pending = self.pending
+        heapq.heappush(pending, (due, next(self._n), message, ref))
+        if pending[0][3] is ref and pending[0][2] is message:
             self.vhost.broker.call_at(due, self.release)
-        return stored
 
     def release(self) -> None:
-        """Timer: route every message whose time has come."""
+        """Timer: route every message whose time has come; read buckets coming due."""
         pending = self.pending
         if self.vhost.exchanges.get(self.name) is not self:
             return                          # deleted meanwhile
-        now = self.vhost.broker.clock()
+        vhost = self.vhost
+        commit = vhost.broker.commit
+        dlog = self.log
+        now = vhost.broker.clock()
         while pending and pending[0][0] <= now:
-            _, _, message, seq = heapq.heappop(pending)
-            self.vhost.publish(self, _delivered_copy(message), take_aside=False)
-            if seq is not None and self.log is not None:
-                self.log.settle(seq, self.segments.pop(seq))
-                self.vhost.broker.commit.mark_dirty(self.log)
+            _, _, message, ref = heapq.heappop(pending)
+            if message is None:
+                self._read_ahead(ref)
+                continue
+            self.held -= 1
+            vhost.publish(self, _delivered_copy(message), take_aside=False)
+            if ref is not None and dlog is not None:
+                dlog.settle(*ref)
+                commit.mark_dirty(dlog)
         if pending:
-            self.vhost.broker.call_at(pending[0][0], self.release)
+            vhost.broker.call_at(pending[0][0], self.release)
 
-    def recover(self, live: list, top: int) -> int:
-        """Re-arm logged messages after a restart (due times are wall-clock)."""
-        from .message import from_route
-        clock, wall = self.vhost.broker.clock(), self.vhost.broker.wallclock()
+    def _read_ahead(self, bucket) -> None:
+        """A bucket's next batch into the heap (its index first, the first time)."""
+        dlog = self.log
+        if dlog is None or bucket.number not in dlog.buckets:
+            return
+        if not bucket.scanned:
+            recovered = bucket.recovered
+            count = dlog.scan(bucket)
+            if recovered:
+                self.held += count
         routes: dict = {}
-        for seq, route, header, body, _delivered, segment, _expiry in live:
-            due_wall = _due.unpack_from(route)[0] / 1000.0
-            message = from_route(route[8:], header, body, routes)
-            self.segments[seq] = segment
-            # overdue ones get deadlines in the past, so they still come out in due order
-            self._hold(message, clock + (due_wall - wall), due_wall, seq)
-        self.log_seq = top
-        return len(live)
+        broker = self.vhost.broker
+        offset_s = broker.clock() - broker.wallclock()
+        push = heapq.heappush
+        pending, n = self.pending, self._n
+        for due_ms, offset, route, header, body in dlog.read(bucket, BATCH):
+            message = from_route(route, header, body, routes)
+            message._persistent = None         # as published (from_route assumes persistent)
+            push(pending, (due_ms / 1000.0 + offset_s, next(n), message, (bucket, offset)))
+        nxt = dlog.peek_due(bucket)
+        if nxt is not None:
+            push(pending, (nxt / 1000.0 + offset_s - AHEAD, next(n), None, bucket))
+        broker.commit.mark_dirty(dlog)     # a bucket read through may be done with
+
+    def recover(self, buckets: list, _top: int = 0) -> int:
+        """After a restart: one control entry per bucket file found (nothing is read yet);
+        overdue ones get deadlines in the past, so they still come out in due order."""
+        for bucket in buckets:
+            self._push(self._mono(bucket.start) - AHEAD, None, bucket)
+        return 0

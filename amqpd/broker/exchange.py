@@ -54,6 +54,10 @@ def _key_order(item) -> bytes:
 
 class Exchange:
     kind = ""
+    # Set by broker/queue_policy.py when a policy matches (class defaults until then).
+    policy = operator_policy = None
+    policy_name = operator_policy_name = None
+    effective_policy_definition: dict = {}
     stats = property(ExchangeStats)  # the statistics read model (broker/stats.py)
 
     def __init__(self, vhost, name: str, durable: bool = True, auto_delete: bool = False,

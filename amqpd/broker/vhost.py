@@ -9,6 +9,8 @@ from .arguments import validate as validate_arguments
 from .message import with_routing_key
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult
 from .queue import Queue
+from .policy import PolicySet
+from .queue_policy import refresh_exchange, refresh_queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"),
@@ -25,6 +27,7 @@ class VHost:
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}     # direct reply-to consumers' queues
         self.max_queues = None          # vhost limit set by definitions (None: the config's)
+        self.policies = PolicySet()     # policies and operator policies (queue_policy.py)
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
@@ -65,6 +68,7 @@ class VHost:
         cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {},
                                self.types)
         ex = cls(self, name, durable, auto_delete, internal, arguments)
+        refresh_exchange(ex)
         if durable:
             self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
                            "auto_delete": auto_delete, "internal": internal,
@@ -137,6 +141,7 @@ class VHost:
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        refresh_queue(q)
         if exclusive:
             owner.exclusive_queues.add(q)
         elif durable:
@@ -146,6 +151,7 @@ class VHost:
         counters = self.broker.counters
         counters.queues_declared += 1
         counters.queues_created += 1
+        q.start_paging()
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:
@@ -158,7 +164,9 @@ class VHost:
         key = self._log_key(logged) if logged is not None else None
         try:
             if logged is not None:
-                logged.log = store.queue_log(self.name, key)
+                logged.log = self._open_log(store, logged, key)
+                if isinstance(logged, Queue):
+                    logged.start_paging()
             self.journal(entry)
         except OSError as exc:
             if logged is not None:
@@ -169,7 +177,14 @@ class VHost:
 
     @staticmethod
     def _log_key(owner) -> str:
-        return owner.name if isinstance(owner, Queue) else "\0delayed:" + owner.name
+        if isinstance(owner, Queue):
+            return owner.name
+        return getattr(owner, "log_key", None) or "\0delayed:" + owner.name
+
+    def _open_log(self, store, owner, key: str):
+        if getattr(owner, "delays_messages", False):
+            return store.delayed_log(self.name, key)       # its held messages, by due time
+        return store.queue_log(self.name, key)
 
     def reply_queue(self, owner) -> Queue:
         """A hidden queue for a direct reply-to consumer: routable only by its name through
@@ -184,7 +199,9 @@ class VHost:
         """Open the log of a recovered durable queue or delayed exchange."""
         store = self.broker.store
         if store is not None:
-            owner.log = store.queue_log(self.name, self._log_key(owner))
+            owner.log = self._open_log(store, owner, self._log_key(owner))
+            if isinstance(owner, Queue):
+                owner.start_paging()
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""

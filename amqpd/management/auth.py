@@ -114,10 +114,11 @@ def can_see_vhost(ctx, user, vhost: str) -> bool:
 
 
 def check_vhost(ctx, user, vhost: str) -> None:
-    """404 for a vhost that does not exist, 401 for one the user may not see."""
+    """404 for a vhost that does not exist, 401 for one the user may not see (monitoring and
+    administrator users see every vhost; the resource checks of a change come after)."""
     if vhost not in ctx.broker.vhosts:
         raise not_found("Not Found")
-    if not (has_level(user, "administrator") or ctx.access.grant(user.name, vhost) is not None):
+    if not can_see_vhost(ctx, user, vhost):
         raise unauthorised("Not authorised to access vhost")
 
 

@@ -121,6 +121,57 @@ def scan(data: bytes, problems: list | None = None):
         pos = stop
 
 
+def scan_positions(data: bytes, problems: list | None = None):
+    """Like ``scan``, but copies nothing: yields (kind, seq, offset, end) of every intact
+    record (for an EXPIRY, ``expiry_at(data, offset)`` reads its deadline)."""
+    view = memoryview(data)
+    seed, pos = segment_seed(data)
+    end = len(data)
+    while pos < end:
+        rec = _position_at(data, view, pos, seed)
+        if rec is not None:
+            yield rec
+            pos = rec[3]
+            continue
+        nxt = data.find(MAGIC, pos + 1)
+        while nxt != -1 and _position_at(data, view, nxt, seed) is None:
+            nxt = data.find(MAGIC, nxt + 1)
+        stop = end if nxt == -1 else nxt
+        if problems is not None:
+            problems.append((pos, stop - pos, "torn tail" if nxt == -1 else "corrupt record"))
+        pos = stop
+
+
+def expiry_at(data: bytes, offset: int) -> int:
+    return _expiry.unpack_from(data, offset + HEAD_SIZE)[2]
+
+
+def _position_at(data, view, pos: int, seed: int):
+    if pos + HEAD_SIZE > len(data):
+        return None
+    magic, crc, length = _unpack_head(data, pos)
+    start = pos + HEAD_SIZE
+    stop = start + length
+    if magic != MAGIC or stop > len(data) or length == 0:
+        return None
+    if _crc32(view[pos + 6:stop], seed) != crc:
+        return None
+    kind = data[start]
+    if kind == MESSAGE:
+        if length < _msg_head.size + 4:
+            return None
+        _, seq, route_len = _unpack_msg(data, start)
+        route_end = start + _msg_head.size + route_len
+        if route_end + 4 > stop or route_end + 4 + _unpack_u32(data, route_end)[0] > stop:
+            return None
+        return (MESSAGE, seq, pos, stop)
+    if (kind == SETTLED or kind == DELIVERED) and length == _marker.size:
+        return (kind, _unpack_marker(data, start)[1], pos, stop)
+    if kind == EXPIRY and length == _expiry.size:
+        return (EXPIRY, _expiry.unpack_from(data, start)[1], pos, stop)
+    return None
+
+
 _unpack_head = _head.unpack_from
 _unpack_msg = _msg_head.unpack_from
 _unpack_marker = _marker.unpack_from
