@@ -16,4 +16,5 @@ cp .ci/smoke/test_user_suite.py .ci/smoke/pytest.ini "$work/"
 cd "$work"
 timeout 120 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider test_user_suite.py
 timeout 30 "$work/venv/bin/amqpd" --print-default-config >/dev/null
+timeout 30 "$work/venv/bin/amqpctl" --help >/dev/null
 echo "packaging smoke test passed"

@@ -1,4 +1,5 @@
-"""``amqpd [--config FILE] [--host H] [--port N] [--http-port N] [--data-dir DIR] [--log-level LEVEL]`` runs
+"""``amqpd [--config FILE] [--host H] [--port N] [--http-port N] [--prometheus-port N]
+[--data-dir DIR] [--log-level LEVEL]`` runs
 the broker; ``amqpd --print-default-config`` writes the commented default configuration; ``amqpd [--config FILE] definitions export|import FILE`` moves definitions in and
 out of a data directory in RabbitMQ's JSON format; ``amqpd hash-password [PW]`` prints a
 password_hash for the configuration (as ``rabbitmqctl hash_password``)."""
@@ -28,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="where durable state lives (default "
                                       "~/.local/state/amqpd)")
     p.add_argument("--log-level", help="debug, info, warning or error (default info)")
+    p.add_argument("--prometheus-port", type=int, metavar="N",
+                   help="serve Prometheus metrics on port N (0: a free port; default: "
+                        "listeners.prometheus, 15692)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and TLS files, load_definitions) and exit")
     p.add_argument("--print-default-config", action="store_true",
@@ -60,13 +64,18 @@ def main(argv=None) -> int:
         cfg = config_mod.load(args.config)
         cfg = config_mod.override(cfg, args.host, args.port, args.data_dir, args.log_level,
                                   http_port=args.http_port)
+        cfg = config_mod.override_prometheus(cfg, args.prometheus_port)
     except config_mod.ConfigError as exc:
         print(f"amqpd: configuration error: {exc}", file=sys.stderr)
         return 2
     if args.check_config:
         return check(cfg)
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from . import logconfig
+    try:
+        logconfig.configure(cfg, args.log_level)
+    except config_mod.ConfigError as exc:
+        print(f"amqpd: configuration error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "definitions":
         return definitions_command(cfg, args.action, args.file)
     from .edge.listeners import StartError
@@ -111,6 +120,10 @@ def check(cfg) -> int:
         listener = getattr(cfg.listeners, name)
         if listener is not None:
             notes.append(attempt(check_listener, name, listener))
+    if cfg.listeners.prometheus is not None:
+        notes.append(attempt(check_listener, "prometheus", cfg.listeners.prometheus))
+    if cfg.logging.file:
+        attempt(_check_log_file, cfg.logging.file)
     docs = attempt(definitions.load_definitions, cfg)
     if cfg.storage.data_dir is not None:
         attempt(definitions.check_data_dir, cfg.storage.data_dir)
@@ -128,6 +141,20 @@ def check(cfg) -> int:
         return 2
     print("configuration ok")
     return 0
+
+
+def _check_log_file(path: str) -> None:
+    """logging.file could be opened for appending at start-up (checked without creating it)."""
+    where = path if os.path.exists(path) else (os.path.dirname(os.path.abspath(path)))
+    why = None
+    if not os.path.exists(where):
+        why = "No such file or directory"
+    elif os.path.isdir(path):
+        why = "Is a directory"
+    elif not os.access(where, os.W_OK):
+        why = "Permission denied"
+    if why:
+        raise config_mod.ConfigError(f"logging.file: cannot open {path} for writing: {why}")
 
 
 def _loopback_problems(cfg, users) -> list:

@@ -93,13 +93,29 @@ class HTTPListener:
 
 
 @dataclass(frozen=True)
+class PrometheusListener:
+    """The Prometheus scrape endpoint (docs/metrics.md): /metrics and /metrics/per-object."""
+    host: str = "127.0.0.1"
+    port: int = 15692
+
+
+@dataclass(frozen=True)
 class Listeners:
     amqp: typing.Optional[Listener] = Listener()
     amqps: typing.Optional[TLSListener] = None
     http: typing.Optional[HTTPListener] = HTTPListener()
+    prometheus: typing.Optional[PrometheusListener] = PrometheusListener()
 
 
 DEFAULT_DATA_DIR = "~/.local/state/amqpd"
+
+
+@dataclass(frozen=True)
+class QueueWindow:
+    # How much of a durable queue's backlog stays in RAM (the head consumers take next); the
+    # rest is read back from its log (docs/storage.md, "Memory").
+    messages: int = 2048
+    bytes: Size = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,7 @@ class Storage:
     # (``~`` expanded when the configuration is loaded). null: memory only.
     data_dir: typing.Optional[str] = DEFAULT_DATA_DIR
     fsync: str = "batch"
+    queue_window: QueueWindow = QueueWindow()
 
 
 HASHING_ALGORITHMS = ("rabbit_password_hashing_sha256", "rabbit_password_hashing_sha512",
@@ -173,6 +190,34 @@ class Resources:
     check_interval: float = 0.25
 
 
+@dataclass(frozen=True)
+class StatsD:
+    """Push the Prometheus endpoint's counters and gauges to a StatsD (or DogStatsD)
+    collector over UDP, fire and forget (docs/metrics.md)."""
+    host: str = "127.0.0.1"
+    port: int = 8125
+    prefix: str = "amqpd"
+    interval: float = 10.0
+    dogstatsd: bool = False       # tags (#vhost:...) instead of names carrying them
+
+
+@dataclass(frozen=True)
+class Metrics:
+    statsd: typing.Optional[StatsD] = None
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Logging:
+    """Applied by the command line only (amqpd/logconfig.py); an embedded broker leaves the
+    host's logging alone. ``level`` null: ``log_level`` (the older key) decides."""
+    level: typing.Optional[str] = None
+    file: typing.Optional[str] = None     # null: standard error
+    format: str = "text"                  # text | json (one object per line)
+
+
 MECHANISMS = ("AMQPLAIN", "PLAIN", "EXTERNAL")
 # guest's entry when the file lists no permissions; compared by identity, so checks that a
 # permission names an existing user apply to what the operator wrote, not to this default
@@ -192,6 +237,8 @@ class Config:
     resources: Resources = Resources()
     load_definitions: typing.Optional[str] = None
     log_level: str = "info"
+    metrics: Metrics = Metrics()
+    logging: Logging = Logging()
 
     def user(self, name: str) -> typing.Optional[User]:
         for u in self.users:
@@ -262,6 +309,9 @@ def _validate(cfg: Config) -> Config:
             cfg.storage, data_dir=os.path.expanduser(data_dir)))
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
+    window = cfg.storage.queue_window
+    if window.messages < 1 or window.bytes < 1:
+        raise ConfigError("storage.queue_window: messages and bytes must be at least 1")
     listeners = cfg.listeners
     if listeners.amqp is None and listeners.amqps is None:
         raise ConfigError("listeners: at least one of amqp and amqps is needed")
@@ -324,9 +374,46 @@ def _validate(cfg: Config) -> Config:
                               f"got {m!r}")
     if not cfg.auth_mechanisms:
         raise ConfigError("auth_mechanisms: at least one mechanism is needed")
-    if cfg.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+    if cfg.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r}")
+    _validate_observability(cfg)
     return cfg
+
+
+def _validate_observability(cfg: Config) -> None:
+    """listeners.prometheus, metrics.statsd, logging."""
+    prom = cfg.listeners.prometheus
+    if prom is not None and not 0 <= prom.port <= 65535:
+        raise ConfigError(f"listeners.prometheus.port: expected 0..65535, got {prom.port}")
+    statsd = cfg.metrics.statsd
+    if statsd is not None:
+        if not 0 < statsd.port <= 65535:
+            raise ConfigError(f"metrics.statsd.port: expected 1..65535, got {statsd.port}")
+        if not statsd.host:
+            raise ConfigError("metrics.statsd.host: required")
+        if statsd.interval <= 0:
+            raise ConfigError(f"metrics.statsd.interval: expected seconds above 0, got "
+                              f"{statsd.interval}")
+    lg = cfg.logging
+    if lg.level is not None and lg.level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"logging.level: unknown level {lg.level!r} (expected one of "
+                          f"{', '.join(LOG_LEVELS)})")
+    if lg.format not in ("text", "json"):
+        raise ConfigError(f"logging.format: expected text or json, got {lg.format!r}")
+
+
+def effective_log_level(cfg: Config) -> str:
+    """``logging.level`` when set, else ``log_level`` (kept as an alias)."""
+    return (cfg.logging.level or cfg.log_level).upper()
+
+
+def override_prometheus(cfg: Config, port=None) -> Config:
+    """``--prometheus-port N``: the Prometheus listener on at port N (0: a free one)."""
+    if port is None:
+        return cfg
+    prom = dataclasses.replace(cfg.listeners.prometheus or PrometheusListener(), port=port)
+    return _validate(dataclasses.replace(
+        cfg, listeners=dataclasses.replace(cfg.listeners, prometheus=prom)))
 
 
 def default_text() -> str:

@@ -11,9 +11,13 @@ Where things live:
   access control is the configuration file's users/vhosts/permissions with the stored ones
   laid over them (an imported entry wins over a configured one of the same name).
 
+Policies (and operator policies) are set through ``broker.policies`` (journaled by the
+store), before the queues and exchanges they may match.
+
 Importing is additive, as in RabbitMQ: nothing is deleted. A definitions file exported from
-RabbitMQ 3.10 imports unchanged; the parts amqpd has no use for (policies, runtime parameters
-other than vhost limits, topic permissions) are reported and skipped.
+RabbitMQ 3.10 imports unchanged; the parts amqpd has no use for (runtime parameters other than
+vhost limits, topic permissions, policy keys amqpd does not know such as ha-mode) are reported
+and skipped.
 """
 import base64
 import dataclasses
@@ -31,7 +35,8 @@ from .config import ConfigError
 
 log = logging.getLogger("amqpd.definitions")
 
-IGNORED = ("topic_permissions", "policies", "global_parameters", "operator_policies")
+IGNORED = ("topic_permissions", "global_parameters")
+OPERATOR_POLICY = "operator_policy"    # RabbitMQ exports operator policies as parameters
 
 
 class DefinitionsError(ConfigError):
@@ -63,7 +68,7 @@ def read(path: str) -> dict:
         raise DefinitionsError(f"{path}: expected a JSON object at the top level")
     for key, value in data.items():
         if key in ("users", "vhosts", "permissions", "exchanges", "queues", "bindings",
-                   "parameters") + IGNORED and not isinstance(value, list):
+                   "parameters", "policies") + IGNORED and not isinstance(value, list):
             raise DefinitionsError(f"{path}: {key}: expected a list")
     return data
 
@@ -200,11 +205,26 @@ def apply_topology(broker, defs: dict) -> dict:
     """Declare the exchanges, queues and bindings of a definitions document through the vhost
     API (durable ones are journaled by the store). Entries that cannot be declared are logged
     and skipped; returns counts of what was declared."""
-    counts = {"exchanges": 0, "queues": 0, "bindings": 0, "skipped": 0}
+    counts = {"exchanges": 0, "queues": 0, "bindings": 0, "policies": 0, "skipped": 0}
 
     def skip(what: str, why: str) -> None:
         counts["skipped"] += 1
         log.warning("definitions: %s skipped: %s", what, why)
+
+    # policies: {"vhost", "name", "pattern", ...}; operator policies: parameters of component
+    # "operator_policy" whose value holds the pattern, definition, priority and apply-to
+    found = [(p, False) for _, p in _items(defs, "policies")]
+    found += [({**p["value"], "vhost": p.get("vhost"), "name": p.get("name")}, True)
+              for _, p in _items(defs, "parameters")
+              if p.get("component") == OPERATOR_POLICY and isinstance(p.get("value"), dict)]
+    for p, operator in found:
+        what = (f"{'operator policy' if operator else 'policy'} {p.get('name')!r} in vhost "
+                f"{p.get('vhost')!r}")
+        problem = _import_policy(broker, p, operator)
+        if problem:
+            skip(what, problem)
+        else:
+            counts["policies"] += 1
 
     for i, x in _items(defs, "exchanges"):
         what = f"exchange {x.get('name')!r} in vhost {x.get('vhost')!r}"
@@ -254,6 +274,35 @@ def apply_topology(broker, defs: dict) -> dict:
         except errors.AMQPError as exc:
             skip(what, exc.reply_text)
     return counts
+
+
+def _import_policy(broker, p: dict, operator: bool):
+    """Set one policy of a definitions file; the reason when it cannot be. Keys amqpd does
+    not know (ha-mode, federation-upstream, ...) are dropped with a warning, so the rest of
+    a RabbitMQ policy still applies."""
+    from .broker.policy import KEYS, OPERATOR_KEYS, PolicyError
+    if not isinstance(p.get("vhost"), str) or not isinstance(p.get("name"), str):
+        return "needs vhost and name"
+    if p["vhost"] not in broker.vhosts:
+        return "no such vhost"
+    body = dict(p)
+    definition = body.get("definition")
+    if isinstance(definition, dict):
+        known = OPERATOR_KEYS if operator else KEYS
+        dropped = sorted(k for k in definition if k not in known)
+        if dropped:
+            log.warning("definitions: policy %r in vhost %r: %s not supported by amqpd, "
+                        "ignored", p["name"], p["vhost"], ", ".join(dropped))
+            body["definition"] = {k: v for k, v in definition.items() if k in known}
+            if not body["definition"]:
+                return "no setting amqpd supports"
+    try:
+        broker.policies.set(p["vhost"], p["name"], body, operator)
+    except PolicyError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot write to the data directory: {exc.strerror or exc}"
+    return None
 
 
 def _args_in(value) -> dict:
@@ -321,12 +370,17 @@ def export(access: AccessControl, broker) -> dict:
                                  "routing_key": key, "arguments": _value_out(args)})
     parameters = [{"component": "vhost-limits", "name": "limits", "vhost": v.name,
                    "value": v.limits()} for v in access.vhosts.values() if v.limits()]
+    policies = [p.to_json() for p in broker.policies.list()]
+    parameters += [{"component": OPERATOR_POLICY, "name": p.name, "vhost": p.vhost,
+                    "value": {"pattern": p.pattern, "definition": dict(p.definition),
+                              "priority": p.priority, "apply-to": p.apply_to}}
+                   for p in broker.policies.list(operator=True)]
     return {"product_name": "amqpd", "product_version": __version__,
             "users": [u.to_json() for u in access.users.values()],
             "vhosts": [v.to_json() for v in access.vhosts.values()],
             "permissions": [g.to_json() for g in access.grants.values()],
             "topic_permissions": [], "parameters": parameters, "global_parameters": [],
-            "policies": [], "queues": queues, "exchanges": exchanges, "bindings": bindings}
+            "policies": policies, "queues": queues, "exchanges": exchanges, "bindings": bindings}
 
 
 def write(doc: dict, path: str) -> None:
@@ -348,9 +402,10 @@ def _report_ignored(defs: dict, source: str) -> None:
             log.warning("%s: %d %s ignored (not supported by amqpd)", source, len(defs[key]),
                         key)
     others = [p for p in defs.get("parameters") or () if isinstance(p, dict)
-              and p.get("component") != "vhost-limits"]
+              and p.get("component") not in ("vhost-limits", OPERATOR_POLICY)]
     if others:
-        log.warning("%s: %d runtime parameter(s) ignored (only vhost-limits are supported)",
+        log.warning("%s: %d runtime parameter(s) ignored (only vhost-limits and operator "
+                    "policies are supported)",
                     source, len(others))
 
 
@@ -395,9 +450,9 @@ def build_access(config, stored: dict | None, docs) -> tuple[AccessControl, Acce
 def declare_topology(broker, docs) -> None:
     for path, defs in docs:
         counts = apply_topology(broker, defs)
-        log.info("definitions %s: %d exchange(s), %d queue(s), %d binding(s) declared, "
-                 "%d skipped", path, counts["exchanges"], counts["queues"],
-                 counts["bindings"], counts["skipped"])
+        log.info("definitions %s: %d exchange(s), %d queue(s), %d binding(s), %d "
+                 "policy(ies) declared, %d skipped", path, counts["exchanges"],
+                 counts["queues"], counts["bindings"], counts["policies"], counts["skipped"])
 
 
 # -- checks (start-up and --check-config) ----------------------------------------------------

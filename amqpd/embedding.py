@@ -35,7 +35,8 @@ def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[s
                  users: Optional[Mapping[str, str]] = None,
                  vhosts: Optional[Iterable[str]] = None,
                  config: ConfigSource = None,
-                 http_port: Optional[int] = None) -> config_mod.Config:
+                 http_port: Optional[int] = None,
+                 prometheus_port: Optional[int] = None) -> config_mod.Config:
     """The configuration ``serve`` runs: ``config`` (a ``Config``, a mapping in the YAML
     file's shape, or the path of a YAML file; None: the defaults, resource alarms off) with
     the plain listener on ``host``:``port`` and the data directory ``data_dir`` (None: memory
@@ -43,10 +44,14 @@ def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[s
     and every user then gets full permissions on every vhost (a permission the configuration
     lists for a pair stays as it is). The management HTTP API is off unless ``http_port`` is
     given (0: a free port) or a mapping ``config`` names ``listeners.http`` itself: an
-    embedded broker must not take port 15672 from the host. Raises
+    embedded broker must not take port 15672 from the host; the Prometheus endpoint likewise
+    (``prometheus_port``, or ``listeners.prometheus`` in a mapping). Raises
     ``amqpd.config.ConfigError``."""
     explicit_http = (isinstance(config, Mapping) and isinstance(config.get("listeners"), Mapping)
                      and "http" in config["listeners"])
+    explicit_prometheus = (isinstance(config, Mapping)
+                           and isinstance(config.get("listeners"), Mapping)
+                           and "prometheus" in config["listeners"])
     if config is None:
         cfg = config_mod.from_dict(EMBEDDED_DEFAULTS)
     elif isinstance(config, config_mod.Config):
@@ -66,9 +71,16 @@ def build_config(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[s
         grants = tuple(given.get((u.name, v), config_mod.Permission(u.name, v))
                        for u in people for v in names)
         changes.update(vhosts=names, users=people, permissions=grants)
+    listeners = cfg.listeners
     if not explicit_http:
-        changes["listeners"] = dataclasses.replace(cfg.listeners, http=None)
+        listeners = dataclasses.replace(listeners, http=None)
+    if not explicit_prometheus:
+        # the Prometheus endpoint only when asked for: a test suite's brokers must not all
+        # want port 15692 (nor take it from a RabbitMQ on the same machine)
+        listeners = dataclasses.replace(listeners, prometheus=None)
+    changes["listeners"] = listeners
     cfg = dataclasses.replace(cfg, **changes)
+    cfg = config_mod.override_prometheus(cfg, prometheus_port)
     return config_mod.override(cfg, host=host, port=port, http_port=http_port)
 
 
@@ -174,6 +186,16 @@ class EmbeddedBroker:
         return self.node.management_url
 
     @property
+    def metrics_url(self) -> Optional[str]:
+        """The Prometheus endpoint (``http://127.0.0.1:PORT/metrics``) when the broker was
+        started with ``prometheus_port``; else None."""
+        port = self.node.prometheus_port
+        if port is None:
+            return None
+        host = reachable(self.config.listeners.prometheus.host)
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/metrics"
+
+    @property
     def data_dir(self) -> Optional[str]:
         """The data directory as an absolute path, or None (memory only)."""
         data_dir = self.config.storage.data_dir
@@ -230,7 +252,8 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = N
           users: Optional[Mapping[str, str]] = None, vhosts: Optional[Iterable[str]] = None,
           config: ConfigSource = None,
           import_definitions: Iterable[str] = (),
-          http_port: Optional[int] = None) -> EmbeddedBroker:
+          http_port: Optional[int] = None,
+          prometheus_port: Optional[int] = None) -> EmbeddedBroker:
     """A broker for this event loop, started by ``async with`` (or ``await``).
 
     - ``host``, ``port``: the plain AMQP listener (default 127.0.0.1 and a free port; read
@@ -244,7 +267,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 0, data_dir: Optional[str] = N
     - ``import_definitions``: RabbitMQ definitions files imported at start.
     - ``http_port``: turns the RabbitMQ-compatible management HTTP API on (0: a free port;
       ``broker.management_url`` tells where). Off by default.
+    - ``prometheus_port``: serve Prometheus metrics on 127.0.0.1 at this port (0: a free
+      one; ``broker.metrics_url``); None (the default): no metrics endpoint.
     """
     cfg = build_config(host=host, port=port, data_dir=data_dir, users=users, vhosts=vhosts,
-                       config=config, http_port=http_port)
+                       config=config, http_port=http_port, prometheus_port=prometheus_port)
     return EmbeddedBroker(cfg, import_definitions)

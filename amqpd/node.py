@@ -45,6 +45,10 @@ def build(config, docs=(), clock=None):
     return store, access, broker
 
 
+def _import_management() -> None:
+    from .management import app, listener  # noqa: F401  (imported for the node's loop)
+
+
 class Node:
     """Start in the order that makes a failed start quick and leaves nothing on disk: the
     checks that create nothing (definitions files, the data dir, TLS files), then the ports
@@ -59,6 +63,7 @@ class Node:
         self.http = None                # the management API's listener (listeners.http)
         self.management = None          # its ManagementContext
         self.admin = None               # run-time users, vhosts, permissions (admin.py)
+        self.prometheus = self.statsd = None       # monitoring (docs/metrics.md)
 
     async def start(self) -> "Node":
         docs = definitions.prepare(self.config, self.import_files)
@@ -68,10 +73,18 @@ class Node:
                                                          self.server.clock())
             self.admin = Admin(self.broker, self.access, self.store)
             self.server.attach(self.broker, self.store)
+            # before clients are let in: importing aiohttp takes the loop for a moment, and a
+            # busy metrics port must stop start-up before anyone connected
+            await self._start_monitoring()
             await self.server.serve()
             if self.config.listeners.http is not None:
+                # importing aiohttp takes a while (a second on a loaded machine): on a worker
+                # thread, so the loop serves the first AMQP clients meanwhile
+                await self.server.loop.run_in_executor(None, _import_management)
+                self._prepare_http()
                 await self._start_http()
         except BaseException:
+            await self._stop_monitoring()
             await self._stop_http()
             await self.server.close_listeners()
             if self.store is not None:
@@ -80,8 +93,8 @@ class Node:
             raise
         return self
 
-    async def _start_http(self) -> None:
-        """The management API, once the AMQP listeners serve (what it shows is then live)."""
+    def _prepare_http(self) -> None:
+        """The management API's context and application."""
         from .management.app import make_app
         from .management.context import ManagementContext
         from .management.listener import HTTPListener
@@ -90,9 +103,14 @@ class Node:
         ctx.definitions = definitions          # export / import for /api/definitions
         ctx.admin = self.admin
         self.management = ctx
-        self.http = HTTPListener(lambda: make_app(ctx), self.config.listeners.http)
+        app = make_app(ctx)
+        self.http = HTTPListener(lambda: app, self.config.listeners.http)
+
+    async def _start_http(self) -> None:
+        """The management API listens once the AMQP listeners serve (what it shows is then
+        live)."""
         await self.http.start()
-        ctx.http_port = self.http.port
+        self.management.http_port = self.http.port
 
     async def _stop_http(self) -> None:
         if self.http is not None:
@@ -102,11 +120,42 @@ class Node:
     async def stop(self, reason: str = "shutdown") -> None:
         """Close every client (320 CONNECTION_FORCED), finish background work, write out and
         release the data directory."""
+        await self._stop_monitoring()
         await self._stop_http()
         await self.server.stop(reason)
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    # -- monitoring: the Prometheus endpoint and the StatsD pusher (docs/metrics.md) ----------
+    async def _start_monitoring(self) -> None:
+        prom = self.config.listeners.prometheus
+        statsd = self.config.metrics.statsd
+        if prom is None and statsd is None:
+            return
+        from .management.metrics import MetricsSource
+        source = MetricsSource(self.broker, self.server, self.config)
+        if prom is not None:
+            from .management.listener import HTTPListener
+            from .management.prometheus import make_app
+            self.prometheus = HTTPListener(lambda: make_app(source), prom, name="prometheus")
+            await self.prometheus.start()       # a busy port: StartError, as for AMQP
+        if statsd is not None:
+            from .management.statsd import StatsDPusher
+            self.statsd = StatsDPusher(source, statsd)
+            self.statsd.start()
+
+    async def _stop_monitoring(self) -> None:
+        if self.statsd is not None:
+            statsd, self.statsd = self.statsd, None
+            await statsd.stop()
+        if self.prometheus is not None:
+            prom, self.prometheus = self.prometheus, None
+            await prom.stop()
+
+    @property
+    def prometheus_port(self) -> int | None:
+        return self.prometheus.port if self.prometheus is not None else None
 
     @property
     def port(self) -> int | None:

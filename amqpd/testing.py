@@ -34,9 +34,11 @@ class BrokerThread:
                  vhosts: Optional[Iterable[str]] = None, config: ConfigSource = None,
                  import_definitions: Iterable[str] = (),
                  loop_factory: Optional[Callable[[], asyncio.AbstractEventLoop]] = None,
-                 http_port: Optional[int] = None):
+                 http_port: Optional[int] = None,
+                 prometheus_port: Optional[int] = None):
         self.config = build_config(host=host, port=port, data_dir=data_dir, users=users,
-                                   vhosts=vhosts, config=config, http_port=http_port)
+                                   vhosts=vhosts, config=config, http_port=http_port,
+                                   prometheus_port=prometheus_port)
         self.broker = EmbeddedBroker(self.config, import_definitions)
         self._loop_factory = loop_factory or asyncio.new_event_loop
         self.loop: Optional[asyncio.AbstractEventLoop] = None
@@ -129,6 +131,11 @@ class BrokerThread:
     def management_url(self) -> Optional[str]:
         """The management HTTP API's address (``http_port=0`` turns it on), or None."""
         return self.broker.management_url
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        """The Prometheus endpoint when started with ``prometheus_port``; else None."""
+        return self.broker.metrics_url
 
     @property
     def data_dir(self) -> Optional[str]:

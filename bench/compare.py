@@ -307,7 +307,7 @@ class Amqpd:
         self.log_path = log_dir / "amqpd.log"
         self.cmd = [sys.executable, "-m", "amqpd", "--host", "127.0.0.1", "--port", str(port),
                     "--data-dir", str(self.data_dir), "--log-level", "warning",
-                    "--http-port", "0", *extra]
+                    "--http-port", "0", "--prometheus-port", "0", *extra]
         self.proc: subprocess.Popen | None = None
 
     def start(self, user: str, password: str, vhost: str, wait: float = 30.0) -> dict:

@@ -20,7 +20,7 @@ class AmqpdProcess:
             data_dir = self._tmp.name
         self.data_dir = data_dir
         self.args = [sys.executable, "-m", "amqpd", "--port", str(port), "--data-dir", data_dir,
-                     "--http-port", "0", *args]
+                     "--http-port", "0", "--prometheus-port", "0", *args]
         self.proc = None
         self.port = None
         self.log: list[str] = []

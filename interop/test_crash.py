@@ -132,6 +132,18 @@ def tail(path: str, n: int = 2000) -> str:
 
 
 def test_crash_recovery_zero_loss(tmp_path):
+    run_crash_test(tmp_path, ())
+
+
+def test_crash_recovery_zero_loss_with_a_backlog_far_beyond_the_ram_window(tmp_path):
+    """The same with storage.queue_window at 8 messages / 4 KiB: nearly all of the backlog is
+    paged (on disk only) when the broker is killed, and read back from positions after it."""
+    config = tmp_path / "window.yaml"
+    config.write_text("storage:\n  queue_window:\n    messages: 8\n    bytes: 4096\n")
+    run_crash_test(tmp_path, ("--config", str(config)))
+
+
+def run_crash_test(tmp_path, extra_args: tuple):
     cycles_wanted = max(1, int(os.environ.get("AMQPD_CRASH_CYCLES", "10")))
     deadline_s = float(os.environ.get("AMQPD_CRASH_DEADLINE", 20 + 4 * cycles_wanted))
     seed = int(os.environ.get("AMQPD_CRASH_SEED", random.randrange(1 << 32)))
@@ -161,14 +173,14 @@ def test_crash_recovery_zero_loss(tmp_path):
         assert time.monotonic() < deadline - 15, (f"cycle {n} would leave under 15 s of the "
                                                   f"{deadline_s} s deadline for the drain")
         c = Cycle(n, time.monotonic())
-        b = AmqpdProcess(data_dir=data_dir, port=port)
+        b = AmqpdProcess(*extra_args, data_dir=data_dir, port=port)
         try:
             b.start(timeout=15)
         except RuntimeError:
             if not any("in use" in line or "Address" in line for line in b.log):
                 raise
             # The fixed port was taken meanwhile: move (the workers follow the URL file).
-            b = AmqpdProcess(data_dir=data_dir, port=0).start(timeout=15)
+            b = AmqpdProcess(*extra_args, data_dir=data_dir, port=0).start(timeout=15)
             port = b.port
         write_url(urlfile, b.port)
         c.listening = c.started + b.listening_after

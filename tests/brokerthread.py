@@ -11,6 +11,7 @@ from amqpd.node import Node
 
 class BrokerThread:
     def __init__(self, data_dir: str | None = None, http_port: int | None = None,
+                 prometheus_port: int | None = None,
                  **overrides):
         self._tmp = None
         if data_dir is None:
@@ -22,6 +23,9 @@ class BrokerThread:
         http = None if http_port is None else {"host": "127.0.0.1", "port": http_port}
         data = {"listeners": {"amqp": {"host": "127.0.0.1", "port": 0}, "http": http},
                 "storage": {"data_dir": data_dir}}
+        # the Prometheus listener: off unless asked for (RabbitMQ holds 15692 here)
+        data["listeners"]["prometheus"] = (None if prometheus_port is None else
+                                           {"host": "127.0.0.1", "port": prometheus_port})
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):
                 data[key].update(value)
@@ -68,6 +72,12 @@ class BrokerThread:
     def management_url(self) -> str | None:
         """``http://127.0.0.1:PORT`` of the management API, or None (off)."""
         return self.node.management_url
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://127.0.0.1:PORT/metrics`` when started with ``prometheus_port``."""
+        port = self.node.prometheus_port
+        return None if port is None else f"http://127.0.0.1:{port}/metrics"
 
     @property
     def broker(self):

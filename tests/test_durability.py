@@ -839,7 +839,7 @@ async def test_confirmed_messages_survive_sigkill(tmp_path):
         await q.bind(ex)
         # a second amqpd on the same data dir is refused, naming the owner
         other = subprocess.run([sys.executable, "-m", "amqpd", "--port", "0", "--http-port", "0",
-                                "--data-dir", data],
+                                "--prometheus-port", "0", "--data-dir", data],
                                cwd=ROOT, capture_output=True, text=True, timeout=20)
         assert other.returncode == 1
         assert "in use" in other.stderr and f"pid {first.proc.pid}" in other.stderr

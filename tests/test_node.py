@@ -33,7 +33,7 @@ def test_a_memory_only_node_serves_durable_queues_and_writes_nothing(tmp_path, m
 
 def test_a_node_installs_no_signal_handlers():
     config = config_mod.from_dict({"listeners": {"amqp": {"host": "127.0.0.1", "port": 0},
-                                                 "http": None},
+                                                 "http": None, "prometheus": None},
                                    "storage": {"data_dir": None}})
     signals = (signal.SIGINT, signal.SIGTERM)
 

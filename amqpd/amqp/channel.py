@@ -11,6 +11,7 @@ from ..broker import sender_selected
 from ..broker.consumer import Consumer
 from ..broker.message import Message
 from ..broker.publish import REJECTED, STORED, UNROUTABLE
+from ..broker.stats import ChannelStats, Counts, PublishRun, retire_channel, retire_consumer
 from ..wire import fastpath, properties
 from ..wire.tables import text
 from .. import errors
@@ -31,6 +32,8 @@ FIXED_SIZE = properties.FIXED_SIZE
 
 
 class Channel:
+    stats = property(ChannelStats)       # the statistics read model (broker/stats.py)
+
     def __init__(self, conn, number: int):
         self.conn = conn
         self.number = number
@@ -59,6 +62,12 @@ class Channel:
         self.body_size = 0
         self.body_parts: list = []
         self.received = 0
+        # statistics (broker/stats.py): publishes are counted once, in the run of the exchange
+        # last authorised (shared with that exchange); the rest is derived or counted off the
+        # hot path
+        self.run = None
+        self.runs: dict = {}             # exchange -> PublishRun
+        self.counts = Counts()
 
     # -- frames -------------------------------------------------------------------------------
     def on_publish(self, payload: bytes) -> None:
@@ -89,7 +98,14 @@ class Channel:
                 exc.class_id, exc.method_id = 60, 40
             return exc
         self.write_checked = ex
+        self.run = self._run(ex)         # write_checked is ex => run counts ex's publishes
         return None
+
+    def _run(self, ex) -> PublishRun:
+        run = self.runs.get(ex)
+        if run is None:
+            run = self.runs[ex] = PublishRun(ex)
+        return run
 
     def on_content_method(self, payload: bytes) -> None:
         """A content-bearing method only a server sends (basic.deliver, get-ok, return): like
@@ -169,9 +185,10 @@ class Channel:
         if self.tx is not None:
             self.tx.append((self._publish, (ex, msg, mandatory)))
             return
+        self.run.n += 1                  # the run of ex: on_publish authorised ex last
         verdict = self.vhost.publish(ex, msg)
-        if verdict is UNROUTABLE and mandatory:
-            self._return_unroutable(msg)
+        if verdict is UNROUTABLE:
+            self._unroutable(ex, msg, mandatory)
         if self.confirm:
             self.publish_seq += 1
             if verdict is STORED:
@@ -207,10 +224,16 @@ class Channel:
 
     def _publish(self, ex, msg: Message, mandatory: bool) -> None:
         """A publish held by a transaction, at commit."""
-        if self.vhost.publish(ex, msg) is UNROUTABLE and mandatory:
-            self._return_unroutable(msg)
+        self._run(ex).n += 1
+        if self.vhost.publish(ex, msg) is UNROUTABLE:
+            self._unroutable(ex, msg, mandatory)
 
-    def _return_unroutable(self, msg: Message) -> None:
+    def _unroutable(self, ex, msg: Message, mandatory: bool) -> None:
+        ex.unroutable += 1
+        if not mandatory:
+            self.counts.dropped += 1
+            return
+        self.counts.returned += 1
         fastpath.write_return(self.conn.out, self.number, 312, "NO_ROUTE", msg.raw_route,
                               msg.header, msg.body, self.conn.frame_max)
         self.conn.wrote()
@@ -250,6 +273,7 @@ class Channel:
             while nacks and nacks[0] == end + 1 and nacks[0] <= upto:
                 end = nacks.popleft()
             self.conn.write(fastpath.encode_ack(self.number, end, end > seq, fastpath.NACK))
+            self.counts.nacked += end - seq + 1
             self.confirmed = end
 
     def nack_generations(self, lo: int, hi: int) -> None:
@@ -284,15 +308,20 @@ class Channel:
         else:
             self.unacked[tag] = (queue, entry, consumer)
             consumer.unacked += 1
+        consumer.delivered += 1
+        redelivered = entry.redelivered
+        if redelivered:
+            consumer.redelivered += 1
         msg = entry.message
         conn = self.conn
-        fastpath.write_deliver(conn.out, self.number, consumer.ctag, tag, entry.redelivered,
+        fastpath.write_deliver(conn.out, self.number, consumer.ctag, tag, redelivered,
                                msg.raw_route, msg.header, msg.body, conn.frame_max)
         conn.wrote(len(msg.body))
 
     def queue_deleted(self, consumer: Consumer) -> None:
         """The queue went away under a consumer: tell clients that asked to be told."""
-        self.consumers.pop(consumer.tag, None)
+        if self.consumers.pop(consumer.tag, None) is not None:
+            retire_consumer(consumer)
         if self.state == OPEN and self.conn.capabilities.get("consumer_cancel_notify"):
             self.send(Basic.Cancel(consumer_tag=consumer.tag, nowait=True))
 
@@ -354,6 +383,8 @@ class Channel:
         return [unacked.pop(t) for t in self._tags(tag, True, method_id)]
 
     def _settle(self, records: list, ack: bool, requeue: bool) -> None:
+        if not ack:
+            self.counts.not_acked += len(records)     # so acks need no counting (stats.py)
         schedule = self.conn.broker.schedule
         for queue, entry, consumer in records:
             if consumer is not None:
@@ -389,6 +420,8 @@ class Channel:
         self.publishing = self.header = None
         self.body_parts = []
         self.tx = None
+        if self.state == OPEN:
+            retire_channel(self)         # node-wide totals keep its counts
         self.state = CLOSING             # from now on nothing is sent on this channel
 
     def send(self, method) -> None:

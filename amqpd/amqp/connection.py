@@ -13,8 +13,9 @@ from ..wire import methods
 from ..wire.framing import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
                             FRAME_MIN_SIZE, HEARTBEAT_FRAME, FrameReader)
 from .. import errors
+from ..broker.stats import ConnectionStats, IOCounts
 from .channel import CLOSING, OPEN, Channel
-from .handshake import Handshake
+from .handshake import Handshake, _text, client_label
 from .output import Output
 from . import handlers
 from .handlers import class_method
@@ -62,6 +63,8 @@ DETACHED = _Detached()
 
 
 class Connection(Handshake, Output):
+    stats = property(ConnectionStats)    # io statistics (broker/stats.py)
+
     """``io`` is the I/O edge, told of every effect the core decides: ``wake(conn)`` (output
     is pending), ``close(conn)`` (drop the transport once pending output is written),
     ``linger(conn, seconds, reading)`` (closing: keep the socket that long at most),
@@ -113,6 +116,9 @@ class Connection(Handshake, Output):
         # frames pipelined behind tune-ok were split before the new limit was known.
         self.size_checked = True
         self.frame_limit = FRAME_MIN_SIZE
+        # statistics: octets and reads in here, octets and writes out (take_output)
+        self.recv_oct = self.recv_cnt = self.send_oct = self.send_cnt = 0
+        self.io_counts = IOCounts()
 
     # -- output -------------------------------------------------------------------------------
     # -- durable definitions: replies wait for the disk ----------------------------------------
@@ -150,6 +156,8 @@ class Connection(Handshake, Output):
     # -- input --------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.received = True
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
         commit = self.broker.commit
         journaled = commit.journal_gen if commit is not None else 0
         try:
@@ -319,6 +327,7 @@ class Connection(Handshake, Output):
                 f"number of channels opened for user '{self.user}' has reached the maximum "
                 f"allowed user limit of ({limit})", 0, 0)
         self.channels[number] = Channel(self, number)
+        self.broker.counters.channels_opened += 1
         self.send_method(number, C.Channel.OpenOk())
 
     def close_channel(self, ch: Channel, client_initiated: bool) -> None:
@@ -382,7 +391,9 @@ class Connection(Handshake, Output):
         if exc.connection_level or ch is None or ch.state != OPEN:
             self._connection_error(exc)
             return
-        log.debug("channel %s error on %s: %s", number, self.peer, exc.reply_text)
+        log.warning("channel error on connection %s, channel %d: %s caused %d %s",
+                    self.describe(), number, method_name(exc.class_id, exc.method_id),
+                    exc.code, exc.reply_text)
         ch.cleanup()
         ch.state = CLOSING
         self.send_method(number, C.Channel.Close(reply_code=exc.code, reply_text=exc.reply_text,
@@ -390,7 +401,10 @@ class Connection(Handshake, Output):
                                                  method_id=exc.method_id or 0))
 
     def _connection_error(self, exc: errors.AMQPError) -> None:
-        log.info("closing connection %s: %s %s", self.peer, exc.code, exc.reply_text)
+        if self.state < CLOSE_SENT:
+            log.warning("connection error on %s: %s caused %d %s; closing the connection",
+                        self.describe(), method_name(exc.class_id, exc.method_id), exc.code,
+                        exc.reply_text)
         self.close(exc.code, exc.reply_text, exc.class_id or 0, exc.method_id or 0)
 
     # -- resource alarms ----------------------------------------------------------------------
@@ -483,13 +497,30 @@ class Connection(Handshake, Output):
         self.state = CLOSED
         if self.vhost is not None and not self.close_logged:
             self.close_logged = True
-            product = self.client_properties.get("product", "?")
-            version = self.client_properties.get("version", "?")
+            product = _text(self.client_properties.get("product")) or "?"
+            version = (_text(self.client_properties.get("version"))
+                       or _text(self.client_properties.get("product_version")) or "?")
             log.info("connection %s closed: user '%s' vhost '%s' client %s %s (%s)", self.peer,
                      self.user, self.vhost.name, product, version,
                      self.close_reason or "connection lost")
 
+    def describe(self) -> str:
+        """The client as an operator needs it in a log line: address, user, vhost, client
+        library (product, version, platform) and the connection name the client gave."""
+        parts = [self.peer]
+        if self.user is not None:
+            parts.append(f"user '{self.user}'")
+        if self.vhost is not None:
+            parts.append(f"vhost '{self.vhost.name}'")
+        if self.client_properties:
+            parts.append("client " + client_label(self.client_properties))
+        return "(" + ", ".join(parts) + ")" if len(parts) > 1 else parts[0]
+
     def _release(self) -> None:
+        opened = self.broker.connections
+        if self in opened:
+            opened.discard(self)
+            self.broker.counters.connections_closed += 1
         if self.counted:
             self.counted = False
             self.access.closed(self, self.user, self.vhost.name)
@@ -528,6 +559,14 @@ class Connection(Handshake, Output):
     @property
     def handshake_done(self) -> bool:
         return self.state >= RUNNING
+
+
+def method_name(class_id, method_id) -> str:
+    """``queue.declare`` for class 50 method 10; 'a frame' when no method was involved."""
+    if not class_id:
+        return "a frame"
+    cls = C.INDEX_MAPPING.get((class_id << 16) | (method_id or 0))
+    return cls.name.lower() if cls is not None else f"method {class_id}.{method_id}"
 
 
 def _octets(ftype: int, payload: bytes) -> str:

@@ -275,14 +275,24 @@ def basic_get(ch: Channel, m: Basic.Get) -> None:
     ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
     entry = q.take()
+    counts, qcounts = ch.counts, q.counts      # statistics (broker/stats.py)
     if entry is None:
+        counts.gets_empty += 1
+        qcounts.gets_empty += 1
         ch.send(Basic.GetEmpty())
         return
     ch.next_tag = tag = ch.next_tag + 1
     if m.no_ack:
         q.settle(entry)
+        counts.gets_no_ack += 1
+        qcounts.gets_no_ack += 1
     else:
         ch.unacked[tag] = (q, entry, None)
+        counts.gets += 1
+        qcounts.gets += 1
+    if entry.redelivered:
+        counts.get_redelivered += 1
+        qcounts.get_redelivered += 1
     msg = entry.message
     conn = ch.conn
     fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.raw_route,

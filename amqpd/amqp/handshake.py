@@ -22,6 +22,60 @@ CAPABILITIES = {
 MECHANISM_ORDER = ("EXTERNAL", "AMQPLAIN", "PLAIN")   # as RabbitMQ lists them
 
 
+HTTP_METHODS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ",
+                b"CONNECT ")
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def client_label(props: dict) -> str:
+    """``pika 1.3.2 (Python 3.11.7, connection name 'orders')`` from the client_properties
+    every client library sends in start-ok (product, version or product_version, platform,
+    connection_name; '?' for what a library leaves out)."""
+    product = _text(props.get("product")) or "?"
+    # py-amqp (and so kombu, Celery) names it product_version
+    version = _text(props.get("version")) or _text(props.get("product_version")) or "?"
+    extra = []
+    platform = _text(props.get("platform"))
+    if platform:
+        extra.append(platform)
+    name = _text(props.get("connection_name"))
+    if name:
+        extra.append(f"connection name '{name}'")
+    return f"{product} {version}" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def not_amqp(data: bytes, peer: str, on_tls: bool) -> str:
+    """One sentence for the log on what a client that did not send the AMQP 0-9-1 protocol
+    header sent instead."""
+    port = "AMQPS" if on_tls else "AMQP"
+    if data[:1] == b"\x16" and data[1:2] == b"\x03":
+        return (f"TLS handshake from {peer} on the plain AMQP port: the client is using TLS "
+                f"(amqps://); connect it to the AMQPS listener (listeners.amqps, port 5671 "
+                f"by default) or have it use amqp:// without TLS. Connection closed")
+    if data.startswith(HTTP_METHODS):
+        request = data.split(b"\r\n", 1)[0][:80].decode("latin-1")
+        return (f"HTTP request from {peer} on the {port} port ({request!r}): this port "
+                f"speaks AMQP 0-9-1; the management API and Prometheus metrics have ports of "
+                f"their own (listeners.http, listeners.prometheus). Connection closed")
+    if data[:4] == b"AMQP":
+        version = ".".join(str(b) for b in data[4:8])
+        what = {b"AMQP\x00\x01\x00\x00": "AMQP 1.0",
+                b"AMQP\x03\x01\x00\x00": "AMQP 1.0 (SASL)",
+                b"AMQP\x02\x01\x00\x00": "AMQP 1.0 (TLS)"}.get(bytes(data[:8]),
+                                                                f"AMQP header {version}")
+        return (f"unsupported protocol from {peer}: the client asked for {what}; amqpd "
+                f"speaks AMQP 0-9-1 only (replied with the 0-9-1 header). Connection closed")
+    return (f"non-AMQP data from {peer} on the {port} port (first bytes "
+            f"{bytes(data[:16])!r}): not a client of this broker. Connection closed")
+
+
 class Handshake:
     """Part of Connection (amqp/connection.py)."""
 
@@ -34,6 +88,9 @@ class Handshake:
             return b""
         self.reader.buf = b""
         if buf[:8] not in (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09"):
+            # Answered as RabbitMQ answers it (our header, then close); the operator hears
+            # what the client was, once for the connection.
+            log.warning("%s", not_amqp(buf, self.peer, self.tls is not None))
             self.write(PROTOCOL_HEADER)
             self._shutdown()
             return b""
@@ -132,8 +189,10 @@ class Handshake:
         # The client gets RabbitMQ's deliberately vague text; the log says why.
         text = (f"ACCESS_REFUSED - Login was refused using authentication mechanism "
                 f"{mechanism}. For details see the broker logfile.")
-        log.warning("login refused for %s: %s login refused: %s%s", self.peer, mechanism, why,
-                    f" (user '{user}')" if user and f"'{user}'" not in why else "")
+        log.warning("login refused for %s: %s login refused: %s%s; client %s", self.peer,
+                    mechanism, why,
+                    f" (user '{user}')" if user and f"'{user}'" not in why else "",
+                    client_label(self.client_properties))
         if self.capabilities.get("authentication_failure_close"):
             self.close(403, text)        # and wait up to 3 s for close-ok, as RabbitMQ
             return
@@ -180,9 +239,9 @@ class Handshake:
         self.counted = True
         self.publish_rate = self.user_record.max_publish_rate if self.user_record else 0.0
         self.state = RUNNING
+        self.broker.connections.add(self)          # statistics add up its channels
+        self.broker.counters.connections_opened += 1
         self.send_method(0, C.Connection.OpenOk())
         self.sent = False     # RabbitMQ's first heartbeat comes heartbeat/2 after open-ok
-        product = self.client_properties.get("product", "?")
-        version = self.client_properties.get("version", "?")
-        log.info("connection %s opened: user '%s' vhost '%s' client %s %s", self.peer,
-                 self.user, vhost.name, product, version)
+        log.info("connection %s opened: user '%s' vhost '%s' client %s", self.peer,
+                 self.user, vhost.name, client_label(self.client_properties))

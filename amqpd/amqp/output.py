@@ -29,6 +29,8 @@ class Output:
 
     def take_output(self) -> bytes:
         data = b"".join(self.out)
+        self.send_oct += len(data)
+        self.send_cnt += 1
         self.out.clear()
         self.out_size = 0
         self._dirty = False

@@ -10,12 +10,16 @@ from ..store.definitions import decode_args
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 from .clock import ManualClock
 from .message import Entry, from_route
+from . import queue_policy
+from .stats import BrokerCounts, BrokerStats
 from .vhost import VHost
 
 log = logging.getLogger("amqpd.broker")
 
 
 class Broker:
+    stats = property(BrokerStats)    # node-wide statistics and churn (broker/stats.py)
+
     """``store`` keeps durable state (None: memory only), ``access`` is the access control
     connections consult, ``clock`` the one clock of the domain (broker/clock.py; a
     ManualClock that stands still when none is given: unit tests, offline tools)."""
@@ -32,9 +36,11 @@ class Broker:
         self._timer_seq = itertools.count()
         self._armed = None             # (deadline, handle) of the scheduler callback
         self.vhosts: dict[str, VHost] = {name: VHost(self, name) for name in config.vhosts}
-        self.connections: set = set()
+        self.connections: set = set()   # open connections (statistics add up their channels)
+        self.counters = BrokerCounts()
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
+        self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -74,6 +80,7 @@ class Broker:
             # "is down": the two race there; this is the one that says why
             for conn in self.access.delete_vhost(name):
                 conn.close(320, f"CONNECTION_FORCED - vhost '{name}' is deleted")
+        queue_policy.clear(vhost)
         for q in list(vhost.queues.values()) + list(vhost.reply_queues.values()):
             vhost.delete_queue(q)
         for ex in list(vhost.exchanges.values()):
@@ -171,6 +178,14 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
+                if q.pager is not None and q.opts.max_bytes is None:
+                    # positions only; the window is read in (x-max-length-bytes needs every
+                    # body's size: such a queue is read whole, as before)
+                    runs, expiries, top = q.log.recover_positions()
+                    messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    q.next_seq = max(q.next_seq, top)
+                    q.counts.not_published = q.next_seq   # recovered: not published now
+                    continue
                 live, top = q.log.recover()
                 routes: dict = {}
                 ready = q.ready
@@ -184,6 +199,7 @@ class Broker:
                         q._prepare(entry, deadline)
                     ready.append(entry)
                 q.next_seq = max(q.next_seq, top)
+                q.counts.not_published = q.next_seq       # recovered messages were not published now
                 messages += len(live)
         log.info("recovered %d durable queue(s) with %d message(s) in %.2f s", queues, messages,
                  self.clock() - started)
@@ -200,11 +216,13 @@ class Broker:
             ex = cls(vhost, d["name"], True, d["auto_delete"], d["internal"],
                      decode_args(d["args"]))
             vhost.exchanges[d["name"]] = ex
+            queue_policy.refresh_exchange(ex)
             if cls.delays_messages:
                 vhost.attach_log(ex)
         elif op == "queue":
             q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
             vhost.queues[d["name"]] = q
+            queue_policy.refresh_queue(q)
             vhost.attach_log(q)
         elif op == "bind":
             source = vhost.exchanges.get(d["source"])
@@ -212,4 +230,6 @@ class Broker:
             if source is None or dest is None:
                 return False
             source.add_binding(dest, d["key"], decode_args(d["args"]))
+        elif op == "policy":      # journaled before queues and exchanges (store/definitions.py)
+            queue_policy.restore(vhost, d)
         return True

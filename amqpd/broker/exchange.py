@@ -5,6 +5,7 @@ from . import headers as headers_match
 from ..wire.tables import type_name
 from .arguments import name_text
 from .queue import describe, same_value
+from .stats import ExchangeStats
 from .topic import TopicTrie
 
 
@@ -53,6 +54,11 @@ def _key_order(item) -> bytes:
 
 class Exchange:
     kind = ""
+    # Set by broker/queue_policy.py when a policy matches (class defaults until then).
+    policy = operator_policy = None
+    policy_name = operator_policy_name = None
+    effective_policy_definition: dict = {}
+    stats = property(ExchangeStats)  # the statistics read model (broker/stats.py)
 
     def __init__(self, vhost, name: str, durable: bool = True, auto_delete: bool = False,
                  internal: bool = False, arguments: dict | None = None):
@@ -68,6 +74,12 @@ class Exchange:
         self.sources: set = set()      # exchanges with an e2e binding to this one
         ae = self.arguments.get("alternate-exchange")
         self.alternate = name_text(ae) or None
+        # statistics (broker/stats.py): the publish runs of open channels and what closed
+        # ones counted, publishes that found no queue, and queues beyond the first for
+        # messages routed to several (publish_in and publish_out are derived)
+        self.runs: set = set()
+        self.published_in_closed = self.unroutable = self.extra_routes = 0
+        self.samples = None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name!r}>"

@@ -14,9 +14,11 @@ from .deadletter import dead_letter
 from .queue_consumers import Consumers
 from .queue_expiry import Expiry
 from .queue_limits import LengthLimits
+from .queue_paging import Paging
 from .message import GONE, OUT, READY, Entry, Message
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, PublishResult
 from .ready import PriorityReady, Ready
+from .stats import Counts, QueueStats
 
 log = logging.getLogger("amqpd.queue")
 
@@ -30,7 +32,14 @@ EQUIVALENCE_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange",
                     "x-max-in-memory-length", "x-max-in-memory-bytes")
 
 
-class Queue(Consumers, Expiry, LengthLimits):
+class Queue(Consumers, Expiry, LengthLimits, Paging):
+    # Set by broker/queue_policy.py when a policy or operator policy matches; until then
+    # these class defaults answer (never mutated in place).
+    policy = operator_policy = None
+    policy_name = operator_policy_name = None
+    effective_policy_definition: dict = {}
+    stats = property(QueueStats)     # the statistics read model (broker/stats.py)
+
     def __init__(self, vhost, name: str, durable: bool, exclusive_owner, auto_delete: bool,
                  arguments: dict):
         self.vhost = vhost
@@ -50,6 +59,8 @@ class Queue(Consumers, Expiry, LengthLimits):
         self.sources: set = set()        # exchanges with a binding to this queue
         self.deleted = False
         self.log = None                  # QueueLog when durable and the broker has a store
+        self.pager = None                # the backlog beyond the RAM window (queue_paging.py)
+        self.window_bytes = 0            # body bytes of ready entries in RAM, when paged
         self.expired_in_place = 0        # expired entries still in ready (removed lazily)
         self.ready_bytes = 0             # body bytes in ready, kept only with x-max-length-bytes
         self.expiring = None             # heap of (deadline, seq, entry) once TTL is in use
@@ -61,6 +72,7 @@ class Queue(Consumers, Expiry, LengthLimits):
         self.dedup_ids = {} if opts.dedup else None
         self.sac_waiting = None          # a departed single active consumer still holding messages
         self.last_used = None            # x-expires bookkeeping
+        self.counts = Counts()           # statistics off the hot path (broker/stats.py)
         if opts.expires:
             self.touch()
 
@@ -85,19 +97,33 @@ class Queue(Consumers, Expiry, LengthLimits):
         # a per-message TTL (the expiration flag) applies on any queue
         if self.tracks_entries or message.header[FLAGS_HIGH] & EXPIRES:
             self._prepare(entry)
-        self.ready.append(entry)
         if self.consumers:
             self.vhost.broker.schedule(self)
         stored = ACCEPTED
-        if self.log is not None and message.persistent:
-            entry.segment = self.log.append_message(seq, message.raw_route, message.header,
-                                                    message.body)
+        pager = self.pager
+        paging = pager is not None and (pager.count or len(self.ready) >= self.window_messages
+                                        or self.window_bytes >= self.window_limit)
+        qlog = self.log
+        if qlog is not None and message.persistent:
+            entry.segment = segment = qlog.append_message(seq, message.raw_route,
+                                                          message.header, message.body)
             if entry.expires is not None:
                 broker = self.vhost.broker
                 left = entry.expires - broker.clock()
-                self.log.expiry(seq, int((broker.wallclock() + left) * 1000))
-            self.vhost.broker.commit.mark_dirty(self.log)
+                qlog.expiry(seq, int((broker.wallclock() + left) * 1000))
+            self.vhost.broker.commit.mark_dirty(qlog)
             stored = STORED
+            if paging:
+                if entry.expires is None:            # only its position stays in RAM
+                    pager.add(seq, segment, qlog.last_offset, qlog.seed)
+                else:
+                    pager.add_entry(entry)
+        elif paging:
+            self._spill(entry)                       # to the scratch log
+        if not paging:
+            self.ready.append(entry)
+            if pager is not None:
+                self.window_bytes += len(message.body)
         if self.length_limited:
             if self.consumers:
                 self.dispatch()        # a waiting consumer takes it before the limit applies
@@ -170,6 +196,7 @@ class Queue(Consumers, Expiry, LengthLimits):
         when its TTL passed meanwhile or it hit the delivery limit."""
         entry.redelivered = True
         self.unacked -= 1
+        self.counts.requeued += 1
         if self.tracks_entries:
             if entry.expires is not None and entry.expires <= self.vhost.broker.clock():
                 self._remove(entry, "expired")
@@ -184,6 +211,8 @@ class Queue(Consumers, Expiry, LengthLimits):
             if self.length_limited:
                 self.ready_bytes += len(entry.message.body)
         self.ready.put_back(entry)
+        if self.pager is not None:
+            self.window_bytes += len(entry.message.body)
         if self.consumers:
             self.vhost.broker.schedule(self)
         if self.length_limited and self.opts.overflow == "drop-head":
@@ -192,6 +221,7 @@ class Queue(Consumers, Expiry, LengthLimits):
     def reject(self, entry: Entry) -> None:
         """A consumer rejected or nacked it without requeue."""
         self.unacked -= 1
+        self.counts.rejected += 1
         self._remove(entry, "rejected")
 
     def settle(self, entry: Entry) -> None:
@@ -205,6 +235,8 @@ class Queue(Consumers, Expiry, LengthLimits):
         if entry.segment is not None and self.log is not None:
             self.log.settle(entry.seq, entry.segment)
             self.vhost.broker.commit.mark_dirty(self.log)
+            if self.log.wants_compaction:
+                self._compact_soon()
         if self.dedup_ids is not None:
             key = dedup_key(entry.message, self.opts.dedup_header)
             if key is not None and self.dedup_ids.get(key) is entry:
@@ -218,6 +250,8 @@ class Queue(Consumers, Expiry, LengthLimits):
         """First hand-over of a stored message: recorded, so a crash brings it back marked
         redelivered."""
         self.unacked += 1
+        if self.pager is not None:
+            self.window_bytes -= len(entry.message.body)
         if entry.segment is not None and not entry.redelivered and self.log is not None:
             self.log.delivered(entry.seq)
             self.vhost.broker.commit.mark_dirty(self.log)
@@ -230,7 +264,7 @@ class Queue(Consumers, Expiry, LengthLimits):
     def _pop(self) -> Entry | None:
         """The next live entry of the ready list (skipping expired ones left in place)."""
         ready = self.ready
-        while ready or ready.back:
+        while ready or ready.back or (self.pager is not None and self._page_in()):
             entry = ready.take()
             if entry.state != GONE:
                 return entry
@@ -241,12 +275,15 @@ class Queue(Consumers, Expiry, LengthLimits):
         if self.opts.expires:
             self.touch()
         ready = self.ready
-        if self.expired_in_place or ready.back:
-            entry = self._pop()
+        if self.expired_in_place or ready.back or not ready:
+            entry = self._pop()             # (it reads the window in from the pager if empty)
         else:
-            entry = ready.popleft() if ready else None
+            entry = ready.popleft()
         if entry is not None:
             self.delivering(entry)
+            pager = self.pager
+            if pager is not None and pager.count and len(ready) < self.window_low:
+                self._page_in()
         return entry
 
     def _new_ready(self):
@@ -260,6 +297,13 @@ class Queue(Consumers, Expiry, LengthLimits):
         old, self.ready = self.ready, self._new_ready()
         self.expired_in_place = 0
         self.ready_bytes = 0
+        self.window_bytes = 0
+        pager = self.pager
+        if pager is not None:
+            self.pager = None
+            self.start_paging(pager.scratch)
+            if pager.count:
+                self.vhost.broker.background(self._release_paged(pager, settle=True))
         if self.expiring:             # keep the deadlines of delivered messages only
             self.expiring = [item for item in self.expiring if item[2].state == OUT]
             heapq.heapify(self.expiring)
@@ -273,6 +317,14 @@ class Queue(Consumers, Expiry, LengthLimits):
         """The queue was deleted: free its messages in slices (its log goes as a whole)."""
         old, self.ready = self.ready, self._new_ready()
         self.expiring = None
+        pager = self.pager
+        if pager is not None:
+            pager.runs.clear()          # positions only: the logs go as a whole
+            pager.count = 0
+            pager.close()
+            if pager.scratch is not None:
+                self.vhost.broker.store.delete_scratch_log(pager.scratch)
+                pager.scratch = None
         if old.size():
             self.vhost.broker.background(self._release(old, settle=False))
 
@@ -290,7 +342,8 @@ class Queue(Consumers, Expiry, LengthLimits):
 
     @property
     def message_count(self) -> int:
-        return self.ready.size() - self.expired_in_place
+        n = self.ready.size() - self.expired_in_place
+        return n if self.pager is None else n + self.pager.count
 
     # -- declaration --------------------------------------------------------------------------
     def check_equivalent(self, durable: bool, auto_delete: bool, arguments: dict) -> None:

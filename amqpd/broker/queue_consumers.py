@@ -1,6 +1,7 @@
 """A queue's consumers: exclusive consumers, consumer priorities, round-robin among those with
 credit, single active consumer (x-single-active-consumer), and dispatch."""
 from .. import errors
+from .stats import retire_consumer
 
 
 class Consumers:
@@ -24,6 +25,7 @@ class Consumers:
             self.consumers.remove(consumer)
         except ValueError:
             return
+        retire_consumer(consumer)
         self.priorities = any(c.priority for c in self.consumers)
         if self.opts.single_active and consumer.unacked:
             # its messages come back first (requeued in order) before the next one starts
@@ -62,16 +64,26 @@ class Consumers:
         return best
 
     def dispatch(self) -> None:
+        self._dispatch()
+        pager = self.pager
+        if pager is not None and pager.count:      # read ahead of the consumers
+            while len(self.ready) < self.window_low and self._page_in():
+                if not self.consumers or not self._dispatch():
+                    break
+
+    def _dispatch(self) -> bool:
+        """Deliver what is ready; True when the ready list ran out with credit left."""
         ready = self.ready
         while (ready or ready.back) and self.consumers:
             consumer = self.next_consumer()
             if consumer is None:
-                return
+                return False
             if self.expired_in_place or ready.back:
                 entry = self._pop()
                 if entry is None:
-                    return
+                    return True
             else:
                 entry = ready.popleft()
             self.delivering(entry)
             consumer.channel.deliver(consumer, entry)
+        return bool(self.consumers)

@@ -3,6 +3,7 @@ x-expires (a queue unused for that long deletes itself). Deadlines are armed on 
 one clock (``Broker.call_at``)."""
 import heapq
 
+from ..store.paging import Run
 from .message import GONE, READY, Entry
 
 
@@ -45,6 +46,10 @@ class Expiry:
         for e in live:
             self.ready.append(e)
         self.expired_in_place = 0
+        if self.pager is not None:     # expired ones waiting in RAM behind paged messages
+            self.expired_in_place = sum(1 for run in self.pager.runs
+                                        if run.__class__ is not Run for e in run
+                                        if e.state == GONE)
 
     def touch(self) -> None:
         """x-expires: the queue was used (declared, consumed from, got from)."""

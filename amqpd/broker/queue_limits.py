@@ -23,4 +23,6 @@ class LengthLimits:
             if entry is None:
                 break
             self.ready_bytes -= len(entry.message.body)
+            if self.pager is not None:
+                self.window_bytes -= len(entry.message.body)
             self._remove(entry, "maxlen")

@@ -9,6 +9,8 @@ from .arguments import validate as validate_arguments
 from .message import with_routing_key
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult
 from .queue import Queue
+from .policy import PolicySet
+from .queue_policy import refresh_exchange, refresh_queue
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"),
@@ -25,6 +27,7 @@ class VHost:
         self.queues: dict[str, Queue] = {}
         self.reply_queues: dict[str, Queue] = {}     # direct reply-to consumers' queues
         self.max_queues = None          # vhost limit set by definitions (None: the config's)
+        self.policies = PolicySet()     # policies and operator policies (queue_policy.py)
         self.default = DefaultExchange(self, "", durable=True)
         self.exchanges[""] = self.default
         for xname, kind in STANDARD_EXCHANGES:
@@ -65,6 +68,7 @@ class VHost:
         cls.validate_arguments(f"exchange '{name}' in vhost '{self.name}'", arguments or {},
                                self.types)
         ex = cls(self, name, durable, auto_delete, internal, arguments)
+        refresh_exchange(ex)
         if durable:
             self._persist({"op": "exchange", "name": name, "type": kind, "durable": True,
                            "auto_delete": auto_delete, "internal": internal,
@@ -123,6 +127,7 @@ class VHost:
                 existing.check_equivalent(durable, auto_delete, arguments)
                 if existing.opts.expires:
                     existing.touch()
+                self.broker.counters.queues_declared += 1
                 return existing
         else:
             name = "amq.gen-" + secrets.token_urlsafe(16)
@@ -136,12 +141,17 @@ class VHost:
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
         q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        refresh_queue(q)
         if exclusive:
             owner.exclusive_queues.add(q)
         elif durable:
             self._persist({"op": "queue", "name": name, "durable": True,
                            "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
         self.queues[name] = q
+        counters = self.broker.counters
+        counters.queues_declared += 1
+        counters.queues_created += 1
+        q.start_paging()
         return q
 
     def _persist(self, entry: dict, logged=None) -> None:
@@ -155,6 +165,8 @@ class VHost:
         try:
             if logged is not None:
                 logged.log = self._open_log(store, logged, key)
+                if isinstance(logged, Queue):
+                    logged.start_paging()
             self.journal(entry)
         except OSError as exc:
             if logged is not None:
@@ -188,6 +200,8 @@ class VHost:
         store = self.broker.store
         if store is not None:
             owner.log = self._open_log(store, owner, self._log_key(owner))
+            if isinstance(owner, Queue):
+                owner.start_paging()
 
     def delete_queue(self, q: Queue) -> int:
         """Remove a queue, its bindings and its consumers; returns the messages dropped."""
@@ -196,7 +210,8 @@ class VHost:
         q.deleted = True
         if self.queues.get(q.name) is q:
             del self.queues[q.name]
-        self.reply_queues.pop(q.name, None)
+        if self.reply_queues.pop(q.name, None) is None:
+            self.broker.counters.queues_deleted += 1
         for ex in list(q.sources):
             ex.remove_dest(q)
             self._maybe_auto_delete(ex)
@@ -261,11 +276,18 @@ class VHost:
         if allow is None and len(queues) == 1:
             for q in queues:               # the common case: one queue's verdict is the result
                 return q.enqueue(message)
+        if allow is None:
+            ex.extra_routes += len(queues) - 1     # publish_out (broker/stats.py)
         result = None
         for q in queues:
-            if allow is not None and not allow(q):
-                continue
-            verdict = q.enqueue(message)
+            if allow is not None:          # dead-lettering: not a publish to the queue
+                if not allow(q):
+                    continue
+                before = q.next_seq
+                verdict = q.enqueue(message)
+                q.counts.not_published += q.next_seq - before
+            else:
+                verdict = q.enqueue(message)
             if verdict is REJECTED:
                 result = REJECTED
             elif verdict is STORED:

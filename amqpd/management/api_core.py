@@ -74,7 +74,9 @@ def overview_json(ctx, user) -> dict:
                              ("http", cfg.listeners.http, getattr(ctx, "http_port", None))):
         if lst is not None and port is not None:
             listeners.append({"node": ctx.node_name, "protocol": proto,
-                              "ip_address": lst.host, "port": port, "socket_opts": {}})
+                              "ip_address": lst.host, "port": port,
+                              "socket_opts": {"backlog": 128, "nodelay": True,
+                                              "linger": [True, 0], "exit_on_close": False}})
     zero = {"rate": 0.0}
     out = {
         "management_version": RABBITMQ_VERSION,
@@ -102,7 +104,8 @@ def overview_json(ctx, user) -> dict:
         "node": ctx.node_name,
         "listeners": listeners,
         "contexts": [{"node": ctx.node_name, "description": "amqpd management",
-                      "path": "/", "port": str(getattr(ctx, "http_port", "") or "")}],
+                      "path": "/", "port": str(getattr(ctx, "http_port", "") or ""),
+                      "cowboy_opts": "[]", "ssl_opts": []}],
     }
     stats = getattr(broker, "stats", None)
     if stats is not None:
@@ -151,7 +154,19 @@ def vhost_json(ctx, vhost) -> dict:
         ready += q.message_count
         unacked += q.unacked
     zero = {"rate": 0.0}
+    recv = send = 0
+    for conn in ctx.access.by_vhost.get(vhost.name, ()) if ctx.access is not None else ():
+        stats = getattr(conn, "stats", None)
+        if stats is not None:
+            try:
+                io = stats.io()
+                recv += io.get("recv_oct", 0)
+                send += io.get("send_oct", 0)
+            except Exception:
+                pass
     return {"cluster_state": {ctx.node_name: "running"}, "default_queue_type": "undefined",
+            "recv_oct": recv, "recv_oct_details": zero, "send_oct": send,
+            "send_oct_details": zero,
             "description": description, "metadata": {"description": description, "tags": tags},
             "name": vhost.name, "tags": tags, "tracing": False,
             "messages": ready + unacked, "messages_details": zero,

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from ..admin import AdminError
 from ..edge import resources
-from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION
+from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION, _churn
 from .auth import bad_request, check_vhost, endpoint, error, not_found
 from .body import after_change, durable, no_content, read_json
 from .listing import json_response
@@ -20,6 +20,16 @@ def _fds() -> tuple[int, int]:
         used = 0
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return used, soft if soft != resource.RLIM_INFINITY else 1048576
+
+
+# RabbitMQ's Erlang-VM, Mnesia and message-store counters: kept in the shape (exporters and
+# dashboards read them) with the value 0, amqpd has no such thing
+_ZERO_COUNTERS = (
+    "context_switches", "gc_bytes_reclaimed", "gc_num", "io_read_avg_time", "io_read_bytes",
+    "io_read_count", "io_reopen_count", "io_seek_avg_time", "io_seek_count",
+    "io_sync_avg_time", "io_sync_count", "io_write_avg_time", "io_write_bytes",
+    "io_write_count", "mnesia_disk_tx_count", "mnesia_ram_tx_count", "msg_store_read_count",
+    "msg_store_write_count", "queue_index_read_count", "queue_index_write_count")
 
 
 def node_json(ctx) -> dict:
@@ -40,7 +50,11 @@ def node_json(ctx) -> dict:
             disk_free = 0
     cfg = ctx.config
     zero = {"rate": 0.0}
-    return {
+    out = _churn(ctx.broker)
+    for key in _ZERO_COUNTERS:
+        out[key] = 0
+        out[key + "_details"] = zero
+    out.update({
         "name": ctx.node_name,
         "type": "disc",
         "running": True,
@@ -70,12 +84,14 @@ def node_json(ctx) -> dict:
         "applications": [{"name": "amqpd", "description": "amqpd AMQP 0-9-1 broker",
                           "version": RABBITMQ_VERSION}],
         "contexts": [{"description": "amqpd management", "path": "/",
-                      "port": str(ctx.http_port or "")}],
+                      "port": str(ctx.http_port or ""), "cowboy_opts": "[]"}],
         "enabled_plugins": ["rabbitmq_management"],
         "log_files": [],
         "db_dir": data_dir or "",
         "config_files": [],
-    }
+        "ra_open_file_metrics": {"ra_log_segment_writer": 0, "ra_log_wal": 0},
+    })
+    return out
 
 
 @endpoint("monitoring")

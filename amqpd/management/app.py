@@ -83,3 +83,7 @@ def _add(app, route: web.RouteDef, seen: set) -> None:
         else:
             kwargs.pop("allow_head", None)
             app.router.add_route(route.method, path, route.handler, **kwargs)
+
+
+from . import api_policies; MODULES.append(api_policies)  # noqa: E402,E702 (docs/policies.md)
+from . import ui; MODULES.append(ui)  # noqa: E402,E702  (the web UI at /, docs/ui.md)

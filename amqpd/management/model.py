@@ -49,54 +49,60 @@ def _message_stats(obj, now):
 
 
 # -- queues -------------------------------------------------------------------------------------
+# what every queue shows the same (one copy per queue, made in C: dict.copy)
+_QUEUE_CONST = {
+    "head_message_timestamp": None, "memory": 0, "message_bytes_paged_out": 0,
+    "message_bytes_persistent": 0, "message_bytes_unacknowledged": 0,
+    "messages_details": _ZERO_RATE, "messages_paged_out": 0, "messages_persistent": 0,
+    "messages_ready_details": _ZERO_RATE, "messages_unacknowledged_details": _ZERO_RATE,
+    "recoverable_slaves": None, "single_active_consumer_tag": None, "state": "running",
+    "type": "classic", "exclusive_consumer_tag": None, "consumer_capacity": 0,
+    "consumer_utilisation": 0, "effective_policy_definition": {}, "operator_policy": None,
+    "policy": None, "arguments": {},
+}
+
+
 def queue_json(ctx, q, now=None, node=None) -> dict:
     ready = q.message_count
     unacked = q.unacked
-    consumers = len(q.consumers)
-    owner = q.exclusive_owner
-    out = {
-        "arguments": args_out(q.arguments),
-        "auto_delete": q.auto_delete,
-        "consumer_capacity": 1.0 if consumers else 0,
-        "consumer_utilisation": 1.0 if consumers else 0,
-        "consumers": consumers,
-        "durable": q.durable,
-        "effective_policy_definition": getattr(q, "effective_policy_definition", None) or {},
-        "exclusive": owner is not None,
-        "exclusive_consumer_tag": (q.consumers[0].tag if consumers and q.consumers[0].exclusive
-                                   else None),
-        "head_message_timestamp": None,
-        "memory": 0,
-        "message_bytes": q.ready_bytes,
-        "message_bytes_paged_out": 0,
-        "message_bytes_persistent": 0,
-        "message_bytes_ram": q.ready_bytes,
-        "message_bytes_ready": q.ready_bytes,
-        "message_bytes_unacknowledged": 0,
-        "messages": ready + unacked,
-        "messages_details": _ZERO_RATE,
-        "messages_paged_out": 0,
-        "messages_persistent": 0,
-        "messages_ram": ready + unacked,
-        "messages_ready": ready,
-        "messages_ready_details": _ZERO_RATE,
-        "messages_ready_ram": ready,
-        "messages_unacknowledged": unacked,
-        "messages_unacknowledged_details": _ZERO_RATE,
-        "messages_unacknowledged_ram": unacked,
-        "name": q.name,
-        "node": node or ctx.node_name,
-        "operator_policy": getattr(q, "operator_policy_name", None),
-        "policy": getattr(q, "policy_name", None),
-        "recoverable_slaves": None,
-        "single_active_consumer_tag": None,
-        "state": "running",
-        "type": "classic",
-        "vhost": q.vhost.name,
-    }
-    ms = _message_stats(q, now if now is not None else ctx.now())
-    if ms:
-        out["message_stats"] = ms
+    total = ready + unacked
+    nbytes = q.ready_bytes
+    out = _QUEUE_CONST.copy()
+    out["auto_delete"] = q.auto_delete
+    out["durable"] = q.durable
+    out["exclusive"] = q.exclusive_owner is not None
+    out["message_bytes"] = out["message_bytes_ram"] = out["message_bytes_ready"] = nbytes
+    out["messages"] = out["messages_ram"] = total
+    out["messages_ready"] = out["messages_ready_ram"] = ready
+    out["messages_unacknowledged"] = out["messages_unacknowledged_ram"] = unacked
+    out["name"] = q.name
+    out["node"] = node or ctx.node_name
+    out["vhost"] = q.vhost.name
+    if q.arguments:
+        out["arguments"] = args_out(q.arguments)
+    consumers = q.consumers
+    out["consumers"] = n = len(consumers)
+    if n:
+        out["consumer_capacity"] = out["consumer_utilisation"] = 1.0
+        if consumers[0].exclusive:
+            out["exclusive_consumer_tag"] = consumers[0].tag
+    policy = getattr(q, "policy_name", None)
+    if policy is not None:
+        out["policy"] = policy
+    policy = getattr(q, "operator_policy_name", None)
+    if policy is not None:
+        out["operator_policy"] = policy
+    effective = getattr(q, "effective_policy_definition", None)
+    if effective:
+        out["effective_policy_definition"] = effective
+    stats = getattr(q, "stats", None)
+    if stats is not None:
+        try:
+            ms = stats.message_stats(now if now is not None else ctx.now())
+        except Exception:       # a reader never breaks on statistics
+            ms = None
+        if ms:
+            out["message_stats"] = ms
     return out
 
 

@@ -62,6 +62,7 @@ class Commit:
         self.failures = 0              # failed writes/fsyncs since it started failing
         self.failed_gen = 0            # the last generation that failed
         self.good_run = 0              # successful commits since the last failure
+        self.written_hooks: list = []  # called once after the next write (paged queues)
 
     # -- appends ------------------------------------------------------------------------------
     def mark_dirty(self, qlog) -> None:
@@ -101,6 +102,13 @@ class Commit:
         """The write batch a record buffered now belongs to."""
         return self.gen + 1
 
+    def after_write(self, callback) -> None:
+        """Call ``callback()`` once the records buffered now have been handed to the OS (a
+        paged queue reads them back from there)."""
+        self.written_hooks.append(callback)
+        if not self.dirty and not self.extra and self.on_dirty is not None:
+            self.on_dirty()
+
     def wait(self, waiter) -> None:
         """Call ``waiter.flush_confirms()`` when the next sync completes (or
         ``nack_generations`` if it fails)."""
@@ -120,6 +128,9 @@ class Commit:
         error = None
         for qlog in logs:
             before = qlog.written
+            if qlog.scratch:
+                self._write_scratch(qlog)
+                continue
             try:
                 if qlog.write():
                     self.unsynced[qlog] = None
@@ -130,6 +141,10 @@ class Commit:
         self.gen = gen
         if error is not None:
             self._failed(gen - 1, gen, f"cannot write to {self.data_dir}", error)
+        if self.written_hooks:
+            hooks, self.written_hooks = self.written_hooks, []
+            for hook in hooks:
+                hook()
         if self.mode == "never":
             for qlog in self.unsynced:
                 qlog.release_retired()
@@ -139,6 +154,18 @@ class Commit:
                 self._writes_succeed(gen)
             self._notify()
         return True
+
+    def _write_scratch(self, qlog) -> None:
+        """Transient messages paged out: written, never fsynced, and nobody waits for them. A
+        failed write loses them (the queue skips what it cannot read back)."""
+        before = qlog.written
+        try:
+            qlog.write()
+        except OSError as exc:
+            log.warning("%s: cannot write transient messages paged out of memory: %s",
+                        qlog.path, exc)
+        qlog.release_retired()
+        self.written += qlog.written - before
 
     def begin_sync(self) -> SyncJob | None:
         """What to fsync for everything written so far, and the generation it covers; None
@@ -218,6 +245,8 @@ class Commit:
 
     def synced(self, job: SyncJob) -> None:
         self.synced_gen = max(self.synced_gen, job.gen)
+        for qlog in job.logs:
+            qlog.index_synced()         # summaries of the segments it finished
         self._writes_succeed(job.gen)
 
     def sync_failed(self, job: SyncJob, exc: OSError) -> None:
@@ -229,6 +258,7 @@ class Commit:
         fsync covered moves to a fresh segment, and the broker carries on."""
         self._failed(self.synced_gen, self.gen + 1, f"fsync in {self.data_dir} failed", exc)
         for qlog in job.logs:
+            qlog.index_failed()
             if not qlog.deleted:
                 qlog.abandon_segment()
                 qlog.dir_dirty = True          # the names may not be durable either

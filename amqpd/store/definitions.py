@@ -1,4 +1,4 @@
-"""Durable definitions (exchanges, queues, bindings) as an append-only journal of JSON lines.
+"""Durable definitions (exchanges, queues, bindings, policies) as an append-only journal of JSON lines.
 
 A change is appended and fsynced before the client hears declare-ok, so a definition the client
 was told about survives a crash. At start-up the journal is replayed and rewritten compacted.
@@ -65,7 +65,7 @@ class DefinitionsJournal:
 
     def load(self) -> list[dict]:
         """Replay: the net effect of the journal, as a list of live definitions."""
-        exchanges, queues, bindings = {}, {}, {}
+        exchanges, queues, bindings, policies = {}, {}, {}, {}
         try:
             with open(self.path, "rb") as f:
                 lines = f.read().split(b"\n")
@@ -93,13 +93,19 @@ class DefinitionsJournal:
                 queues.pop(key, None)
                 bindings = {k: v for k, v in bindings.items()
                             if not (k[0] == d["vhost"] and k[2] == "queue" and k[3] == d["name"])}
+            elif op == "policy":
+                policies[key + (bool(d.get("operator")),)] = d
+            elif op == "policy.delete":
+                policies.pop(key + (bool(d.get("operator")),), None)
             elif op in ("bind", "unbind"):
                 bkey = (d["vhost"], d["source"], d["dest_kind"], d["dest"], d["key"], d["args"])
                 if op == "bind":
                     bindings[bkey] = d
                 else:
                     bindings.pop(bkey, None)
-        return list(exchanges.values()) + list(queues.values()) + list(bindings.values())
+        # policies first: a recovered queue or exchange gets its policy as it is restored
+        return (list(policies.values()) + list(exchanges.values()) + list(queues.values())
+                + list(bindings.values()))
 
     def rewrite(self, entries: list[dict]) -> None:
         """Replace the journal with exactly these entries (atomic: temp file + rename)."""

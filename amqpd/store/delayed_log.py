@@ -79,6 +79,18 @@ class Bucket:
 
 
 class DelayedLog:
+    # The commit path writes scratch queue logs (paged transient messages) its own way; a
+    # delayed log, durable or not, goes through the normal write (a non-durable one is never
+    # fsynced by its own rules).
+    scratch = False
+
+    def index_synced(self) -> None:
+        """Queue logs write segment summaries once fsynced (store/segment_index.py); a
+        delayed log indexes its buckets as it reads them, so there is nothing to do."""
+
+    def index_failed(self) -> None:
+        """See ``index_synced``."""
+
     def __init__(self, path: str, io=REAL, durable: bool = True):
         self.path = path
         self.io = io

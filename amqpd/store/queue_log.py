@@ -14,15 +14,21 @@ and the next record starts a new one.
 """
 import logging
 import os
+from array import array
 
-from . import records
+from . import records, segment_index
+from .segment_index import SegmentIndex
 from .fileio import REAL
 
 log = logging.getLogger("amqpd.store")
 
 SEGMENT_SIZE = 16 << 20
+COMPACT_AFTER = 2        # fully settled segments kept for an older live one: compact it
+COMPACT_LIMIT = 4096     # live messages one compaction may copy (it runs on the loop)
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 ROLL = None          # in ``pending``: the records after it go to the next segment
+_settled = records.marker
+_SETTLED, _DELIVERED = records.SETTLED, records.DELIVERED
 
 
 class QueueLog:
@@ -48,6 +54,17 @@ class QueueLog:
         self.doomed: list = []             # settled segments to unlink once written
         self.dir_dirty = False             # a segment file was created: fsync the directory
         self.deleted = False
+        self.scratch = False               # transient messages paged out: never fsynced
+        self.clean_until: dict = {}        # compacted segment -> first segment it may need
+        self.wants_compaction = False      # settled segments are kept only for their markers
+        self.last_offset = 0               # offset of the last message appended
+        # Segment summaries (segment_index.py): the active segment's, collected as records
+        # are appended; finished ones wait for their segment to be written, then fsynced.
+        self.index = SegmentIndex()
+        self.index.valid = False           # until a segment is opened here
+        self.sealed: list = []             # (number, index): finished, records still buffered
+        self.unsynced_index: list = []     # written to the OS, waiting for the next fsync
+        self.syncing_index: list = []      # covered by the fsync running now
         self.parent_dirty = io.makedirs(path) is not None     # a new directory: fsync parent
 
     def _segment_path(self, number: int) -> str:
@@ -126,6 +143,113 @@ class QueueLog:
         self._unlink_doomed()
         return live, top
 
+    def recover_positions(self):
+        """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
+        ``runs`` being store.paging.Run objects holding the positions of the live messages
+        in seq order (the redelivered bit set for those with a DELIVERED marker),
+        ``expiries`` {seq: TTL deadline in ms since the epoch}."""
+        from .paging import REDELIVERED, Run
+        segs = []
+        settled: set[int] = set()
+        delivered: set[int] = set()
+        expiries: dict[int, int] = {}
+        top = 0
+        numbers = self._segments_on_disk()
+        unreadable = None
+        MESSAGE, SETTLED, DELIVERED = records.MESSAGE, records.SETTLED, records.DELIVERED
+        for number in numbers:
+            path = self._segment_path(number)
+            if number != numbers[-1]:
+                ix = segment_index.load(path)
+                if ix is not None:            # a sealed segment's summary: no need to read it
+                    top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
+                    settled.update(ix.settled)
+                    delivered.update(ix.delivered)
+                    for i in range(len(ix.exp_seqs)):
+                        expiries[ix.exp_seqs[i]] = ix.exp_at[i]
+                    segs.append(Run(number, ix.seed, ix.seqs, ix.offs))
+                    self.live[number] = 0
+                    continue
+            try:
+                data = self.io.read(path)
+            except OSError as exc:
+                unreadable = number
+                self._set_aside(path, exc)
+                continue
+            problems: list = []
+            seed, base, high = records.segment_info(data)
+            if high > top:
+                top = high
+            run = Run(number, seed)
+            ix = SegmentIndex(seed, base, high)
+            seqs, offs = run.seqs, run.offs
+            rec = None
+            for rec in records.scan_positions(data, problems):
+                kind, seq, at, _ = rec
+                if seq > top:
+                    top = seq
+                if kind == MESSAGE:
+                    seqs.append(seq)
+                    offs.append(at << 1)
+                elif kind == SETTLED:
+                    settled.add(seq)
+                    ix.settled.append(seq)
+                elif kind == DELIVERED:
+                    delivered.add(seq)
+                    ix.delivered.append(seq)
+                else:
+                    expiries[seq] = at_ms = records.expiry_at(data, at)
+                    ix.exp_seqs.append(seq)
+                    ix.exp_at.append(at_ms)
+            good_end = rec[3] if rec is not None else base
+            for offset, length, reason in problems:
+                log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
+            if number == numbers[-1] and good_end < len(data):
+                self._truncate(path, good_end)
+                data = data[:good_end]
+            segs.append(run)
+            self.live[number] = 0
+            if number == numbers[-1]:
+                self.active = self.writing = number
+                self.active_size = self.file_size = len(data)
+                self.seed, self.base_size = seed, base
+                # appends go on in this segment: its summary so far, for when it is sealed
+                ix.seqs.extend(seqs)
+                ix.offs.extend(offs)
+                ix.valid = not problems and good_end > 0
+                self.index = ix
+            del data
+        if unreadable is not None and unreadable == numbers[-1]:
+            self.active = self.writing = unreadable + 1     # never append to it
+            self.active_size = self.file_size = 0
+        runs = []
+        last = 0
+        gone = array("Q", sorted(settled))
+        seen = array("Q", sorted(delivered))
+        for run in segs:
+            seqs, offs = run.seqs, run.offs
+            if not seqs:
+                self.live[run.segment] = 0
+                continue
+            lo, hi = seqs[0], seqs[-1]
+            if lo <= last or hi < lo:
+                runs = None                   # out of order (never written so): sort all
+            if _any_in(gone, lo, hi) or _any_in(seen, lo, hi):
+                keep = [(seqs[i], offs[i] | (REDELIVERED if seqs[i] in delivered else 0))
+                        for i in range(len(seqs)) if seqs[i] not in settled]
+                run.seqs = array("Q", [k[0] for k in keep])
+                run.offs = array("I", [k[1] for k in keep])
+            last = max(last, hi)
+            self.live[run.segment] = len(run.seqs)
+            if runs is not None:
+                runs.append(run)
+        if runs is None:
+            runs = _resplit(segs)
+        self.high = top
+        self._drop_settled_prefix()
+        self._unlink_doomed()
+        return [r for r in runs if r.seqs], expiries, top
+
     def _set_aside(self, path: str, exc: OSError) -> None:
         """A segment that cannot be read at all (EIO, or EBADMSG from a file system whose
         metadata was lost): its messages cannot be recovered, but the queue and the others
@@ -155,6 +279,10 @@ class QueueLog:
         if self.active_size + len(rec) > self.segment_size and self.active_size > self.base_size:
             self._roll()
             rec = records.message(seq, route, header, body, self.seed)
+        self.last_offset = offset = self.active_size   # where it lands (a paged message's place)
+        ix = self.index
+        ix.seqs.append(seq)
+        ix.offs.append(offset << 1)
         self.pending.append(rec)
         self.active_size += len(rec)
         self.high = seq
@@ -162,19 +290,39 @@ class QueueLog:
         return self.active
 
     def settle(self, seq: int, segment: int) -> None:
-        self._marker(records.SETTLED, seq)
+        if self.active_size == 0:
+            self._open_segment()
+        rec = _settled(_SETTLED, seq, self.seed)
+        self.index.settled.append(seq)
+        self.pending.append(rec)
+        self.active_size += len(rec)
         n = self.live[segment] - 1
         self.live[segment] = n
         if n == 0 and segment != self.active:
             self._drop_settled_prefix()
 
+    def forget(self, segment: int, n: int = 1) -> None:
+        """Scratch logs: ``n`` messages of ``segment`` were read back (no marker: a scratch
+        log is never recovered); a segment nobody needs any more is deleted."""
+        left = self.live[segment] - n
+        self.live[segment] = left
+        if left == 0 and segment != self.active:
+            self._drop_settled_prefix()
+
     def delivered(self, seq: int) -> None:
-        self._marker(records.DELIVERED, seq)
+        if self.active_size == 0:
+            self._open_segment()
+        rec = _settled(_DELIVERED, seq, self.seed)
+        self.index.delivered.append(seq)
+        self.pending.append(rec)
+        self.active_size += len(rec)
 
     def expiry(self, seq: int, at_ms: int) -> None:
         if self.active_size == 0:
             self._open_segment()
         rec = records.expiry(seq, at_ms, self.seed)
+        self.index.exp_seqs.append(seq)
+        self.index.exp_at.append(at_ms)
         self.pending.append(rec)
         self.active_size += len(rec)
 
@@ -182,6 +330,10 @@ class QueueLog:
         if self.active_size == 0:
             self._open_segment()
         rec = records.marker(kind, seq, self.seed)
+        if kind == records.SETTLED:
+            self.index.settled.append(seq)
+        else:
+            self.index.delivered.append(seq)
         self.pending.append(rec)
         self.active_size += len(rec)
 
@@ -192,11 +344,15 @@ class QueueLog:
         header = records.segment_header(salt, self.high)
         self.pending.append(header)
         self.active_size = self.base_size = len(header)
+        self.index = SegmentIndex(self.seed, self.base_size, self.high)
 
     def _roll(self, open_next: bool = True) -> None:
         """Start a new segment; what is buffered so far still goes to the old one."""
         self.pending.append(ROLL)
         self.rolls += 1
+        self.sealed.append((self.active, self.index))
+        self.index = SegmentIndex()
+        self.index.valid = False            # until the next segment is opened
         self.active += 1
         self.live.setdefault(self.active, 0)
         if open_next:
@@ -206,18 +362,106 @@ class QueueLog:
         self._drop_settled_prefix()
 
     def _drop_settled_prefix(self) -> None:
-        """Forget the oldest segments that hold nothing live; their files go at the next write
-        (after any of their records still buffered)."""
+        """Forget the segments that hold nothing live and that no older segment needs (a
+        later segment may hold the SETTLED markers of an older one's messages, so normally
+        they go oldest first; a compacted segment holds only live messages and no longer
+        needs the segments up to ``clean_until``); their files go at the next write (after
+        any of their records still buffered). Fully settled segments kept only for their
+        markers ask for a compaction (``wants_compaction``)."""
+        barrier = None
+        pinned = 0
         for number in sorted(self.live):
-            if number == self.active or self.live[number]:
-                return
-            del self.live[number]
-            self.doomed.append(number)
+            if number == self.active:
+                break
+            if self.live[number]:
+                clean = self.clean_until.get(number, number + 1)
+                barrier = clean if barrier is None else min(barrier, clean)
+                continue
+            if barrier is None or number < barrier:
+                del self.live[number]
+                self.clean_until.pop(number, None)
+                self.doomed.append(number)
+            else:
+                pinned += 1
+        if pinned >= COMPACT_AFTER:
+            self.wants_compaction = True
+
+    def compaction_targets(self) -> list:
+        """The live segments to rewrite so that the fully settled ones behind them can go:
+        every live sealed segment older than the last fully settled one, if together they
+        hold at most COMPACT_LIMIT messages (the rewrite runs on the loop); else []."""
+        numbers = sorted(self.live)
+        last_empty = None
+        for number in numbers:
+            if number >= min(self.active, self.writing):
+                break
+            if not self.live[number]:
+                last_empty = number
+        if last_empty is None:
+            return []
+        # Every live one, compacted before or not: rewriting a segment drops the SETTLED
+        # markers it holds for older segments' messages, so those must go from them too.
+        targets = [n for n in numbers if n < last_empty and self.live[n]]
+        if not any(self.clean_until.get(n, n + 1) <= last_empty for n in targets) \
+                or sum(self.live[n] for n in targets) > COMPACT_LIMIT:
+            return []
+        return targets
+
+    def compact(self, number: int, keep: dict, sync: bool) -> dict:
+        """Rewrite sealed segment ``number`` with only the messages in ``keep`` ({seq:
+        delivered}) and their EXPIRY records, a DELIVERED marker for those delivered; same
+        header (salt, high), so the records are copied byte for byte. Atomic (temporary
+        file, fsync, rename, fsync of the directory unless ``sync`` is false). Returns {seq:
+        new offset}."""
+        path = self._segment_path(number)
+        data = self.io.read(path)
+        seed, base, _high = records.segment_info(data)
+        out = [data[:base]]
+        size = base
+        offsets = {}
+        marked = set()
+        MESSAGE, EXPIRY, DELIVERED = records.MESSAGE, records.EXPIRY, records.DELIVERED
+        for kind, seq, pos, end in records.scan_positions(data):
+            if seq not in keep or kind == records.SETTLED:
+                continue
+            if kind == MESSAGE:
+                offsets[seq] = size
+            elif kind == DELIVERED:
+                marked.add(seq)
+            elif kind != EXPIRY:
+                continue
+            out.append(data[pos:end])
+            size += end - pos
+        for seq, delivered in keep.items():
+            if delivered and seq not in marked and seq in offsets:
+                rec = records.marker(DELIVERED, seq, seed)
+                out.append(rec)
+                size += len(rec)
+        if len(offsets) != len(keep):
+            raise ValueError(f"segment {number} lacks {len(keep) - len(offsets)} live message(s)")
+        tmp = path + ".compact"
+        io = self.io
+        fd = io.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            io.write_all(fd, b"".join(out))
+            if sync:
+                io.fsync(fd)
+        finally:
+            io.close(fd)
+        io.replace(tmp, path)
+        if sync:
+            io.fsync_dir(self.path)
+        segment_index.remove(path, io)
+        self.clean_until[number] = self.active
+        return offsets
 
     def abandon_segment(self) -> None:
         """An fsync of this log failed: the kernel may have dropped the segment's unsynced
         pages and a later fsync could still report success (PostgreSQL's "fsyncgate"), so
         nothing more is added to it; the next record starts a new segment."""
+        self.index.valid = False
+        for _number, index in self.syncing_index + self.unsynced_index + self.sealed:
+            index.valid = False
         if self.active_size:
             self._roll(open_next=False)
 
@@ -278,6 +522,8 @@ class QueueLog:
             self.retired.append(self.fd)
             self.fd = None
         self.file_size = 0
+        if self.sealed and self.sealed[0][0] == self.writing:
+            self.unsynced_index.append(self.sealed.pop(0))
 
     def _write_failed(self) -> None:
         """Leave no partial record: cut the file back to its last complete record and go on
@@ -285,6 +531,10 @@ class QueueLog:
         in the middle of the log, where recovery skips it) and start a new one."""
         self.pending.clear()
         self.rolls = 0
+        self.index.valid = False            # its summary no longer matches the file
+        for _number, index in self.sealed:
+            index.valid = False
+        self.sealed.clear()
         cut = False
         if self.fd is not None:
             try:
@@ -305,6 +555,7 @@ class QueueLog:
 
     def _unlink_doomed(self) -> None:
         for number in self.doomed:
+            segment_index.remove(self._segment_path(number), self.io)
             try:
                 self.io.unlink(self._segment_path(number))
             except FileNotFoundError:
@@ -319,6 +570,9 @@ class QueueLog:
         duplicate, so a segment retired meanwhile cannot make it fsync a reused number."""
         fds = self.retired
         self.retired = []
+        if self.unsynced_index:
+            self.syncing_index += self.unsynced_index
+            self.unsynced_index = []
         if self.fd is not None:
             fds.append(self.io.dup(self.fd))
         dirs = []
@@ -335,6 +589,23 @@ class QueueLog:
         for fd in self.retired:
             self.io.close(fd)
         self.retired.clear()
+        self.syncing_index += self.unsynced_index
+        self.unsynced_index = []
+        self.index_synced()
+
+    def index_synced(self) -> None:
+        """The fsync that covered finished segments succeeded: their summaries may be
+        written now."""
+        done, self.syncing_index = self.syncing_index, []
+        if self.deleted or self.scratch:
+            return
+        for number, index in done:
+            if index.valid:
+                segment_index.write(self._segment_path(number), index, self.io)
+
+    def index_failed(self) -> None:
+        """That fsync failed: no summary for those segments (a restart scans them)."""
+        self.syncing_index = []
 
     def close(self, sync: bool = True) -> None:
         """Write what is buffered, fsync (unless told not to) and close. Raises the first
@@ -362,7 +633,9 @@ class QueueLog:
             except OSError as exc:
                 error = error or exc
         if error is not None:
+            self.index_failed()
             raise error
+        self.index_synced()
 
     def delete(self, trash: str | None = None) -> None:
         """The queue is gone: move its directory to ``trash`` (someone else removes it), or
@@ -378,3 +651,25 @@ class QueueLog:
             self.io.replace(self.path, trash)
         else:
             self.io.rmtree(self.path)
+
+
+def _any_in(sorted_seqs, lo: int, hi: int) -> bool:
+    """Does the sorted array hold any value in lo..hi?"""
+    from bisect import bisect_left
+    i = bisect_left(sorted_seqs, lo)
+    return i < len(sorted_seqs) and sorted_seqs[i] <= hi
+
+
+def _resplit(runs: list) -> list:
+    """Messages out of seq order across segments (never written so; kept for safety): one
+    run per stretch of one segment in global seq order."""
+    from .paging import Run
+    items = sorted((run.seqs[i], run.offs[i], run.segment, run.seed)
+                   for run in runs for i in range(len(run.seqs)))
+    out: list = []
+    for seq, off, segment, seed in items:
+        if not out or out[-1].segment != segment:
+            out.append(Run(segment, seed))
+        out[-1].seqs.append(seq)
+        out[-1].offs.append(off)
+    return out

@@ -64,6 +64,12 @@ class Store:
         except BaseException:
             io.close(self._lock_fd)
             raise
+        # Scratch segments of transient messages paged out of RAM: worthless after a stop.
+        self.scratch_dir = os.path.join(self.data_dir, "scratch")
+        if os.path.exists(self.scratch_dir):
+            io.rmtree(self.scratch_dir)
+        self._scratch = 0
+        self.scratch_logs: dict = {}
         self.journal = DefinitionsJournal(os.path.join(self.data_dir, "definitions.jsonl"),
                                           fsync=fsync != "never", io=io)
         self._trashed = 0
@@ -161,6 +167,28 @@ class Store:
             dlog = self.logs[key] = DelayedLog(path, self.io, durable)
         return dlog
 
+    def scratch_log(self) -> QueueLog:
+        """A log for one queue's transient messages beyond its RAM window: never fsynced,
+        never recovered (the directory is removed at start-up), deleted with the queue."""
+        self._scratch += 1
+        qlog = QueueLog(os.path.join(self.scratch_dir, str(self._scratch)), self.segment_size,
+                        self.io)
+        qlog.scratch = True
+        qlog.parent_dirty = False
+        self.scratch_logs[qlog] = None
+        return qlog
+
+    def delete_scratch_log(self, qlog: QueueLog) -> None:
+        self.commit.forget(qlog)
+        self.scratch_logs.pop(qlog, None)
+        self._scratch += 1
+        trash = f"{qlog.path}{TRASH}{self._scratch}"
+        try:
+            qlog.delete(trash)
+            self.commit.discard_later(trash, self.scratch_dir)
+        except OSError as exc:
+            log.warning("deleting %s: %s", qlog.path, exc)
+
     def remove_orphans(self, keep) -> None:
         """After recovery: delete queue directories no durable definition names (a queue
         deleted just before a crash, whose files were not all gone). ``keep`` holds the
@@ -224,6 +252,11 @@ class Store:
                     qlog.close(sync)
                 except OSError as exc:
                     log.error("closing %s: %s", qlog.path, exc)
+            for qlog in self.scratch_logs:
+                try:
+                    qlog.close(sync=False)
+                except OSError:
+                    pass
             fd = self.journal.sync_target() if sync else None
             if fd is not None:
                 try:

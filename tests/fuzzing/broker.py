@@ -46,7 +46,7 @@ class BrokerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "amqpd", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", self.data_dir, "--log-level", self.log_level, "--http-port", "0",
-             *self.extra],
+             "--prometheus-port", "0", *self.extra],
             cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
             errors="replace", preexec_fn=self._limits)
         self.starts += 1

@@ -17,10 +17,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "amqpd"
 
 # The first dotted names below ``amqpd`` that decide a module's layer, and each layer's rank.
 LAYERS = {
-    "__init__": ("facade", 0), "__main__": ("cli", 0), "cli": ("cli", 0),
+    "__init__": ("facade", 0), "__main__": ("cli", 0), "cli": ("cli", 0), "ctl": ("cli", 0),
     "embedding": ("facade", 0), "testing": ("facade", 0), "pytest_plugin": ("facade", 0),
     "pytest_rabbitmq": ("facade", 0),
     "node": ("node", 1), "definitions": ("node", 1),
+    "logconfig": ("cli", 0),
     # the management plane (HTTP API, its listener, run-time admin) is part of the node: the
     # node starts it, and it uses the node's definitions import/export
     "management": ("node", 1), "admin": ("node", 1),
