@@ -23,6 +23,7 @@ message); each is scanned, its torn tail cut, when its bucket comes due, and new
 go to a file found at start-up.
 """
 import logging
+import mmap
 import os
 import struct
 import zlib
@@ -241,7 +242,7 @@ class DelayedLog:
                 return done.value
 
     def scan_steps(self, bucket: Bucket):
-        """``scan`` one read (SCAN_CHUNK) at a time: a generator that yields after each, so a
+        """``scan`` SCAN_CHUNK bytes at a time: a generator that yields after each, so a
         big bucket is indexed in slices between other clients' work; returns the count."""
         self.seal(bucket)
         self._write_bucket(bucket)
@@ -252,43 +253,45 @@ class DelayedLog:
         start = bucket.start
         try:
             with open(path, "rb") as f:
-                seed, base, _ = records.segment_info(f.read(64))
-                bucket.seed = seed
-                good_end = pos = base            # pos: the file offset of buf[0]
-                f.seek(base)
-                buf = b""
-                damaged = False
-                head, crc32, due_at = _head.unpack_from, zlib.crc32, HEAD + 11
-                MESSAGE, SETTLED, MAGIC = records.MESSAGE, records.SETTLED, records.MAGIC
-                while not damaged:
-                    chunk = f.read(SCAN_CHUNK)
-                    if not chunk:
-                        break
-                    buf = buf + chunk if buf else chunk
-                    view = memoryview(buf)
-                    at, n = 0, len(buf)
-                    # Records are checked (CRC) but not copied: only the due time and the
-                    # offset of a message, the seq of a settled marker are taken.
-                    while at + HEAD <= n:
-                        magic, crc, length = head(buf, at)
+                size = os.fstat(f.fileno()).st_size
+                if size == 0:
+                    raise OSError("empty file")
+                # mapped, not read: records are checked (CRC) in place, never copied, and the
+                # pages already scanned are dropped at each slice so RSS does not grow with it
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                view = memoryview(mm)
+                try:
+                    seed, base, _ = records.segment_info(bytes(mm[:64]))
+                    bucket.seed = seed
+                    at = good_end = base
+                    dropped = 0
+                    next_slice = at + SCAN_CHUNK
+                    head, crc32, due_at = _head.unpack_from, zlib.crc32, HEAD + 11
+                    MESSAGE, SETTLED, MAGIC = records.MESSAGE, records.SETTLED, records.MAGIC
+                    while at + HEAD <= size:
+                        magic, crc, length = head(mm, at)
                         stop = at + HEAD + length
-                        if stop > n:
-                            break                # continued in the next chunk (or torn)
-                        if magic != MAGIC or not length or crc32(view[at + 6:stop], seed) != crc:
-                            damaged = True       # the rest of the file is not trusted
-                            break
-                        kind = buf[at + HEAD]
+                        if stop > size or magic != MAGIC or not length \
+                                or crc32(view[at + 6:stop], seed) != crc:
+                            break                # torn or damaged: the rest is not trusted
+                        kind = mm[at + HEAD]
                         if kind == MESSAGE:
-                            entries.append(((_due.unpack_from(buf, at + due_at)[0] - start)
-                                            << OFFSET_BITS) | (pos + at))
+                            entries.append(((_due.unpack_from(mm, at + due_at)[0] - start)
+                                            << OFFSET_BITS) | at)
                         elif kind == SETTLED:
-                            settled.add(_due.unpack_from(buf, at + HEAD + 1)[0])
+                            settled.add(_due.unpack_from(mm, at + HEAD + 1)[0])
                         at = stop
+                        if at >= next_slice:
+                            next_slice = at + SCAN_CHUNK
+                            upto = at - at % mmap.PAGESIZE
+                            if upto > dropped and hasattr(mm, "madvise"):
+                                mm.madvise(mmap.MADV_DONTNEED, dropped, upto - dropped)
+                                dropped = upto
+                            yield
+                    good_end = at
+                finally:
                     view.release()
-                    good_end = pos + at
-                    buf = buf[at:]
-                    pos += at
-                    yield
+                    mm.close()
         except OSError as exc:
             log.error("%s: cannot be read (%s); its messages are lost", path, exc)
         if good_end < bucket.size:
