@@ -45,6 +45,10 @@ def build(config, docs=(), clock=None):
     return store, access, broker
 
 
+def _import_management() -> None:
+    from .management import app, listener  # noqa: F401  (imported for the node's loop)
+
+
 class Node:
     """Start in the order that makes a failed start quick and leaves nothing on disk: the
     checks that create nothing (definitions files, the data dir, TLS files), then the ports
@@ -74,6 +78,10 @@ class Node:
             await self._start_monitoring()
             await self.server.serve()
             if self.config.listeners.http is not None:
+                # importing aiohttp takes a while (a second on a loaded machine): on a worker
+                # thread, so the loop serves the first AMQP clients meanwhile
+                await self.server.loop.run_in_executor(None, _import_management)
+                self._prepare_http()
                 await self._start_http()
         except BaseException:
             await self._stop_monitoring()
@@ -85,8 +93,8 @@ class Node:
             raise
         return self
 
-    async def _start_http(self) -> None:
-        """The management API, once the AMQP listeners serve (what it shows is then live)."""
+    def _prepare_http(self) -> None:
+        """The management API's context and application."""
         from .management.app import make_app
         from .management.context import ManagementContext
         from .management.listener import HTTPListener
@@ -95,9 +103,14 @@ class Node:
         ctx.definitions = definitions          # export / import for /api/definitions
         ctx.admin = self.admin
         self.management = ctx
-        self.http = HTTPListener(lambda: make_app(ctx), self.config.listeners.http)
+        app = make_app(ctx)
+        self.http = HTTPListener(lambda: app, self.config.listeners.http)
+
+    async def _start_http(self) -> None:
+        """The management API listens once the AMQP listeners serve (what it shows is then
+        live)."""
         await self.http.start()
-        ctx.http_port = self.http.port
+        self.management.http_port = self.http.port
 
     async def _stop_http(self) -> None:
         if self.http is not None:
@@ -127,8 +140,6 @@ class Node:
             from .management.prometheus import make_app
             self.prometheus = HTTPListener(lambda: make_app(source), prom, name="prometheus")
             await self.prometheus.start()       # a busy port: StartError, as for AMQP
-            log.info("Prometheus metrics on http://%s:%d/metrics", prom.host,
-                     self.prometheus.port)
         if statsd is not None:
             from .management.statsd import StatsDPusher
             self.statsd = StatsDPusher(source, statsd)

@@ -11,6 +11,7 @@ from amqpd.edge.listeners import StartError
 
 from .brokerthread import BrokerThread
 from .mgmt_client import API
+from .tls_certs import pki  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -177,3 +178,57 @@ def test_paging_errors_as_rabbitmq(api):
 def test_columns(api, mch):
     mch.queue_declare("c1")
     assert api.get("/api/queues?columns=name,messages").json() == [{"messages": 0, "name": "c1"}]
+
+
+def test_https_with_the_amqps_keys(make_broker, pki):  # noqa: F811
+    import json
+    import ssl
+    import urllib.request
+    b = make_broker(http_port=0)
+    b2 = make_broker(listeners={"http": {"host": "127.0.0.1", "port": 0,
+                                         "certfile": pki.server_cert,
+                                         "keyfile": pki.server_key}})
+    assert b2.management_url.startswith("https://127.0.0.1:")
+    context = ssl.create_default_context(cafile=pki.ca)
+    req = urllib.request.Request(b2.management_url + "/api/whoami",
+                                 headers={"Authorization": "Basic Z3Vlc3Q6Z3Vlc3Q="})
+    with urllib.request.urlopen(req, context=context, timeout=30) as r:
+        assert json.loads(r.read())["name"] == "guest"
+    assert b.management_url.startswith("http://")
+
+
+def test_https_bad_certfile_is_a_config_error(tmp_path):
+    missing = str(tmp_path / "none.pem")
+    b = BrokerThread(listeners={"http": {"host": "127.0.0.1", "port": 0,
+                                         "certfile": missing}})
+    try:
+        with pytest.raises(config_mod.ConfigError, match=r"listeners.http.certfile: .* does "
+                                                         r"not exist"):
+            b.start()
+    finally:
+        b.cleanup()
+
+
+def test_a_user_without_a_management_tag_is_refused(api):
+    api.put("/api/users/plain", {"password": "pw", "tags": ""})
+    r = api.as_user("plain", "pw").get("/api/overview")
+    assert r.status == 401
+    assert r.json() == {"error": "not_authorised", "reason": "Not management user"}
+    # logged in, but not allowed: RabbitMQ 3.10.8 sends no challenge here
+    assert "WWW-Authenticate" not in r.headers
+
+
+def test_a_management_user_sees_only_its_vhosts(api, mch):
+    api.put("/api/vhosts/hidden", {})
+    api.put("/api/queues/hidden/secret", {})
+    api.put("/api/users/mu", {"password": "pw", "tags": "management"})
+    api.put("/api/permissions/%2F/mu", {"configure": ".*", "write": ".*", "read": ".*"})
+    mch.queue_declare("visible")
+    mu = api.as_user("mu", "pw")
+    assert [v["name"] for v in mu.get("/api/vhosts").json()] == ["/"]
+    assert [q["name"] for q in mu.get("/api/queues").json()] == ["visible"]
+    r = mu.get("/api/queues/hidden")
+    assert (r.status, r.json()["reason"]) == (401, "User not authorised to access virtual host")
+    assert mu.get("/api/nodes").json() == {"error": "not_authorised",
+                                           "reason": "Not monitor user"}
+    assert mu.get("/api/overview").json()["object_totals"]["queues"] == 1

@@ -162,3 +162,42 @@ def test_rabbitmqadmin_lists_declares_publishes_gets(mbroker):
                                        "destination=adminq")
     assert "queue deleted" in admin("delete", "queue", "name=adminq")
     assert os.path.basename(tool) == "rabbitmqadmin"
+
+
+def test_flower_broker_tab_shows_the_queue(mbroker):
+    """Flower itself (when installed) pointed at amqpd's API: its broker page lists the
+    default queue with its counts."""
+    pytest.importorskip("flower")
+    import re
+    import socket
+    import time
+    import urllib.request
+    c = pika.BlockingConnection(pika.URLParameters(mbroker.url))
+    ch = c.channel()
+    ch.queue_declare("celery", durable=True)
+    for _ in range(7):
+        ch.basic_publish("", "celery", b"x")
+    c.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = mbroker.management_url.replace("http://", "http://guest:guest@") + "/api/"
+    flower = subprocess.Popen([sys.executable, "-m", "celery", "--broker", mbroker.url, "flower",
+                               f"--port={port}", "--address=127.0.0.1", f"--broker-api={api}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        html = None
+        while html is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/broker", timeout=30) as r:
+                    html = r.read().decode()
+            except OSError:
+                assert time.monotonic() < deadline, "Flower did not answer"
+                time.sleep(0.2)       # Flower is still starting: nothing to wait on but its port
+        cells = [re.sub(r"<[^>]+>|\s+", " ", row).split() for row in
+                 re.findall(r"<tr.*?</tr>", html, re.S)]
+        assert ["celery", "7", "0", "7", "0"] in [row[:5] for row in cells], cells
+    finally:
+        flower.terminate()
+        flower.wait(10)

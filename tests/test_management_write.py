@@ -156,7 +156,8 @@ def test_users_put_login_tags_delete(api, mbroker, connect):
     assert alice.get("/api/whoami").json() == {"name": "alice", "tags": ["management"]}
     # a management user may not manage users (RabbitMQ: 401 not_authorised)
     r = alice.get("/api/users")
-    assert r.status == 401 and r.json()["error"] == "not_authorised"
+    assert (r.status, r.json()) == (401, {"error": "not_authorised",
+                                          "reason": "Not administrator user"})
     url = mbroker.url.replace("guest:guest", "alice:s3cret")
     c = connect(url)
     assert c.is_open

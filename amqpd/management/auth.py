@@ -54,9 +54,10 @@ def bad_request(reason: str) -> web.HTTPException:
 
 
 def unauthorised(reason: str) -> web.HTTPException:
-    """401 "not_authorised" — RabbitMQ 3.10 answers 401 (with the challenge) also for a known
-    user whose tags do not allow the request."""
-    return error(401, "not_authorised", reason, {"WWW-Authenticate": REALM})
+    """401 "not_authorised": RabbitMQ 3.10 answers 401 also to a user who logged in but whose
+    tags or permissions do not allow the request, without the Basic challenge (a browser
+    must not ask for another password then)."""
+    return error(401, "not_authorised", reason)
 
 
 def _credentials(request):
@@ -96,10 +97,13 @@ def has_level(user, level: str) -> bool:
     return bool(_GRANTED_BY[level].intersection(user.tags))
 
 
+_REFUSED = {"management": "Not management user", "policymaker": "Not policymaker user",
+            "monitoring": "Not monitor user", "administrator": "Not administrator user"}
+
+
 def require(user, level: str) -> None:
     if not has_level(user, level):
-        raise unauthorised(f"Not {level} user" if level != "administrator"
-                           else "Not administrator user")
+        raise unauthorised(_REFUSED[level])
 
 
 def sees_all(user) -> bool:
@@ -119,7 +123,7 @@ def check_vhost(ctx, user, vhost: str) -> None:
     if vhost not in ctx.broker.vhosts:
         raise not_found("Not Found")
     if not can_see_vhost(ctx, user, vhost):
-        raise unauthorised("Not authorised to access vhost")
+        raise unauthorised("User not authorised to access virtual host")
 
 
 def endpoint(level: str = "management"):

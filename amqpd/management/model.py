@@ -97,7 +97,10 @@ def queue_json(ctx, q, now=None, node=None) -> dict:
         out["effective_policy_definition"] = effective
     stats = getattr(q, "stats", None)
     if stats is not None:
-        ms = _message_stats(q, now if now is not None else ctx.now())
+        try:
+            ms = stats.message_stats(now if now is not None else ctx.now())
+        except Exception:       # a reader never breaks on statistics
+            ms = None
         if ms:
             out["message_stats"] = ms
     return out
