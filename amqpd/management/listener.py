@@ -45,7 +45,8 @@ class HTTPListener:
             self.runner = None
             raise listen_error(self.name, self.listener, exc) from None
         self.port = self.runner.addresses[0][1]
-        log.info("amqpd %s listening on %s://%s:%d", self.name, self.scheme,
+        # not "listening on": tools and tests read that line as the AMQP address
+        log.info("amqpd %s API at %s://%s:%d/api/", self.name, self.scheme,
                  self.listener.host, self.port)
 
     async def stop(self) -> None:
