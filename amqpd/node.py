@@ -140,8 +140,6 @@ class Node:
             from .management.prometheus import make_app
             self.prometheus = HTTPListener(lambda: make_app(source), prom, name="prometheus")
             await self.prometheus.start()       # a busy port: StartError, as for AMQP
-            log.info("Prometheus metrics on http://%s:%d/metrics", prom.host,
-                     self.prometheus.port)
         if statsd is not None:
             from .management.statsd import StatsDPusher
             self.statsd = StatsDPusher(source, statsd)

@@ -12,6 +12,8 @@ Under callgrind the instruction count of a run includes Python's start-up and th
     python3 bench/hotloop.py --messages 12800 --acks         # plain run: messages/s (noisy)
     python3 bench/hotloop.py --callgrind --messages 12800    # instructions per message, both modes
     python3 bench/hotloop.py --callgrind --src /tmp/main-src # the same for another checkout
+    python3 bench/hotloop.py --ab /tmp/main-src --rounds 9  # CPU time per message, this checkout
+                                                             # and another alternating (A B A B...)
 
 Run with PYTHONHASHSEED=0 (``--callgrind`` sets it) so two runs execute the same instructions.
 """
@@ -145,7 +147,13 @@ def main() -> None:
     ap.add_argument("--src", default=str(ROOT), help="checkout whose amqpd is measured")
     ap.add_argument("--callgrind", action="store_true",
                     help="instructions per message (runs N and 2N under callgrind, both modes)")
+    ap.add_argument("--ab", metavar="SRC_B",
+                    help="alternate --src (A) and SRC_B in fresh processes; CPU us/message")
+    ap.add_argument("--rounds", type=int, default=9, help="--ab: rounds (A B per round)")
     args = ap.parse_args()
+    if args.ab:
+        ab(args)
+        return
     if args.callgrind:
         n = args.messages
         for acks in (False, True):
@@ -156,11 +164,32 @@ def main() -> None:
                   f"src {args.src})", flush=True)
         return
     sys.path.insert(0, args.src)
-    started = time.perf_counter()
+    started = time.process_time()
     sent = run(args.messages, args.acks)
-    elapsed = time.perf_counter() - started
-    if os.environ.get("HOTLOOP_VERBOSE"):
-        print(f"{sent} messages in {elapsed:.3f} s: {sent / elapsed:,.0f} msg/s")
+    cpu = time.process_time() - started
+    print(f"cpu_us_per_message={1e6 * cpu / sent:.3f} messages={sent}")
+
+
+def ab(args) -> None:
+    """CPU time per message of two checkouts, alternating in fresh processes (CPU time, not
+    wall time: on a shared machine it moves less with the load), medians per mode."""
+    import statistics
+    srcs = (("A", args.src), ("B", args.ab))
+    for acks in (False, True):
+        got = {"A": [], "B": []}
+        for _ in range(args.rounds):
+            for name, src in srcs:
+                cmd = [sys.executable, __file__, "--messages", str(args.messages), "--src", src]
+                if acks:
+                    cmd.append("--acks")
+                out = subprocess.run(cmd, env=dict(os.environ, PYTHONHASHSEED="0",
+                                                   PYTHONPATH=src),
+                                     capture_output=True, text=True, check=True).stdout
+                got[name].append(float(re.search(r"cpu_us_per_message=([\d.]+)", out).group(1)))
+        a, b = statistics.median(got["A"]), statistics.median(got["B"])
+        print(f"{'acks  ' if acks else 'no-ack'} A {a:.3f} us/msg  B {b:.3f} us/msg  "
+              f"B/A {b / a:.4f}   (A={args.src}: {' '.join(f'{v:.2f}' for v in got['A'])}; "
+              f"B={args.ab}: {' '.join(f'{v:.2f}' for v in got['B'])})", flush=True)
 
 
 if __name__ == "__main__":

@@ -253,8 +253,11 @@ def rss(pid) -> int:
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 async def test_memory_watermark_holds_a_fast_publisher_back(tmp_path):
     cfg = tmp_path / "amqpd.yaml"
+    # The backlog must stay in RAM for the watermark to be reached: a window far larger than
+    # it (by default queues page what is beyond 2,048 messages / 8 MiB out of memory).
     cfg.write_text(f"resources:\n  memory_high_watermark: {WATERMARK}\n"
-                   f"  check_interval: 0.02\n")
+                   f"  check_interval: 0.02\n"
+                   f"storage:\n  queue_window:\n    messages: 1000000\n    bytes: 8GiB\n")
     proc = AmqpdProcess("--config", str(cfg), "--log-level", "info",
                         data_dir=str(tmp_path / "data")).start()
     peak = [0]

@@ -13,6 +13,8 @@ import urllib.request
 import pika
 import pytest
 
+from amqpd.ctl import VERBS
+
 from .brokerthread import BrokerThread
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -122,7 +124,8 @@ def test_json_formatter_prints_one_object_a_line_with_the_apis_values(mgmt, clie
     rows = sorted(json.loads(out), key=lambda r: r["name"])
     assert rows == [{"name": "q1", "messages": 4, "arguments": {}},
                     {"name": "q2", "messages": 0, "arguments": {"x-max-length": 10}}]
-    assert ok(ctl(mgmt, "list_queues", "--formatter", "json", "-p", "/")) .startswith("[\n")
+    # no rows: rabbitmqctl's empty list
+    assert ok(ctl(mgmt, "list_consumers", "--formatter", "json")) == "[\n]\n"
 
 
 def test_quiet_drops_the_banner_and_silent_the_header_too(mgmt, client):
@@ -410,7 +413,6 @@ def test_usage_errors_are_64_and_list_the_verbs(argv, complaint):
 
 def test_help_lists_every_verb_and_exits_0():
     out = ok(ctl(None, "--help"))
-    from amqpd.ctl import VERBS
     for verb in VERBS:
         assert verb in out
 

@@ -80,6 +80,19 @@ def test_max_length_policy_trims_an_existing_queue_and_dead_letters(broker):
         ch.queue_declare("jobs", arguments={"x-max-length": 100})
 
 
+def test_max_length_policy_trims_a_paged_durable_queue(make_broker):
+    """A backlog beyond the RAM window (storage.queue_window) is trimmed through the pager."""
+    b = make_broker(storage={"queue_window": {"messages": 4, "bytes": 1 << 20}})
+    with channel(b) as ch:
+        ch.queue_declare("backlog", durable=True)
+        for i in range(20):
+            ch.basic_publish("", "backlog", str(i).encode(), PERSISTENT)
+        q = b.broker.vhosts["/"].queues["backlog"]
+        assert b.call(lambda: q.pager is not None and q.pager.count > 0)
+        set_policy(b, "cap", {"pattern": "^backlog$", "definition": {"max-length": 3}})
+        assert drain(ch, "backlog") == [b"17", b"18", b"19"]
+
+
 def test_message_ttl_policy_expires_new_messages_of_an_existing_queue(broker):
     with channel(broker) as ch:
         ch.queue_declare("events")

@@ -92,6 +92,7 @@ class DelayedExchange(Exchange):
                                            # are counted once their bucket is read)
         self.log = None                    # DelayedLog (store/delayed_log.py) or None
         self.log_key = None                # the store's name for a non-durable one's log
+        self.scanning: dict = {}           # bucket being indexed -> its start (monotonic)
 
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
@@ -179,7 +180,11 @@ class DelayedExchange(Exchange):
         vhost = self.vhost
         commit = vhost.broker.commit
         dlog = self.log
-        now = vhost.broker.clock()
+        now = clock = vhost.broker.clock()
+        if self.scanning:
+            # nothing due at or after the start of a bucket still being indexed goes first
+            # (the end of its scan calls this again)
+            now = min(now, min(self.scanning.values()) - 1e-9)
         while pending and pending[0][0] <= now:
             _, _, message, ref = heapq.heappop(pending)
             if message is None:
@@ -190,8 +195,8 @@ class DelayedExchange(Exchange):
             if ref is not None and dlog is not None:
                 dlog.settle(*ref)
                 commit.mark_dirty(dlog)
-        if pending:
-            vhost.broker.call_at(pending[0][0], self.release)
+        if pending and not (self.scanning and pending[0][0] <= clock):
+            vhost.broker.call_at(pending[0][0], self.release)   # (held back: the scan re-arms)
 
     def _read_ahead(self, bucket) -> None:
         """A bucket's next batch into the heap (its index first, the first time)."""
@@ -199,10 +204,10 @@ class DelayedExchange(Exchange):
         if dlog is None or bucket.number not in dlog.buckets:
             return
         if not bucket.scanned:
-            recovered = bucket.recovered
-            count = dlog.scan(bucket)
-            if recovered:
-                self.held += count
+            if bucket not in self.scanning:
+                self.scanning[bucket] = self._mono(bucket.start)
+                self.vhost.broker.background(self._scan(dlog, bucket))
+            return
         routes: dict = {}
         broker = self.vhost.broker
         offset_s = broker.clock() - broker.wallclock()
@@ -216,6 +221,20 @@ class DelayedExchange(Exchange):
         if nxt is not None:
             push(pending, (nxt / 1000.0 + offset_s - AHEAD, next(n), None, bucket))
         broker.commit.mark_dirty(dlog)     # a bucket read through may be done with
+
+    def _scan(self, dlog, bucket):
+        """Index a bucket's file one read per slice (broker.background), then read its first
+        batch; messages due from the bucket's start on wait for it (``scanning``)."""
+        recovered = bucket.recovered
+        count = yield from dlog.scan_steps(bucket)
+        del self.scanning[bucket]
+        if self.log is not dlog or dlog.deleted:
+            return                                  # the exchange was deleted meanwhile
+        if recovered:
+            self.held += count
+        self._read_ahead(bucket)
+        if self.pending:
+            self.vhost.broker.call_at(self.pending[0][0], self.release)
 
     def recover(self, buckets: list, _top: int = 0) -> int:
         """After a restart: one control entry per bucket file found (nothing is read yet);

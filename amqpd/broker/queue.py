@@ -275,14 +275,15 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         if self.opts.expires:
             self.touch()
         ready = self.ready
-        if self.expired_in_place or ready.back or self.pager is not None:
-            entry = self._pop()
+        if self.expired_in_place or ready.back or not ready:
+            entry = self._pop()             # (it reads the window in from the pager if empty)
         else:
-            entry = ready.popleft() if ready else None
+            entry = ready.popleft()
         if entry is not None:
             self.delivering(entry)
-            if self.pager is not None and self.pager.count:
-                self._refill()
+            pager = self.pager
+            if pager is not None and pager.count and len(ready) < self.window_low:
+                self._page_in()
         return entry
 
     def _new_ready(self):

@@ -147,7 +147,8 @@ def reconfigure(q, opts: QueueOptions) -> None:
     old, q.opts = q.opts, opts
     limited = opts.max_length is not None or opts.max_bytes is not None
     if limited and not q.length_limited:
-        # ready_bytes was not kept while the queue had no byte limit: count it now
+        # ready_bytes was not kept while the queue had no byte limit: count it now (only the
+        # RAM window of a paged queue: its backlog's sizes are on disk; docs/policies.md)
         q.ready_bytes = sum(len(e.message.body) for e in q.ready if e.state != GONE)
     q.length_limited = limited
     # Entry tracking is switched on, never off: entries delivered while it was on carry

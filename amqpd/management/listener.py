@@ -45,11 +45,15 @@ class HTTPListener:
             self.runner = None
             raise listen_error(self.name, self.listener, exc) from None
         self.port = self.runner.addresses[0][1]
-        # not "listening on": tools and tests read that line as the AMQP address
-        log.info("amqpd %s API at %s://%s:%d/api/", self.name, self.scheme,
-                 self.listener.host, self.port)
+        # not "listening on": that line is the AMQP address, which tools and tests look for
+        title, path = _TITLES.get(self.name, (self.name, "/"))
+        log.info("%s on %s://%s:%d%s", title, self.scheme, self.listener.host, self.port, path)
 
     async def stop(self) -> None:
         if self.runner is not None:
             runner, self.runner = self.runner, None
             await runner.cleanup()
+
+
+_TITLES = {"http": ("management API and web UI", "/"),
+           "prometheus": ("Prometheus metrics", "/metrics")}

@@ -123,6 +123,7 @@ class DelayedLog:
             try:
                 with open(path, "rb") as f:
                     head = f.read(4096)
+                    size = os.fstat(f.fileno()).st_size
             except OSError as exc:
                 log.error("%s: cannot be read (%s); its messages are lost", path, exc)
                 continue
@@ -132,6 +133,7 @@ class DelayedLog:
                 self.doomed.append(path)
                 continue
             bucket = Bucket(number, span[0], span[1], recovered=True)
+            bucket.size = size                   # a torn tail is cut when it is scanned
             self.buckets[number] = bucket
             found.append(bucket)
         self._unlink_doomed()
@@ -231,6 +233,16 @@ class DelayedLog:
     def scan(self, bucket: Bucket) -> int:
         """Build the bucket's index of unsettled messages (8 bytes each, due order); returns
         how many. A torn tail is cut off. The file takes no more appends."""
+        steps = self.scan_steps(bucket)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def scan_steps(self, bucket: Bucket):
+        """``scan`` one read (SCAN_CHUNK) at a time: a generator that yields after each, so a
+        big bucket is indexed in slices between other clients' work; returns the count."""
         self.seal(bucket)
         self._write_bucket(bucket)
         path = self._file(bucket.number)
@@ -276,6 +288,7 @@ class DelayedLog:
                     good_end = pos + at
                     buf = buf[at:]
                     pos += at
+                    yield
         except OSError as exc:
             log.error("%s: cannot be read (%s); its messages are lost", path, exc)
         if good_end < bucket.size:

@@ -27,6 +27,8 @@ COMPACT_AFTER = 2        # fully settled segments kept for an older live one: co
 COMPACT_LIMIT = 4096     # live messages one compaction may copy (it runs on the loop)
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 ROLL = None          # in ``pending``: the records after it go to the next segment
+_settled = records.marker
+_SETTLED, _DELIVERED = records.SETTLED, records.DELIVERED
 
 
 class QueueLog:
@@ -288,7 +290,12 @@ class QueueLog:
         return self.active
 
     def settle(self, seq: int, segment: int) -> None:
-        self._marker(records.SETTLED, seq)
+        if self.active_size == 0:
+            self._open_segment()
+        rec = _settled(_SETTLED, seq, self.seed)
+        self.index.settled.append(seq)
+        self.pending.append(rec)
+        self.active_size += len(rec)
         n = self.live[segment] - 1
         self.live[segment] = n
         if n == 0 and segment != self.active:
@@ -303,7 +310,12 @@ class QueueLog:
             self._drop_settled_prefix()
 
     def delivered(self, seq: int) -> None:
-        self._marker(records.DELIVERED, seq)
+        if self.active_size == 0:
+            self._open_segment()
+        rec = _settled(_DELIVERED, seq, self.seed)
+        self.index.delivered.append(seq)
+        self.pending.append(rec)
+        self.active_size += len(rec)
 
     def expiry(self, seq: int, at_ms: int) -> None:
         if self.active_size == 0:

@@ -69,36 +69,35 @@ def write(segment_path: str, index: SegmentIndex, io) -> None:
 
 
 def load(segment_path: str) -> SegmentIndex | None:
-    """The segment's summary if there is a valid one for the segment as it is on disk."""
+    """The segment's summary if there is a valid one for the segment as it is on disk. The
+    arrays are read straight from the file into their memory (no intermediate copy: a
+    restart with 10 million messages reads 120 MB of them)."""
     try:
-        with open(path_of(segment_path), "rb") as f:
-            data = f.read()
         with open(segment_path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(records.HEAD_SIZE + 17)
-    except OSError:
+        with open(path_of(segment_path), "rb") as f:
+            top = f.read(12 + _meta.size)
+            if len(top) < 12 + _meta.size or top[:8] != MAGIC:
+                return None
+            (stored_crc,) = struct.unpack_from("<I", top, 8)
+            order, stored_size, seed, base, high, m, s, d, e = _meta.unpack_from(top, 12)
+            if order != _ORDER or stored_size != size:
+                return None
+            if records.segment_info(head)[0] != seed:     # a summary of an earlier segment N
+                return None
+            index = SegmentIndex(seed, base, high)
+            crc = zlib.crc32(top[12:])
+            for arr, n in ((index.seqs, m), (index.offs, m), (index.settled, s),
+                           (index.delivered, d), (index.exp_seqs, e), (index.exp_at, e)):
+                if n:
+                    arr.fromfile(f, n)
+                    crc = zlib.crc32(arr, crc)
+            if f.read(1) or crc != stored_crc:
+                return None
+    except (OSError, EOFError):
         return None
-    if len(data) < 12 + _meta.size or data[:8] != MAGIC:
-        return None
-    (crc,) = struct.unpack_from("<I", data, 8)
-    body = memoryview(data)[12:]
-    if zlib.crc32(body) != crc:
-        return None
-    order, stored_size, seed, base, high, m, s, d, e = _meta.unpack_from(body, 0)
-    if order != _ORDER or stored_size != size:
-        return None
-    if records.segment_info(head)[0] != seed:      # a summary of an earlier segment N
-        return None
-    index = SegmentIndex(seed, base, high)
-    pos = _meta.size
-    for arr, n in ((index.seqs, m), (index.offs, m), (index.settled, s),
-                   (index.delivered, d), (index.exp_seqs, e), (index.exp_at, e)):
-        end = pos + n * arr.itemsize
-        if end > len(body):
-            return None
-        arr.frombytes(body[pos:end])
-        pos = end
-    return index if pos == len(body) else None
+    return index
 
 
 def remove(segment_path: str, io) -> None:
