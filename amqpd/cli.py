@@ -213,14 +213,16 @@ async def serve(cfg, ready=None) -> None:
     data_dir = cfg.storage.data_dir
     log.info("data directory: %s", "none (memory only)" if data_dir is None
              else os.path.abspath(data_dir))
-    node = await Node(cfg).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # before the node starts: the AMQP listener serves while the management API is still
+    # being set up, and a signal then must stop the broker cleanly too
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    node = await Node(cfg).start()
     gc_policy.install(loop)
     if ready is not None:
         ready(node)

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         http = None
         while http is None and time.monotonic() < deadline:
             for line in list(amqpd.log):
-                m = re.search(r"http listening on http://[^:]+:(\d+)", line)
+                m = re.search(r"management API and web UI on http://[^:]+:(\d+)", line)
                 if m:
                     http = f"http://127.0.0.1:{m.group(1)}"
             time.sleep(0.1)

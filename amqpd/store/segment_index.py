@@ -95,7 +95,7 @@ def load(segment_path: str) -> SegmentIndex | None:
                     crc = zlib.crc32(arr, crc)
             if f.read(1) or crc != stored_crc:
                 return None
-    except (OSError, EOFError):
+    except (OSError, EOFError, ValueError):    # ValueError: torn inside an array item
         return None
     return index
 

@@ -526,3 +526,17 @@ def test_many_expired_messages_behind_paged_ones_keep_the_count_exact(tmp_path):
     assert node.q.message_count == 7
     assert [b for b, _ in node.drain()] == bodies(6) + [b"last"]
     assert node.q.message_count == 0 and node.q.expired_in_place == 0
+
+
+def test_a_summary_torn_inside_an_array_is_ignored(tmp_path):
+    node = Node(tmp_path, window=4, segment_size=4096)
+    for b in bodies(300, 100):
+        node.publish(b)
+    node.turn()
+    qdir = node.q.log.path
+    victim = sorted(os.path.join(qdir, n) for n in os.listdir(qdir) if n.endswith(".idx"))[0]
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.truncate(size - 3)                         # mid-item: not a multiple of 8
+    node.crash()
+    assert [b for b, _ in node.drain()] == bodies(300, 100)
