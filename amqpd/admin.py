@@ -123,12 +123,12 @@ class Admin:
     def import_definitions(self, doc: dict, vhost: str | None = None) -> dict:
         """A RabbitMQ definitions document, as a file in load_definitions: users, vhosts and
         permissions into access (stored), exchanges, queues and bindings declared. With
-        ``vhost``, only the topology is imported, into that vhost (RabbitMQ's
-        POST /api/definitions/{vhost})."""
+        ``vhost``, only that vhost's topology and policies are imported, into it (RabbitMQ's
+        POST /api/definitions/{vhost}, the counterpart of its GET)."""
         if vhost is not None:
             doc = {key: [dict(item, vhost=vhost) for item in doc.get(key, ())
                          if isinstance(item, dict)]
-                   for key in ("queues", "exchanges", "bindings")}
+                   for key in ("policies", "queues", "exchanges", "bindings")}
             return definitions.apply_topology(self.broker, doc)
         incoming = definitions.AccessLayer()
         incoming.merge(doc)

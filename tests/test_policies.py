@@ -340,3 +340,15 @@ def test_http_definitions_carry_policies(api):
     assert {p["name"] for p in doc["policies"]} == {"pol-ae", "pol-ha", "pol-limits"}
     assert [p["name"] for p in doc["parameters"] if p["component"] == "operator_policy"] == [
         "op-cap"]
+
+
+def test_http_vhost_definitions_carry_policies_both_ways(api):
+    """GET /api/definitions/{vhost} gives the vhost's policies; POST of that document into
+    another vhost sets them there (RabbitMQ's per-vhost export and import)."""
+    assert api.put("/api/policies/%2F/limit", LIMIT).status == 201
+    doc = api.get("/api/definitions/%2F").json()
+    assert [p["name"] for p in doc["policies"]] == ["limit"]
+    assert api.post("/api/definitions/other", doc).status in (200, 201, 204)
+    [copied] = api.get("/api/policies/other").json()
+    assert (copied["name"], copied["vhost"], copied["definition"]) == (
+        "limit", "other", {"max-length": 2})
