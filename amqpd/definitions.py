@@ -320,12 +320,12 @@ def _value_in(v):
     return v
 
 
-def _value_out(v):
+def value_out(v):
     """Field-table values -> JSON (bytes as text, decimals and timestamps as numbers)."""
     if isinstance(v, dict):
-        return {str(k): _value_out(x) for k, x in v.items()}
+        return {str(k): value_out(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_value_out(x) for x in v]
+        return [value_out(x) for x in v]
     if isinstance(v, (bytes, bytearray, memoryview)):
         raw = bytes(v)
         try:
@@ -352,12 +352,12 @@ def export(access: AccessControl, broker) -> dict:
                 continue
             exchanges.append({"name": ex.name, "vhost": vname, "type": ex.kind,
                               "durable": ex.durable, "auto_delete": ex.auto_delete,
-                              "internal": ex.internal, "arguments": _value_out(ex.arguments)})
+                              "internal": ex.internal, "arguments": value_out(ex.arguments)})
         for q in vhost.queues.values():
             if q.exclusive_owner is not None:
                 continue
             queues.append({"name": q.name, "vhost": vname, "durable": q.durable,
-                           "auto_delete": q.auto_delete, "arguments": _value_out(q.arguments)})
+                           "auto_delete": q.auto_delete, "arguments": value_out(q.arguments)})
         for ex in vhost.exchanges.values():
             if ex.name == "":
                 continue
@@ -367,7 +367,7 @@ def export(access: AccessControl, broker) -> dict:
                 bindings.append({"source": ex.name, "vhost": vname, "destination": dest.name,
                                  "destination_type": "queue" if isinstance(dest, Queue)
                                  else "exchange",
-                                 "routing_key": key, "arguments": _value_out(args)})
+                                 "routing_key": key, "arguments": value_out(args)})
     parameters = [{"component": "vhost-limits", "name": "limits", "vhost": v.name,
                    "value": v.limits()} for v in access.vhosts.values() if v.limits()]
     policies = [p.to_json() for p in broker.policies.list()]

@@ -6,29 +6,10 @@ does. Policies are read with getattr defaults (``policy_name`` and friends), so 
 or without the policies module. Listing 10,000 queues must stay well under 200 ms: one dict
 per queue, no per-queue work beyond reading counters."""
 import base64
-import datetime
-import decimal
+
+from ..definitions import value_out   # field-table values as JSON, as definitions export them
 
 _ZERO_RATE = {"rate": 0.0}
-
-
-def value_out(v):
-    """Field-table values -> JSON (bytes as text, decimals and timestamps as numbers)."""
-    if isinstance(v, dict):
-        return {str(k): value_out(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [value_out(x) for x in v]
-    if isinstance(v, (bytes, bytearray, memoryview)):
-        raw = bytes(v)
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            return base64.b64encode(raw).decode()
-    if isinstance(v, decimal.Decimal):
-        return float(v)
-    if isinstance(v, datetime.datetime):
-        return int(v.timestamp())
-    return v
 
 
 def args_out(args: dict) -> dict:
