@@ -201,8 +201,11 @@ class Paging:
     # -- recovery -------------------------------------------------------------------------------
     def recover_paged(self, runs: list, expiries: dict, now: float, wall: float) -> int:
         """Rebuild the queue from positions (QueueLog.recover_positions): everything goes to
-        the pager, then the window is read in. A message with a TTL deadline is loaded into
-        RAM at its place (its deadline is armed). Returns the messages recovered."""
+        the pager. The window is not read in here but when first needed (a consumer, a
+        basic.get: ``_pop`` and ``dispatch`` page in), so a restart with many queues reads
+        no message body of a queue nobody consumes from. A message with a TTL deadline is
+        loaded into RAM at its place (its deadline is armed). Returns the messages
+        recovered."""
         pager = self.pager
         total = 0
         for run in runs:
@@ -234,7 +237,6 @@ class Paging:
                 pager.add_entry(entry)
             pager.add_run(part)
         pager.close()
-        self._page_in()
         return total
 
     # -- purge and delete ---------------------------------------------------------------------
