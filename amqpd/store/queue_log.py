@@ -147,12 +147,15 @@ class QueueLog:
         """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
         ``runs`` being store.paging.Run objects holding the positions of the live messages
         in seq order (the redelivered bit set for those with a DELIVERED marker),
-        ``expiries`` {seq: TTL deadline in ms since the epoch}."""
+        ``expiries`` {segment: (seqs, ats)}: the TTL deadlines (ms since the epoch) of the
+        messages of that segment that have one, as arrays in seq order (an EXPIRY record is
+        written right after its message, in the same segment; compaction keeps them
+        together), so that no object per message is made."""
         from .paging import REDELIVERED, Run
         segs = []
         settled: set[int] = set()
         delivered: set[int] = set()
-        expiries: dict[int, int] = {}
+        expiries: dict[int, tuple] = {}
         top = 0
         numbers = self._segments_on_disk()
         unreadable = None
@@ -165,8 +168,8 @@ class QueueLog:
                     top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
                     settled.update(ix.settled)
                     delivered.update(ix.delivered)
-                    for i in range(len(ix.exp_seqs)):
-                        expiries[ix.exp_seqs[i]] = ix.exp_at[i]
+                    if ix.exp_seqs:
+                        expiries[number] = (ix.exp_seqs, ix.exp_at)
                     segs.append(Run(number, ix.seed, ix.seqs, ix.offs))
                     self.live[number] = 0
                     continue
@@ -198,9 +201,8 @@ class QueueLog:
                     delivered.add(seq)
                     ix.delivered.append(seq)
                 else:
-                    expiries[seq] = at_ms = records.expiry_at(data, at)
                     ix.exp_seqs.append(seq)
-                    ix.exp_at.append(at_ms)
+                    ix.exp_at.append(records.expiry_at(data, at))
             good_end = rec[3] if rec is not None else base
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
@@ -208,6 +210,8 @@ class QueueLog:
                 self._truncate(path, good_end)
                 data = data[:good_end]
             segs.append(run)
+            if ix.exp_seqs:
+                expiries[number] = (ix.exp_seqs, ix.exp_at)
             self.live[number] = 0
             if number == numbers[-1]:
                 self.active = self.writing = number

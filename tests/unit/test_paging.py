@@ -21,8 +21,9 @@ class Node:
     """A broker with a store, restartable (clean) and crashable (no close: what was written
     to the OS stays, as after kill -9)."""
 
-    def __init__(self, path, window=4, window_bytes=1 << 20, segment_size=4096):
+    def __init__(self, path, window=4, window_bytes=1 << 20, segment_size=4096, args=None):
         self.path = str(path)
+        self.args = args or {}
         self.cfg = amqpd_config.from_dict({"storage": {
             "data_dir": self.path, "fsync": "never",
             "queue_window": {"messages": window, "bytes": window_bytes}}})
@@ -35,7 +36,8 @@ class Node:
         self.broker = Broker(self.cfg, self.store, AccessControl(self.cfg), self.clock)
         self.broker.recover()
         self.vhost = self.broker.vhosts["/"]
-        self.q = self.vhost.queues.get("q") or declare_queue(self.vhost, "q", durable=True)
+        self.q = self.vhost.queues.get("q") or declare_queue(self.vhost, "q", durable=True,
+                                                             **self.args)
 
     def publish(self, body: bytes, **props):
         props.setdefault("delivery_mode", 2)
@@ -263,13 +265,16 @@ OPS = st.one_of(
 
 @settings(max_examples=int(os.environ.get("PAGING_EXAMPLES", 60)), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(OPS, max_size=40))
-def test_model(tmp_path_factory, ops):
+@given(ops=st.lists(OPS, max_size=40), queue_ttl=st.sampled_from([None, 2000]))
+def test_model(tmp_path_factory, ops, queue_ttl):
     """The queue behaves like a list in seq order: publish appends, get takes the oldest
     ready one, requeue puts it back at its place (redelivered), ack/reject drop it, a TTL drops
-    a ready one once due, purge drops every ready one, restart/crash turn every unacked one
-    back into a ready, redelivered one (persistent ones only, after a crash or restart)."""
-    node = Node(tmp_path_factory.mktemp("model"), window=4, segment_size=2048)
+    a ready one once due (a queue TTL, x-message-ttl, or the message's expiration, whichever
+    is sooner; wherever it sits, in the window or paged), purge drops every ready one,
+    restart/crash turn every unacked one back into a ready, redelivered one (persistent ones
+    only, after a crash or restart; a deadline is kept)."""
+    args = {} if queue_ttl is None else {"x-message-ttl": queue_ttl}
+    node = Node(tmp_path_factory.mktemp("model"), window=4, segment_size=2048, args=args)
     model = []              # ready: [seq, body, redelivered, deadline, persistent]
     out = []                # unacked, in delivery order: (entry, model item)
     n = 0
@@ -280,10 +285,11 @@ def test_model(tmp_path_factory, ops):
                 n += 1
                 body = b"b%04d" % n
                 props = {"delivery_mode": 2 if op[3] else 1}
-                deadline = None
+                ttl = queue_ttl
                 if op[2] is not None:
                     props["expiration"] = str(op[2])
-                    deadline = node.clock.time() + op[2] / 1000
+                    ttl = op[2] if ttl is None else min(ttl, op[2])
+                deadline = None if ttl is None else node.clock.time() + ttl / 1000
                 node.publish(body, **props)
                 model.append([n, body, False, deadline, op[3]])
         elif kind == "get":
@@ -322,9 +328,10 @@ def test_model(tmp_path_factory, ops):
                 item[2] = True
                 model.append(item)
             out = []
-            model = [it for it in model if it[4]]
+            # a deadline survives the restart (the clock did not move): due ones go
+            model = [it for it in model if it[4]
+                     and (it[3] is None or it[3] > node.clock.time())]
             model.sort(key=lambda it: it[0])
-            # a deadline survives the restart; the clock did not move
         node.turn()
         assert node.q.message_count == len(model), (op, model)
     got = node.drain()
