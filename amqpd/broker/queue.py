@@ -170,7 +170,9 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         message = entry.message
         if opts.max_priority:
             p = properties.peek(message.header, properties.PRIORITY) or 0
-            entry.priority = min(p, opts.max_priority)
+            entry.priority = p = min(p, opts.max_priority)
+            if self.pager is not None:
+                self.pager.priority = p            # the level a paged one goes to
         ttl = opts.message_ttl
         expiration = properties.peek(message.header, properties.EXPIRATION)
         if expiration is not None:
@@ -324,9 +326,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         self.expiring = None
         pager = self.pager
         if pager is not None:
-            pager.runs.clear()          # positions only: the logs go as a whole
-            pager.count = 0
-            pager.close()
+            pager.clear()               # positions only: the logs go as a whole
             if pager.scratch is not None:
                 self.vhost.broker.store.delete_scratch_log(pager.scratch)
                 pager.scratch = None

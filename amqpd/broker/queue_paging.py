@@ -14,9 +14,11 @@ import math
 from array import array
 from collections import deque
 
-from ..store.paging import CHUNK, GONE as GONE_DUE, NO_DUE, SPAN, Pager, Run
+from .. import errors
+from ..store.paging import CHUNK, GONE as GONE_DUE, NO_DUE, SPAN, Pager, PriorityPagers, Run
 from .deadletter import dead_letter
 from .message import GONE, Entry, from_route
+from ..wire import properties
 
 log = logging.getLogger("amqpd.queue")
 
@@ -32,13 +34,21 @@ class Paging:
         messages of a durable queue page to its log, the others to a scratch log made on
         first use."""
         opts = self.opts
-        if self.vhost.broker.store is None or self.pager is not None or opts.max_priority \
-                or opts.dedup:
+        if self.vhost.broker.store is None or self.pager is not None or opts.dedup:
             return
         window = self.vhost.broker.config.storage.queue_window
         self.window_messages = window.messages
         self.window_limit = window.bytes
         self.window_low = max(1, window.messages // 2)
+        if opts.max_priority:
+            # one pager per priority, each level read in up to its share of the window
+            levels = opts.max_priority + 1
+            self.level_window = max(16, window.messages // levels)
+            self.level_low = max(1, self.level_window // 2)
+            self.pager = PriorityPagers(self.log, scratch, levels)
+            self.ready.paged = self.pager.levels
+            self.ready.refill = self._page_level
+            return
         self.pager = Pager(self.log, scratch)
 
     def _spill(self, entry) -> None:
@@ -85,15 +95,37 @@ class Paging:
         pager = self.pager
         if pager is None or not pager.count:
             return False
+        if pager.__class__ is PriorityPagers:
+            moved = False
+            levels = self.ready.levels
+            for p in range(len(levels) - 1, -1, -1):
+                if pager.levels[p].count and levels[p].size() < self.level_low:
+                    moved = self._page_in_from(pager.levels[p], p) or moved
+            return moved
+        return self._page_in_from(pager, None)
+
+    def _page_level(self, p: int) -> bool:
+        """A priority level with nothing in RAM but paged messages is about to be served
+        (PriorityReady.take): read it in first."""
+        pager = self.pager
+        return pager is not None and self._page_in_from(pager.levels[p], p)
+
+    def _page_in_from(self, pager, level) -> bool:
+        """Refill from ``pager``: the queue's, or priority ``level``'s."""
         ready = self.ready
         moved = 0
         routes: dict = {}
         late: list = []
         now = self.vhost.broker.clock()
         while pager.count:
-            room = self.window_messages - len(ready)
+            if level is None:
+                held = len(ready)
+                room = self.window_messages - held
+            else:
+                held = ready.levels[level].size()
+                room = self.level_window - held
             budget = self.window_limit - self.window_bytes
-            if room <= 0 or (budget <= 0 and len(ready)):
+            if room <= 0 or (budget <= 0 and held):
                 break
             run = pager.runs[0]
             if run.__class__ is deque:
@@ -116,7 +148,7 @@ class Paging:
             dues = run.dues
             if dues is not None:                   # their deadlines, in the order of got
                 base = run.base
-                dues = [d for d in dues[run.head:run.head + span] if d != GONE]
+                dues = [d for d in dues[run.head:run.head + span] if d != GONE_DUE]
             pager.advance(run, span, len(got))
             segment = run.segment
             if run.scratch:
@@ -127,7 +159,10 @@ class Paging:
                     if rec is not None:
                         msg = from_route(rec.route, rec.header, rec.body, routes)
                         msg._persistent = None          # as published (peeked when asked)
-                        ready.append(Entry(seq, msg))
+                        entry = Entry(seq, msg)
+                        if level is not None:
+                            entry.priority = level
+                        ready.append(entry)
                         self.window_bytes += len(rec.body)
                         moved += 1
                 continue
@@ -138,6 +173,8 @@ class Paging:
                     continue
                 entry = Entry(seq, from_route(rec.route, rec.header, rec.body, routes),
                               bool(redelivered), segment)
+                if level is not None:
+                    entry.priority = level
                 if dues is not None and dues[k] != NO_DUE:
                     at = (base + dues[k]) / 1000.0
                     self.tracks_entries = True
@@ -295,23 +332,65 @@ class Paging:
         for run in runs:
             total += len(run.seqs)
             exp = expiries.get(run.segment)
-            if exp is None:
-                pager.add_run(run)
-                continue
-            self.tracks_entries = True
-            for part in with_dues(run, exp, shift, lookup):
-                pager.add_run(part)
+            if exp is not None:
+                self.tracks_entries = True
+            parts = [run] if exp is None else with_dues(run, exp, shift, lookup)
+            for part in parts:
+                if pager.__class__ is PriorityPagers:
+                    self._sort_by_priority(part)
+                else:
+                    pager.add_run(part)
         pager.close()
         at = pager.next_due()
         if at is not None:
             self.vhost.broker.call_at(at, self.expire)
         return total
 
+    def _sort_by_priority(self, run: Run) -> None:
+        """A recovered run of a priority queue: each message to its level's pager. The
+        positions do not say the priority: the records are read (in slices of a few MB,
+        CRC-checked) for their headers; one that cannot be read goes to level 0 (reading it
+        in later settles it)."""
+        pager = self.pager
+        reader = Pager(self.log)
+        top = self.opts.max_priority
+        levels = []
+        while run.head < len(run.seqs):
+            got = reader.read(run, CHUNK, 4 << 20)
+            if not reader.span:
+                levels += [0] * (len(run.seqs) - run.head)
+                break
+            for _seq, _redelivered, rec in got:
+                p = 0
+                if rec is not None:
+                    try:
+                        p = min(properties.peek(rec.header, properties.PRIORITY) or 0, top)
+                    except (errors.AMQPError, ValueError, IndexError):
+                        p = 0
+                levels.append(p)
+            run.head += reader.span
+        reader.close()
+        run.head = 0
+        seqs, offs, dues, segment, seed = run.seqs, run.offs, run.dues, run.segment, run.seed
+        for i in range(len(seqs)):
+            level = pager.levels[levels[i]]
+            off = offs[i]
+            if dues is not None and dues[i] != NO_DUE:
+                level.add_due(seqs[i], segment, off >> 1, seed, run.base + dues[i])
+            else:
+                level.add(seqs[i], segment, off >> 1, seed)
+            level.runs[-1].offs[-1] = off
+
     # -- purge and delete ---------------------------------------------------------------------
     def _release_paged(self, pager: Pager, settle: bool):
         """Settle (purge) or just drop (delete) what a pager held, a slice per turn."""
         from .queue import SLICE
         qlog = self.log
+        for part in pager.parts():
+            yield from self._release_part(part, settle, qlog, SLICE)
+        pager.close()
+
+    def _release_part(self, pager: Pager, settle: bool, qlog, SLICE: int):
         while pager.runs:
             run = pager.runs.popleft()
             if run.__class__ is deque:
@@ -337,7 +416,7 @@ class Paging:
                 if self.log is not qlog:
                     break
                 for i in range(start, min(start + SLICE, len(seqs))):
-                    if dues is None or dues[i] != GONE:       # (expired: settled then)
+                    if dues is None or dues[i] != GONE_DUE:       # (expired: settled then)
                         qlog.settle(seqs[i], segment)
                 self.vhost.broker.commit.mark_dirty(qlog)
                 yield

@@ -332,6 +332,16 @@ class Pager:
             self._fd_segment = key
         return self._fd
 
+    def clear(self) -> None:
+        """Forget every position (the queue was deleted: its logs go as a whole)."""
+        self.runs.clear()
+        self.due = []
+        self.count = 0
+        self.close()
+
+    def parts(self) -> list:
+        return [self]
+
     def read_one(self, run: Run, i: int):
         """The record of message ``i`` of ``run`` (to dead-letter it), or None."""
         head, run.head = run.head, i
@@ -367,3 +377,87 @@ def _first_due(run: Run) -> int:
             if run.ordered:
                 break
     return first
+
+
+class PriorityPagers:
+    """The paged tails of a priority queue (x-max-priority): one Pager per priority level, so
+    the order within a priority is kept and a level's next message is found without looking
+    at the others. It answers what the queue asks of a Pager (counts, deadlines, the runs);
+    the queue reads each level in (broker/queue_paging.py). ``priority`` is the level of the
+    message being added (set by the queue before it adds one)."""
+
+    def __init__(self, qlog, scratch, levels: int):
+        self.levels = [Pager(qlog, scratch) for _ in range(levels)]
+        self.qlog = qlog
+        self._scratch = scratch
+        self.priority = 0
+        self.waiting = False
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.levels)
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def scratch(self):
+        return self._scratch
+
+    @scratch.setter
+    def scratch(self, log) -> None:
+        self._scratch = log
+        for p in self.levels:
+            p.scratch = log
+
+    @property
+    def runs(self) -> list:
+        """Every level's runs (to look at, not to change)."""
+        return [run for p in self.levels for run in p.runs]
+
+    @property
+    def due(self) -> bool:
+        return any(p.due for p in self.levels)
+
+    def add(self, seq: int, segment: int, offset: int, seed: int, scratch: bool = False):
+        self.levels[self.priority].add(seq, segment, offset, seed, scratch)
+
+    def add_due(self, seq: int, segment: int, offset: int, seed: int, due: int):
+        return self.levels[self.priority].add_due(seq, segment, offset, seed, due)
+
+    def add_entry(self, entry) -> None:
+        self.levels[entry.priority].add_entry(entry)
+
+    def next_due(self):
+        dues = [at for at in (p.next_due() for p in self.levels) if at is not None]
+        return min(dues) if dues else None
+
+    def take_due(self, now_ms: float, most: int) -> list:
+        out: list = []
+        for p in self.levels:
+            if p.due and len(out) < most:
+                out += p.take_due(now_ms, most - len(out))
+        return out
+
+    def read_one(self, run: Run, i: int):
+        return self.levels[0].read_one(run, i)
+
+    def live_positions(self, run: Run):
+        return self.levels[0].live_positions(run)
+
+    def drop_unwritten(self) -> list:
+        return [item for p in self.levels for item in p.drop_unwritten()]
+
+    def memory(self) -> int:
+        return sum(p.memory() for p in self.levels)
+
+    def clear(self) -> None:
+        for p in self.levels:
+            p.clear()
+
+    def close(self) -> None:
+        for p in self.levels:
+            p.close()
+
+    def parts(self) -> list:
+        return self.levels

@@ -265,15 +265,23 @@ OPS = st.one_of(
 
 @settings(max_examples=int(os.environ.get("PAGING_EXAMPLES", 60)), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(OPS, max_size=40), queue_ttl=st.sampled_from([None, 2000]))
-def test_model(tmp_path_factory, ops, queue_ttl):
+@given(ops=st.lists(OPS, max_size=40), queue_ttl=st.sampled_from([None, 2000]),
+       max_priority=st.sampled_from([None, 3]))
+def test_model(tmp_path_factory, ops, queue_ttl, max_priority):
     """The queue behaves like a list in seq order: publish appends, get takes the oldest
     ready one, requeue puts it back at its place (redelivered), ack/reject drop it, a TTL drops
     a ready one once due (a queue TTL, x-message-ttl, or the message's expiration, whichever
     is sooner; wherever it sits, in the window or paged), purge drops every ready one,
     restart/crash turn every unacked one back into a ready, redelivered one (persistent ones
-    only, after a crash or restart; a deadline is kept)."""
+    only, after a crash or restart; a deadline is kept). In a priority queue the order is
+    (highest priority first, then seq); the n-th message has priority n % 5 (4 is above the
+    queue's maximum, 3: it counts as 3)."""
     args = {} if queue_ttl is None else {"x-message-ttl": queue_ttl}
+    if max_priority is not None:
+        args["x-max-priority"] = max_priority
+
+    def order(it):
+        return (-min(it[0] % 5, max_priority), it[0]) if max_priority else it[0]
     node = Node(tmp_path_factory.mktemp("model"), window=4, segment_size=2048, args=args)
     model = []              # ready: [seq, body, redelivered, deadline, persistent]
     out = []                # unacked, in delivery order: (entry, model item)
@@ -290,8 +298,11 @@ def test_model(tmp_path_factory, ops, queue_ttl):
                     props["expiration"] = str(op[2])
                     ttl = op[2] if ttl is None else min(ttl, op[2])
                 deadline = None if ttl is None else node.clock.time() + ttl / 1000
+                if max_priority is not None:
+                    props["priority"] = n % 5
                 node.publish(body, **props)
                 model.append([n, body, False, deadline, op[3]])
+            model.sort(key=order)
         elif kind == "get":
             e = node.q.take()
             if not model:
@@ -312,7 +323,7 @@ def test_model(tmp_path_factory, ops, queue_ttl):
                 if item[3] is None or item[3] > node.clock.time():
                     item[2] = True
                     model.append(item)
-                    model.sort(key=lambda it: it[0])
+                    model.sort(key=order)
         elif kind == "advance":
             node.turn()
             node.clock.advance(op[1])
@@ -331,7 +342,7 @@ def test_model(tmp_path_factory, ops, queue_ttl):
             # a deadline survives the restart (the clock did not move): due ones go
             model = [it for it in model if it[4]
                      and (it[3] is None or it[3] > node.clock.time())]
-            model.sort(key=lambda it: it[0])
+            model.sort(key=order)
         node.turn()
         assert node.q.message_count == len(model), (op, model)
     got = node.drain()

@@ -166,3 +166,22 @@ def test_purge_of_a_paged_ttl_queue_after_some_expired(tmp_path):
     node.turn()
     node.restart()
     assert node.q.message_count == 0
+
+
+def test_deadlines_stay_with_their_messages_when_expired_ones_are_skipped(tmp_path):
+    """Some messages of a run expired while paged; the others, read in afterwards, keep their
+    own deadlines (the GONE ones are skipped in the deadlines as in the records)."""
+    node = Node(tmp_path, window=4)
+    start = node.clock.time()
+    for i, b in enumerate(bodies(20)):
+        node.publish(b, expiration="500" if i % 3 == 0 else "1000")
+    node.turn()
+    node.clock.advance(0.5)
+    node.turn()
+    q = node.q
+    assert q.message_count == 13
+    taken = []
+    while (e := q.take()) is not None:             # read in a few at a time
+        taken.append(e)
+    assert [e.message.body for e in taken] == [b for i, b in enumerate(bodies(20)) if i % 3]
+    assert [e.expires for e in taken] == [start + 1.0] * 13
