@@ -108,6 +108,8 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         if qlog is not None and message.persistent:
             entry.segment = segment = qlog.append_message(seq, message.raw_route,
                                                           message.header, message.body)
+            if self.length_limited and self.opts.max_bytes is not None:
+                qlog.index.sizes.append(len(message.body))   # a restart's byte count
             if entry.expires is not None:
                 broker = self.vhost.broker
                 left = entry.expires - broker.clock()

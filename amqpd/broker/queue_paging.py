@@ -320,21 +320,28 @@ class Paging:
     # -- recovery -------------------------------------------------------------------------------
     def recover_paged(self, runs: list, expiries: dict, now: float, wall: float) -> int:
         """Rebuild the queue from positions (QueueLog.recover_positions): everything goes to
-        the pager. The window is not read in here but when first needed (a consumer, a
-        basic.get: ``_pop`` and ``dispatch`` page in), so a restart with many queues reads
-        no message body of a queue nobody consumes from. The TTL deadlines (``expiries``,
+        the pager. The window of a queue larger than it is not read in here but when first
+        needed (a consumer, a basic.get: ``_pop`` and ``dispatch`` page in), so a restart
+        with many big queues reads no message body of a queue nobody consumes from; a queue
+        that fits in its window is read in at once (what it costs is what it cost before
+        paging, and it keeps the messages of small queues at hand). The TTL deadlines (``expiries``,
         per segment, ms since the epoch) become the runs' deadlines on the broker's clock
         (a restart does not extend a TTL). Returns the messages recovered."""
         pager = self.pager
         total = 0
         shift = now * 1000.0 - wall * 1000.0            # epoch ms -> ms on the clock
         lookup: dict = {}
+        # one without a deadline in a queue with a TTL gets it from now on (docs/policies.md)
+        ttl = self.opts.message_ttl
+        default = None if ttl is None else to_ms(now + ttl / 1000.0)
+        none = (array("Q"), array("Q"))
         for run in runs:
             total += len(run.seqs)
             exp = expiries.get(run.segment)
-            if exp is not None:
+            if exp is not None or default is not None:
                 self.tracks_entries = True
-            parts = [run] if exp is None else with_dues(run, exp, shift, lookup)
+            parts = [run] if exp is None and default is None \
+                else with_dues(run, exp or none, shift, lookup, default)
             for part in parts:
                 if pager.__class__ is PriorityPagers:
                     self._sort_by_priority(part)
@@ -344,6 +351,8 @@ class Paging:
         at = pager.next_due()
         if at is not None:
             self.vhost.broker.call_at(at, self.expire)
+        if total <= self.window_messages:
+            self._page_in()      # it all fits in the window: as before paging (see above)
         return total
 
     def _sort_by_priority(self, run: Run) -> None:
@@ -433,10 +442,11 @@ def to_ms(deadline: float) -> int:
     return math.ceil(deadline * 1000.0 - 0.001)
 
 
-def with_dues(run: Run, exp: tuple, shift: float, lookup: dict) -> list:
+def with_dues(run: Run, exp: tuple, shift: float, lookup: dict, default=None) -> list:
     """Split a recovered run of a segment whose messages have deadlines into runs of at most
     CHUNK messages carrying them (``exp``: the segment's (seqs, epoch ms) arrays; ``lookup``
-    caches a segment's {seq: ms} when its seqs are not exactly the run's)."""
+    caches a segment's {seq: ms} when its seqs are not exactly the run's). A message without
+    one gets ``default`` (ms on the clock: the queue's TTL from now), if given."""
     seqs, offs = run.seqs, run.offs
     eseqs, eats = exp
     if eseqs == seqs:
@@ -450,7 +460,7 @@ def with_dues(run: Run, exp: tuple, shift: float, lookup: dict) -> list:
     for a in range(0, len(seqs), CHUNK):
         b = min(a + CHUNK, len(seqs))
         part = Run(run.segment, run.seed, seqs[a:b], offs[a:b])
-        due = [None if at is None else math.ceil(at + shift - 0.001) for at in ats[a:b]]
+        due = [default if at is None else math.ceil(at + shift - 0.001) for at in ats[a:b]]
         real = [d for d in due if d is not None]
         if not real:
             out.append(part)
