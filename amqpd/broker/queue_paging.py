@@ -314,6 +314,8 @@ class Paging:
                         offs, seqs = run.offs, run.seqs
                         for i in pager.live_positions(run):
                             offs[i] = offsets[seqs[i]] << 1 | (offs[i] & 1)
+                        if run.gone:
+                            _fill_gone_offsets(run)
         qlog._drop_settled_prefix()
         self.vhost.broker.commit.mark_dirty(qlog)
 
@@ -434,6 +436,22 @@ class Paging:
 
 def _nothing() -> None:
     pass
+
+
+def _fill_gone_offsets(run: Run) -> None:
+    """After compaction the expired (GONE) positions of ``run`` point into the old file: give
+    each the offset of the next live one (the last live one's at the end), so the offsets stay
+    in order for the byte spans of reads (a GONE record is never parsed)."""
+    offs, dues = run.offs, run.dues
+    live = [i for i in range(run.head, len(offs)) if dues[i] != GONE_DUE]
+    if not live:
+        return
+    nxt = offs[live[-1]] & ~1
+    for i in range(len(offs) - 1, run.head - 1, -1):
+        if dues[i] == GONE_DUE:
+            offs[i] = nxt
+        else:
+            nxt = offs[i] & ~1
 
 
 def to_ms(deadline: float) -> int:

@@ -3,6 +3,8 @@
 next to their position (16 bytes per message in all), they expire wherever they sit, are
 dead-lettered as expired with x-death, and keep their deadline across a restart. Real store on
 a temp dir, ManualClock."""
+import os
+
 import pytest
 
 from amqpd.store.paging import CHUNK, GONE, Run
@@ -185,3 +187,25 @@ def test_deadlines_stay_with_their_messages_when_expired_ones_are_skipped(tmp_pa
         taken.append(e)
     assert [e.message.body for e in taken] == [b for i, b in enumerate(bodies(20)) if i % 3]
     assert [e.expires for e in taken] == [start + 1.0] * 13
+
+
+def test_compaction_of_a_segment_with_expired_paged_messages(tmp_path):
+    """Paged messages, some expired in place (GONE), in an old segment that compaction
+    rewrites: the live ones keep their order and the runs stay readable."""
+    node = Node(tmp_path, window=4, segment_size=4096)
+    q = node.q
+    for i, b in enumerate(bodies(40, 60)):
+        node.publish(b, **({"expiration": "500"} if i % 4 == 1 else {}))
+    node.turn()
+    node.clock.advance(0.5)
+    node.turn()
+    for _ in range(30):                          # many settled segments behind the old ones
+        for b in bodies(40, 100):
+            node.publish(b, expiration="100")
+        node.turn()
+        node.clock.advance(0.1)
+        node.turn()
+    assert q.message_count == 30
+    assert len([n for n in os.listdir(q.log.path) if n.endswith(".seg")]) <= 8
+    got = node.drain()
+    assert [b for b, _ in got] == [b for i, b in enumerate(bodies(40, 60)) if i % 4 != 1]
