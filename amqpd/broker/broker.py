@@ -186,7 +186,8 @@ class Broker:
                     # positions only (x-max-length-bytes: and the bodies' sizes, from the
                     # segment summaries); the window is read in when first needed
                     limited = q.opts.max_bytes is not None
-                    runs, expiries, top = q.log.recover_positions(sizes=limited)
+                    runs, expiries, top = q.log.recover_positions(
+                        sizes=limited, prios=bool(q.opts.max_priority))
                     messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
                     if limited:
                         q.ready_bytes = q.log.recovered_bytes

@@ -14,7 +14,7 @@ from .deadletter import dead_letter
 from .queue_consumers import Consumers
 from .queue_expiry import Expiry
 from .queue_limits import LengthLimits
-from .queue_paging import Paging, to_ms
+from .queue_paging import Paging
 from .message import GONE, OUT, READY, Entry, Message
 from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, PublishResult
 from .ready import PriorityReady, Ready
@@ -108,8 +108,8 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         if qlog is not None and message.persistent:
             entry.segment = segment = qlog.append_message(seq, message.raw_route,
                                                           message.header, message.body)
-            if self.length_limited and self.opts.max_bytes is not None:
-                qlog.index.sizes.append(len(message.body))   # a restart's byte count
+            if self.tracks_entries:
+                self._index_extras(qlog.index, entry)   # sizes, priorities: for a restart
             if entry.expires is not None:
                 broker = self.vhost.broker
                 left = entry.expires - broker.clock()
@@ -187,7 +187,6 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         if deadline is None and ttl is not None:
             deadline = self.vhost.broker.clock() + ttl / 1000.0
         if deadline is not None:
-            deadline = to_ms(deadline) / 1000.0      # ms, as the pager keeps deadlines
             if arm:
                 self._expire_at(entry, deadline)
             else:

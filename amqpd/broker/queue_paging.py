@@ -81,10 +81,23 @@ class Paging:
         """A persistent message with a deadline beyond the window: its position and deadline
         go to the pager (16 bytes); the expiry timer is armed when it is its run's earliest."""
         qlog = self.log
-        at = self.pager.add_due(entry.seq, segment, qlog.last_offset, qlog.seed,
-                                to_ms(entry.expires))
+        due = to_ms(entry.expires)
+        now = self.vhost.broker.clock()
+        if entry.expires <= now:                 # a TTL of 0: due now, not a ms later
+            due = min(due, math.floor(now * 1000.0))
+        at = self.pager.add_due(entry.seq, segment, qlog.last_offset, qlog.seed, due)
         if at is not None:
             self.vhost.broker.call_at(at / 1000.0, self.expire)
+
+    def _index_extras(self, index, entry) -> None:
+        """What a restart needs of a message beyond its position, kept in the summary of its
+        segment (store/segment_index.py): its body size (x-max-length-bytes: the byte count)
+        and its priority (x-max-priority: the level it is paged to)."""
+        opts = self.opts
+        if opts.max_bytes is not None:
+            index.sizes.append(len(entry.message.body))
+        if opts.max_priority:
+            index.prios.append(entry.priority)
 
     def _should_page(self) -> bool:
         return bool(self.pager.count) or len(self.ready) >= self.window_messages \
@@ -337,6 +350,7 @@ class Paging:
         ttl = self.opts.message_ttl
         default = None if ttl is None else to_ms(now + ttl / 1000.0)
         none = (array("Q"), array("Q"))
+        levels = getattr(self.log, "recovered_prios", None) or {}
         for run in runs:
             total += len(run.seqs)
             exp = expiries.get(run.segment)
@@ -344,9 +358,13 @@ class Paging:
                 self.tracks_entries = True
             parts = [run] if exp is None and default is None \
                 else with_dues(run, exp or none, shift, lookup, default)
-            for part in parts:
+            prios = levels.get(run.segment)
+            at = 0
+            for part in parts:                 # (consecutive slices of ``run``)
                 if pager.__class__ is PriorityPagers:
-                    self._sort_by_priority(part)
+                    n = len(part.seqs)
+                    self._sort_by_priority(part, None if prios is None else prios[at:at + n])
+                    at += n
                 else:
                     pager.add_run(part)
         pager.close()
@@ -357,14 +375,29 @@ class Paging:
             self._page_in()      # it all fits in the window: as before paging (see above)
         return total
 
-    def _sort_by_priority(self, run: Run) -> None:
-        """A recovered run of a priority queue: each message to its level's pager. The
-        positions do not say the priority: the records are read (in slices of a few MB,
-        CRC-checked) for their headers; one that cannot be read goes to level 0 (reading it
-        in later settles it)."""
+    def _sort_by_priority(self, run: Run, known=None) -> None:
+        """A recovered run of a priority queue: each message to its level's pager, by the
+        levels its segment's summary kept (``known``); without them the records are read (in
+        slices of a few MB, CRC-checked) for their headers; one that cannot be read goes to
+        level 0 (reading it in later settles it)."""
         pager = self.pager
-        reader = Pager(self.log)
         top = self.opts.max_priority
+        if known is not None:
+            levels = [min(p, top) for p in known]
+        else:
+            levels = self._read_priorities(run, top)
+        seqs, offs, dues, segment, seed = run.seqs, run.offs, run.dues, run.segment, run.seed
+        for i in range(len(seqs)):
+            level = pager.levels[levels[i]]
+            off = offs[i]
+            if dues is not None and dues[i] != NO_DUE:
+                level.add_due(seqs[i], segment, off >> 1, seed, run.base + dues[i])
+            else:
+                level.add(seqs[i], segment, off >> 1, seed)
+            level.runs[-1].offs[-1] = off
+
+    def _read_priorities(self, run: Run, top: int) -> list:
+        reader = Pager(self.log)
         levels = []
         while run.head < len(run.seqs):
             got = reader.read(run, CHUNK, 4 << 20)
@@ -382,15 +415,7 @@ class Paging:
             run.head += reader.span
         reader.close()
         run.head = 0
-        seqs, offs, dues, segment, seed = run.seqs, run.offs, run.dues, run.segment, run.seed
-        for i in range(len(seqs)):
-            level = pager.levels[levels[i]]
-            off = offs[i]
-            if dues is not None and dues[i] != NO_DUE:
-                level.add_due(seqs[i], segment, off >> 1, seed, run.base + dues[i])
-            else:
-                level.add(seqs[i], segment, off >> 1, seed)
-            level.runs[-1].offs[-1] = off
+        return levels
 
     # -- purge and delete ---------------------------------------------------------------------
     def _release_paged(self, pager: Pager, settle: bool):
@@ -455,8 +480,9 @@ def _fill_gone_offsets(run: Run) -> None:
 
 
 def to_ms(deadline: float) -> int:
-    """A deadline (s on the broker's clock) in whole ms, rounded up (a message never expires
-    early; within a µs counts as on the ms, against float noise)."""
+    """A deadline (s on the broker's clock) in whole ms as the pager keeps them, rounded up (a
+    paged message never expires early; within a µs counts as on the ms, against float
+    noise)."""
     return math.ceil(deadline * 1000.0 - 0.001)
 
 

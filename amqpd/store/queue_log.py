@@ -143,7 +143,7 @@ class QueueLog:
         self._unlink_doomed()
         return live, top
 
-    def recover_positions(self, sizes: bool = False):
+    def recover_positions(self, sizes: bool = False, prios: bool = False):
         """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
         ``runs`` being store.paging.Run objects holding the positions of the live messages
         in seq order (the redelivered bit set for those with a DELIVERED marker),
@@ -152,10 +152,14 @@ class QueueLog:
         written right after its message, in the same segment; compaction keeps them
         together), so that no object per message is made. With ``sizes`` (x-max-length-bytes)
         ``recovered_bytes`` is set to the body bytes of the live messages, from the summaries'
-        sizes (a segment whose summary has none is scanned instead)."""
+        sizes (a segment whose summary has none is scanned instead). With ``prios`` (a
+        priority queue) ``recovered_prios`` is set to {segment: priority levels aligned with
+        that segment's run's seqs}, for the segments whose summary kept them or that were
+        scanned (the others are missing: the caller reads those records)."""
         from .paging import REDELIVERED, Run
         segs = []
         body_sizes: dict = {}                # segment -> sizes aligned with its run's seqs
+        levels: dict = {}                    # segment -> priorities, the same
         settled: set[int] = set()
         delivered: set[int] = set()
         expiries: dict[int, tuple] = {}
@@ -172,6 +176,8 @@ class QueueLog:
                 if ix is not None:            # a sealed segment's summary: no need to read it
                     if sizes:
                         body_sizes[number] = ix.sizes
+                    if prios and ix.known_prios() is not None:
+                        levels[number] = ix.prios
                     top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
                     settled.update(ix.settled)
                     delivered.update(ix.delivered)
@@ -195,6 +201,8 @@ class QueueLog:
             seqs, offs = run.seqs, run.offs
             if sizes:
                 body_sizes[number] = ix.sizes
+            if prios:
+                levels[number] = ix.prios
             rec = None
             for rec in records.scan_positions(data, problems):
                 kind, seq, at, end = rec
@@ -205,6 +213,8 @@ class QueueLog:
                     offs.append(at << 1)
                     if sizes:
                         ix.sizes.append(_body_size(data, at, end))
+                    if prios:
+                        ix.prios.append(min(_priority(data, at), 255))
                 elif kind == SETTLED:
                     settled.add(seq)
                     ix.settled.append(seq)
@@ -257,6 +267,10 @@ class QueueLog:
                 if lengths is not None:
                     nbytes += sum(lengths[i] for i in range(len(seqs))
                                   if seqs[i] not in settled)
+                if run.segment in levels:
+                    was = levels[run.segment]
+                    levels[run.segment] = array("B", [was[i] for i in range(len(seqs))
+                                                      if seqs[i] not in settled])
                 run.seqs = array("Q", [k[0] for k in keep])
                 run.offs = array("I", [k[1] for k in keep])
             elif lengths is not None:
@@ -267,7 +281,9 @@ class QueueLog:
                 runs.append(run)
         if runs is None:
             runs = _resplit(segs)
+            levels = {}                       # no longer aligned: read them
         self.recovered_bytes = nbytes if sizes else None
+        self.recovered_prios = levels
         self.high = top
         self._drop_settled_prefix()
         self._unlink_doomed()
@@ -682,6 +698,19 @@ def _body_size(data, at: int, end: int) -> int:
     route_len = records._unpack_msg(data, at + records.HEAD_SIZE)[2]
     route_end = at + records.HEAD_SIZE + records._msg_head.size + route_len
     return end - (route_end + 4 + records._unpack_u32(data, route_end)[0])
+
+
+def _priority(data, at: int) -> int:
+    """The priority property of the MESSAGE record at ``at`` (0 when absent or unreadable)."""
+    from ..wire import properties
+    route_len = records._unpack_msg(data, at + records.HEAD_SIZE)[2]
+    route_end = at + records.HEAD_SIZE + records._msg_head.size + route_len
+    (header_len,) = records._unpack_u32(data, route_end)
+    header = bytes(data[route_end + 4:route_end + 4 + header_len])
+    try:
+        return properties.peek(header, properties.PRIORITY) or 0
+    except Exception:                 # a header that does not decode: served as priority 0
+        return 0
 
 
 def _any_in(sorted_seqs, lo: int, hi: int) -> bool:

@@ -14,13 +14,14 @@ which is where a torn tail can be.
     (offsets are stored shifted left by one, as store/paging.py keeps them)
 
     magic "AMQPDIX2" | crc32:u32 (over the rest) | byte order:u8 | size:u64 | seed:u32 |
-    base:u32 | high:u64 | counts: messages, settled, delivered, expiries, sizes (u32 each) |
-    seqs Q[m] | offsets I[m] | settled Q[s] | delivered Q[d] | expiry seqs Q[e] | at Q[e] |
-    sizes I[z]
+    base:u32 | high:u64 | counts: messages, settled, delivered, expiries, sizes, priorities
+    (u32 each) | seqs Q[m] | offsets I[m] | settled Q[s] | delivered Q[d] | expiry seqs Q[e] |
+    at Q[e] | sizes I[z] | priorities B[y]
 
 ``sizes`` are the messages' body sizes (z = m), kept only by queues with x-max-length-bytes
-(their byte count is rebuilt from them at a restart); z = 0 when not known. "AMQPDIX1"
-summaries (no sizes field) are still read.
+(their byte count is rebuilt from them at a restart), ``priorities`` their priority levels
+(y = m), kept only by priority queues (a restart sorts the positions into levels with them);
+either count is 0 when not known. "AMQPDIX1" summaries (neither field) are still read.
 """
 import os
 import struct
@@ -34,14 +35,14 @@ MAGIC = b"AMQPDIX2"
 MAGIC_1 = b"AMQPDIX1"
 _head = struct.Struct("<4sI")
 _meta = struct.Struct("<BQIIQIIII")
-_sizes = struct.Struct("<I")
+_extra = struct.Struct("<II")
 _ORDER = 1 if sys.byteorder == "little" else 2
 
 
 class SegmentIndex:
     """The summary of one segment, collected while its records are appended."""
-    __slots__ = ("seqs", "offs", "settled", "delivered", "exp_seqs", "exp_at", "sizes", "seed",
-                 "base", "high", "valid")
+    __slots__ = ("seqs", "offs", "settled", "delivered", "exp_seqs", "exp_at", "sizes", "prios",
+                 "seed", "base", "high", "valid")
 
     def __init__(self, seed: int = 0, base: int = 0, high: int = 0):
         self.seqs = array("Q")
@@ -51,6 +52,7 @@ class SegmentIndex:
         self.exp_seqs = array("Q")
         self.exp_at = array("Q")
         self.sizes = array("I")      # body sizes, when the queue keeps them (else empty)
+        self.prios = array("B")      # priority levels, when the queue keeps them (else empty)
         self.seed, self.base, self.high = seed, base, high
         self.valid = True            # False once a write of the segment failed
 
@@ -58,13 +60,18 @@ class SegmentIndex:
         """The body sizes of the segment's messages, or None when not kept for all."""
         return self.sizes if len(self.sizes) == len(self.seqs) else None
 
+    def known_prios(self):
+        """The priority levels of the segment's messages, or None when not kept for all."""
+        return self.prios if len(self.prios) == len(self.seqs) else None
+
     def encode(self, size: int) -> bytes:
         sizes = self.known_sizes() or array("I")
+        prios = self.known_prios() or array("B")
         arrays = (self.seqs, self.offs, self.settled, self.delivered, self.exp_seqs,
-                  self.exp_at, sizes)
+                  self.exp_at, sizes, prios)
         body = _meta.pack(_ORDER, size, self.seed, self.base, self.high, len(self.seqs),
                           len(self.settled), len(self.delivered), len(self.exp_seqs)) \
-            + _sizes.pack(len(sizes)) + b"".join(a.tobytes() for a in arrays)
+            + _extra.pack(len(sizes), len(prios)) + b"".join(a.tobytes() for a in arrays)
         return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
 
 
@@ -101,18 +108,18 @@ def load(segment_path: str) -> SegmentIndex | None:
                 return None
             index = SegmentIndex(seed, base, high)
             crc = zlib.crc32(top[12:])
-            z = 0
+            z = y = 0
             if top[:8] == MAGIC:
-                more = f.read(_sizes.size)
-                if len(more) < _sizes.size:
+                more = f.read(_extra.size)
+                if len(more) < _extra.size:
                     return None
-                (z,) = _sizes.unpack(more)
+                z, y = _extra.unpack(more)
                 crc = zlib.crc32(more, crc)
-                if z not in (0, m):
+                if z not in (0, m) or y not in (0, m):
                     return None
             for arr, n in ((index.seqs, m), (index.offs, m), (index.settled, s),
                            (index.delivered, d), (index.exp_seqs, e), (index.exp_at, e),
-                           (index.sizes, z)):
+                           (index.sizes, z), (index.prios, y)):
                 if n:
                     arr.fromfile(f, n)
                     crc = zlib.crc32(arr, crc)

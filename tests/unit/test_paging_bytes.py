@@ -75,12 +75,14 @@ def test_drop_head_after_a_restart_counts_the_paged_bytes(tmp_path):
 
 
 def _as_format_1(path):
-    """Rewrite a summary in the older format (no sizes field)."""
+    """Rewrite a summary in the older format (no sizes or priorities fields)."""
     raw = open(path, "rb").read()
     body = raw[12:]
     meta = segment_index._meta.size
-    (z,) = struct.unpack_from("<I", body, meta)
-    rest = body[meta + 4:]
+    z, y = struct.unpack_from("<II", body, meta)
+    rest = body[meta + 8:]
+    if y:
+        rest = rest[:-y]
     if z:
         rest = rest[:-4 * z]
     body = body[:meta] + rest

@@ -3,6 +3,8 @@
 priority is served first wherever its messages sit, FIFO within a priority, requeue to the
 original place; 12 bytes per paged message (16 with a deadline); a restart sorts the recovered
 positions by priority and reads no window. Real store on a temp dir, ManualClock."""
+import os
+
 import pytest
 
 from amqpd.store.paging import PriorityPagers, Run
@@ -102,3 +104,31 @@ def test_purge_and_delete_of_a_paged_priority_queue(tmp_path):
     node.turn()
     node.restart()
     assert node.q.message_count == 0
+
+
+def test_a_restart_takes_the_levels_from_the_summaries(tmp_path, monkeypatch):
+    """Sealed segments' summaries keep each message's level: a restart reads no record of
+    them (only the active segment is scanned); without the levels (an older summary) the
+    records are read instead, with the same result."""
+    from amqpd.broker.queue_paging import Paging
+    from tests.unit.test_paging_bytes import _as_format_1
+    node = Node(tmp_path, window=4, segment_size=4096, args={"x-max-priority": 5})
+    publish(node, 300, lambda i: (i * 7) % 6)
+    reads = []
+    real = Paging._read_priorities
+
+    def spy(self, run, top):
+        reads.append(run.segment)
+        return real(self, run, top)
+    monkeypatch.setattr(Paging, "_read_priorities", spy)
+    node.crash()
+    assert reads == []
+    assert [b for b, _ in node.drain()] == expected(300, lambda i: (i * 7) % 6)
+    publish(node, 300, lambda i: (i * 5) % 6)
+    qdir = node.q.log.path
+    idx = sorted(n for n in os.listdir(qdir) if n.endswith(".idx"))
+    for name in idx:
+        _as_format_1(os.path.join(qdir, name))
+    node.crash()
+    assert len(reads) == len(idx)
+    assert [b for b, _ in node.drain()] == expected(300, lambda i: (i * 5) % 6)
