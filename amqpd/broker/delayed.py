@@ -32,6 +32,7 @@ from .. import errors
 from ..wire import properties, tables
 from ..wire.tables import Long, SignedInt, TableError, text
 from .exchange import Exchange, check_type
+from ..store import delayed_log
 from .message import Message, from_route
 from .publish import ACCEPTED, STORED
 
@@ -69,10 +70,11 @@ _X_DELAY = b"x-delay"
 
 def _find_x_delay(header: bytes):
     """The x-delay entry of a content header's headers table, by a walk over its bytes (the
-    properties are not decoded): (value, start, stop, table_at, unique) -- the value as the
-    table decoder gives it, its bytes' span (type tag included), where the table's length
-    field is, and whether the table names every key once. None: no headers or no x-delay
-    (the first of several counts, as when the table is decoded)."""
+    properties are not decoded): (value, start, stop, table_at, unique, persistent) -- the
+    value as the table decoder gives it, its bytes' span (type tag included), where the
+    table's length field is, whether the table names every key once, and whether the delivery
+    mode (the property after the table) is 2. None: no headers or no x-delay (the first of
+    several counts, as when the table is decoded)."""
     flags = properties.flags(header)
     if not flags & properties.HEADERS:
         return None
@@ -97,7 +99,8 @@ def _find_x_delay(header: bytes):
         pos = stop
     if found is None:
         return None
-    return found + (table_at, unique)
+    persistent = bool(flags & properties.DELIVERY_MODE) and header[end] == 2
+    return found + (table_at, unique, persistent)
 
 
 def _delivered(message, entry, delay: int):
@@ -105,7 +108,7 @@ def _delivered(message, entry, delay: int):
     its range); every other header keeps its bytes. Only that entry is rewritten (and the
     table's length); a table naming a key twice is decoded and written whole, as before."""
     if entry[4]:
-        _, start, stop, table_at, _ = entry
+        _, start, stop, table_at, _, _ = entry
         value = (b"I" + SignedInt._struct.pack(-delay) if -delay >= -(1 << 31)
                  else b"l" + Long._struct.pack(-delay))
         header = message.header
@@ -121,7 +124,7 @@ def _delivered(message, entry, delay: int):
             log.error("cannot negate x-delay of a delayed message (%s): routed as it is", exc)
             return message
     copy = Message(message.exchange, message.routing_key, message.raw_route, header, message.body)
-    copy._persistent = message._persistent
+    copy._persistent = entry[5]
     return copy
 
 
@@ -138,6 +141,18 @@ def _delivered_copy(message):
     return _delivered(message, entry, delay)
 
 
+class _Run:
+    """Messages read back from one bucket, in its index (due) order: released in that order,
+    so one settle marker covers those routed in a turn (delayed_log.settle_through)."""
+    __slots__ = ("dues", "keys", "messages", "at")
+
+    def __init__(self):
+        self.dues: list = []        # due times (monotonic)
+        self.keys: list = []        # index keys
+        self.messages: list = []
+        self.at = 0                 # the next to release
+
+
 class DelayedExchange(Exchange):
     kind = "x-delayed-message"
     delays_messages = True
@@ -149,8 +164,10 @@ class DelayedExchange(Exchange):
         self.inner = self.vhost.types[kind](self.vhost, self.name, self.durable, False, False, {})
         # The bindings live here; an index-free type (headers) routes by scanning them.
         self.inner.bindings = self.bindings
-        # heap of (due, n, message, bucket or None, file offset), and control entries
-        # (due - AHEAD, n, None, bucket, 0): read the bucket's next batch
+        # heap of (due, n, message, bucket or None, file offset) for messages held one by one
+        # (memory only, or due soon when published), (due of its next, n, run, bucket, -1)
+        # for a run read back from a bucket, and control entries (due - AHEAD, n, None,
+        # bucket, 0): read the bucket's next batch
         self.pending: list = []
         self.armed = None                  # deadline of the release timer set last (or None)
         self._n = itertools.count()
@@ -159,6 +176,7 @@ class DelayedExchange(Exchange):
         self.log = None                    # DelayedLog (store/delayed_log.py) or None
         self.log_key = None                # the store's name for a non-durable one's log
         self.scanning: dict = {}           # bucket being indexed -> its start (monotonic)
+        self.bucket_runs: dict = {}        # bucket -> its run in the heap (read back, due)
 
     @classmethod
     def validate_arguments(cls, label: str, arguments: dict, types=None) -> None:
@@ -195,7 +213,8 @@ class DelayedExchange(Exchange):
             entry = _find_x_delay(message.header)
         except (IndexError, struct.error, TableError):
             headers = message.headers          # the decoder's verdict on a malformed table
-            entry = (headers.get("x-delay"), 0, 0, 0, False) if headers else None
+            entry = (headers.get("x-delay"), 0, 0, 0, False, message.persistent) \
+                if headers else None
         delay = _milliseconds(entry[0]) if entry is not None else None
         if delay is None or delay <= 0 or delay > MAX_DELAY:
             return None
@@ -215,7 +234,7 @@ class DelayedExchange(Exchange):
         due_ms = int(due_wall * 1000)
         bucket, offset, direct, created = dlog.append(
             due_ms, due_ms - now_ms, message.raw_route, message.header, message.body, now_ms,
-            AHEAD_MS)
+            AHEAD_MS, message.persistent)
         broker.commit.mark_dirty(dlog)
         if direct:
             self._push(due, message, bucket, offset)
@@ -242,6 +261,16 @@ class DelayedExchange(Exchange):
         heapq.heappush(pending, (due, next(self._n), message, bucket, offset))
         if pending[0][0] == due:
             self._arm(due)
+
+    def in_ram(self) -> list:
+        """The held messages now in RAM (one by one, or read back in runs), in no order."""
+        out = []
+        for _, _, item, _, offset in self.pending:
+            if offset < 0:
+                out += item.messages[item.at:]
+            elif item is not None:
+                out.append(item)
+        return out
 
     # -- releasing --------------------------------------------------------------------------
     def _arm(self, deadline: float) -> None:
@@ -274,19 +303,20 @@ class DelayedExchange(Exchange):
         publish, pop = vhost.publish, heapq.heappop
         left = RELEASE_SLICE
         settled = False
-        while pending and pending[0][0] <= now:
-            if left <= 0:
-                break
-            _, _, message, bucket, offset = pop(pending)
-            if message is None:
+        while left > 0 and pending and pending[0][0] <= now:
+            _, _, item, bucket, offset = pop(pending)
+            if item is None:
                 self._read_ahead(bucket)
-                continue
-            left -= 1
-            self.held -= 1
-            publish(self, message, take_aside=False)
-            if bucket is not None:
-                dlog.settle(bucket, offset)
+            elif offset < 0:
+                left = self._release_run(item, bucket, now, left)
                 settled = True
+            else:
+                left -= 1
+                self.held -= 1
+                publish(self, item, take_aside=False)
+                if bucket is not None:
+                    dlog.settle(bucket, offset)
+                    settled = True
         if settled:
             broker.commit.mark_dirty(dlog)
         if not left and pending and pending[0][0] <= now:
@@ -294,8 +324,34 @@ class DelayedExchange(Exchange):
         elif pending and not (self.scanning and pending[0][0] <= clock):
             self._arm(pending[0][0])        # (held back by a scan: its end arms it)
 
+    def _release_run(self, run, bucket, now: float, left: int) -> int:
+        """Route a run's messages in order while they are due and come before the heap's
+        next entry; one settle marker for them all. Returns what is left of the slice."""
+        pending = self.pending
+        limit = min(now, pending[0][0]) if pending else now
+        dues, messages = run.dues, run.messages
+        publish = self.vhost.publish
+        i = start = run.at
+        stop = min(len(dues), i + left)
+        while i < stop and dues[i] <= limit:
+            publish(self, messages[i], take_aside=False)
+            messages[i] = None
+            i += 1
+        if i == start:              # (never: popped as due, so its first one is due)
+            i += 1
+            publish(self, messages[start], take_aside=False)
+        run.at = i
+        self.held -= i - start
+        self.log.settle_through(bucket, run.keys[i - 1], i - start)
+        if i < len(dues):
+            heapq.heappush(pending, (dues[i], next(self._n), run, bucket, -1))
+        else:
+            del self.bucket_runs[bucket]
+        return left - (i - start)
+
     def _read_ahead(self, bucket) -> None:
-        """A bucket's next batch into the heap (its index first, the first time)."""
+        """A bucket's next batch into the heap as one run (its index first, the first
+        time)."""
         dlog = self.log
         if dlog is None or bucket.number not in dlog.buckets:
             return
@@ -307,17 +363,33 @@ class DelayedExchange(Exchange):
         routes: dict = {}
         broker = self.vhost.broker
         offset_s = broker.clock() - broker.wallclock()
-        push = heapq.heappush
-        pending, n = self.pending, self._n
-        for due_ms, offset, route, header, body, final in dlog.read(bucket, BATCH):
+        # One run per bucket, the next batch appended to it: a bucket's messages then come
+        # out in index order whatever ties and slices do, as its settle markers need.
+        run = self.bucket_runs.get(bucket)
+        fresh = run is None
+        if fresh:
+            run = _Run()
+        elif run.at:
+            del run.dues[:run.at], run.keys[:run.at], run.messages[:run.at]
+            run.at = 0
+        dues, keys, messages = run.dues, run.keys, run.messages
+        for due_ms, key, route, header, body, flags in dlog.read(bucket, BATCH):
             message = from_route(route, header, body, routes)
-            message._persistent = None         # as published (from_route assumes persistent)
-            if not final:                      # a file of an older version: negate x-delay now
+            if flags & delayed_log.FINAL:
+                message._persistent = bool(flags & delayed_log.PERSISTENT)
+            else:                              # a file of an older version: negate x-delay now
+                message._persistent = None
                 message = _delivered_copy(message)
-            push(pending, (due_ms / 1000.0 + offset_s, next(n), message, bucket, offset))
+            dues.append(due_ms / 1000.0 + offset_s)
+            keys.append(key)
+            messages.append(message)
+        if fresh and dues:
+            self.bucket_runs[bucket] = run
+            heapq.heappush(self.pending, (dues[0], next(self._n), run, bucket, -1))
         nxt = dlog.peek_due(bucket)
         if nxt is not None:
-            push(pending, (nxt / 1000.0 + offset_s - AHEAD, next(n), None, bucket, 0))
+            heapq.heappush(self.pending, (nxt / 1000.0 + offset_s - AHEAD, next(self._n), None,
+                                          bucket, 0))
         broker.commit.mark_dirty(dlog)     # a bucket read through may be done with
 
     def _scan(self, dlog, bucket):

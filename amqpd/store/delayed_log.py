@@ -11,10 +11,13 @@ time. The exchange (broker/delayed.py) merges the buckets in due order.
 
 File format: records.py's self-checking records, one file per bucket ``NNNNNNNN.dlb``, opening
 with a segment header (its salt). MESSAGE records carry the due time (ms since the epoch, 8
-bytes) and one byte (the bucket width's exponent, and FINAL: the header is stored as it will be
-delivered, x-delay negated; files of older versions lack it) before the raw route; a SETTLED
-record's seq is the *file offset* of the message it settles (ids are per file, so files never
-share numbering). A bucket file is deleted once every message in it is settled.
+bytes) and one byte (the bucket width's exponent; FINAL: the header is stored as it will be
+delivered, x-delay negated, and PERSISTENT tells its delivery mode -- files of older versions
+lack both) before the raw route. A SETTLED record's seq is the *file offset* of the message it
+settles (ids are per file, so files never share numbering), or, with THROUGH set, an index key:
+every message of the bucket up to that key is settled (a bucket is released in index order, so
+one marker per bucket per release turn stands for every message it routed). A bucket file is
+deleted once every message in it is settled.
 
 Durability: a durable exchange's files are fsynced by the group commit before the publishes they
 hold are confirmed (``sync_targets``, like a queue log). A non-durable exchange's files are
@@ -45,7 +48,9 @@ OFFSET_BITS = 36                # 64 GB per bucket file
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 SCAN_CHUNK = 1 << 20            # bytes indexed per slice (a few ms of the event loop)
 FINAL = 0x40                    # flag in the exponent byte: the header is the delivered one
+PERSISTENT = 0x80               # and the message's delivery mode is 2 (meaningful with FINAL)
 WIDTH_BITS = 0x3F
+THROUGH = 1 << 63               # a SETTLED seq with this bit: every index key up to the rest
 READ_SPAN = 4 << 20             # a batch whose records lie within this many bytes: one pread
 _u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
@@ -164,7 +169,7 @@ class DelayedLog:
 
     # -- appends --------------------------------------------------------------------------------
     def append(self, due_ms: int, delay_ms: int, route: bytes, header: bytes, body: bytes,
-               now_ms: int, ahead_ms: int) -> tuple:
+               now_ms: int, ahead_ms: int, persistent: bool = False) -> tuple:
         """Buffer a message; returns (bucket, offset, direct, created). ``direct``: its bucket's
         time has come already (start - ahead_ms <= now_ms), so the caller holds the message in
         RAM (it is on disk only for a restart; such a bucket needs no index). ``created``: a
@@ -188,9 +193,9 @@ class DelayedLog:
             bucket.pending.append(head)
             bucket.size = len(head)
         # the width's exponent follows the due time, so a file names its bucket itself
-        rec = records.message(0, _due.pack(due_ms)
-                              + bytes((bucket.width.bit_length() - 1 | FINAL,)) + route,
-                              header, body, bucket.seed)
+        flags = bucket.width.bit_length() - 1 | FINAL | (PERSISTENT if persistent else 0)
+        rec = records.message(0, _due.pack(due_ms) + bytes((flags,)) + route, header, body,
+                              bucket.seed)
         offset = bucket.size
         bucket.pending.append(rec)
         bucket.size += len(rec)
@@ -200,14 +205,22 @@ class DelayedLog:
 
     def settle(self, bucket: Bucket, offset: int) -> None:
         """The message at ``offset`` was routed."""
+        self._settle(bucket, offset, 1)
+
+    def settle_through(self, bucket: Bucket, key: int, count: int) -> None:
+        """``count`` messages of a bucket read back (``read``) were routed, in index order,
+        the last one's index key ``key``: one marker for them all."""
+        self._settle(bucket, THROUGH | key, count)
+
+    def _settle(self, bucket: Bucket, seq: int, count: int) -> None:
         if bucket.number not in self.buckets:
             return
         if bucket.live is not None:
-            bucket.live -= 1
+            bucket.live -= count
         if bucket.live == 0 and (bucket.sealed or bucket.exhausted):
             self._drop(bucket)
             return
-        rec = records.marker(records.SETTLED, offset, bucket.seed)
+        rec = records.marker(records.SETTLED, seq, bucket.seed)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         self.dirty[bucket] = None
@@ -256,6 +269,7 @@ class DelayedLog:
         path = self._file(bucket.number)
         entries = array("Q")
         settled = set()
+        through = -1                     # the highest THROUGH marker's key
         good_end = 0
         start = bucket.start
         try:
@@ -286,7 +300,11 @@ class DelayedLog:
                             entries.append(((_due.unpack_from(mm, at + due_at)[0] - start)
                                             << OFFSET_BITS) | at)
                         elif kind == SETTLED:
-                            settled.add(_due.unpack_from(mm, at + HEAD + 1)[0])
+                            seq = _due.unpack_from(mm, at + HEAD + 1)[0]
+                            if seq & THROUGH:
+                                through = max(through, seq ^ THROUGH)
+                            else:
+                                settled.add(seq)
                         at = stop
                         if at >= next_slice:
                             next_slice = at + SCAN_CHUNK
@@ -305,8 +323,9 @@ class DelayedLog:
             log.warning("%s: dropped %d bytes at offset %d (torn tail or damaged record)",
                         path, bucket.size - good_end, good_end)
             self._truncate(bucket, good_end)
-        if settled:
-            entries = array("Q", (e for e in entries if (e & OFFSET_MASK) not in settled))
+        if settled or through >= 0:
+            entries = array("Q", (e for e in entries
+                                  if e > through and (e & OFFSET_MASK) not in settled))
         bucket.index = array("Q", sorted(entries))
         bucket.cursor = 0
         bucket.scanned = True
@@ -336,8 +355,8 @@ class DelayedLog:
 
     def read(self, bucket: Bucket, count: int) -> list:
         """The next ``count`` messages of a scanned bucket in due order:
-        [(due_ms, offset, route, header, body, final)] (``final``: the header is stored as it
-        is delivered). Records close together (the usual case: a file is appended in about
+        [(due_ms, key, route, header, body, flags)] (``key``: its index key, for
+        ``settle_through``; ``flags``: FINAL, PERSISTENT). Records close together (the usual case: a file is appended in about
         due order) come with one read; the others one read each."""
         index, cursor = bucket.index, bucket.cursor
         stop = min(len(index), cursor + count)
@@ -394,8 +413,8 @@ class DelayedLog:
                 log.error("%s: record at %d unreadable; message lost", path, offset)
                 bucket.live = (bucket.live or 1) - 1
                 continue
-            out.append((due_of(data, r)[0], offset, data[r + 9:route_end], data[h:b],
-                        data[b:end], bool(data[r + 8] & FINAL)))
+            out.append((due_of(data, r)[0], key, data[r + 9:route_end], data[h:b],
+                        data[b:end], data[r + 8]))
         view.release()
 
     # -- I/O (the commit path's interface, as QueueLog's) ---------------------------------------
