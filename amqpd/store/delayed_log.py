@@ -356,8 +356,8 @@ class DelayedLog:
     def read(self, bucket: Bucket, count: int) -> list:
         """The next ``count`` messages of a scanned bucket in due order:
         [(due_ms, key, route, header, body, flags)] (``key``: its index key, for
-        ``settle_through``; ``flags``: FINAL, PERSISTENT). Records close together (the usual case: a file is appended in about
-        due order) come with one read; the others one read each."""
+        ``settle_through``; ``flags``: FINAL, PERSISTENT). Records close together (the usual
+        case: a file is appended in about due order) come with one read; others one each."""
         index, cursor = bucket.index, bucket.cursor
         stop = min(len(index), cursor + count)
         keys = index[cursor:stop]
