@@ -147,8 +147,15 @@ class Node:
         await self.server.loop.run_in_executor(None, _import_cluster)
         from .cluster import ClusterNode
         cluster = ClusterNode(self.config.cluster, self.config.storage.data_dir)
-        await cluster.start()
+        await cluster.start(self.admin, self._after_cluster_change)
         self.cluster = cluster
+
+    def _after_cluster_change(self) -> None:
+        """What a change applied from the cluster made due goes out now (deliveries,
+        basic.cancel to consumers of a deleted queue), and its journal lines are written."""
+        self.broker.run_dispatch()
+        self.server.flush()
+        self.server.schedule_commit()
 
     async def _cluster_running(self) -> None:
         """Every listener serves: tell the cluster, with their addresses."""

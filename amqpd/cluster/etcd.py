@@ -130,11 +130,12 @@ class Etcd:
         return int(answer["header"]["revision"])
 
     async def delete(self, key: str, prefix: bool = False) -> int:
+        """Delete the key (or every key under the prefix); the store's revision after."""
         body = {"key": b64(key)}
         if prefix:
             body["range_end"] = prefix_end(key)
         answer = await self.call("/v3/kv/deleterange", body)
-        return int(answer.get("deleted", 0))
+        return int(answer["header"]["revision"])
 
     async def put_if_absent(self, key: str, value: bytes, lease: int = 0) \
             -> tuple[bool, KeyValue | None]:
