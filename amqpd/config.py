@@ -186,6 +186,10 @@ class Limits:
 @dataclass(frozen=True)
 class Resources:
     memory_high_watermark: Watermark = 0.4
+    # Above this fraction of the watermark, transient messages beyond a queue's RAM window go
+    # to its scratch log (RabbitMQ's vm_memory_high_watermark_paging_ratio); below, they stay
+    # in RAM. 0: always (RAM bounded by the windows).
+    memory_high_watermark_paging_ratio: float = 0.5
     disk_free_limit: Size = 50_000_000
     check_interval: float = 0.25
 
@@ -328,6 +332,10 @@ def _validate(cfg: Config) -> Config:
             cfg.storage, data_dir=os.path.expanduser(data_dir)))
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
+    ratio = cfg.resources.memory_high_watermark_paging_ratio
+    if not ratio >= 0:
+        raise ConfigError("resources.memory_high_watermark_paging_ratio: expected a number "
+                          f">= 0, got {ratio!r}")
     window = cfg.storage.queue_window
     if window.messages < 1 or window.bytes < 1:
         raise ConfigError("storage.queue_window: messages and bytes must be at least 1")

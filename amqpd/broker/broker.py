@@ -41,6 +41,10 @@ class Broker:
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
         self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
+        # transient messages beyond a queue's window go to its scratch log (true) or stay in
+        # RAM (false); the edge clears it while memory use is below the paging threshold
+        # (resources.memory_high_watermark_paging_ratio), so without an edge it holds
+        self.page_transient = True
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding

@@ -36,9 +36,20 @@ class Paging:
         self.pager = Pager(self.log, scratch)
 
     def _spill(self, entry) -> None:
-        """A transient message (or any in a queue without a log) beyond the window: to the
-        queue's scratch log; one with a TTL stays in RAM (its deadline holds it)."""
+        """A transient message (or any in a queue without a log) beyond the window. While the
+        node's memory is below its paging threshold (``Broker.page_transient`` false, as
+        RabbitMQ pages transient messages only under memory pressure) it stays in RAM: at
+        the window's end when nothing is paged ahead of it (the window grows), else behind
+        the paged ones. Under pressure it goes to the queue's scratch log; one with a TTL
+        stays in RAM (its deadline holds it)."""
         pager = self.pager
+        if not self.vhost.broker.page_transient:
+            if not pager.count:
+                self.ready.append(entry)
+                self.window_bytes += len(entry.message.body)
+            else:
+                pager.add_entry(entry)
+            return
         if entry.expires is not None:
             pager.add_entry(entry)
             return
