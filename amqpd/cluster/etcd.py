@@ -84,13 +84,20 @@ class Etcd:
         self.timeout = timeout
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+        self._watches: dict = {}          # open watch responses -> their endpoint
 
     async def close(self) -> None:
         await self.session.close()
 
     def _rotate(self, failed: str) -> None:
+        """``failed`` did not answer: try it last from now on, and cut the watches open on
+        it (a hung or cut-off member keeps a stream open without a word; their owners watch
+        again, on the next endpoint)."""
         if self.endpoints and self.endpoints[0] == failed and len(self.endpoints) > 1:
             self.endpoints.append(self.endpoints.pop(0))
+        for resp, endpoint in list(self._watches.items()):
+            if endpoint == failed:
+                resp.close()
 
     async def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         """POST to the first endpoint that answers; the decoded answer. etcd's own errors
@@ -187,6 +194,7 @@ class Etcd:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._rotate(endpoint)
                 continue
+            self._watches[resp] = endpoint
             try:
                 async for line in resp.content:
                     if not line.strip():
@@ -208,6 +216,7 @@ class Etcd:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
                 return
             finally:
+                self._watches.pop(resp, None)
                 resp.release()
             return
         raise EtcdUnavailable("; ".join(errors))

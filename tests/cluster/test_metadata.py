@@ -71,6 +71,10 @@ def test_topology_declared_on_one_node_is_on_every_node(make_cluster):
         wait_until(lambda: "eu-orders" not in names(node, "/api/queues/%2F"), 5,
                    f"the delete on {node.name}")
         assert ("orders", "eu-orders", "eu.#") not in bindings(node)
+    assert call(node2, "DELETE", "/api/exchanges/%2F/orders") == 204
+    for node in (node1, node3):
+        wait_until(lambda: "orders" not in names(node, "/api/exchanges/%2F"), 5,
+                   f"the exchange gone on {node.name}")
 
 
 def test_vhosts_users_permissions_and_policies_are_shared(make_cluster):
@@ -95,9 +99,12 @@ def test_vhosts_users_permissions_and_policies_are_shared(make_cluster):
     conn.close()
     # the policy from node1 applies on node2: max-length 5
     wait_until(lambda: node2.api("/api/queues/shop/jobs")["messages"] == 5, 5, "5 messages")
-    # a user deleted on node2 is gone on node1
+    # a user and a policy deleted on node2 are gone on node1
     assert call(node2, "DELETE", "/api/users/alice") == 204
+    assert call(node2, "DELETE", "/api/policies/shop/cap") == 204
     wait_until(lambda: "alice" not in names(node1, "/api/users"), 5, "alice gone on node1")
+    wait_until(lambda: not names(node1, "/api/policies/shop"), 5, "the policy gone on node1")
+    assert all(p["user"] != "alice" for p in node1.api("/api/permissions"))
 
 
 def test_a_node_that_was_down_catches_up(make_cluster):
