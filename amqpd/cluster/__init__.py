@@ -76,3 +76,6 @@ class ClusterNode:
 
     def nodes(self):
         return self.member.nodes()
+
+    async def forget(self, name: str) -> str:
+        return await self.member.forget(name)

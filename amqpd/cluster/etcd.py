@@ -160,6 +160,14 @@ class Etcd:
         kvs = answer["responses"][0]["response_range"].get("kvs", ())
         return False, KeyValue(kvs[0]) if kvs else None
 
+    async def delete_unless(self, key: str, present: str) -> bool:
+        """Delete ``key`` only while ``present`` does not exist (one txn); whether the
+        comparison held (deleting a missing key counts as done)."""
+        answer = await self.call("/v3/kv/txn", {
+            "compare": [{"key": b64(present), "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_delete_range": {"key": b64(key)}}]})
+        return bool(answer.get("succeeded"))
+
     # -- leases --------------------------------------------------------------------------------
     async def grant(self, ttl: int) -> tuple[int, int]:
         """A new lease: (id, the TTL etcd granted)."""

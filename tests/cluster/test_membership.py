@@ -211,3 +211,21 @@ def test_a_hung_etcd_member_is_left_for_the_next(tmp_path):
             node.kill()
         for member in members:
             member.kill()
+
+
+def test_forget_cluster_node_removes_a_stopped_node_only(make_cluster):
+    cluster = make_cluster(2, lease_ttl=10)
+    node1, node2 = cluster.nodes
+    wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": True}, 5, "both")
+    refused = ctl(node1, "forget_cluster_node", "node2")
+    assert refused.returncode == 69
+    assert "node node2 is running: stop it before it is forgotten" in refused.stderr
+    unknown = ctl(node1, "forget_cluster_node", "node9")
+    assert unknown.returncode == 69
+    assert "The node selected is not in the cluster." in unknown.stderr
+    assert node2.stop() == 0
+    done = ctl(node1, "forget_cluster_node", "node2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Removing node node2 from the cluster\n"
+    wait_until(lambda: node1.running_nodes() == {"node1": True}, 5, "node2 forgotten")
+    assert "/amqpd/test/members/node2" not in cluster.etcd.keys("/amqpd/test/members/")
