@@ -81,6 +81,8 @@ class Node:
             # it), before clients are let in
             await self._join_cluster()
             self.server.attach(self.broker, self.store)
+            if self.cluster is not None and self.store is not None:
+                self.server.schedule_commit()   # what joining applied, journaled before attach
             # before clients are let in: importing aiohttp takes the loop for a moment, and a
             # busy metrics port must stop start-up before anyone connected
             await self._start_monitoring()
@@ -154,6 +156,8 @@ class Node:
         """What a change applied from the cluster made due goes out now (deliveries,
         basic.cancel to consumers of a deleted queue), and its journal lines are written."""
         self.broker.run_dispatch()
+        if getattr(self.server, "commit", None) is None:
+            return        # memory only, or not attached yet: attach's first commit writes it
         self.server.flush()
         self.server.schedule_commit()
 

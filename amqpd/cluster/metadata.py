@@ -125,6 +125,8 @@ class MetadataSync:
         self.remote: dict[str, str] = {}
         self.remote_rev: dict[str, int] = {}  # key -> the mod revision ``remote`` holds
         self.agreed: dict[str, str] = self._read_agreed()
+        self._agreed_changed = False          # since it was last handed to _save_agreed
+        self._pending = None                  # (file text, journal generation it waits for)
         self.refused: dict[str, str] = {}     # key -> remote value this node cannot apply
         self._warned: dict[str, str] = {}     # (until something changes here)
         self.revision = 0
@@ -154,6 +156,7 @@ class MetadataSync:
                 await task
             except asyncio.CancelledError:
                 pass
+        self._save_agreed()                   # if the journal is on disk by now
 
     async def _load(self) -> None:
         kvs, self.revision = await self.etcd.get(self.prefix, prefix=True)
@@ -242,6 +245,9 @@ class MetadataSync:
     def _agree(self, key: str, value) -> None:
         self.refused.pop(key, None)
         self._warned.pop(key, None)
+        if self.agreed.get(key) == value:
+            return
+        self._agreed_changed = True
         if value is None:
             self.agreed.pop(key, None)
         else:
@@ -336,16 +342,28 @@ class MetadataSync:
         return dict(agreed) if isinstance(agreed, dict) else {}
 
     def _save_agreed(self) -> None:
+        """Write what was agreed, but never ahead of the broker's journal: the file is
+        written once the definitions journaled when it was taken are on disk. A file that
+        lags is harmless (a change is applied or agreed once more after a restart); one
+        ahead of a journal that a power cut lost would read as "deleted here" and delete
+        that object in the whole cluster."""
         if self.path is None:
             return
-        text = canonical({"agreed": self.agreed})
-        if text == getattr(self, "_saved", None):
+        commit = getattr(self.broker, "commit", None)
+        if self._agreed_changed:
+            self._agreed_changed = False
+            self._pending = (canonical({"agreed": self.agreed}),
+                             commit.journal_gen if commit is not None else 0)
+        if self._pending is None:
             return
+        text, generation = self._pending
+        if commit is not None and commit.synced_gen < generation:
+            return                            # next round
+        self._pending = None
         tmp = self.path + ".tmp"
         try:
             with open(tmp, "w") as f:
                 f.write(text)
             os.replace(tmp, self.path)
-            self._saved = text
         except OSError as exc:
             log.warning("cluster: cannot write %s: %s", self.path, exc)

@@ -197,6 +197,7 @@ class Node(Process):
         self.port = self.http_port = self.cluster_port = None
 
     def start(self, wait: bool = True) -> "Node":
+        self.previous_lines = getattr(self, "previous_lines", []) + self.lines
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
         super().start()

@@ -135,3 +135,19 @@ def test_a_node_that_was_down_catches_up(make_cluster):
     # and its restart did not bring the deleted queue back to the cluster
     wait_until(lambda: "dropped" not in names(node1, "/api/queues/%2F"), 1, "still gone")
     assert not cluster.etcd.keys("/amqpd/test/meta/queues/%2F/dropped")
+
+
+def test_a_memory_only_node_takes_the_clusters_metadata(make_cluster):
+    """storage.data_dir null: nothing agreed survives its restart, so it starts from the
+    cluster's metadata (and adds its own)."""
+    cluster = make_cluster(1)
+    node1 = cluster["node1"]
+    mem = cluster.add("mem", extra={"storage": {"data_dir": None}})
+    conn = pika.BlockingConnection(pika.URLParameters(node1.url))
+    conn.channel().queue_declare("durable-q", durable=True)
+    conn.close()
+    wait_until(lambda: "durable-q" in names(mem, "/api/queues/%2F"), 5, "the queue on mem")
+    assert mem.stop() == 0
+    mem.start()
+    assert "durable-q" in names(mem, "/api/queues/%2F")
+    assert node1.running_nodes() == {"mem": True, "node1": True}
