@@ -494,6 +494,20 @@ def cluster_status(client) -> tuple[str, dict]:
     }
 
 
+def do_forget_cluster_node(client, args, out):
+    (name,) = args.args
+    out.banner(f"Removing node {name} from the cluster")
+    try:
+        client.request("DELETE", f"/api/nodes/{q(name)}")
+    except HTTPFailure as exc:
+        if exc.status == 404:
+            raise CtlError("The node selected is not in the cluster.", EX_UNAVAILABLE) from None
+        if exc.status == 400:
+            raise CtlError(exc.reason, EX_UNAVAILABLE) from None
+        raise
+    return EX_OK
+
+
 def do_cluster_status(client, args, out):
     local, doc = cluster_status(client)
     if out.json:
@@ -794,6 +808,7 @@ def do_await_startup(client, args, out):
 VERBS = {
     "status": (do_status, 0, "status"),
     "cluster_status": (do_cluster_status, 0, "cluster_status"),
+    "forget_cluster_node": (do_forget_cluster_node, 1, "forget_cluster_node <node>"),
     **{verb: (None, None, f"{verb}{' [-p <vhost>]' if spec.vhost_scoped else ''} [<column> ...]")
        for verb, spec in LISTINGS.items()},
     "purge_queue": (do_purge_queue, 1, "purge_queue [-p <vhost>] <queue>"),

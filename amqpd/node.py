@@ -81,6 +81,8 @@ class Node:
             # it), before clients are let in
             await self._join_cluster()
             self.server.attach(self.broker, self.store)
+            if self.cluster is not None and self.store is not None:
+                self.server.schedule_commit()   # what joining applied, journaled before attach
             # before clients are let in: importing aiohttp takes the loop for a moment, and a
             # busy metrics port must stop start-up before anyone connected
             await self._start_monitoring()
@@ -147,8 +149,17 @@ class Node:
         await self.server.loop.run_in_executor(None, _import_cluster)
         from .cluster import ClusterNode
         cluster = ClusterNode(self.config.cluster, self.config.storage.data_dir)
-        await cluster.start()
+        await cluster.start(self.admin, self._after_cluster_change)
         self.cluster = cluster
+
+    def _after_cluster_change(self) -> None:
+        """What a change applied from the cluster made due goes out now (deliveries,
+        basic.cancel to consumers of a deleted queue), and its journal lines are written."""
+        self.broker.run_dispatch()
+        if getattr(self.server, "commit", None) is None:
+            return        # memory only, or not attached yet: attach's first commit writes it
+        self.server.flush()
+        self.server.schedule_commit()
 
     async def _cluster_running(self) -> None:
         """Every listener serves: tell the cluster, with their addresses."""

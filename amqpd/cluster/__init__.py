@@ -2,6 +2,8 @@
 cluster of that name through etcd. Without one, nothing here is imported.
 
     member.py   membership: one lease per node, node records with their state, the view
+    metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
+                one etcd key each, merged both ways with this node's
     link.py     the node-to-node listener (cluster.listen)
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
 
@@ -16,6 +18,7 @@ from ..edge.listeners import StartError
 from .etcd import EtcdError, EtcdUnavailable
 from .link import LinkListener
 from .member import RUNNING, Member
+from .metadata import MetadataSync
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -25,8 +28,10 @@ class ClusterNode:
 
     def __init__(self, config, data_dir: str | None):
         self.config = config                  # config.Cluster
+        self.data_dir = data_dir
         self.link = LinkListener(config)
         self.member = Member(config, data_dir)
+        self.metadata = None
 
     @property
     def name(self) -> str:
@@ -36,14 +41,23 @@ class ClusterNode:
     def node(self) -> str:
         return self.config.node
 
-    async def start(self) -> None:
-        """Bind the node-to-node port and claim the node's name (state ``starting``)."""
+    async def start(self, admin, after_change) -> None:
+        """Bind the node-to-node port, claim the node's name (state ``starting``), and merge
+        this node's metadata with the cluster's (``admin``: the node's admin.Admin;
+        ``after_change()``: run what applied changes made due)."""
         await self.link.start()
         try:
             await self.member.join({"cluster": {"host": self.config.listen.host,
                                                 "port": self.link.port}})
+            self.metadata = MetadataSync(lambda: self.member.etcd, self.member.prefix, admin,
+                                         after_change, self.data_dir)
+            try:
+                await self.metadata.start()
+            except (EtcdError, EtcdUnavailable) as exc:
+                raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
+                                 f"({exc})") from None
         except BaseException:
-            await self.link.stop()
+            await self.stop()
             raise
 
     async def running(self, **fields) -> None:
@@ -55,8 +69,13 @@ class ClusterNode:
         log.info("cluster %s: node %s is running", self.name, self.node)
 
     async def stop(self) -> None:
+        if self.metadata is not None:
+            await self.metadata.stop()
         await self.member.leave()
         await self.link.stop()
 
     def nodes(self):
         return self.member.nodes()
+
+    async def forget(self, name: str) -> str:
+        return await self.member.forget(name)

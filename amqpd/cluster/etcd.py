@@ -84,13 +84,20 @@ class Etcd:
         self.timeout = timeout
         self.session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, connect=timeout))
+        self._watches: dict = {}          # open watch responses -> their endpoint
 
     async def close(self) -> None:
         await self.session.close()
 
     def _rotate(self, failed: str) -> None:
+        """``failed`` did not answer: try it last from now on, and cut the watches open on
+        it (a hung or cut-off member keeps a stream open without a word; their owners watch
+        again, on the next endpoint)."""
         if self.endpoints and self.endpoints[0] == failed and len(self.endpoints) > 1:
             self.endpoints.append(self.endpoints.pop(0))
+        for resp, endpoint in list(self._watches.items()):
+            if endpoint == failed:
+                resp.close()
 
     async def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         """POST to the first endpoint that answers; the decoded answer. etcd's own errors
@@ -130,11 +137,12 @@ class Etcd:
         return int(answer["header"]["revision"])
 
     async def delete(self, key: str, prefix: bool = False) -> int:
+        """Delete the key (or every key under the prefix); the store's revision after."""
         body = {"key": b64(key)}
         if prefix:
             body["range_end"] = prefix_end(key)
         answer = await self.call("/v3/kv/deleterange", body)
-        return int(answer.get("deleted", 0))
+        return int(answer["header"]["revision"])
 
     async def put_if_absent(self, key: str, value: bytes, lease: int = 0) \
             -> tuple[bool, KeyValue | None]:
@@ -151,6 +159,14 @@ class Etcd:
             return True, None
         kvs = answer["responses"][0]["response_range"].get("kvs", ())
         return False, KeyValue(kvs[0]) if kvs else None
+
+    async def delete_unless(self, key: str, present: str) -> bool:
+        """Delete ``key`` only while ``present`` does not exist (one txn); whether the
+        comparison held (deleting a missing key counts as done)."""
+        answer = await self.call("/v3/kv/txn", {
+            "compare": [{"key": b64(present), "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_delete_range": {"key": b64(key)}}]})
+        return bool(answer.get("succeeded"))
 
     # -- leases --------------------------------------------------------------------------------
     async def grant(self, ttl: int) -> tuple[int, int]:
@@ -186,6 +202,7 @@ class Etcd:
                 errors.append(f"{endpoint}: {exc or type(exc).__name__}")
                 self._rotate(endpoint)
                 continue
+            self._watches[resp] = endpoint
             try:
                 async for line in resp.content:
                     if not line.strip():
@@ -207,6 +224,7 @@ class Etcd:
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
                 return
             finally:
+                self._watches.pop(resp, None)
                 resp.release()
             return
         raise EtcdUnavailable("; ".join(errors))

@@ -189,6 +189,18 @@ class Member:
             log.error("cluster: another process took node name %s meanwhile; this node is no "
                       "longer listed", self.name)
 
+    async def forget(self, name: str) -> str:
+        """Remove a node that is not running from the cluster's members (its data stays on
+        its machine): "forgotten", "running" (refused) or "unknown"."""
+        if name not in self.members:
+            return "unknown"
+        if not await self.etcd.delete_unless(self.key("members", name),
+                                             self.key("nodes", name)):
+            return "running"
+        self.members.pop(name, None)
+        self._changed()
+        return "forgotten"
+
     # -- the view -----------------------------------------------------------------------------
     async def _load(self) -> None:
         kvs, self.revision = await self.etcd.get(self.prefix, prefix=True)

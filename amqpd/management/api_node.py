@@ -155,6 +155,27 @@ async def node(request):
     raise not_found()
 
 
+@endpoint("administrator")
+async def forget_node(request):
+    """DELETE /api/nodes/{name} (amqpd's; RabbitMQ has ``rabbitmqctl forget_cluster_node``
+    only): a node that is not running leaves the cluster's member list."""
+    ctx = request["ctx"]
+    cluster = getattr(ctx, "cluster", None)
+    name = request.match_info["name"]
+    if cluster is None:
+        raise bad_request("this node is not in a cluster")
+    from ..cluster.etcd import EtcdError, EtcdUnavailable
+    try:
+        outcome = await cluster.forget(name)
+    except (EtcdError, EtcdUnavailable) as exc:
+        raise error(503, "service_unavailable", f"etcd: {exc}") from None
+    if outcome == "unknown":
+        raise not_found()
+    if outcome == "running":
+        raise bad_request(f"node {name} is running: stop it before it is forgotten")
+    return no_content()
+
+
 @endpoint("monitoring")
 async def cluster_name(request):
     """The cluster's name (``cluster.name``); a single node's is its node name."""
@@ -279,6 +300,7 @@ def routes(ctx):
     return [
         web.get("/api/nodes", nodes),
         web.get("/api/nodes/{name}", node),
+        web.delete("/api/nodes/{name}", forget_node),
         web.get("/api/cluster-name", cluster_name),
         web.get("/api/aliveness-test/{vhost}", aliveness),
         web.get("/api/health/checks/alarms", check_alarms),

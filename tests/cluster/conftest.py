@@ -37,5 +37,10 @@ def make_cluster(tmp_path):
         return cluster.start(count)
 
     yield make
+    errors = []
     for cluster in made:
         cluster.teardown()
+        errors += [f"{node.name}: {line}" for node in cluster.nodes
+                   for line in node.previous_lines + node.lines
+                   if " ERROR " in line or "Traceback" in line]
+    assert not errors, "the nodes logged errors:\n" + "\n".join(errors)

@@ -115,20 +115,24 @@ class Process:
 
 
 class EtcdServer(Process):
-    """One etcd member listening on free loopback ports, data under ``directory``."""
+    """One etcd member listening on free loopback ports, data under ``directory``; alone,
+    or one of ``peers`` ({name: peer URL}, this one's included) of a multi-member etcd."""
 
-    def __init__(self, directory: str, name: str = "etcd0"):
-        self.client_port, self.peer_port = free_port(), free_port()
+    def __init__(self, directory: str, name: str = "etcd0", peer_port: int | None = None,
+                 peers: dict | None = None):
+        self.client_port, self.peer_port = free_port(), peer_port or free_port()
         self.url = f"http://127.0.0.1:{self.client_port}"
         peer = f"http://127.0.0.1:{self.peer_port}"
+        initial = ",".join(f"{n}={u}" for n, u in (peers or {name: peer}).items())
         super().__init__([ETCD, "--name", name, "--data-dir", os.path.join(directory, name),
                           "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                           "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                          "--initial-cluster", f"{name}={peer}", "--log-level", "error"])
+                          "--initial-cluster", initial, "--log-level", "error"])
 
-    def start(self) -> "EtcdServer":
+    def start(self, wait: bool = True) -> "EtcdServer":
         super().start()
-        wait_until(self._ready, 15, "etcd to accept requests")
+        if wait:
+            wait_until(self._ready, 15, "etcd to accept requests")
         return self
 
     def call(self, path: str, body: dict) -> dict:
@@ -156,6 +160,18 @@ class EtcdServer(Process):
                 for kv in answer.get("kvs", ())}
 
 
+def etcd_members(directory: str, count: int = 3) -> list[EtcdServer]:
+    """A ``count``-member etcd, started (members wait for each other to form it)."""
+    ports = {f"etcd{i}": free_port() for i in range(count)}
+    peers = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    members = [EtcdServer(directory, name, port, peers) for name, port in ports.items()]
+    for member in members:
+        member.start(wait=False)
+    for member in members:
+        wait_until(member._ready, 20, f"etcd member {member.args[2]} to accept requests")
+    return members
+
+
 class Node(Process):
     """One amqpd node of a cluster: its YAML configuration under ``directory``, its data
     directory beside it; the AMQP, management and node-to-node ports are free ones the node
@@ -181,6 +197,7 @@ class Node(Process):
         self.port = self.http_port = self.cluster_port = None
 
     def start(self, wait: bool = True) -> "Node":
+        self.previous_lines = getattr(self, "previous_lines", []) + self.lines
         with open(self.config_path, "w") as f:
             yaml.safe_dump(self.config, f)
         super().start()

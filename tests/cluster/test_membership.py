@@ -160,3 +160,72 @@ def test_no_etcd_is_a_failed_start_that_says_why(tmp_path, etcd):
         node.kill()
     assert any("cluster.etcd: no etcd endpoint answered" in line for line in node.lines), \
         node.lines
+
+
+def test_a_paused_node_drops_out_and_comes_back_when_resumed(make_cluster):
+    """SIGSTOP: the node cannot refresh its lease, so the others see it as not running; on
+    SIGCONT it finds its lease gone and registers again."""
+    cluster = make_cluster(2, lease_ttl=2)
+    node1, node2 = cluster.nodes
+    wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": True}, 5, "both")
+    node2.signal(signal.SIGSTOP)
+    try:
+        wait_until(lambda: node1.running_nodes()["node2"] is False, cluster.lease_ttl + 2,
+                   "the paused node2 shown as not running")
+    finally:
+        node2.signal(signal.SIGCONT)
+    node2.wait_for_line("lease expired .* registering again", 10)
+    wait_until(lambda: node1.running_nodes()["node2"] is True, 5, "node2 running again")
+    assert node2.api("/api/overview")["node"] == "node2"      # and it served all along
+
+
+def test_a_hung_etcd_member_is_left_for_the_next(tmp_path):
+    """Three etcd members; the one every node talks to first is paused (SIGSTOP): requests
+    time out there and go to the next member, and the watches that hang on it are cut and
+    opened again there, so a node killed afterwards is still seen to die."""
+    from .conftest import need_etcd
+    from .harness import Node, etcd_members
+    need_etcd()
+    members = etcd_members(str(tmp_path / "etcd"))
+    nodes = []
+    try:
+        urls = [m.url for m in members]
+        nodes = [Node(str(tmp_path / f"node{i}"), f"node{i}", "test", urls, lease_ttl=2)
+                 for i in (1, 2)]
+        for node in nodes:
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_started()
+        node1, node2 = nodes
+        wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": True}, 5, "both")
+        members[0].signal(signal.SIGSTOP)
+        node2.signal(signal.SIGKILL)
+        node2.wait()
+        # an etcd leader change renews every lease once: up to two TTLs, plus the election
+        # and the request timeouts on the paused member
+        wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": False}, 15,
+                   "node2 seen dead through the other members")
+    finally:
+        members[0].signal(signal.SIGCONT)
+        for node in nodes:
+            node.kill()
+        for member in members:
+            member.kill()
+
+
+def test_forget_cluster_node_removes_a_stopped_node_only(make_cluster):
+    cluster = make_cluster(2, lease_ttl=10)
+    node1, node2 = cluster.nodes
+    wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": True}, 5, "both")
+    refused = ctl(node1, "forget_cluster_node", "node2")
+    assert refused.returncode == 69
+    assert "node node2 is running: stop it before it is forgotten" in refused.stderr
+    unknown = ctl(node1, "forget_cluster_node", "node9")
+    assert unknown.returncode == 69
+    assert "The node selected is not in the cluster." in unknown.stderr
+    assert node2.stop() == 0
+    done = ctl(node1, "forget_cluster_node", "node2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "Removing node node2 from the cluster\n"
+    wait_until(lambda: node1.running_nodes() == {"node1": True}, 5, "node2 forgotten")
+    assert "/amqpd/test/members/node2" not in cluster.etcd.keys("/amqpd/test/members/")
