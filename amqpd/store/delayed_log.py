@@ -11,9 +11,13 @@ time. The exchange (broker/delayed.py) merges the buckets in due order.
 
 File format: records.py's self-checking records, one file per bucket ``NNNNNNNN.dlb``, opening
 with a segment header (its salt). MESSAGE records carry the due time (ms since the epoch, 8
-bytes) before the raw route; a SETTLED record's seq is the *file offset* of the message it
-settles (ids are per file, so files never share numbering). A bucket file is deleted once every
-message in it is settled.
+bytes) and one byte (the bucket width's exponent; FINAL: the header is stored as it will be
+delivered, x-delay negated, and PERSISTENT tells its delivery mode -- files of older versions
+lack both) before the raw route. A SETTLED record's seq is the *file offset* of the message it
+settles (ids are per file, so files never share numbering), or, with THROUGH set, an index key:
+every message of the bucket up to that key is settled (a bucket is released in index order, so
+one marker per bucket per release turn stands for every message it routed). A bucket file is
+deleted once every message in it is settled.
 
 Durability: a durable exchange's files are fsynced by the group commit before the publishes they
 hold are confirmed (``sync_targets``, like a queue log). A non-durable exchange's files are
@@ -42,7 +46,14 @@ MIN_WIDTH_MS = 1 << 10   # about a second; widths are powers of two (files recor
 MAX_WIDTH_MS = 1 << 26          # 18.6 h: (due - start) fits the index's 28 bits
 OFFSET_BITS = 36                # 64 GB per bucket file
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
-SCAN_CHUNK = 4 << 20
+SCAN_CHUNK = 1 << 20            # bytes indexed per slice (a few ms of the event loop)
+FINAL = 0x40                    # flag in the exponent byte: the header is the delivered one
+PERSISTENT = 0x80               # and the message's delivery mode is 2 (meaningful with FINAL)
+WIDTH_BITS = 0x3F
+THROUGH = 1 << 63               # a SETTLED seq with this bit: every index key up to the rest
+READ_SPAN = 4 << 20             # a batch whose records lie within this many bytes: one pread
+_u16 = struct.Struct(">H")
+_u32 = struct.Struct(">I")
 
 
 def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
@@ -153,12 +164,12 @@ class DelayedLog:
         if rec is None or rec.kind != records.MESSAGE or len(rec.route) < 9:
             return None
         due = _due.unpack_from(rec.route)[0]
-        width = 1 << rec.route[8]
+        width = 1 << (rec.route[8] & WIDTH_BITS)
         return due - due % width, width
 
     # -- appends --------------------------------------------------------------------------------
     def append(self, due_ms: int, delay_ms: int, route: bytes, header: bytes, body: bytes,
-               now_ms: int, ahead_ms: int) -> tuple:
+               now_ms: int, ahead_ms: int, persistent: bool = False) -> tuple:
         """Buffer a message; returns (bucket, offset, direct, created). ``direct``: its bucket's
         time has come already (start - ahead_ms <= now_ms), so the caller holds the message in
         RAM (it is on disk only for a restart; such a bucket needs no index). ``created``: a
@@ -182,8 +193,9 @@ class DelayedLog:
             bucket.pending.append(head)
             bucket.size = len(head)
         # the width's exponent follows the due time, so a file names its bucket itself
-        rec = records.message(0, _due.pack(due_ms) + bytes((bucket.width.bit_length() - 1,))
-                              + route, header, body, bucket.seed)
+        flags = bucket.width.bit_length() - 1 | FINAL | (PERSISTENT if persistent else 0)
+        rec = records.message(0, _due.pack(due_ms) + bytes((flags,)) + route, header, body,
+                              bucket.seed)
         offset = bucket.size
         bucket.pending.append(rec)
         bucket.size += len(rec)
@@ -193,14 +205,22 @@ class DelayedLog:
 
     def settle(self, bucket: Bucket, offset: int) -> None:
         """The message at ``offset`` was routed."""
+        self._settle(bucket, offset, 1)
+
+    def settle_through(self, bucket: Bucket, key: int, count: int) -> None:
+        """``count`` messages of a bucket read back (``read``) were routed, in index order,
+        the last one's index key ``key``: one marker for them all."""
+        self._settle(bucket, THROUGH | key, count)
+
+    def _settle(self, bucket: Bucket, seq: int, count: int) -> None:
         if bucket.number not in self.buckets:
             return
         if bucket.live is not None:
-            bucket.live -= 1
+            bucket.live -= count
         if bucket.live == 0 and (bucket.sealed or bucket.exhausted):
             self._drop(bucket)
             return
-        rec = records.marker(records.SETTLED, offset, bucket.seed)
+        rec = records.marker(records.SETTLED, seq, bucket.seed)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         self.dirty[bucket] = None
@@ -249,6 +269,7 @@ class DelayedLog:
         path = self._file(bucket.number)
         entries = array("Q")
         settled = set()
+        through = -1                     # the highest THROUGH marker's key
         good_end = 0
         start = bucket.start
         try:
@@ -279,7 +300,11 @@ class DelayedLog:
                             entries.append(((_due.unpack_from(mm, at + due_at)[0] - start)
                                             << OFFSET_BITS) | at)
                         elif kind == SETTLED:
-                            settled.add(_due.unpack_from(mm, at + HEAD + 1)[0])
+                            seq = _due.unpack_from(mm, at + HEAD + 1)[0]
+                            if seq & THROUGH:
+                                through = max(through, seq ^ THROUGH)
+                            else:
+                                settled.add(seq)
                         at = stop
                         if at >= next_slice:
                             next_slice = at + SCAN_CHUNK
@@ -298,8 +323,9 @@ class DelayedLog:
             log.warning("%s: dropped %d bytes at offset %d (torn tail or damaged record)",
                         path, bucket.size - good_end, good_end)
             self._truncate(bucket, good_end)
-        if settled:
-            entries = array("Q", (e for e in entries if (e & OFFSET_MASK) not in settled))
+        if settled or through >= 0:
+            entries = array("Q", (e for e in entries
+                                  if e > through and (e & OFFSET_MASK) not in settled))
         bucket.index = array("Q", sorted(entries))
         bucket.cursor = 0
         bucket.scanned = True
@@ -329,29 +355,17 @@ class DelayedLog:
 
     def read(self, bucket: Bucket, count: int) -> list:
         """The next ``count`` messages of a scanned bucket in due order:
-        [(due_ms, offset, route, header, body)]."""
+        [(due_ms, key, route, header, body, flags)] (``key``: its index key, for
+        ``settle_through``; ``flags``: FINAL, PERSISTENT). Records close together (the usual
+        case: a file is appended in about due order) come with one read; others one each."""
         index, cursor = bucket.index, bucket.cursor
         stop = min(len(index), cursor + count)
+        keys = index[cursor:stop]
         out = []
         path = self._file(bucket.number)
-        with open(path, "rb", buffering=0) as f:
-            fd = f.fileno()
-            for i in range(cursor, stop):
-                key = index[i]
-                offset = key & OFFSET_MASK
-                data = os.pread(fd, 4096, offset)      # most records: one read
-                length = int.from_bytes(data[6:10], "big")
-                if len(data) < HEAD + length:
-                    data = os.pread(fd, HEAD + length, offset)
-                elif len(data) > HEAD + length:
-                    data = data[:HEAD + length]
-                rec = records._record_at(data, memoryview(data), 0, bucket.seed)
-                if rec is None:           # changed under us: skip it (logged)
-                    log.error("%s: record at %d unreadable; message lost", path, offset)
-                    bucket.live = (bucket.live or 1) - 1
-                    continue
-                out.append((_due.unpack_from(rec.route)[0], offset, rec.route[9:], rec.header,
-                            rec.body))
+        if keys:
+            with open(path, "rb", buffering=0) as f:
+                self._read_records(f.fileno(), path, bucket, keys, out)
         bucket.cursor = stop
         if stop >= len(index):
             bucket.index = array("Q")      # the index's memory goes once it is read through
@@ -359,6 +373,49 @@ class DelayedLog:
         if bucket.live == 0:
             self._drop(bucket)
         return out
+
+    def _read_records(self, fd: int, path: str, bucket: Bucket, keys, out: list) -> None:
+        mask = OFFSET_MASK
+        low = min(k & mask for k in keys)
+        high = max(k & mask for k in keys)
+        buf, base = b"", 0
+        if high - low <= READ_SPAN:
+            buf, base = os.pread(fd, high - low + 4096, low), low   # the last one mostly fits
+        view = memoryview(buf)
+        head, crc32, seed = _head.unpack_from, zlib.crc32, bucket.seed
+        u16, u32, due_of = _u16.unpack_from, _u32.unpack_from, _due.unpack_from
+        for key in keys:
+            offset = key & mask
+            data, at, data_view = buf, offset - base, view
+            if not buf or at + HEAD > len(buf) or \
+                    at + HEAD + u32(buf, at + 6)[0] > len(buf):
+                data = os.pread(fd, 4096, offset)              # most records: one read
+                if len(data) >= HEAD:
+                    length = u32(data, 6)[0]
+                    if len(data) < HEAD + length:
+                        data = os.pread(fd, HEAD + length, offset)
+                at, data_view = 0, memoryview(data)
+            try:
+                magic, crc, length = head(data, at)
+                end = at + HEAD + length
+                if magic != records.MAGIC or end > len(data) or \
+                        crc32(data_view[at + 6:end], seed) != crc or \
+                        data[at + HEAD] != records.MESSAGE:
+                    raise ValueError("not an intact message record")
+                # MESSAGE: type, seq (8), route length (2), route = due (8), flags (1), route
+                r = at + HEAD + 11
+                route_end = r + u16(data, r - 2)[0]
+                h = route_end + 4
+                b = h + u32(data, route_end)[0]
+                if b > end:
+                    raise ValueError("header runs past the record")
+            except (ValueError, struct.error, IndexError):
+                log.error("%s: record at %d unreadable; message lost", path, offset)
+                bucket.live = (bucket.live or 1) - 1
+                continue
+            out.append((due_of(data, r)[0], key, data[r + 9:route_end], data[h:b],
+                        data[b:end], data[r + 8]))
+        view.release()
 
     # -- I/O (the commit path's interface, as QueueLog's) ---------------------------------------
     def _write_bucket(self, bucket: Bucket) -> None:
