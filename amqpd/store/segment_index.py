@@ -13,7 +13,7 @@ which is where a torn tail can be.
 
     (offsets are stored shifted left by one, as store/paging.py keeps them)
 
-    magic "AMQPDIX2" | crc32:u32 (over the rest) | byte order:u8 | size:u64 | seed:u32 |
+    magic "AMQPDIX3" | crc32:u32 (over the rest) | byte order:u8 | size:u64 | seed:u32 |
     base:u32 | high:u64 | counts: messages, settled, delivered, expiries, sizes, priorities
     (u32 each) | seqs Q[m] | offsets I[m] | settled Q[s] | delivered Q[d] | expiry seqs Q[e] |
     at Q[e] | sizes I[z] | priorities B[y]
@@ -21,7 +21,8 @@ which is where a torn tail can be.
 ``sizes`` are the messages' body sizes (z = m), kept only by queues with x-max-length-bytes
 (their byte count is rebuilt from them at a restart), ``priorities`` their priority levels
 (y = m), kept only by priority queues (a restart sorts the positions into levels with them);
-either count is 0 when not known. "AMQPDIX1" summaries (neither field) are still read.
+either count is 0 when not known. Older summaries are still read: "AMQPDIX2" (sizes only)
+and "AMQPDIX1" (neither).
 """
 import os
 import struct
@@ -31,11 +32,13 @@ from array import array
 
 from . import records
 
-MAGIC = b"AMQPDIX2"
+MAGIC = b"AMQPDIX3"
+MAGIC_2 = b"AMQPDIX2"
 MAGIC_1 = b"AMQPDIX1"
 _head = struct.Struct("<4sI")
 _meta = struct.Struct("<BQIIQIIII")
-_extra = struct.Struct("<II")
+_extra = struct.Struct("<II")        # AMQPDIX3: sizes, priorities
+_extra_2 = struct.Struct("<I")       # AMQPDIX2: sizes
 _ORDER = 1 if sys.byteorder == "little" else 2
 
 
@@ -98,7 +101,7 @@ def load(segment_path: str) -> SegmentIndex | None:
             head = f.read(records.HEAD_SIZE + 17)
         with open(path_of(segment_path), "rb") as f:
             top = f.read(12 + _meta.size)
-            if len(top) < 12 + _meta.size or top[:8] not in (MAGIC, MAGIC_1):
+            if len(top) < 12 + _meta.size or top[:8] not in (MAGIC, MAGIC_2, MAGIC_1):
                 return None
             (stored_crc,) = struct.unpack_from("<I", top, 8)
             order, stored_size, seed, base, high, m, s, d, e = _meta.unpack_from(top, 12)
@@ -109,11 +112,12 @@ def load(segment_path: str) -> SegmentIndex | None:
             index = SegmentIndex(seed, base, high)
             crc = zlib.crc32(top[12:])
             z = y = 0
-            if top[:8] == MAGIC:
-                more = f.read(_extra.size)
-                if len(more) < _extra.size:
+            if top[:8] != MAGIC_1:
+                extra = _extra if top[:8] == MAGIC else _extra_2
+                more = f.read(extra.size)
+                if len(more) < extra.size:
                     return None
-                z, y = _extra.unpack(more)
+                z, y = (extra.unpack(more) + (0,))[:2]
                 crc = zlib.crc32(more, crc)
                 if z not in (0, m) or y not in (0, m):
                     return None

@@ -107,3 +107,24 @@ def test_a_summary_without_sizes_is_read_but_the_byte_count_scans(tmp_path, monk
     q = node.q
     assert q.message_count == 200 and q.ready_bytes == 200 * 100
     assert [b for b, _ in node.drain()] == bodies(200, 100)
+
+
+def test_a_summary_with_sizes_only_is_still_read(tmp_path):
+    """AMQPDIX2 (sizes, no priorities field) as an earlier amqpd wrote it."""
+    node = Node(tmp_path, window=4, segment_size=4096, args={"x-max-length-bytes": 100_000})
+    for b in bodies(100, 100):
+        node.publish(b)
+    node.turn()
+    qdir = node.q.log.path
+    name = sorted(n for n in os.listdir(qdir) if n.endswith(".idx"))[0]
+    path = os.path.join(qdir, name)
+    raw = open(path, "rb").read()
+    body = raw[12:]
+    meta = segment_index._meta.size
+    z, y = struct.unpack_from("<II", body, meta)
+    assert y == 0 and z > 0
+    body = body[:meta] + struct.pack("<I", z) + body[meta + 8:]
+    with open(path, "wb") as f:
+        f.write(b"AMQPDIX2" + struct.pack("<I", zlib.crc32(body)) + body)
+    loaded = segment_index.load(path[:-4] + ".seg")
+    assert loaded is not None and len(loaded.sizes) == z == len(loaded.seqs)
