@@ -1,13 +1,15 @@
 """The pending messages of one delayed exchange, on disk in due-time buckets.
 
-A pending message costs no RAM until it is nearly due. Each message is appended to the file of
-its *bucket*: the messages due in [start, start + width) ms (wall clock), where the width grows
-with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to 18.6 h), so
-however the delays spread there are at most a few thousand buckets. In RAM a bucket is one small
-object (file, start, width, live count); its messages are read only when the bucket's time comes
-(``scan``): then an index of 8 bytes per message ((due - start) << 36 | file offset, sorted) is
-built, and the messages are read back by offset a batch at a time (``read``), ahead of their due
-time. The exchange (broker/delayed.py) merges the buckets in due order.
+A pending message costs 8 bytes of RAM until it is nearly due. Each message is appended to the
+file of its *bucket*: the messages due in [start, start + width) ms (wall clock), where the
+width grows with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to
+18.6 h), so however the delays spread there are at most a few thousand buckets. In RAM a bucket
+is one small object (file, start, width, live count) and the index key of each of its messages
+((due - start) << 36 | file offset), appended as it is written. When the bucket's time comes
+(``scan``) the keys are sorted into its index -- a bucket found at start-up has none in RAM, so
+its file is scanned for them -- and the messages are read back by offset a batch at a time
+(``read``), ahead of their due time. The exchange (broker/delayed.py) merges the buckets in due
+order.
 
 File format: records.py's self-checking records, one file per bucket ``NNNNNNNN.dlb``, opening
 with a segment header (its salt). MESSAGE records carry the due time (ms since the epoch, 8
@@ -69,7 +71,7 @@ def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
 
 class Bucket:
     __slots__ = ("number", "start", "width", "live", "pending", "size", "fd", "seed",
-                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced")
+                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced", "keys")
 
     def __init__(self, number: int, start: int, width: int, recovered: bool = False):
         self.number, self.start, self.width = number, start, width
@@ -84,6 +86,8 @@ class Bucket:
         self.scanned = False
         self.sealed = recovered          # takes no new messages
         self.unsynced = False
+        self.keys = None                 # array('Q'): index keys of its messages, unsorted,
+                                         # kept as they are appended (None: scan the file)
 
     @property
     def exhausted(self) -> bool:
@@ -186,6 +190,7 @@ class DelayedLog:
                 bucket.scanned = True
             else:
                 created = True
+                bucket.keys = array("Q")
         if bucket.size == 0:
             salt = os.urandom(8)
             bucket.seed = records.seed_of(salt)
@@ -197,6 +202,8 @@ class DelayedLog:
         rec = records.message(0, _due.pack(due_ms) + bytes((flags,)) + route, header, body,
                               bucket.seed)
         offset = bucket.size
+        if bucket.keys is not None:
+            bucket.keys.append(((due_ms - bucket.start) << OFFSET_BITS) | offset)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         bucket.live += 1
@@ -261,11 +268,22 @@ class DelayedLog:
             except StopIteration as done:
                 return done.value
 
+    def indexed(self, bucket: Bucket) -> bool:
+        """The bucket's index keys are in RAM (appended here since it was created): its
+        ``scan`` reads no file, only sorts them."""
+        return bucket.keys is not None
+
     def scan_steps(self, bucket: Bucket):
         """``scan`` SCAN_CHUNK bytes at a time: a generator that yields after each, so a
         big bucket is indexed in slices between other clients' work; returns the count."""
         self.seal(bucket)
         self._write_bucket(bucket)
+        if bucket.keys is not None:      # nothing settled yet: every message is in the index
+            bucket.index = array("Q", sorted(bucket.keys))
+            bucket.keys = None
+            bucket.cursor = 0
+            bucket.scanned = True
+            return len(bucket.index)
         path = self._file(bucket.number)
         entries = array("Q")
         settled = set()
@@ -450,6 +468,7 @@ class DelayedLog:
         self.dirty.clear()
         if bucket.live is not None:
             bucket.live = None
+        bucket.keys = None               # some are gone: its scan finds what is there
         self.seal(bucket)
 
     def write(self) -> bool:
