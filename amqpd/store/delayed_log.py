@@ -54,8 +54,10 @@ PERSISTENT = 0x80               # and the message's delivery mode is 2 (meaningf
 WIDTH_BITS = 0x3F
 THROUGH = 1 << 63               # a SETTLED seq with this bit: every index key up to the rest
 READ_SPAN = 4 << 20             # a batch whose records lie within this many bytes: one pread
-_u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
+# a MESSAGE record's fixed start: magic, crc, length | type, seq, route length | due, flags
+_message_head = struct.Struct(">2sIIBQHQB")
+MESSAGE_HEAD = _message_head.size
 
 
 def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
@@ -400,13 +402,14 @@ class DelayedLog:
         if high - low <= READ_SPAN:
             buf, base = os.pread(fd, high - low + 4096, low), low   # the last one mostly fits
         view = memoryview(buf)
-        head, crc32, seed = _head.unpack_from, zlib.crc32, bucket.seed
-        u16, u32, due_of = _u16.unpack_from, _u32.unpack_from, _due.unpack_from
+        size = len(buf)
+        fields, crc32, seed, u32 = _message_head.unpack_from, zlib.crc32, bucket.seed, \
+            _u32.unpack_from
+        MAGIC, MESSAGE = records.MAGIC, records.MESSAGE
         for key in keys:
             offset = key & mask
             data, at, data_view = buf, offset - base, view
-            if not buf or at + HEAD > len(buf) or \
-                    at + HEAD + u32(buf, at + 6)[0] > len(buf):
+            if at + MESSAGE_HEAD > size or at + HEAD + u32(buf, at + 6)[0] > size:
                 data = os.pread(fd, 4096, offset)              # most records: one read
                 if len(data) >= HEAD:
                     length = u32(data, 6)[0]
@@ -414,25 +417,23 @@ class DelayedLog:
                         data = os.pread(fd, HEAD + length, offset)
                 at, data_view = 0, memoryview(data)
             try:
-                magic, crc, length = head(data, at)
+                # magic, crc, length | type, seq, route length | due, flags (the route's start)
+                magic, crc, length, kind, _, route_len, due, flags = fields(data, at)
                 end = at + HEAD + length
-                if magic != records.MAGIC or end > len(data) or \
-                        crc32(data_view[at + 6:end], seed) != crc or \
-                        data[at + HEAD] != records.MESSAGE:
+                if magic != MAGIC or kind != MESSAGE or end > len(data) or \
+                        crc32(data_view[at + 6:end], seed) != crc:
                     raise ValueError("not an intact message record")
-                # MESSAGE: type, seq (8), route length (2), route = due (8), flags (1), route
-                r = at + HEAD + 11
-                route_end = r + u16(data, r - 2)[0]
+                route_end = at + HEAD + 11 + route_len
                 h = route_end + 4
                 b = h + u32(data, route_end)[0]
-                if b > end:
+                if b > end or route_len < 9:
                     raise ValueError("header runs past the record")
             except (ValueError, struct.error, IndexError):
                 log.error("%s: record at %d unreadable; message lost", path, offset)
                 bucket.live = (bucket.live or 1) - 1
                 continue
-            out.append((due_of(data, r)[0], key, data[r + 9:route_end], data[h:b],
-                        data[b:end], data[r + 8]))
+            out.append((due, key, data[at + MESSAGE_HEAD:route_end], data[h:b], data[b:end],
+                        flags))
         view.release()
 
     # -- I/O (the commit path's interface, as QueueLog's) ---------------------------------------

@@ -302,3 +302,24 @@ def test_a_bucket_indexed_in_ram_reads_back_what_a_scan_would(tmp_path):
     assert in_ram == scanned == (6, sorted(zip(dues, (b"%d" % i for i in range(6))),
                                            key=lambda p: p[0]))
     again.close()
+
+
+def test_a_record_damaged_on_disk_is_skipped_when_read_back(tmp_path, caplog):
+    dlog = delayed_log.DelayedLog(str(tmp_path / "dx"))
+    now = 1_800_000_000_000
+    due = now + 600_000
+    route, header = b"\x02dx\x01k", message(b"", "k", "dx").header
+    offsets = []
+    for i in range(3):
+        bucket, offset, _, _ = dlog.append(due + i, due + i - now, route, header,
+                                           b"body%d" % i, now, 1000)
+        offsets.append(offset)
+    dlog.write()
+    with open(os.path.join(dlog.path, "00000001.dlb"), "r+b") as f:
+        f.seek(offsets[1] + 40)
+        f.write(b"\xff")                              # a flipped byte in the second
+    assert dlog.scan(bucket) == 3                     # (keys in RAM: the file is not read)
+    assert [r[4] for r in dlog.read(bucket, 10)] == [b"body0", b"body2"]
+    assert "unreadable; message lost" in caplog.text
+    assert bucket.live == 2
+    dlog.close()
