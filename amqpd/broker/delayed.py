@@ -238,7 +238,7 @@ class DelayedExchange(Exchange):
             return ACCEPTED
         broker = self.vhost.broker
         now_ms = int(broker.wallclock() * 1000)
-        due_ms = int(due_wall * 1000)
+        due_ms = math.ceil(due_wall * 1000)     # a ms up, never down: never early
         bucket, offset, direct, created = dlog.append(
             due_ms, due_ms - now_ms, message.raw_route, message.header, message.body, now_ms,
             AHEAD_MS, message.persistent)

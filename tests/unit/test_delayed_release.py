@@ -323,3 +323,21 @@ def test_a_record_damaged_on_disk_is_skipped_when_read_back(tmp_path, caplog):
     assert "unreadable; message lost" in caplog.text
     assert bucket.live == 2
     dlog.close()
+
+
+def test_a_due_time_kept_in_ms_is_rounded_up_never_early(tmp_path):
+    """The due time on disk is whole ms of the wall clock: a publish at a fraction of a ms
+    is rounded up, so the message is at most a ms late, never early."""
+    clock = ManualClock(START, WALL + 0.0004)
+    broker, store = open_broker(tmp_path, clock)
+    vh = broker.vhosts["/"]
+    ex, q = setup(vh)
+    t0 = clock.time()
+    vh.publish(ex, message(b"m", "k", "dx", delivery_mode=2, headers={"x-delay": 90_000}))
+    commit_turn(store)
+    clock.advance(90.0 - 0.0002 - (clock.time() - t0))
+    commit_turn(store)
+    assert take_all(q) == []
+    clock.advance(0.001)
+    assert take_all(q) == [b"m"]
+    store.close()
