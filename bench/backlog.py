@@ -10,7 +10,9 @@ Scenarios (1 KiB bodies, publisher confirms, pipelined with --window outstanding
   transient  1 non-durable queue x N non-persistent messages
   delayed    N persistent messages pending in a durable x-delayed-message exchange at once,
              then released at --release-rate per second into a durable queue; the timing
-             error of each is (arrival) - (publish time + x-delay), on this process's clock
+             error of each is (arrival) - (publish time + x-delay), on this process's clock;
+             also the release rate achieved (N / first to last arrival) and the broker's CPU
+             time per released message (load on a shared machine moves it little)
 
 For each broker it prints the RSS of the broker process before, at its peak during the fill
 and after it, the publish rate (N / first publish to last confirm), the drain rate (N / first to

@@ -5,16 +5,18 @@ Declared with ``x-delayed-type`` (the routing semantics: direct, topic, ...). A 
 x-delay <= 0) it is routed at once. One timer is armed, for the earliest entry of a heap ordered
 by due time, so holding a million costs O(log n) per message and nothing per tick.
 
-With a data directory, held messages live on disk, not in RAM (store/delayed_log.py): each goes
-to the file of its due-time bucket; a durable exchange's files are fsynced before the publish is
-confirmed, a non-durable one's are scratch. The heap then holds only what is nearly due: a
-bucket is represented by one *control* entry (message None) keyed AHEAD seconds before its start;
-when that comes, the bucket's index is built (8 bytes per message) and its first BATCH messages
-are read into the heap, with another control entry keyed AHEAD before the next unread one. So
-the buckets are merged in due order, each read ahead of time, and RAM holds at most a few
-batches per bucket in progress. A message whose bucket's time has come already (short delays)
-goes straight to the heap (its file copy is for a restart). Without a data directory every held
-message is in the heap.
+With a data directory, held messages live on disk, not in RAM (store/delayed_log.py: 8 bytes of
+RAM each, its index key): each goes to the file of its due-time bucket; a durable exchange's
+files are fsynced before the publish is confirmed, a non-durable one's are scratch. The heap then
+holds only what is nearly due: a bucket is represented by one *control* entry (message None)
+keyed AHEAD seconds before its start; when that comes, the bucket's index is sorted (or, for a
+file found at start-up, built by a scan in slices) and its first BATCH messages are read back as
+the bucket's *run* (one heap entry, keyed by its next message's due time), with another control
+entry keyed AHEAD before the next unread one, whose batch is appended to the same run. So the
+buckets are merged in due order, each read ahead of time, and RAM holds at most a few batches
+per bucket in progress. A message whose bucket's time has come already (short delays) goes
+straight to the heap on its own (its file copy is for a restart). Without a data directory
+every held message is in the heap.
 
 A held message is kept as it will be delivered: its x-delay negated (as the plugin delivers it)
 when it is taken aside, by rewriting only that entry's bytes, so releasing one is a route and an
@@ -29,10 +31,10 @@ import math
 import struct
 
 from .. import errors
+from ..store import delayed_log
 from ..wire import properties, tables
 from ..wire.tables import Long, SignedInt, TableError, text
 from .exchange import Exchange, check_type
-from ..store import delayed_log
 from .message import Message, from_route
 from .publish import ACCEPTED, STORED
 
@@ -236,7 +238,7 @@ class DelayedExchange(Exchange):
             return ACCEPTED
         broker = self.vhost.broker
         now_ms = int(broker.wallclock() * 1000)
-        due_ms = int(due_wall * 1000)
+        due_ms = math.ceil(due_wall * 1000)     # a ms up, never down: never early
         bucket, offset, direct, created = dlog.append(
             due_ms, due_ms - now_ms, message.raw_route, message.header, message.body, now_ms,
             AHEAD_MS, message.persistent)
@@ -367,6 +369,8 @@ class DelayedExchange(Exchange):
         if dlog is None or bucket.number not in dlog.buckets:
             self.clock_offsets.pop(bucket, None)
             return
+        if not bucket.scanned and dlog.indexed(bucket):
+            dlog.scan(bucket)                  # its index is in RAM: sorted, nothing read
         if not bucket.scanned:
             if bucket not in self.scanning:
                 offset_s = self.clock_offsets.get(bucket)

@@ -1,13 +1,15 @@
 """The pending messages of one delayed exchange, on disk in due-time buckets.
 
-A pending message costs no RAM until it is nearly due. Each message is appended to the file of
-its *bucket*: the messages due in [start, start + width) ms (wall clock), where the width grows
-with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to 18.6 h), so
-however the delays spread there are at most a few thousand buckets. In RAM a bucket is one small
-object (file, start, width, live count); its messages are read only when the bucket's time comes
-(``scan``): then an index of 8 bytes per message ((due - start) << 36 | file offset, sorted) is
-built, and the messages are read back by offset a batch at a time (``read``), ahead of their due
-time. The exchange (broker/delayed.py) merges the buckets in due order.
+A pending message costs 8 bytes of RAM until it is nearly due. Each message is appended to the
+file of its *bucket*: the messages due in [start, start + width) ms (wall clock), where the
+width grows with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to
+18.6 h), so however the delays spread there are at most a few thousand buckets. In RAM a bucket
+is one small object (file, start, width, live count) and the index key of each of its messages
+((due - start) << 36 | file offset), appended as it is written. When the bucket's time comes
+(``scan``) the keys are sorted into its index -- a bucket found at start-up has none in RAM, so
+its file is scanned for them -- and the messages are read back by offset a batch at a time
+(``read``), ahead of their due time. The exchange (broker/delayed.py) merges the buckets in due
+order.
 
 File format: records.py's self-checking records, one file per bucket ``NNNNNNNN.dlb``, opening
 with a segment header (its salt). MESSAGE records carry the due time (ms since the epoch, 8
@@ -52,8 +54,10 @@ PERSISTENT = 0x80               # and the message's delivery mode is 2 (meaningf
 WIDTH_BITS = 0x3F
 THROUGH = 1 << 63               # a SETTLED seq with this bit: every index key up to the rest
 READ_SPAN = 4 << 20             # a batch whose records lie within this many bytes: one pread
-_u16 = struct.Struct(">H")
 _u32 = struct.Struct(">I")
+# a MESSAGE record's fixed start: magic, crc, length | type, seq, route length | due, flags
+_message_head = struct.Struct(">2sIIBQHQB")
+MESSAGE_HEAD = _message_head.size
 
 
 def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
@@ -69,7 +73,7 @@ def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
 
 class Bucket:
     __slots__ = ("number", "start", "width", "live", "pending", "size", "fd", "seed",
-                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced")
+                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced", "keys")
 
     def __init__(self, number: int, start: int, width: int, recovered: bool = False):
         self.number, self.start, self.width = number, start, width
@@ -84,6 +88,8 @@ class Bucket:
         self.scanned = False
         self.sealed = recovered          # takes no new messages
         self.unsynced = False
+        self.keys = None                 # array('Q'): index keys of its messages, unsorted,
+                                         # kept as they are appended (None: scan the file)
 
     @property
     def exhausted(self) -> bool:
@@ -186,6 +192,7 @@ class DelayedLog:
                 bucket.scanned = True
             else:
                 created = True
+                bucket.keys = array("Q")
         if bucket.size == 0:
             salt = os.urandom(8)
             bucket.seed = records.seed_of(salt)
@@ -197,6 +204,8 @@ class DelayedLog:
         rec = records.message(0, _due.pack(due_ms) + bytes((flags,)) + route, header, body,
                               bucket.seed)
         offset = bucket.size
+        if bucket.keys is not None:
+            bucket.keys.append(((due_ms - bucket.start) << OFFSET_BITS) | offset)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         bucket.live += 1
@@ -261,11 +270,22 @@ class DelayedLog:
             except StopIteration as done:
                 return done.value
 
+    def indexed(self, bucket: Bucket) -> bool:
+        """The bucket's index keys are in RAM (appended here since it was created): its
+        ``scan`` reads no file, only sorts them."""
+        return bucket.keys is not None
+
     def scan_steps(self, bucket: Bucket):
         """``scan`` SCAN_CHUNK bytes at a time: a generator that yields after each, so a
         big bucket is indexed in slices between other clients' work; returns the count."""
         self.seal(bucket)
         self._write_bucket(bucket)
+        if bucket.keys is not None:      # nothing settled yet: every message is in the index
+            bucket.index = array("Q", sorted(bucket.keys))
+            bucket.keys = None
+            bucket.cursor = 0
+            bucket.scanned = True
+            return len(bucket.index)
         path = self._file(bucket.number)
         entries = array("Q")
         settled = set()
@@ -382,13 +402,14 @@ class DelayedLog:
         if high - low <= READ_SPAN:
             buf, base = os.pread(fd, high - low + 4096, low), low   # the last one mostly fits
         view = memoryview(buf)
-        head, crc32, seed = _head.unpack_from, zlib.crc32, bucket.seed
-        u16, u32, due_of = _u16.unpack_from, _u32.unpack_from, _due.unpack_from
+        size = len(buf)
+        fields, crc32, seed, u32 = _message_head.unpack_from, zlib.crc32, bucket.seed, \
+            _u32.unpack_from
+        MAGIC, MESSAGE = records.MAGIC, records.MESSAGE
         for key in keys:
             offset = key & mask
             data, at, data_view = buf, offset - base, view
-            if not buf or at + HEAD > len(buf) or \
-                    at + HEAD + u32(buf, at + 6)[0] > len(buf):
+            if at + MESSAGE_HEAD > size or at + HEAD + u32(buf, at + 6)[0] > size:
                 data = os.pread(fd, 4096, offset)              # most records: one read
                 if len(data) >= HEAD:
                     length = u32(data, 6)[0]
@@ -396,25 +417,23 @@ class DelayedLog:
                         data = os.pread(fd, HEAD + length, offset)
                 at, data_view = 0, memoryview(data)
             try:
-                magic, crc, length = head(data, at)
+                # magic, crc, length | type, seq, route length | due, flags (the route's start)
+                magic, crc, length, kind, _, route_len, due, flags = fields(data, at)
                 end = at + HEAD + length
-                if magic != records.MAGIC or end > len(data) or \
-                        crc32(data_view[at + 6:end], seed) != crc or \
-                        data[at + HEAD] != records.MESSAGE:
+                if magic != MAGIC or kind != MESSAGE or end > len(data) or \
+                        crc32(data_view[at + 6:end], seed) != crc:
                     raise ValueError("not an intact message record")
-                # MESSAGE: type, seq (8), route length (2), route = due (8), flags (1), route
-                r = at + HEAD + 11
-                route_end = r + u16(data, r - 2)[0]
+                route_end = at + HEAD + 11 + route_len
                 h = route_end + 4
                 b = h + u32(data, route_end)[0]
-                if b > end:
+                if b > end or route_len < 9:
                     raise ValueError("header runs past the record")
             except (ValueError, struct.error, IndexError):
                 log.error("%s: record at %d unreadable; message lost", path, offset)
                 bucket.live = (bucket.live or 1) - 1
                 continue
-            out.append((due_of(data, r)[0], key, data[r + 9:route_end], data[h:b],
-                        data[b:end], data[r + 8]))
+            out.append((due, key, data[at + MESSAGE_HEAD:route_end], data[h:b], data[b:end],
+                        flags))
         view.release()
 
     # -- I/O (the commit path's interface, as QueueLog's) ---------------------------------------
@@ -450,6 +469,7 @@ class DelayedLog:
         self.dirty.clear()
         if bucket.live is not None:
             bucket.live = None
+        bucket.keys = None               # some are gone: its scan finds what is there
         self.seal(bucket)
 
     def write(self) -> bool:

@@ -18,6 +18,7 @@ from amqpd.wire.tables import Byte, Long, LongL, Short, SignedInt, UnsignedInt
 
 from .stubs import bodies, commit_turn, declare_exchange, declare_queue, make_broker, message
 from .test_delayed_log import open_broker, run_until, setup, take_all
+from .test_store import FaultyIO
 
 START, WALL = 1000.0, 1_800_000_000.0
 
@@ -253,4 +254,90 @@ def test_a_wall_clock_step_moves_no_release(tmp_path, step):
     clock.wall_offset += step
     got = run_until(clock, store, q, 95.0, step=0.25)
     assert got == [(b"m", t0 + 90.0)]
+    store.close()
+
+
+def test_a_bucket_indexed_in_ram_is_scanned_after_a_failed_write(tmp_path):
+    """A bucket created here keeps its index keys in RAM as messages are appended (its file
+    is never scanned); a write that fails cuts records off, so that bucket is scanned: what
+    is read back is what is on disk, every record intact."""
+    io = FaultyIO()
+    dlog = delayed_log.DelayedLog(str(tmp_path / "dx"), io=io)
+    now = 1_800_000_000_000
+    due = now + 600_000
+    route, header = b"\x02dx\x01k", message(b"", "k", "dx").header
+
+    def append(i):
+        return dlog.append(due + i, due + i - now, route, header, b"body%d" % i, now, 1000)
+
+    bucket = append(0)[0]
+    append(1)
+    dlog.write()
+    assert dlog.indexed(bucket)
+    io.room = 40                                      # the next record is torn
+    append(2)
+    with pytest.raises(OSError):
+        dlog.write()
+    io.room = None
+    assert not dlog.indexed(bucket)                   # its keys name a record that is gone
+    assert dlog.scan(bucket) == 2
+    assert [r[4] for r in dlog.read(bucket, 10)] == [b"body0", b"body1"]
+    dlog.close()
+
+
+def test_a_bucket_indexed_in_ram_reads_back_what_a_scan_would(tmp_path):
+    dlog = delayed_log.DelayedLog(str(tmp_path / "dx"))
+    now = 1_800_000_000_000
+    route, header = b"\x02dx\x01k", message(b"", "k", "dx").header
+    dues = [now + 600_000 + d for d in (5, 1, 9, 1, 0, 7)]     # out of order, a tie
+    for i, due in enumerate(dues):
+        bucket = dlog.append(due, due - now, route, header, b"%d" % i, now, 1000)[0]
+    assert dlog.indexed(bucket)
+    in_ram = dlog.scan(bucket), [(r[0], r[4]) for r in dlog.read(bucket, 10)]
+    dlog.close()
+    again = delayed_log.DelayedLog(str(tmp_path / "dx"))
+    found, _ = again.recover()
+    assert not again.indexed(found[0])
+    scanned = again.scan(found[0]), [(r[0], r[4]) for r in again.read(found[0], 10)]
+    assert in_ram == scanned == (6, sorted(zip(dues, (b"%d" % i for i in range(6))),
+                                           key=lambda p: p[0]))
+    again.close()
+
+
+def test_a_record_damaged_on_disk_is_skipped_when_read_back(tmp_path, caplog):
+    dlog = delayed_log.DelayedLog(str(tmp_path / "dx"))
+    now = 1_800_000_000_000
+    due = now + 600_000
+    route, header = b"\x02dx\x01k", message(b"", "k", "dx").header
+    offsets = []
+    for i in range(3):
+        bucket, offset, _, _ = dlog.append(due + i, due + i - now, route, header,
+                                           b"body%d" % i, now, 1000)
+        offsets.append(offset)
+    dlog.write()
+    with open(os.path.join(dlog.path, "00000001.dlb"), "r+b") as f:
+        f.seek(offsets[1] + 40)
+        f.write(b"\xff")                              # a flipped byte in the second
+    assert dlog.scan(bucket) == 3                     # (keys in RAM: the file is not read)
+    assert [r[4] for r in dlog.read(bucket, 10)] == [b"body0", b"body2"]
+    assert "unreadable; message lost" in caplog.text
+    assert bucket.live == 2
+    dlog.close()
+
+
+def test_a_due_time_kept_in_ms_is_rounded_up_never_early(tmp_path):
+    """The due time on disk is whole ms of the wall clock: a publish at a fraction of a ms
+    is rounded up, so the message is at most a ms late, never early."""
+    clock = ManualClock(START, WALL + 0.0004)
+    broker, store = open_broker(tmp_path, clock)
+    vh = broker.vhosts["/"]
+    ex, q = setup(vh)
+    t0 = clock.time()
+    vh.publish(ex, message(b"m", "k", "dx", delivery_mode=2, headers={"x-delay": 90_000}))
+    commit_turn(store)
+    clock.advance(90.0 - 0.0002 - (clock.time() - t0))
+    commit_turn(store)
+    assert take_all(q) == []
+    clock.advance(0.001)
+    assert take_all(q) == [b"m"]
     store.close()
