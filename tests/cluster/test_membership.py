@@ -249,3 +249,20 @@ def test_each_node_keeps_a_link_to_every_other(make_cluster):
     cluster["node3"].start()          # on another free port: the link follows its record
     wait_until(lambda: links() == {"node2": cluster["node2"].cluster_port,
                                    "node3": cluster["node3"].cluster_port}, 10, "node3 back")
+
+
+def test_a_busy_node_to_node_port_is_a_failed_start_naming_the_key(tmp_path, etcd):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = Node(str(tmp_path / "n"), "node1", "test", [etcd.url])
+        node.config["cluster"]["listen"]["port"] = port
+        node.start(wait=False)
+        try:
+            assert node.wait(20) == 1
+        finally:
+            node.kill()
+    assert any(f"cluster.listen: 127.0.0.1:{port} is already in use" in line
+               for line in node.lines), node.lines
+    assert etcd.keys("/amqpd/") == {}          # it never joined
