@@ -66,6 +66,16 @@ def rss_mb(pid) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler:
     """Peak RSS of a process, sampled every 100 ms on a thread."""
 
@@ -384,7 +394,15 @@ def run_broker(name, port, pid, args, scenario, restart=None):
     r["rss_after_fill_mb"] = rss_mb(pid)
     if consumer is not None:
         r["released_during_fill"] = consumer.count
+        sampler = RssSampler(pid)
+        cpu = cpu_seconds(pid)
         consumer.wait(scenario.args.lead + scenario.n / args.release_rate + 600)
+        r["rss_peak_release_mb"] = sampler.stop()
+        # CPU the broker spent from the end of the fill to the last arrival, per message: a
+        # figure the load of a shared machine does not move much, unlike the timing error
+        r["release_cpu_us"] = (cpu_seconds(pid) - cpu) / scenario.n * 1e6
+        # first to last arrival: the release rate when it keeps up is --release-rate
+        r["release_rate"] = scenario.n / (consumer.last - consumer.first) if consumer.n_ok() else 0
         errs = sorted(consumer.errors)
         r["timing_p50_ms"] = errs[len(errs) // 2]
         r["timing_p99_ms"] = errs[min(len(errs) - 1, int(len(errs) * 0.99))]
@@ -477,6 +495,9 @@ ROWS = [("RSS before fill (MB)", "rss_before_mb"), ("RSS peak during fill (MB)",
         ("published already due (x-delay<=0)", "early_publishes"),
         ("timing error p50 (ms)", "timing_p50_ms"), ("timing error p99 (ms)", "timing_p99_ms"),
         ("timing error min (ms)", "timing_min_ms"), ("timing error max (ms)", "timing_max_ms"),
+        ("release (msg/s)", "release_rate"),
+        ("broker CPU per released message (us)", "release_cpu_us"),
+        ("RSS peak during release (MB)", "rss_peak_release_mb"),
         ("RSS after release (MB)", "rss_after_release_mb")]
 
 

@@ -99,6 +99,7 @@ class Connection(Handshake, Output):
         self.channels: dict[int, Channel] = {}
         self.closing_channels: set = set()
         self.confirms: dict = {}      # channels with publisher confirms due at end of batch
+        self.confirming = False       # a channel is in confirm mode: the publisher waits for us
         self.channel_max = limits.channel_max
         self.frame_max = limits.frame_max or 131072
         self.heartbeat = 0

@@ -317,6 +317,7 @@ def confirm_select(ch: Channel, m: Confirm.Select) -> None:
     if ch.tx is not None:
         raise errors.PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
     ch.confirm = True
+    ch.conn.confirming = True        # its reads may be larger (edge/protocol.py)
     _ok(ch, m, Confirm.SelectOk())
 
 

@@ -182,11 +182,14 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
-                if q.pager is not None and q.opts.max_bytes is None:
-                    # positions only; the window is read in (x-max-length-bytes needs every
-                    # body's size: such a queue is read whole, as before)
-                    runs, expiries, top = q.log.recover_positions()
+                if q.pager is not None:
+                    # positions only (x-max-length-bytes: and the bodies' sizes, from the
+                    # segment summaries); the window is read in when first needed
+                    limited = q.opts.max_bytes is not None
+                    runs, expiries, top = q.log.recover_positions(sizes=limited)
                     messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    if limited:
+                        q.ready_bytes = q.log.recovered_bytes
                     q.next_seq = max(q.next_seq, top)
                     q.counts.not_published = q.next_seq   # recovered: not published now
                     continue

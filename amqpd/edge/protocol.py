@@ -8,11 +8,17 @@ from ..amqp.connection import CLOSED, DETACHED, Connection
 log = logging.getLogger("amqpd.server")
 
 WRITE_HIGH_WATER = 4 << 20      # transport buffer above this pauses deliveries
-# Bytes one connection may feed us per event-loop turn. libuv keeps reading a busy socket up to
-# 32 times per turn, so without a budget a fast publisher starves every consumer's acks; a small
-# read buffer keeps one turn short, so consumers (whose rate is prefetch x turns) keep up.
-READ_SIZE = 8 << 10     # measured: 8 KiB gives s2 (acks) 88k/s where 64 KiB gave 16k/s
-READ_BUDGET = READ_SIZE
+# What one connection may feed us per event-loop turn. libuv keeps reading a busy socket up to
+# 32 times per turn, so without a budget a fast publisher starves every consumer's acks; a short
+# turn keeps consumers (whose rate is prefetch x turns) up with the publishers: 8 KiB (measured:
+# s2, acks, 88k/s where 64 KiB reads gave 16k/s; s4, four 1 KiB publishers, fell to a third
+# with reads of 80 publishes). A publisher in confirm mode cannot flood anyone: it waits for
+# its confirms, so what it sends is bounded by its own window. Its reads hold about
+# PUBLISHES_PER_TURN publishes: 8 KiB held only 7 of 1 KiB, and every turn costs its socket
+# writes, wake-ups and file write whatever it carries (s3: 1 KiB persistent with confirms).
+READ_SIZE = 8 << 10             # a connection's read, unless it publishes with confirms
+READ_MAX = 128 << 10            # the most a confirming publisher's read may take
+PUBLISHES_PER_TURN = 80
 
 
 class AMQPProtocol(asyncio.BufferedProtocol):
@@ -32,10 +38,10 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.close_timer = None
         self.closing = False
         self.deaf = False             # a closing connection whose input is no longer read
-        self.read_budget = READ_BUDGET
+        self.read_size = READ_SIZE    # this connection's budget (see PUBLISHES_PER_TURN)
+        self.read_budget = READ_SIZE
         self.reading_paused = False
-        self.rbuf = bytearray(READ_SIZE)
-        self.rview = memoryview(self.rbuf)
+        self.last_read = 0
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -68,12 +74,15 @@ class AMQPProtocol(asyncio.BufferedProtocol):
             self.timers.append(self.loop.call_later(limit, self._handshake_timeout))
 
     def get_buffer(self, sizehint: int):
-        return self.rview
+        # One buffer for every connection of the loop: asyncio fills it and calls
+        # buffer_updated at once, which copies the bytes out.
+        return self.server.read_view[:self.read_size]
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(bytes(self.rview[:nbytes]))
+        self.data_received(bytes(self.server.read_view[:nbytes]))
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = len(data)
         self.conn.data_received(data)
         self.read_budget -= len(data)
         if self.read_budget <= 0 and not self.reading_paused:
@@ -83,7 +92,7 @@ class AMQPProtocol(asyncio.BufferedProtocol):
             self.loop.call_soon(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        self.read_budget = READ_BUDGET
+        self.read_budget = self.read_size
         self.reading_paused = False
         self._set_reading()
 
@@ -170,7 +179,11 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.timers.append(self.loop.call_later(interval / 2, self._heartbeat))
 
     def published(self, conn, count: int) -> None:
-        """The read just handled held ``count`` publishes: alarms and rate limits apply."""
+        """The read just handled held ``count`` publishes: alarms and rate limits apply, and
+        a confirming publisher's next reads are sized to hold about PUBLISHES_PER_TURN."""
+        if conn.confirming:
+            size = self.last_read * PUBLISHES_PER_TURN // count
+            self.read_size = READ_SIZE if size < READ_SIZE else min(size, READ_MAX)
         server = self.server
         if server.alarms.should_block(conn):
             self.set_blocked(True, server.alarms.block(conn))

@@ -5,8 +5,13 @@ Records appended to the queue logs are buffered; once per event-loop turn the ed
 A publish confirm waits for its generation to be durable. How that happens is the fsync mode:
 
 - ``batch`` (default): ``begin_sync()`` hands out a job covering every generation written so
-  far; the edge runs ``sync(job)`` on its fsync worker thread, then ``finish(job, error)``.
-  Writes made while an fsync runs are covered by the next one (group commit).
+  far; the edge runs ``sync(job)`` on an fsync worker thread, then ``finish(job, error)``.
+  Writes made while an fsync runs are covered by the next one (group commit), which may start
+  before the running one ends: a write made just after an fsync began then waits for one fsync,
+  not for one and a half (measured on this VM's disk: two in flight halve the mean latency from
+  write to durable). Jobs complete in the order they were handed out (``finish`` holds one that
+  ends early): a generation is durable only when every job up to the one covering it is done,
+  since an earlier job may hold files or directories the later one does not.
 - ``always``: the same job, run on the loop thread before the next turn (``inline``), so no
   confirm is ever held for more than one fsync: the slowest mode, the user's explicit choice.
 - ``never``: a generation counts as durable once written (the OS decides when it reaches the
@@ -22,6 +27,7 @@ Waiters (channels with confirms outstanding, connections with held output) regis
 publishes are nacked, never confirmed. Sans-IO as far as scheduling goes: the edge decides
 where ``sync`` runs (its worker thread; the loop thread for ``always``)."""
 import logging
+from collections import deque
 
 log = logging.getLogger("amqpd.store")
 
@@ -34,11 +40,13 @@ MODES = ("batch", "always", "never")
 class SyncJob:
     """One fsync round: every write up to generation ``gen``; then the directories of deleted
     queues (``trash``) are removed."""
-    __slots__ = ("gen", "fds", "dirs", "logs", "trash")
+    __slots__ = ("gen", "fds", "dirs", "logs", "trash", "done", "error")
 
     def __init__(self, gen: int, fds: list, dirs: list, logs: list, trash: list = ()):
         self.gen, self.fds, self.dirs, self.logs = gen, fds, dirs, logs
         self.trash = list(trash)
+        self.done = False
+        self.error = None
 
 
 class Commit:
@@ -51,6 +59,8 @@ class Commit:
         self.unsynced: dict = {}       # logs written to the OS since the last fsync
         self.gen = 0                   # write batches handed to the OS so far
         self.synced_gen = 0            # write batches known to be on disk (or nacked)
+        self.started_gen = 0           # write batches a job handed out covers
+        self.jobs: deque = deque()     # jobs handed out and not yet reported, in order
         self.written = 0               # bytes handed to the OS (the disk alarm estimates)
         self.waiters: dict = {}        # channels with confirms waiting (an ordered set)
         self.journal = None            # the definitions journal (store.py sets it)
@@ -170,10 +180,16 @@ class Commit:
     def begin_sync(self) -> SyncJob | None:
         """What to fsync for everything written so far, and the generation it covers; None
         if nothing is waiting."""
-        trash, self.trash = self.trash, []
-        if self.mode == "never" or self.synced_gen >= self.gen:
+        if self.mode == "never" or self.started_gen >= self.gen:
+            if not self.trash or self.jobs:
+                return None
+            trash, self.trash = self.trash, []
             self.dirs.clear()
-            return SyncJob(self.gen, [], [], [], trash) if trash else None
+            return SyncJob(self.gen, [], [], [], trash)
+        if self.jobs and self._summaries_waiting():
+            return None                        # after the running job (see _summaries_waiting)
+        trash, self.trash = self.trash, []
+        self.started_gen = self.gen
         fds, dirs = [], list(self.dirs)
         self.dirs.clear()
         logs = list(self.unsynced)
@@ -186,7 +202,19 @@ class Commit:
             fd = self.journal.sync_target()
             if fd is not None:
                 fds.append(fd)
-        return SyncJob(self.gen, fds, dirs, logs, trash)
+        job = SyncJob(self.gen, fds, dirs, logs, trash)
+        self.jobs.append(job)
+        return job
+
+    def _summaries_waiting(self) -> bool:
+        """Does a log to sync have segment summaries waiting for this fsync? A log writes the
+        summaries its last jobs took when one of them completes (``index_synced``), so a job
+        that takes some must not run beside an earlier one: the earlier one could complete
+        first and write a summary of a segment not yet durable. (Rare: once per segment.)"""
+        for qlog in self.unsynced:
+            if getattr(qlog, "unsynced_index", None) or getattr(qlog, "retired", None):
+                return True
+        return False
 
     def sync(self, job: SyncJob) -> None:
         """Runs on the fsync worker thread (or inline). Files first, then the directories that
@@ -218,12 +246,23 @@ class Commit:
                 log.warning("cannot remove %s: %s", path, exc)
 
     def finish(self, job: SyncJob, error: OSError | None = None) -> None:
-        """The edge reports how ``sync(job)`` went; waiters hear about it."""
-        if error is None:
+        """The edge reports how ``sync(job)`` went; waiters hear about it once every job
+        handed out before it has been reported too."""
+        job.done, job.error = True, error
+        jobs = self.jobs
+        if job not in jobs:
+            self._finish(job)
+        elif jobs[0] is not job:
+            return                              # an earlier job still runs
+        while jobs and jobs[0].done:
+            self._finish(jobs.popleft())
+        self._notify()
+
+    def _finish(self, job: SyncJob) -> None:
+        if job.error is None:
             self.synced(job)
         else:
-            self.sync_failed(job, error)
-        self._notify()
+            self.sync_failed(job, job.error)
 
     def run_inline(self) -> None:
         """``always``: fsync what this turn wrote, on the loop thread."""
@@ -240,10 +279,11 @@ class Commit:
 
     @property
     def behind(self) -> bool:
-        """Written but not yet synced: another fsync round is due."""
-        return self.gen > self.synced_gen
+        """Written but no job handed out for it yet: another fsync round is due."""
+        return self.gen > self.started_gen or bool(self.trash)
 
     def synced(self, job: SyncJob) -> None:
+        self._forget_job(job)
         self.synced_gen = max(self.synced_gen, job.gen)
         for qlog in job.logs:
             qlog.index_synced()         # summaries of the segments it finished
@@ -256,6 +296,7 @@ class Commit:
         gone. So every generation handed to the OS so far is nacked, and the one being
         buffered too (records already framed for the old segments go there), every log the
         fsync covered moves to a fresh segment, and the broker carries on."""
+        self._forget_job(job)
         self._failed(self.synced_gen, self.gen + 1, f"fsync in {self.data_dir} failed", exc)
         for qlog in job.logs:
             qlog.index_failed()
@@ -268,6 +309,10 @@ class Commit:
         self.trash.extend(job.trash)
         self.dirs.update(dict.fromkeys(job.dirs))
         self.synced_gen = max(self.synced_gen, self.gen)
+
+    def _forget_job(self, job: SyncJob) -> None:
+        if self.jobs and job in self.jobs:
+            self.jobs.remove(job)
 
     def _notify(self) -> None:
         waiters = list(self.waiters)

@@ -143,16 +143,22 @@ class QueueLog:
         self._unlink_doomed()
         return live, top
 
-    def recover_positions(self):
+    def recover_positions(self, sizes: bool = False):
         """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
         ``runs`` being store.paging.Run objects holding the positions of the live messages
         in seq order (the redelivered bit set for those with a DELIVERED marker),
-        ``expiries`` {seq: TTL deadline in ms since the epoch}."""
+        ``expiries`` {segment: (seqs, ats)}: the TTL deadlines (ms since the epoch) of the
+        messages of that segment that have one, as arrays in seq order (an EXPIRY record is
+        written right after its message, in the same segment; compaction keeps them
+        together), so that no object per message is made. With ``sizes`` (x-max-length-bytes)
+        ``recovered_bytes`` is set to the body bytes of the live messages, from the summaries'
+        sizes (a segment whose summary has none is scanned instead)."""
         from .paging import REDELIVERED, Run
         segs = []
+        body_sizes: dict = {}                # segment -> sizes aligned with its run's seqs
         settled: set[int] = set()
         delivered: set[int] = set()
-        expiries: dict[int, int] = {}
+        expiries: dict[int, tuple] = {}
         top = 0
         numbers = self._segments_on_disk()
         unreadable = None
@@ -161,12 +167,16 @@ class QueueLog:
             path = self._segment_path(number)
             if number != numbers[-1]:
                 ix = segment_index.load(path)
+                if ix is not None and sizes and ix.known_sizes() is None:
+                    ix = None                 # the byte count needs what it lacks: scan
                 if ix is not None:            # a sealed segment's summary: no need to read it
+                    if sizes:
+                        body_sizes[number] = ix.sizes
                     top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
                     settled.update(ix.settled)
                     delivered.update(ix.delivered)
-                    for i in range(len(ix.exp_seqs)):
-                        expiries[ix.exp_seqs[i]] = ix.exp_at[i]
+                    if ix.exp_seqs:
+                        expiries[number] = (ix.exp_seqs, ix.exp_at)
                     segs.append(Run(number, ix.seed, ix.seqs, ix.offs))
                     self.live[number] = 0
                     continue
@@ -183,14 +193,18 @@ class QueueLog:
             run = Run(number, seed)
             ix = SegmentIndex(seed, base, high)
             seqs, offs = run.seqs, run.offs
+            if sizes:
+                body_sizes[number] = ix.sizes
             rec = None
             for rec in records.scan_positions(data, problems):
-                kind, seq, at, _ = rec
+                kind, seq, at, end = rec
                 if seq > top:
                     top = seq
                 if kind == MESSAGE:
                     seqs.append(seq)
                     offs.append(at << 1)
+                    if sizes:
+                        ix.sizes.append(_body_size(data, at, end))
                 elif kind == SETTLED:
                     settled.add(seq)
                     ix.settled.append(seq)
@@ -198,9 +212,8 @@ class QueueLog:
                     delivered.add(seq)
                     ix.delivered.append(seq)
                 else:
-                    expiries[seq] = at_ms = records.expiry_at(data, at)
                     ix.exp_seqs.append(seq)
-                    ix.exp_at.append(at_ms)
+                    ix.exp_at.append(records.expiry_at(data, at))
             good_end = rec[3] if rec is not None else base
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
@@ -208,6 +221,8 @@ class QueueLog:
                 self._truncate(path, good_end)
                 data = data[:good_end]
             segs.append(run)
+            if ix.exp_seqs:
+                expiries[number] = (ix.exp_seqs, ix.exp_at)
             self.live[number] = 0
             if number == numbers[-1]:
                 self.active = self.writing = number
@@ -226,6 +241,7 @@ class QueueLog:
         last = 0
         gone = array("Q", sorted(settled))
         seen = array("Q", sorted(delivered))
+        nbytes = 0
         for run in segs:
             seqs, offs = run.seqs, run.offs
             if not seqs:
@@ -234,17 +250,24 @@ class QueueLog:
             lo, hi = seqs[0], seqs[-1]
             if lo <= last or hi < lo:
                 runs = None                   # out of order (never written so): sort all
+            lengths = body_sizes.get(run.segment)
             if _any_in(gone, lo, hi) or _any_in(seen, lo, hi):
                 keep = [(seqs[i], offs[i] | (REDELIVERED if seqs[i] in delivered else 0))
                         for i in range(len(seqs)) if seqs[i] not in settled]
+                if lengths is not None:
+                    nbytes += sum(lengths[i] for i in range(len(seqs))
+                                  if seqs[i] not in settled)
                 run.seqs = array("Q", [k[0] for k in keep])
                 run.offs = array("I", [k[1] for k in keep])
+            elif lengths is not None:
+                nbytes += sum(lengths)
             last = max(last, hi)
             self.live[run.segment] = len(run.seqs)
             if runs is not None:
                 runs.append(run)
         if runs is None:
             runs = _resplit(segs)
+        self.recovered_bytes = nbytes if sizes else None
         self.high = top
         self._drop_settled_prefix()
         self._unlink_doomed()
@@ -651,6 +674,14 @@ class QueueLog:
             self.io.replace(self.path, trash)
         else:
             self.io.rmtree(self.path)
+
+
+def _body_size(data, at: int, end: int) -> int:
+    """The body size of the MESSAGE record at ``at`` (ending at ``end``): what follows its
+    route and header."""
+    route_len = records._unpack_msg(data, at + records.HEAD_SIZE)[2]
+    route_end = at + records.HEAD_SIZE + records._msg_head.size + route_len
+    return end - (route_end + 4 + records._unpack_u32(data, route_end)[0])
 
 
 def _any_in(sorted_seqs, lo: int, hi: int) -> bool:

@@ -236,3 +236,21 @@ def test_a_crash_in_the_middle_of_a_run_loses_nothing_and_routes_nothing_twice(t
     assert broker2.vhosts["/"].exchanges["dx"].held == 0
     store2.close()
     assert not list(image.rglob("*.dlb"))
+
+
+@pytest.mark.parametrize("step", [5.0, -5.0], ids=["wall-forward", "wall-back"])
+def test_a_wall_clock_step_moves_no_release(tmp_path, step):
+    """Due times are kept on disk in wall-clock ms (they outlive the process), but read back
+    with the clock offset of when they were written: the wall clock stepping meanwhile (NTP,
+    an operator) makes no message early or late."""
+    clock = ManualClock(START, WALL)
+    broker, store = open_broker(tmp_path, clock)
+    vh = broker.vhosts["/"]
+    ex, q = setup(vh)
+    t0 = clock.time()
+    vh.publish(ex, message(b"m", "k", "dx", delivery_mode=2, headers={"x-delay": 90_000}))
+    commit_turn(store)
+    clock.wall_offset += step
+    got = run_until(clock, store, q, 95.0, step=0.25)
+    assert got == [(b"m", t0 + 90.0)]
+    store.close()
