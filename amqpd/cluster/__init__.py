@@ -16,7 +16,7 @@ import logging
 
 from ..edge.listeners import StartError
 from .etcd import EtcdError, EtcdUnavailable
-from .link import LinkListener
+from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
 
@@ -31,6 +31,7 @@ class ClusterNode:
         self.data_dir = data_dir
         self.link = LinkListener(config)
         self.member = Member(config, data_dir)
+        self.links = Links(config, self.member)
         self.metadata = None
 
     @property
@@ -66,9 +67,11 @@ class ClusterNode:
             await self.member.set_state(RUNNING, **fields)
         except (EtcdError, EtcdUnavailable) as exc:
             raise StartError(f"cluster.etcd: lost etcd while starting ({exc})") from None
+        self.links.start()
         log.info("cluster %s: node %s is running", self.name, self.node)
 
     async def stop(self) -> None:
+        await self.links.stop()
         if self.metadata is not None:
             await self.metadata.stop()
         await self.member.leave()
@@ -76,6 +79,10 @@ class ClusterNode:
 
     def nodes(self):
         return self.member.nodes()
+
+    def cluster_links(self) -> list[dict]:
+        """This node's open links to the others (RabbitMQ's ``cluster_links``)."""
+        return self.links.links()
 
     async def forget(self, name: str) -> str:
         return await self.member.forget(name)

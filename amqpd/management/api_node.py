@@ -136,7 +136,9 @@ def cluster_nodes(ctx) -> list[dict]:
         if name == ctx.node_name:
             continue
         out.append(other_node_json(ctx, name, running, record))
-    out.append(node_json(ctx))
+    me = node_json(ctx)
+    me["cluster_links"] = cluster.cluster_links()
+    out.append(me)
     out.sort(key=lambda n: n["name"])
     return out
 
@@ -149,6 +151,8 @@ async def nodes(request):
 @endpoint("monitoring")
 async def node(request):
     ctx = request["ctx"]
+    if request.match_info["name"] == ctx.node_name and getattr(ctx, "cluster", None) is None:
+        return json_response(node_json(ctx))
     for item in cluster_nodes(ctx):
         if item["name"] == request.match_info["name"]:
             return json_response(item)

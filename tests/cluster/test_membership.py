@@ -229,3 +229,40 @@ def test_forget_cluster_node_removes_a_stopped_node_only(make_cluster):
     assert done.stdout == "Removing node node2 from the cluster\n"
     wait_until(lambda: node1.running_nodes() == {"node1": True}, 5, "node2 forgotten")
     assert "/amqpd/test/members/node2" not in cluster.etcd.keys("/amqpd/test/members/")
+
+
+def test_each_node_keeps_a_link_to_every_other(make_cluster):
+    """The node-to-node links (RabbitMQ's cluster_links in /api/nodes): one from each node to
+    every other running node, gone when the peer dies, back when it runs again."""
+    cluster = make_cluster(3)
+    node1 = cluster["node1"]
+
+    def links():
+        return {link["name"]: link["peer_port"]
+                for link in node1.api("/api/nodes/node1")["cluster_links"]}
+
+    wait_until(lambda: links() == {"node2": cluster["node2"].cluster_port,
+                                   "node3": cluster["node3"].cluster_port}, 10, "two links")
+    cluster["node3"].signal(signal.SIGKILL)
+    cluster["node3"].wait()
+    wait_until(lambda: set(links()) == {"node2"}, 5, "the link to node3 gone")
+    cluster["node3"].start()          # on another free port: the link follows its record
+    wait_until(lambda: links() == {"node2": cluster["node2"].cluster_port,
+                                   "node3": cluster["node3"].cluster_port}, 10, "node3 back")
+
+
+def test_a_busy_node_to_node_port_is_a_failed_start_naming_the_key(tmp_path, etcd):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        node = Node(str(tmp_path / "n"), "node1", "test", [etcd.url])
+        node.config["cluster"]["listen"]["port"] = port
+        node.start(wait=False)
+        try:
+            assert node.wait(20) == 1
+        finally:
+            node.kill()
+    assert any(f"cluster.listen: 127.0.0.1:{port} is already in use" in line
+               for line in node.lines), node.lines
+    assert etcd.keys("/amqpd/") == {}          # it never joined
