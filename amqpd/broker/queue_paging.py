@@ -388,7 +388,7 @@ class Paging:
             levels = self._read_priorities(run, top)
         seqs, offs, dues, segment, seed = run.seqs, run.offs, run.dues, run.segment, run.seed
         for i in range(len(seqs)):
-            level = pager.levels[levels[i]]
+            level = pager.level(levels[i])
             off = offs[i]
             if dues is not None and dues[i] != NO_DUE:
                 level.add_due(seqs[i], segment, off >> 1, seed, run.base + dues[i])

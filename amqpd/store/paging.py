@@ -384,18 +384,27 @@ class PriorityPagers:
     the order within a priority is kept and a level's next message is found without looking
     at the others. It answers what the queue asks of a Pager (counts, deadlines, the runs);
     the queue reads each level in (broker/queue_paging.py). ``priority`` is the level of the
-    message being added (set by the queue before it adds one)."""
+    message being added (set by the queue before it adds one). Totals look only at the levels
+    used so far (``used``): up to 256 levels may exist, a few are used."""
 
     def __init__(self, qlog, scratch, levels: int):
         self.levels = [Pager(qlog, scratch) for _ in range(levels)]
+        self.used: list = []
         self.qlog = qlog
         self._scratch = scratch
         self.priority = 0
         self.waiting = False
 
+    def level(self, i: int) -> Pager:
+        """Level ``i``'s pager, to add to."""
+        pager = self.levels[i]
+        if pager.count == 0 and not pager.runs and pager not in self.used:
+            self.used.append(pager)
+        return pager
+
     @property
     def count(self) -> int:
-        return sum(p.count for p in self.levels)
+        return sum(p.count for p in self.used)
 
     def __len__(self) -> int:
         return self.count
@@ -413,28 +422,28 @@ class PriorityPagers:
     @property
     def runs(self) -> list:
         """Every level's runs (to look at, not to change)."""
-        return [run for p in self.levels for run in p.runs]
+        return [run for p in self.used for run in p.runs]
 
     @property
     def due(self) -> bool:
-        return any(p.due for p in self.levels)
+        return any(p.due for p in self.used)
 
     def add(self, seq: int, segment: int, offset: int, seed: int, scratch: bool = False):
-        self.levels[self.priority].add(seq, segment, offset, seed, scratch)
+        self.level(self.priority).add(seq, segment, offset, seed, scratch)
 
     def add_due(self, seq: int, segment: int, offset: int, seed: int, due: int):
-        return self.levels[self.priority].add_due(seq, segment, offset, seed, due)
+        return self.level(self.priority).add_due(seq, segment, offset, seed, due)
 
     def add_entry(self, entry) -> None:
-        self.levels[entry.priority].add_entry(entry)
+        self.level(entry.priority).add_entry(entry)
 
     def next_due(self):
-        dues = [at for at in (p.next_due() for p in self.levels) if at is not None]
+        dues = [at for at in (p.next_due() for p in self.used) if at is not None]
         return min(dues) if dues else None
 
     def take_due(self, now_ms: float, most: int) -> list:
         out: list = []
-        for p in self.levels:
+        for p in self.used:
             if p.due and len(out) < most:
                 out += p.take_due(now_ms, most - len(out))
         return out
@@ -446,10 +455,10 @@ class PriorityPagers:
         return self.levels[0].live_positions(run)
 
     def drop_unwritten(self) -> list:
-        return [item for p in self.levels for item in p.drop_unwritten()]
+        return [item for p in self.used for item in p.drop_unwritten()]
 
     def memory(self) -> int:
-        return sum(p.memory() for p in self.levels)
+        return sum(p.memory() for p in self.used)
 
     def clear(self) -> None:
         for p in self.levels:

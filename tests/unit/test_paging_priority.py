@@ -132,3 +132,13 @@ def test_a_restart_takes_the_levels_from_the_summaries(tmp_path, monkeypatch):
     node.crash()
     assert len(reads) == len(idx)
     assert [b for b, _ in node.drain()] == expected(300, lambda i: (i * 5) % 6)
+
+
+def test_255_levels_cost_only_the_levels_used(tmp_path):
+    node = Node(tmp_path, window=4, args={"x-max-priority": 255})
+    publish(node, 60, lambda i: 200 if i % 5 == 0 else 7)
+    q = node.q
+    assert len(q.pager.levels) == 256 and len(q.pager.used) == 2
+    assert q.message_count == 60
+    assert [b for b, _ in node.drain()] == expected(60, lambda i: 200 if i % 5 == 0 else 7,
+                                                    top=255)
