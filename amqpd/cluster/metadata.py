@@ -166,20 +166,27 @@ class MetadataSync:
     async def _run(self) -> None:
         watcher = asyncio.ensure_future(self._watch())
         try:
-            while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), INTERVAL)
-                except asyncio.TimeoutError:
-                    pass
-                self._wake.clear()
-                try:
-                    await self.sync()
-                except (EtcdError, EtcdUnavailable) as exc:
-                    log.warning("cluster: metadata not synced (%s); retrying", exc)
-                except Exception:            # a bug must not stop the sync for good
-                    log.exception("cluster: metadata sync failed; retrying")
+            await self._rounds()
         finally:
             watcher.cancel()
+            try:
+                await watcher
+            except asyncio.CancelledError:
+                pass
+
+    async def _rounds(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self.sync()
+            except (EtcdError, EtcdUnavailable) as exc:
+                log.warning("cluster: metadata not synced (%s); retrying", exc)
+            except Exception:            # a bug must not stop the sync for good
+                log.exception("cluster: metadata sync failed; retrying")
 
     async def _watch(self) -> None:
         while True:

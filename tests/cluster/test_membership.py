@@ -99,7 +99,9 @@ def test_a_stopped_node_says_so_at_once_and_comes_back(make_cluster):
 def test_cluster_status_prints_what_rabbitmqctl_prints(make_cluster):
     cluster = make_cluster(3)
     node1 = cluster["node1"]
-    wait_until(lambda: all(node1.running_nodes().values()), 5, "all running")
+    # all three known and running (all() of a view that has not seen node3 yet would pass)
+    wait_until(lambda: node1.running_nodes() == {"node1": True, "node2": True, "node3": True},
+               5, "all running")
     cluster["node2"].stop()
     wait_until(lambda: node1.running_nodes()["node2"] is False, 5, "node2 stopped")
     result = ctl(node1, "cluster_status")
