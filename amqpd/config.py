@@ -186,6 +186,10 @@ class Limits:
 @dataclass(frozen=True)
 class Resources:
     memory_high_watermark: Watermark = 0.4
+    # Above this fraction of the watermark, transient messages beyond a queue's RAM window go
+    # to its scratch log (RabbitMQ's vm_memory_high_watermark_paging_ratio); below, they stay
+    # in RAM. 0: always (RAM bounded by the windows).
+    memory_high_watermark_paging_ratio: float = 0.5
     disk_free_limit: Size = 50_000_000
     check_interval: float = 0.25
 
@@ -218,6 +222,24 @@ class Logging:
     format: str = "text"                  # text | json (one object per line)
 
 
+@dataclass(frozen=True)
+class ClusterListen:
+    """Node-to-node traffic (docs/clustering.md)."""
+    host: str = "127.0.0.1"
+    port: int = 25672
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Membership of a cluster coordinated by etcd (docs/clustering.md). Absent: a single
+    node that needs no etcd."""
+    name: str
+    node: str
+    etcd: tuple = ("http://127.0.0.1:2379",)
+    listen: ClusterListen = ClusterListen()
+    lease_ttl: int = 3
+
+
 MECHANISMS = ("AMQPLAIN", "PLAIN", "EXTERNAL")
 # guest's entry when the file lists no permissions; compared by identity, so checks that a
 # permission names an existing user apply to what the operator wrote, not to this default
@@ -239,6 +261,7 @@ class Config:
     log_level: str = "info"
     metrics: Metrics = Metrics()
     logging: Logging = Logging()
+    cluster: typing.Optional[Cluster] = None
 
     def user(self, name: str) -> typing.Optional[User]:
         for u in self.users:
@@ -294,7 +317,7 @@ def _build(cls, data, path: str):
 
 
 _ITEMS = {"users": User, "permissions": Permission, "vhosts": str, "tags": str,
-          "loopback_users": str, "auth_mechanisms": str}
+          "loopback_users": str, "auth_mechanisms": str, "etcd": str}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
 
@@ -309,6 +332,10 @@ def _validate(cfg: Config) -> Config:
             cfg.storage, data_dir=os.path.expanduser(data_dir)))
     if cfg.storage.fsync not in ("always", "batch", "never"):
         raise ConfigError(f"storage.fsync: expected always, batch or never, got {cfg.storage.fsync!r}")
+    ratio = cfg.resources.memory_high_watermark_paging_ratio
+    if not ratio >= 0:
+        raise ConfigError("resources.memory_high_watermark_paging_ratio: expected a number "
+                          f">= 0, got {ratio!r}")
     window = cfg.storage.queue_window
     if window.messages < 1 or window.bytes < 1:
         raise ConfigError("storage.queue_window: messages and bytes must be at least 1")
@@ -377,6 +404,7 @@ def _validate(cfg: Config) -> Config:
     if cfg.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level: unknown level {cfg.log_level!r}")
     _validate_observability(cfg)
+    _validate_cluster(cfg.cluster)
     return cfg
 
 
@@ -400,6 +428,39 @@ def _validate_observability(cfg: Config) -> None:
                           f"{', '.join(LOG_LEVELS)})")
     if lg.format not in ("text", "json"):
         raise ConfigError(f"logging.format: expected text or json, got {lg.format!r}")
+
+
+# etcd's shortest lease with its default timings (a TTL of 1 is granted as 2)
+MIN_LEASE_TTL = 2
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]*")
+
+
+def _validate_cluster(cluster) -> None:
+    """The ``cluster`` section: names usable as etcd key segments, etcd URLs, ports."""
+    if cluster is None:
+        return
+    for key in ("name", "node"):
+        value = getattr(cluster, key)
+        if not _NAME.fullmatch(value):
+            raise ConfigError(f"cluster.{key}: expected letters, digits and _ . @ - (not "
+                              f"starting with a symbol), got {value!r}")
+    if not cluster.etcd:
+        raise ConfigError("cluster.etcd: at least one etcd endpoint is needed")
+    for i, url in enumerate(cluster.etcd):
+        m = re.fullmatch(r"(https?)://([^/:\s]+|\[[0-9a-fA-F:]+\])(:\d{1,5})?/?", url)
+        if not m:
+            raise ConfigError(f"cluster.etcd[{i}]: expected a URL like http://127.0.0.1:2379, "
+                              f"got {url!r}")
+        if m.group(1) == "https":
+            raise ConfigError(f"cluster.etcd[{i}]: https endpoints are not supported yet "
+                              f"(docs/clustering.md)")
+    if not 0 <= cluster.listen.port <= 65535:
+        raise ConfigError(f"cluster.listen.port: expected 0..65535, got {cluster.listen.port}")
+    if not cluster.listen.host:
+        raise ConfigError("cluster.listen.host: required")
+    if cluster.lease_ttl < MIN_LEASE_TTL:
+        raise ConfigError(f"cluster.lease_ttl: expected at least {MIN_LEASE_TTL} seconds "
+                          f"(etcd's shortest lease), got {cluster.lease_ttl}")
 
 
 def effective_log_level(cfg: Config) -> str:

@@ -434,6 +434,116 @@ def do_status(client, args, out):
     return EX_OK
 
 
+# rabbitmqctl's names for what a listener is for (its Listeners module)
+PURPOSES = {"amqp": "AMQP 0-9-1 and AMQP 1.0", "amqp/ssl": "AMQP 0-9-1 and AMQP 1.0 over TLS",
+            "http": "HTTP API", "https": "HTTP API over TLS (HTTPS)",
+            "http/prometheus": "Prometheus exporter API over HTTP",
+            "https/prometheus": "Prometheus exporter API over TLS (HTTPS)",
+            "clustering": "inter-node and CLI tool communication"}
+
+
+def get_optional(client, path, missing):
+    """An endpoint some brokers lack (404): ``missing`` then."""
+    try:
+        return client.get(path)
+    except HTTPFailure as exc:
+        if exc.status == 404:
+            return missing
+        raise
+
+
+def cluster_status(client) -> tuple[str, dict]:
+    """(this node's name, rabbitmqctl's cluster_status document) from /api/overview,
+    /api/nodes, /api/cluster-name and /api/feature-flags."""
+    overview = client.get("/api/overview") or {}
+    local = overview.get("node") or ""
+    nodes = client.get("/api/nodes") or []
+    name = (get_optional(client, "/api/cluster-name", {}) or {}).get("name")
+    running = sorted(n["name"] for n in nodes if n.get("running", True))
+    product = overview.get("product_name") or "RabbitMQ"
+    version = overview.get("product_version") or overview.get("rabbitmq_version") or ""
+    listeners = {}
+    for lst in overview.get("listeners", []):
+        node = lst.get("node", local)
+        if node in running:
+            interface = str(lst.get("ip_address", ""))
+            listeners.setdefault(node, []).append({
+                "interface": f"[{interface}]" if ":" in interface else interface,
+                "node": node, "port": lst.get("port"), "protocol": lst.get("protocol"),
+                "purpose": PURPOSES.get(lst.get("protocol"), lst.get("protocol"))})
+    alarms = [{"node": n["name"], "resource": resource, "type": "resource_limit"}
+              for n in sorted(nodes, key=lambda n: n["name"]) if n.get("running", True)
+              for resource, key in (("memory", "mem_alarm"), ("disk", "disk_free_alarm"))
+              if n.get(key)]
+    flags = get_optional(client, "/api/feature-flags", []) or []
+    return local, {
+        "alarms": alarms,
+        "cluster_name": name or overview.get("cluster_name") or local,
+        "disk_nodes": sorted(n["name"] for n in nodes),
+        "feature_flags": flags,
+        "listeners": listeners,
+        "maintenance_status": {n["name"]: ("marked for maintenance" if n.get("being_drained")
+                                           else "not under maintenance")
+                               for n in nodes if n["name"] in running},
+        "partitions": {n["name"]: n["partitions"] for n in nodes if n.get("partitions")},
+        "ram_nodes": [],
+        "running_nodes": running,
+        "versions": {n: {"erlang_version": overview.get("erlang_version", ""),
+                         "rabbitmq_name": product, "rabbitmq_version": version}
+                     for n in running},
+    }
+
+
+def do_forget_cluster_node(client, args, out):
+    (name,) = args.args
+    out.banner(f"Removing node {name} from the cluster")
+    try:
+        client.request("DELETE", f"/api/nodes/{q(name)}")
+    except HTTPFailure as exc:
+        if exc.status == 404:
+            raise CtlError("The node selected is not in the cluster.", EX_UNAVAILABLE) from None
+        if exc.status == 400:
+            raise CtlError(exc.reason, EX_UNAVAILABLE) from None
+        raise
+    return EX_OK
+
+
+def do_cluster_status(client, args, out):
+    local, doc = cluster_status(client)
+    if out.json:
+        print(json.dumps(doc, separators=(",", ":"), ensure_ascii=False), file=out.out)
+        return EX_OK
+    out.banner(f"Cluster status of node {local} ...")
+    resource_text = {"memory": "Memory alarm", "disk": "Free disk space alarm"}
+
+    def section(title, lines):
+        return ["", title, ""] + (lines or ["(none)"])
+
+    lines = ["Basics", "", f"Cluster name: {doc['cluster_name']}"]
+    lines += section("Disk Nodes", doc["disk_nodes"])
+    lines += section("Running Nodes", doc["running_nodes"])
+    lines += section("Versions", [f"{n}: {v['rabbitmq_name']} {v['rabbitmq_version']} on "
+                                  f"Erlang {v['erlang_version']}"
+                                  for n, v in doc["versions"].items()])
+    lines += section("Maintenance status", [f"Node: {n}, status: {s}"
+                                            for n, s in doc["maintenance_status"].items()])
+    lines += section("Alarms", [f"{resource_text.get(a['resource'], a['resource'])} on node "
+                                f"{a['node']}" for a in doc["alarms"]])
+    lines += section("Network Partitions", [f"Node {n} cannot communicate with "
+                                            f"{', '.join(peers)}"
+                                            for n, peers in doc["partitions"].items()])
+    lines += section("Listeners", [f"Node: {n}, interface: {lst['interface']}, port: "
+                                   f"{lst['port']}, protocol: {lst['protocol']}, purpose: "
+                                   f"{lst['purpose']}"
+                                   for n, lsts in sorted(doc["listeners"].items())
+                                   # rabbitmqctl's order: by the port's digits
+                                   for lst in sorted(lsts, key=lambda x: str(x["port"]))])
+    lines += section("Feature flags", [f"Flag: {f.get('name')}, state: {f.get('state')}"
+                                       for f in doc["feature_flags"]])
+    print("\n".join(lines), file=out.out)
+    return EX_OK
+
+
 def fmt_gb(n) -> str:
     return "" if n is None else f"{int(n) / 1e9:.4f} gb"
 
@@ -697,6 +807,8 @@ def do_await_startup(client, args, out):
 # verb -> (handler, number of positional arguments (None: the handler checks), synopsis)
 VERBS = {
     "status": (do_status, 0, "status"),
+    "cluster_status": (do_cluster_status, 0, "cluster_status"),
+    "forget_cluster_node": (do_forget_cluster_node, 1, "forget_cluster_node <node>"),
     **{verb: (None, None, f"{verb}{' [-p <vhost>]' if spec.vhost_scoped else ''} [<column> ...]")
        for verb, spec in LISTINGS.items()},
     "purge_queue": (do_purge_queue, 1, "purge_queue [-p <vhost>] <queue>"),

@@ -49,6 +49,10 @@ def _import_management() -> None:
     from .management import app, listener  # noqa: F401  (imported for the node's loop)
 
 
+def _import_cluster() -> None:
+    from . import cluster  # noqa: F401  (aiohttp: imported off the loop, as above)
+
+
 class Node:
     """Start in the order that makes a failed start quick and leaves nothing on disk: the
     checks that create nothing (definitions files, the data dir, TLS files), then the ports
@@ -64,6 +68,7 @@ class Node:
         self.management = None          # its ManagementContext
         self.admin = None               # run-time users, vhosts, permissions (admin.py)
         self.prometheus = self.statsd = None       # monitoring (docs/metrics.md)
+        self.cluster = None             # cluster.ClusterNode when the config has a cluster
 
     async def start(self) -> "Node":
         docs = definitions.prepare(self.config, self.import_files)
@@ -72,7 +77,12 @@ class Node:
             self.store, self.access, self.broker = build(self.config, docs,
                                                          self.server.clock())
             self.admin = Admin(self.broker, self.access, self.store)
+            # after the data dir is ours (a restarted node recognises its own old record by
+            # it), before clients are let in
+            await self._join_cluster()
             self.server.attach(self.broker, self.store)
+            if self.cluster is not None and self.store is not None:
+                self.server.schedule_commit()   # what joining applied, journaled before attach
             # before clients are let in: importing aiohttp takes the loop for a moment, and a
             # busy metrics port must stop start-up before anyone connected
             await self._start_monitoring()
@@ -83,7 +93,9 @@ class Node:
                 await self.server.loop.run_in_executor(None, _import_management)
                 self._prepare_http()
                 await self._start_http()
+            await self._cluster_running()
         except BaseException:
+            await self._leave_cluster()
             await self._stop_monitoring()
             await self._stop_http()
             await self.server.close_listeners()
@@ -98,8 +110,10 @@ class Node:
         from .management.app import make_app
         from .management.context import ManagementContext
         from .management.listener import HTTPListener
+        cluster = self.config.cluster
         ctx = ManagementContext(self.broker, self.access, self.server, self.config,
-                                self.store)
+                                self.store, node_name=cluster.node if cluster else None)
+        ctx.cluster = self.cluster             # /api/nodes lists the cluster's nodes
         ctx.definitions = definitions          # export / import for /api/definitions
         ctx.admin = self.admin
         self.management = ctx
@@ -120,12 +134,56 @@ class Node:
     async def stop(self, reason: str = "shutdown") -> None:
         """Close every client (320 CONNECTION_FORCED), finish background work, write out and
         release the data directory."""
+        await self._leave_cluster()
         await self._stop_monitoring()
         await self._stop_http()
         await self.server.stop(reason)
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    # -- the cluster (docs/clustering.md) ------------------------------------------------------
+    async def _join_cluster(self) -> None:
+        if self.config.cluster is None:
+            return
+        await self.server.loop.run_in_executor(None, _import_cluster)
+        from .cluster import ClusterNode
+        cluster = ClusterNode(self.config.cluster, self.config.storage.data_dir)
+        await cluster.start(self.admin, self._after_cluster_change)
+        self.cluster = cluster
+
+    def _after_cluster_change(self) -> None:
+        """What a change applied from the cluster made due goes out now (deliveries,
+        basic.cancel to consumers of a deleted queue), and its journal lines are written."""
+        self.broker.run_dispatch()
+        if getattr(self.server, "commit", None) is None:
+            return        # memory only, or not attached yet: attach's first commit writes it
+        self.server.flush()
+        self.server.schedule_commit()
+
+    async def _cluster_running(self) -> None:
+        """Every listener serves: tell the cluster, with their addresses."""
+        if self.cluster is not None:
+            await self.cluster.running(listeners=self._listeners())
+
+    def _listeners(self) -> list[dict]:
+        """This node's listeners as the management API's overview lists them."""
+        lst = self.config.listeners
+        out = []
+        for protocol, conf, port in (("amqp", lst.amqp, self.port),
+                                     ("amqp/ssl", lst.amqps, self.tls_port),
+                                     ("http", lst.http, self.http_port),
+                                     ("http/prometheus", lst.prometheus, self.prometheus_port),
+                                     ("clustering", self.config.cluster.listen,
+                                      self.cluster.link.port)):
+            if conf is not None and port is not None:
+                out.append({"protocol": protocol, "ip_address": conf.host, "port": port})
+        return out
+
+    async def _leave_cluster(self) -> None:
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            await cluster.stop()
 
     # -- monitoring: the Prometheus endpoint and the StatsD pusher (docs/metrics.md) ----------
     async def _start_monitoring(self) -> None:

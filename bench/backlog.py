@@ -10,7 +10,9 @@ Scenarios (1 KiB bodies, publisher confirms, pipelined with --window outstanding
   transient  1 non-durable queue x N non-persistent messages
   delayed    N persistent messages pending in a durable x-delayed-message exchange at once,
              then released at --release-rate per second into a durable queue; the timing
-             error of each is (arrival) - (publish time + x-delay), on this process's clock
+             error of each is (arrival) - (publish time + x-delay), on this process's clock;
+             also the release rate achieved (N / first to last arrival) and the broker's CPU
+             time per released message (load on a shared machine moves it little)
 
 For each broker it prints the RSS of the broker process before, at its peak during the fill
 and after it, the publish rate (N / first publish to last confirm), the drain rate (N / first to
@@ -64,6 +66,16 @@ def rss_mb(pid) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler:
@@ -384,7 +396,15 @@ def run_broker(name, port, pid, args, scenario, restart=None):
     r["rss_after_fill_mb"] = rss_mb(pid)
     if consumer is not None:
         r["released_during_fill"] = consumer.count
+        sampler = RssSampler(pid)
+        cpu = cpu_seconds(pid)
         consumer.wait(scenario.args.lead + scenario.n / args.release_rate + 600)
+        r["rss_peak_release_mb"] = sampler.stop()
+        # CPU the broker spent from the end of the fill to the last arrival, per message: a
+        # figure the load of a shared machine does not move much, unlike the timing error
+        r["release_cpu_us"] = (cpu_seconds(pid) - cpu) / scenario.n * 1e6
+        # first to last arrival: the release rate when it keeps up is --release-rate
+        r["release_rate"] = scenario.n / (consumer.last - consumer.first) if consumer.n_ok() else 0
         errs = sorted(consumer.errors)
         r["timing_p50_ms"] = errs[len(errs) // 2]
         r["timing_p99_ms"] = errs[min(len(errs) - 1, int(len(errs) * 0.99))]
@@ -477,6 +497,9 @@ ROWS = [("RSS before fill (MB)", "rss_before_mb"), ("RSS peak during fill (MB)",
         ("published already due (x-delay<=0)", "early_publishes"),
         ("timing error p50 (ms)", "timing_p50_ms"), ("timing error p99 (ms)", "timing_p99_ms"),
         ("timing error min (ms)", "timing_min_ms"), ("timing error max (ms)", "timing_max_ms"),
+        ("release (msg/s)", "release_rate"),
+        ("broker CPU per released message (us)", "release_cpu_us"),
+        ("RSS peak during release (MB)", "rss_peak_release_mb"),
         ("RSS after release (MB)", "rss_after_release_mb")]
 
 

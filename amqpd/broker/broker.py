@@ -41,6 +41,10 @@ class Broker:
         self._pending: dict = {}     # queues with messages and maybe-ready consumers (ordered set)
         self.tasks: deque = deque()   # long jobs run a slice per turn (background())
         self.policies = queue_policy.Policies(self)   # set/delete/list (per vhost inside)
+        # transient messages beyond a queue's window go to its scratch log (true) or stay in
+        # RAM (false); the edge clears it while memory use is below the paging threshold
+        # (resources.memory_high_watermark_paging_ratio), so without an edge it holds
+        self.page_transient = True
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -178,11 +182,15 @@ class Broker:
                 if q.log is None:
                     continue
                 queues += 1
-                if q.pager is not None and q.opts.max_bytes is None:
-                    # positions only; the window is read in (x-max-length-bytes needs every
-                    # body's size: such a queue is read whole, as before)
-                    runs, expiries, top = q.log.recover_positions()
+                if q.pager is not None:
+                    # positions only (x-max-length-bytes: and the bodies' sizes, from the
+                    # segment summaries); the window is read in when first needed
+                    limited = q.opts.max_bytes is not None
+                    runs, expiries, top = q.log.recover_positions(
+                        sizes=limited, prios=bool(q.opts.max_priority))
                     messages += q.recover_paged(runs, expiries, self.clock(), self.wallclock())
+                    if limited:
+                        q.ready_bytes = q.log.recovered_bytes
                     q.next_seq = max(q.next_seq, top)
                     q.counts.not_published = q.next_seq   # recovered: not published now
                     continue

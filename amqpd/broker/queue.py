@@ -94,19 +94,22 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
                 return verdict
         self.next_seq = seq = self.next_seq + 1
         entry = Entry(seq, message)
-        # a per-message TTL (the expiration flag) applies on any queue
-        if self.tracks_entries or message.header[FLAGS_HIGH] & EXPIRES:
-            self._prepare(entry)
-        if self.consumers:
-            self.vhost.broker.schedule(self)
-        stored = ACCEPTED
         pager = self.pager
         paging = pager is not None and (pager.count or len(self.ready) >= self.window_messages
                                         or self.window_bytes >= self.window_limit)
         qlog = self.log
+        # a per-message TTL (the expiration flag) applies on any queue
+        if self.tracks_entries or message.header[FLAGS_HIGH] & EXPIRES:
+            # a deadline of a message paged to the log is kept by the pager, not armed here
+            self._prepare(entry, arm=not paging or qlog is None or not message.persistent)
+        if self.consumers:
+            self.vhost.broker.schedule(self)
+        stored = ACCEPTED
         if qlog is not None and message.persistent:
             entry.segment = segment = qlog.append_message(seq, message.raw_route,
                                                           message.header, message.body)
+            if self.tracks_entries:
+                self._index_extras(qlog.index, entry)   # sizes, priorities: for a restart
             if entry.expires is not None:
                 broker = self.vhost.broker
                 left = entry.expires - broker.clock()
@@ -116,8 +119,8 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
             if paging:
                 if entry.expires is None:            # only its position stays in RAM
                     pager.add(seq, segment, qlog.last_offset, qlog.seed)
-                else:
-                    pager.add_entry(entry)
+                else:                                # its position and its deadline
+                    self._page_due(entry, segment)
         elif paging:
             self._spill(entry)                       # to the scratch log
         if not paging:
@@ -161,14 +164,17 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
             return REJECTED
         return None
 
-    def _prepare(self, entry: Entry, deadline: float | None = None) -> None:
+    def _prepare(self, entry: Entry, deadline: float | None = None, arm: bool = True) -> None:
         """Per-entry state for the features this queue has; ``deadline`` is a TTL deadline
-        recovered from the log (a restart does not extend a TTL)."""
+        recovered from the log (a restart does not extend a TTL). Unless ``arm``, a deadline
+        is only noted in ``entry.expires`` (the pager keeps it: queue_paging.py)."""
         opts = self.opts
         message = entry.message
         if opts.max_priority:
             p = properties.peek(message.header, properties.PRIORITY) or 0
-            entry.priority = min(p, opts.max_priority)
+            entry.priority = p = min(p, opts.max_priority)
+            if self.pager is not None:
+                self.pager.priority = p            # the level a paged one goes to
         ttl = opts.message_ttl
         expiration = properties.peek(message.header, properties.EXPIRATION)
         if expiration is not None:
@@ -178,11 +184,13 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
                 per_message = None
             if per_message is not None and per_message >= 0:
                 ttl = per_message if ttl is None else min(ttl, per_message)
+        if deadline is None and ttl is not None:
+            deadline = self.vhost.broker.clock() + ttl / 1000.0
         if deadline is not None:
-            self._expire_at(entry, deadline)
-            self.tracks_entries = True
-        elif ttl is not None:
-            self._expire_at(entry, self.vhost.broker.clock() + ttl / 1000.0)
+            if arm:
+                self._expire_at(entry, deadline)
+            else:
+                entry.expires = deadline
             self.tracks_entries = True       # entries now need their state tracked
         if self.length_limited:
             self.ready_bytes += len(message.body)
@@ -319,9 +327,7 @@ class Queue(Consumers, Expiry, LengthLimits, Paging):
         self.expiring = None
         pager = self.pager
         if pager is not None:
-            pager.runs.clear()          # positions only: the logs go as a whole
-            pager.count = 0
-            pager.close()
+            pager.clear()               # positions only: the logs go as a whole
             if pager.scratch is not None:
                 self.vhost.broker.store.delete_scratch_log(pager.scratch)
                 pager.scratch = None

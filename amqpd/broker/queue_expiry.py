@@ -1,4 +1,5 @@
-"""Time in a queue: message TTL (a deadline heap that expires a message wherever it sits) and
+"""Time in a queue: message TTL (a deadline heap that expires a message wherever it sits, and
+the pager's deadlines for messages beyond the RAM window) and
 x-expires (a queue unused for that long deletes itself). Deadlines are armed on the broker's
 one clock (``Broker.call_at``)."""
 import heapq
@@ -23,21 +24,25 @@ class Expiry:
         """Timer: drop (dead-letter) every ready message whose time is up, wherever it sits in
         the queue; RabbitMQ only looks at the head."""
         heap = self.expiring
-        if self.deleted or not heap:
+        if self.deleted:
             return
         now = self.vhost.broker.clock()
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)[2]
-            if entry.state != READY:
-                continue              # delivered (checked again if requeued) or gone
-            self.expired_in_place += 1
-            if self.length_limited:
-                self.ready_bytes -= len(entry.message.body)
-            self._remove(entry, "expired")
         if heap:
-            self.vhost.broker.call_at(heap[0][0], self.expire)
-        if self.expired_in_place > 1024 and self.expired_in_place * 2 > self.ready.size():
-            self._compact()
+            while heap and heap[0][0] <= now:
+                entry = heapq.heappop(heap)[2]
+                if entry.state != READY:
+                    continue              # delivered (checked again if requeued) or gone
+                self.expired_in_place += 1
+                if self.length_limited:
+                    self.ready_bytes -= len(entry.message.body)
+                self._remove(entry, "expired")
+            if heap:
+                self.vhost.broker.call_at(heap[0][0], self.expire)
+            if self.expired_in_place > 1024 and self.expired_in_place * 2 > self.ready.size():
+                self._compact()
+        pager = self.pager
+        if pager is not None and pager.due:
+            self._expire_paged(now)           # positions on disk (queue_paging.py)
 
     def _compact(self) -> None:
         """Many expired entries left in place: rebuild the ready list without them."""

@@ -8,7 +8,9 @@ whatever order entries come back in, where inserting each into the deque at its 
 O(n) and stalled the broker for seconds when 50,000 interleaved unacked messages came back.
 
 ``PriorityReady`` keeps one such list per priority (x-max-priority) and serves the highest
-non-empty one first: FIFO within a priority.
+non-empty one first: FIFO within a priority. In a paged queue each level has its own pager
+(behind the level's RAM entries): a level with nothing in RAM but messages on disk is read in
+before a lower one is served.
 """
 import heapq
 from collections import deque
@@ -52,6 +54,8 @@ def _first(pair):
 
 class PriorityReady:
     back = ()           # requeued entries wait in each level's own heap
+    paged = None        # a paged queue's per-level pagers (store/paging.py PriorityPagers)
+    refill = None       # reads a level in: refill(level) -> True if anything came
 
     def __init__(self, max_priority: int):
         self.levels = [Ready() for _ in range(max_priority + 1)]
@@ -79,8 +83,15 @@ class PriorityReady:
         self.count += 1
 
     def take(self):
-        for level in reversed(self.levels):
+        paged = self.paged
+        levels = self.levels
+        for i in range(len(levels) - 1, -1, -1):
+            level = levels[i]
             if level or level.back:
+                self.count -= 1
+                return level.take()
+            # nothing of this priority in RAM, but some on disk: they come before any lower
+            if paged is not None and paged[i].count and self.refill(i) and (level or level.back):
                 self.count -= 1
                 return level.take()
         raise IndexError("take from an empty queue")

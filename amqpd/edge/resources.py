@@ -76,6 +76,9 @@ class ResourceMonitor:
             self.memory_limit = int(self.total * watermark)
         else:
             self.memory_limit = int(watermark)
+        # above this, transient messages beyond a queue's window are paged out (to disk)
+        self.paging_limit = int(self.memory_limit * resources.memory_high_watermark_paging_ratio)
+        self.paging = self.paging_limit <= 0
         self.disk_free_limit = int(resources.disk_free_limit) if data_dir else 0
         self.alarms: set = set()
         self.memory = 0
@@ -101,6 +104,13 @@ class ResourceMonitor:
             self._trim()
         self.memory = process_rss()
         alarms = set()
+        paging = self.memory >= self.paging_limit
+        if paging != self.paging:
+            log.info("memory use %.1f MB is %s the paging threshold %.1f MB: transient messages "
+                     "beyond a queue's window %s", self.memory / 1e6,
+                     "above" if paging else "below", self.paging_limit / 1e6,
+                     "go to disk" if paging else "stay in RAM")
+            self.paging = paging
         if self.memory >= self.memory_limit:
             alarms.add(MEMORY)
         if self.disk_free_limit:

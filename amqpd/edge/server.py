@@ -123,6 +123,8 @@ class Server:
     # -- resource alarms ----------------------------------------------------------------------
     def _check_resources(self) -> None:
         self.set_alarms(self.monitor.check())
+        if self.broker is not None:
+            self.broker.page_transient = self.monitor.paging
         self._arm_disk_check()
         self.check_timer = self.loop.call_later(self.config.resources.check_interval,
                                                 self._check_resources)

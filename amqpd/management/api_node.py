@@ -1,7 +1,9 @@
-"""The node (one: amqpd does not cluster), health checks, aliveness test and definitions."""
+"""The nodes (this one, and the others of its cluster: docs/clustering.md), health checks,
+aliveness test and definitions."""
 import os
 import resource
 import shutil
+import time
 
 from aiohttp import web
 
@@ -94,17 +96,106 @@ def node_json(ctx) -> dict:
     return out
 
 
+def other_node_json(ctx, name: str, running: bool, record: dict) -> dict:
+    """Another node of the cluster, from its etcd record: what the record says (pid, uptime,
+    processors); the figures only that node measures (memory, descriptors, sockets) are 0.
+    A node that is not running has only its name, type and ``running``, as in RabbitMQ."""
+    out = {"name": name, "type": "disc", "running": running, "being_drained": False}
+    if not running:
+        return out
+    zero = {"rate": 0.0}
+    for key in _ZERO_COUNTERS:
+        out[key] = 0
+        out[key + "_details"] = zero
+    started = record.get("started_at") or 0
+    out.update({
+        "os_pid": str(record.get("pid", "")),
+        "uptime": max(0, int(time.time() * 1000) - started) if started else 0,
+        "processors": record.get("processors", 1),
+        "fd_used": 0, "fd_total": 0, "sockets_used": 0, "sockets_total": 0,
+        "mem_used": 0, "mem_limit": 0, "mem_alarm": False, "mem_calculation_strategy": "rss",
+        "disk_free": 0, "disk_free_limit": 0, "disk_free_alarm": False,
+        "proc_used": 0, "proc_total": 1048576, "run_queue": 0,
+        "rates_mode": "basic", "net_ticktime": 60, "partitions": [], "cluster_links": [],
+        "exchange_types": EXCHANGE_TYPES,
+        "applications": [{"name": "amqpd", "description": "amqpd AMQP 0-9-1 broker",
+                          "version": RABBITMQ_VERSION}],
+        "enabled_plugins": ["rabbitmq_management"],
+        "db_dir": record.get("data_dir") or "",
+    })
+    return out
+
+
+def cluster_nodes(ctx) -> list[dict]:
+    """Every node: this one measured here, the others of the cluster from etcd."""
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is None:
+        return [node_json(ctx)]
+    out = []
+    for name, running, record in cluster.nodes():
+        if name == ctx.node_name:
+            continue
+        out.append(other_node_json(ctx, name, running, record))
+    me = node_json(ctx)
+    me["cluster_links"] = cluster.cluster_links()
+    out.append(me)
+    out.sort(key=lambda n: n["name"])
+    return out
+
+
 @endpoint("monitoring")
 async def nodes(request):
-    return json_response([node_json(request["ctx"])])
+    return json_response(cluster_nodes(request["ctx"]))
 
 
 @endpoint("monitoring")
 async def node(request):
     ctx = request["ctx"]
-    if request.match_info["name"] != ctx.node_name:
+    if request.match_info["name"] == ctx.node_name and getattr(ctx, "cluster", None) is None:
+        return json_response(node_json(ctx))
+    for item in cluster_nodes(ctx):
+        if item["name"] == request.match_info["name"]:
+            return json_response(item)
+    raise not_found()
+
+
+@endpoint("administrator")
+async def forget_node(request):
+    """DELETE /api/nodes/{name} (amqpd's; RabbitMQ has ``rabbitmqctl forget_cluster_node``
+    only): a node that is not running leaves the cluster's member list."""
+    ctx = request["ctx"]
+    cluster = getattr(ctx, "cluster", None)
+    name = request.match_info["name"]
+    if cluster is None:
+        raise bad_request("this node is not in a cluster")
+    from ..cluster.etcd import EtcdError, EtcdUnavailable
+    try:
+        outcome = await cluster.forget(name)
+    except (EtcdError, EtcdUnavailable) as exc:
+        raise error(503, "service_unavailable", f"etcd: {exc}") from None
+    if outcome == "unknown":
         raise not_found()
-    return json_response(node_json(ctx))
+    if outcome == "running":
+        raise bad_request(f"node {name} is running: stop it before it is forgotten")
+    return no_content()
+
+
+@endpoint("monitoring")
+async def cluster_name(request):
+    """The cluster's name (``cluster.name``); a single node's is its node name."""
+    ctx = request["ctx"]
+    cluster = getattr(ctx, "cluster", None)
+    return json_response({"name": cluster.name if cluster is not None else ctx.node_name})
+
+
+def cluster_listeners(ctx) -> list[dict]:
+    """The other running nodes' listeners, as the overview lists this node's (RabbitMQ's
+    overview lists every node's)."""
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is None:
+        return []
+    return [dict(lst, node=name) for name, running, record in cluster.nodes()
+            if running and name != ctx.node_name for lst in record.get("listeners", ())]
 
 
 # -- health -------------------------------------------------------------------------------------
@@ -213,6 +304,8 @@ def routes(ctx):
     return [
         web.get("/api/nodes", nodes),
         web.get("/api/nodes/{name}", node),
+        web.delete("/api/nodes/{name}", forget_node),
+        web.get("/api/cluster-name", cluster_name),
         web.get("/api/aliveness-test/{vhost}", aliveness),
         web.get("/api/health/checks/alarms", check_alarms),
         web.get("/api/health/checks/local-alarms", check_alarms),

@@ -1,19 +1,25 @@
 """The pending messages of one delayed exchange, on disk in due-time buckets.
 
-A pending message costs no RAM until it is nearly due. Each message is appended to the file of
-its *bucket*: the messages due in [start, start + width) ms (wall clock), where the width grows
-with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to 18.6 h), so
-however the delays spread there are at most a few thousand buckets. In RAM a bucket is one small
-object (file, start, width, live count); its messages are read only when the bucket's time comes
-(``scan``): then an index of 8 bytes per message ((due - start) << 36 | file offset, sorted) is
-built, and the messages are read back by offset a batch at a time (``read``), ahead of their due
-time. The exchange (broker/delayed.py) merges the buckets in due order.
+A pending message costs 8 bytes of RAM until it is nearly due. Each message is appended to the
+file of its *bucket*: the messages due in [start, start + width) ms (wall clock), where the
+width grows with the delay (``bucket_of``: about 1/64 of the delay, a power of two, 1.024 s to
+18.6 h), so however the delays spread there are at most a few thousand buckets. In RAM a bucket
+is one small object (file, start, width, live count) and the index key of each of its messages
+((due - start) << 36 | file offset), appended as it is written. When the bucket's time comes
+(``scan``) the keys are sorted into its index -- a bucket found at start-up has none in RAM, so
+its file is scanned for them -- and the messages are read back by offset a batch at a time
+(``read``), ahead of their due time. The exchange (broker/delayed.py) merges the buckets in due
+order.
 
 File format: records.py's self-checking records, one file per bucket ``NNNNNNNN.dlb``, opening
 with a segment header (its salt). MESSAGE records carry the due time (ms since the epoch, 8
-bytes) before the raw route; a SETTLED record's seq is the *file offset* of the message it
-settles (ids are per file, so files never share numbering). A bucket file is deleted once every
-message in it is settled.
+bytes) and one byte (the bucket width's exponent; FINAL: the header is stored as it will be
+delivered, x-delay negated, and PERSISTENT tells its delivery mode -- files of older versions
+lack both) before the raw route. A SETTLED record's seq is the *file offset* of the message it
+settles (ids are per file, so files never share numbering), or, with THROUGH set, an index key:
+every message of the bucket up to that key is settled (a bucket is released in index order, so
+one marker per bucket per release turn stands for every message it routed). A bucket file is
+deleted once every message in it is settled.
 
 Durability: a durable exchange's files are fsynced by the group commit before the publishes they
 hold are confirmed (``sync_targets``, like a queue log). A non-durable exchange's files are
@@ -42,7 +48,16 @@ MIN_WIDTH_MS = 1 << 10   # about a second; widths are powers of two (files recor
 MAX_WIDTH_MS = 1 << 26          # 18.6 h: (due - start) fits the index's 28 bits
 OFFSET_BITS = 36                # 64 GB per bucket file
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
-SCAN_CHUNK = 4 << 20
+SCAN_CHUNK = 1 << 20            # bytes indexed per slice (a few ms of the event loop)
+FINAL = 0x40                    # flag in the exponent byte: the header is the delivered one
+PERSISTENT = 0x80               # and the message's delivery mode is 2 (meaningful with FINAL)
+WIDTH_BITS = 0x3F
+THROUGH = 1 << 63               # a SETTLED seq with this bit: every index key up to the rest
+READ_SPAN = 4 << 20             # a batch whose records lie within this many bytes: one pread
+_u32 = struct.Struct(">I")
+# a MESSAGE record's fixed start: magic, crc, length | type, seq, route length | due, flags
+_message_head = struct.Struct(">2sIIBQHQB")
+MESSAGE_HEAD = _message_head.size
 
 
 def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
@@ -58,7 +73,7 @@ def bucket_of(due_ms: int, delay_ms: int) -> tuple[int, int]:
 
 class Bucket:
     __slots__ = ("number", "start", "width", "live", "pending", "size", "fd", "seed",
-                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced")
+                 "recovered", "index", "cursor", "scanned", "sealed", "unsynced", "keys")
 
     def __init__(self, number: int, start: int, width: int, recovered: bool = False):
         self.number, self.start, self.width = number, start, width
@@ -73,6 +88,8 @@ class Bucket:
         self.scanned = False
         self.sealed = recovered          # takes no new messages
         self.unsynced = False
+        self.keys = None                 # array('Q'): index keys of its messages, unsorted,
+                                         # kept as they are appended (None: scan the file)
 
     @property
     def exhausted(self) -> bool:
@@ -153,12 +170,12 @@ class DelayedLog:
         if rec is None or rec.kind != records.MESSAGE or len(rec.route) < 9:
             return None
         due = _due.unpack_from(rec.route)[0]
-        width = 1 << rec.route[8]
+        width = 1 << (rec.route[8] & WIDTH_BITS)
         return due - due % width, width
 
     # -- appends --------------------------------------------------------------------------------
     def append(self, due_ms: int, delay_ms: int, route: bytes, header: bytes, body: bytes,
-               now_ms: int, ahead_ms: int) -> tuple:
+               now_ms: int, ahead_ms: int, persistent: bool = False) -> tuple:
         """Buffer a message; returns (bucket, offset, direct, created). ``direct``: its bucket's
         time has come already (start - ahead_ms <= now_ms), so the caller holds the message in
         RAM (it is on disk only for a restart; such a bucket needs no index). ``created``: a
@@ -175,6 +192,7 @@ class DelayedLog:
                 bucket.scanned = True
             else:
                 created = True
+                bucket.keys = array("Q")
         if bucket.size == 0:
             salt = os.urandom(8)
             bucket.seed = records.seed_of(salt)
@@ -182,9 +200,12 @@ class DelayedLog:
             bucket.pending.append(head)
             bucket.size = len(head)
         # the width's exponent follows the due time, so a file names its bucket itself
-        rec = records.message(0, _due.pack(due_ms) + bytes((bucket.width.bit_length() - 1,))
-                              + route, header, body, bucket.seed)
+        flags = bucket.width.bit_length() - 1 | FINAL | (PERSISTENT if persistent else 0)
+        rec = records.message(0, _due.pack(due_ms) + bytes((flags,)) + route, header, body,
+                              bucket.seed)
         offset = bucket.size
+        if bucket.keys is not None:
+            bucket.keys.append(((due_ms - bucket.start) << OFFSET_BITS) | offset)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         bucket.live += 1
@@ -193,14 +214,22 @@ class DelayedLog:
 
     def settle(self, bucket: Bucket, offset: int) -> None:
         """The message at ``offset`` was routed."""
+        self._settle(bucket, offset, 1)
+
+    def settle_through(self, bucket: Bucket, key: int, count: int) -> None:
+        """``count`` messages of a bucket read back (``read``) were routed, in index order,
+        the last one's index key ``key``: one marker for them all."""
+        self._settle(bucket, THROUGH | key, count)
+
+    def _settle(self, bucket: Bucket, seq: int, count: int) -> None:
         if bucket.number not in self.buckets:
             return
         if bucket.live is not None:
-            bucket.live -= 1
+            bucket.live -= count
         if bucket.live == 0 and (bucket.sealed or bucket.exhausted):
             self._drop(bucket)
             return
-        rec = records.marker(records.SETTLED, offset, bucket.seed)
+        rec = records.marker(records.SETTLED, seq, bucket.seed)
         bucket.pending.append(rec)
         bucket.size += len(rec)
         self.dirty[bucket] = None
@@ -241,14 +270,26 @@ class DelayedLog:
             except StopIteration as done:
                 return done.value
 
+    def indexed(self, bucket: Bucket) -> bool:
+        """The bucket's index keys are in RAM (appended here since it was created): its
+        ``scan`` reads no file, only sorts them."""
+        return bucket.keys is not None
+
     def scan_steps(self, bucket: Bucket):
         """``scan`` SCAN_CHUNK bytes at a time: a generator that yields after each, so a
         big bucket is indexed in slices between other clients' work; returns the count."""
         self.seal(bucket)
         self._write_bucket(bucket)
+        if bucket.keys is not None:      # nothing settled yet: every message is in the index
+            bucket.index = array("Q", sorted(bucket.keys))
+            bucket.keys = None
+            bucket.cursor = 0
+            bucket.scanned = True
+            return len(bucket.index)
         path = self._file(bucket.number)
         entries = array("Q")
         settled = set()
+        through = -1                     # the highest THROUGH marker's key
         good_end = 0
         start = bucket.start
         try:
@@ -279,7 +320,11 @@ class DelayedLog:
                             entries.append(((_due.unpack_from(mm, at + due_at)[0] - start)
                                             << OFFSET_BITS) | at)
                         elif kind == SETTLED:
-                            settled.add(_due.unpack_from(mm, at + HEAD + 1)[0])
+                            seq = _due.unpack_from(mm, at + HEAD + 1)[0]
+                            if seq & THROUGH:
+                                through = max(through, seq ^ THROUGH)
+                            else:
+                                settled.add(seq)
                         at = stop
                         if at >= next_slice:
                             next_slice = at + SCAN_CHUNK
@@ -298,8 +343,9 @@ class DelayedLog:
             log.warning("%s: dropped %d bytes at offset %d (torn tail or damaged record)",
                         path, bucket.size - good_end, good_end)
             self._truncate(bucket, good_end)
-        if settled:
-            entries = array("Q", (e for e in entries if (e & OFFSET_MASK) not in settled))
+        if settled or through >= 0:
+            entries = array("Q", (e for e in entries
+                                  if e > through and (e & OFFSET_MASK) not in settled))
         bucket.index = array("Q", sorted(entries))
         bucket.cursor = 0
         bucket.scanned = True
@@ -329,29 +375,17 @@ class DelayedLog:
 
     def read(self, bucket: Bucket, count: int) -> list:
         """The next ``count`` messages of a scanned bucket in due order:
-        [(due_ms, offset, route, header, body)]."""
+        [(due_ms, key, route, header, body, flags)] (``key``: its index key, for
+        ``settle_through``; ``flags``: FINAL, PERSISTENT). Records close together (the usual
+        case: a file is appended in about due order) come with one read; others one each."""
         index, cursor = bucket.index, bucket.cursor
         stop = min(len(index), cursor + count)
+        keys = index[cursor:stop]
         out = []
         path = self._file(bucket.number)
-        with open(path, "rb", buffering=0) as f:
-            fd = f.fileno()
-            for i in range(cursor, stop):
-                key = index[i]
-                offset = key & OFFSET_MASK
-                data = os.pread(fd, 4096, offset)      # most records: one read
-                length = int.from_bytes(data[6:10], "big")
-                if len(data) < HEAD + length:
-                    data = os.pread(fd, HEAD + length, offset)
-                elif len(data) > HEAD + length:
-                    data = data[:HEAD + length]
-                rec = records._record_at(data, memoryview(data), 0, bucket.seed)
-                if rec is None:           # changed under us: skip it (logged)
-                    log.error("%s: record at %d unreadable; message lost", path, offset)
-                    bucket.live = (bucket.live or 1) - 1
-                    continue
-                out.append((_due.unpack_from(rec.route)[0], offset, rec.route[9:], rec.header,
-                            rec.body))
+        if keys:
+            with open(path, "rb", buffering=0) as f:
+                self._read_records(f.fileno(), path, bucket, keys, out)
         bucket.cursor = stop
         if stop >= len(index):
             bucket.index = array("Q")      # the index's memory goes once it is read through
@@ -359,6 +393,48 @@ class DelayedLog:
         if bucket.live == 0:
             self._drop(bucket)
         return out
+
+    def _read_records(self, fd: int, path: str, bucket: Bucket, keys, out: list) -> None:
+        mask = OFFSET_MASK
+        low = min(k & mask for k in keys)
+        high = max(k & mask for k in keys)
+        buf, base = b"", 0
+        if high - low <= READ_SPAN:
+            buf, base = os.pread(fd, high - low + 4096, low), low   # the last one mostly fits
+        view = memoryview(buf)
+        size = len(buf)
+        fields, crc32, seed, u32 = _message_head.unpack_from, zlib.crc32, bucket.seed, \
+            _u32.unpack_from
+        MAGIC, MESSAGE = records.MAGIC, records.MESSAGE
+        for key in keys:
+            offset = key & mask
+            data, at, data_view = buf, offset - base, view
+            if at + MESSAGE_HEAD > size or at + HEAD + u32(buf, at + 6)[0] > size:
+                data = os.pread(fd, 4096, offset)              # most records: one read
+                if len(data) >= HEAD:
+                    length = u32(data, 6)[0]
+                    if len(data) < HEAD + length:
+                        data = os.pread(fd, HEAD + length, offset)
+                at, data_view = 0, memoryview(data)
+            try:
+                # magic, crc, length | type, seq, route length | due, flags (the route's start)
+                magic, crc, length, kind, _, route_len, due, flags = fields(data, at)
+                end = at + HEAD + length
+                if magic != MAGIC or kind != MESSAGE or end > len(data) or \
+                        crc32(data_view[at + 6:end], seed) != crc:
+                    raise ValueError("not an intact message record")
+                route_end = at + HEAD + 11 + route_len
+                h = route_end + 4
+                b = h + u32(data, route_end)[0]
+                if b > end or route_len < 9:
+                    raise ValueError("header runs past the record")
+            except (ValueError, struct.error, IndexError):
+                log.error("%s: record at %d unreadable; message lost", path, offset)
+                bucket.live = (bucket.live or 1) - 1
+                continue
+            out.append((due, key, data[at + MESSAGE_HEAD:route_end], data[h:b], data[b:end],
+                        flags))
+        view.release()
 
     # -- I/O (the commit path's interface, as QueueLog's) ---------------------------------------
     def _write_bucket(self, bucket: Bucket) -> None:
@@ -393,6 +469,7 @@ class DelayedLog:
         self.dirty.clear()
         if bucket.live is not None:
             bucket.live = None
+        bucket.keys = None               # some are gone: its scan finds what is there
         self.seal(bucket)
 
     def write(self) -> bool:

@@ -145,16 +145,26 @@ class QueueLog:
         self._unlink_doomed()
         return live, top
 
-    def recover_positions(self):
+    def recover_positions(self, sizes: bool = False, prios: bool = False):
         """Like ``recover``, but keeps no message in memory: returns (runs, expiries, top),
         ``runs`` being store.paging.Run objects holding the positions of the live messages
         in seq order (the redelivered bit set for those with a DELIVERED marker),
-        ``expiries`` {seq: TTL deadline in ms since the epoch}."""
+        ``expiries`` {segment: (seqs, ats)}: the TTL deadlines (ms since the epoch) of the
+        messages of that segment that have one, as arrays in seq order (an EXPIRY record is
+        written right after its message, in the same segment; compaction keeps them
+        together), so that no object per message is made. With ``sizes`` (x-max-length-bytes)
+        ``recovered_bytes`` is set to the body bytes of the live messages, from the summaries'
+        sizes (a segment whose summary has none is scanned instead). With ``prios`` (a
+        priority queue) ``recovered_prios`` is set to {segment: priority levels aligned with
+        that segment's run's seqs}, for the segments whose summary kept them or that were
+        scanned (the others are missing: the caller reads those records)."""
         from .paging import REDELIVERED, Run
         segs = []
+        body_sizes: dict = {}                # segment -> sizes aligned with its run's seqs
+        levels: dict = {}                    # segment -> priorities, the same
         settled: set[int] = set()
         delivered: set[int] = set()
-        expiries: dict[int, int] = {}
+        expiries: dict[int, tuple] = {}
         top = 0
         numbers = self._segments_on_disk()
         unreadable = None
@@ -163,12 +173,18 @@ class QueueLog:
             path = self._segment_path(number)
             if number != numbers[-1]:
                 ix = segment_index.load(path)
+                if ix is not None and sizes and ix.known_sizes() is None:
+                    ix = None                 # the byte count needs what it lacks: scan
                 if ix is not None:            # a sealed segment's summary: no need to read it
+                    if sizes:
+                        body_sizes[number] = ix.sizes
+                    if prios and ix.known_prios() is not None:
+                        levels[number] = ix.prios
                     top = max(top, ix.high, ix.seqs[-1] if ix.seqs else 0)
                     settled.update(ix.settled)
                     delivered.update(ix.delivered)
-                    for i in range(len(ix.exp_seqs)):
-                        expiries[ix.exp_seqs[i]] = ix.exp_at[i]
+                    if ix.exp_seqs:
+                        expiries[number] = (ix.exp_seqs, ix.exp_at)
                     segs.append(Run(number, ix.seed, ix.seqs, ix.offs))
                     self.live[number] = 0
                     continue
@@ -185,14 +201,22 @@ class QueueLog:
             run = Run(number, seed)
             ix = SegmentIndex(seed, base, high)
             seqs, offs = run.seqs, run.offs
+            if sizes:
+                body_sizes[number] = ix.sizes
+            if prios:
+                levels[number] = ix.prios
             rec = None
             for rec in records.scan_positions(data, problems):
-                kind, seq, at, _ = rec
+                kind, seq, at, end = rec
                 if seq > top:
                     top = seq
                 if kind == MESSAGE:
                     seqs.append(seq)
                     offs.append(at << 1)
+                    if sizes:
+                        ix.sizes.append(_body_size(data, at, end))
+                    if prios:
+                        ix.prios.append(min(_priority(data, at), 255))
                 elif kind == SETTLED:
                     settled.add(seq)
                     ix.settled.append(seq)
@@ -200,9 +224,8 @@ class QueueLog:
                     delivered.add(seq)
                     ix.delivered.append(seq)
                 else:
-                    expiries[seq] = at_ms = records.expiry_at(data, at)
                     ix.exp_seqs.append(seq)
-                    ix.exp_at.append(at_ms)
+                    ix.exp_at.append(records.expiry_at(data, at))
             good_end = rec[3] if rec is not None else base
             for offset, length, reason in problems:
                 log.warning("%s: dropped %d bytes at offset %d (%s)", path, length, offset, reason)
@@ -210,6 +233,8 @@ class QueueLog:
                 self._truncate(path, good_end)
                 data = data[:good_end]
             segs.append(run)
+            if ix.exp_seqs:
+                expiries[number] = (ix.exp_seqs, ix.exp_at)
             self.live[number] = 0
             if number == numbers[-1]:
                 self.active = self.writing = number
@@ -228,6 +253,7 @@ class QueueLog:
         last = 0
         gone = array("Q", sorted(settled))
         seen = array("Q", sorted(delivered))
+        nbytes = 0
         for run in segs:
             seqs, offs = run.seqs, run.offs
             if not seqs:
@@ -236,17 +262,30 @@ class QueueLog:
             lo, hi = seqs[0], seqs[-1]
             if lo <= last or hi < lo:
                 runs = None                   # out of order (never written so): sort all
+            lengths = body_sizes.get(run.segment)
             if _any_in(gone, lo, hi) or _any_in(seen, lo, hi):
                 keep = [(seqs[i], offs[i] | (REDELIVERED if seqs[i] in delivered else 0))
                         for i in range(len(seqs)) if seqs[i] not in settled]
+                if lengths is not None:
+                    nbytes += sum(lengths[i] for i in range(len(seqs))
+                                  if seqs[i] not in settled)
+                if run.segment in levels:
+                    was = levels[run.segment]
+                    levels[run.segment] = array("B", [was[i] for i in range(len(seqs))
+                                                      if seqs[i] not in settled])
                 run.seqs = array("Q", [k[0] for k in keep])
                 run.offs = array("I", [k[1] for k in keep])
+            elif lengths is not None:
+                nbytes += sum(lengths)
             last = max(last, hi)
             self.live[run.segment] = len(run.seqs)
             if runs is not None:
                 runs.append(run)
         if runs is None:
             runs = _resplit(segs)
+            levels = {}                       # no longer aligned: read them
+        self.recovered_bytes = nbytes if sizes else None
+        self.recovered_prios = levels
         self.high = top
         self._drop_settled_prefix()
         self._unlink_doomed()
@@ -655,6 +694,27 @@ class QueueLog:
             self.io.replace(self.path, trash)
         else:
             self.io.rmtree(self.path)
+
+
+def _body_size(data, at: int, end: int) -> int:
+    """The body size of the MESSAGE record at ``at`` (ending at ``end``): what follows its
+    route and header."""
+    route_len = records._unpack_msg(data, at + records.HEAD_SIZE)[2]
+    route_end = at + records.HEAD_SIZE + records._msg_head.size + route_len
+    return end - (route_end + 4 + records._unpack_u32(data, route_end)[0])
+
+
+def _priority(data, at: int) -> int:
+    """The priority property of the MESSAGE record at ``at`` (0 when absent or unreadable)."""
+    from ..wire import properties
+    route_len = records._unpack_msg(data, at + records.HEAD_SIZE)[2]
+    route_end = at + records.HEAD_SIZE + records._msg_head.size + route_len
+    (header_len,) = records._unpack_u32(data, route_end)
+    header = bytes(data[route_end + 4:route_end + 4 + header_len])
+    try:
+        return properties.peek(header, properties.PRIORITY) or 0
+    except Exception:                 # a header that does not decode: served as priority 0
+        return 0
 
 
 def _any_in(sorted_seqs, lo: int, hi: int) -> bool:

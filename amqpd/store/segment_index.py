@@ -13,9 +13,16 @@ which is where a torn tail can be.
 
     (offsets are stored shifted left by one, as store/paging.py keeps them)
 
-    magic "AMQPDIX1" | crc32:u32 (over the rest) | byte order:u8 | size:u64 | seed:u32 |
-    base:u32 | high:u64 | counts: messages, settled, delivered, expiries (u32 each) |
-    seqs Q[m] | offsets I[m] | settled Q[s] | delivered Q[d] | expiry seqs Q[e] | at Q[e]
+    magic "AMQPDIX3" | crc32:u32 (over the rest) | byte order:u8 | size:u64 | seed:u32 |
+    base:u32 | high:u64 | counts: messages, settled, delivered, expiries, sizes, priorities
+    (u32 each) | seqs Q[m] | offsets I[m] | settled Q[s] | delivered Q[d] | expiry seqs Q[e] |
+    at Q[e] | sizes I[z] | priorities B[y]
+
+``sizes`` are the messages' body sizes (z = m), kept only by queues with x-max-length-bytes
+(their byte count is rebuilt from them at a restart), ``priorities`` their priority levels
+(y = m), kept only by priority queues (a restart sorts the positions into levels with them);
+either count is 0 when not known. Older summaries are still read: "AMQPDIX2" (sizes only)
+and "AMQPDIX1" (neither).
 """
 import os
 import struct
@@ -25,16 +32,20 @@ from array import array
 
 from . import records
 
-MAGIC = b"AMQPDIX1"
+MAGIC = b"AMQPDIX3"
+MAGIC_2 = b"AMQPDIX2"
+MAGIC_1 = b"AMQPDIX1"
 _head = struct.Struct("<4sI")
 _meta = struct.Struct("<BQIIQIIII")
+_extra = struct.Struct("<II")        # AMQPDIX3: sizes, priorities
+_extra_2 = struct.Struct("<I")       # AMQPDIX2: sizes
 _ORDER = 1 if sys.byteorder == "little" else 2
 
 
 class SegmentIndex:
     """The summary of one segment, collected while its records are appended."""
-    __slots__ = ("seqs", "offs", "settled", "delivered", "exp_seqs", "exp_at", "seed", "base",
-                 "high", "valid")
+    __slots__ = ("seqs", "offs", "settled", "delivered", "exp_seqs", "exp_at", "sizes", "prios",
+                 "seed", "base", "high", "valid")
 
     def __init__(self, seed: int = 0, base: int = 0, high: int = 0):
         self.seqs = array("Q")
@@ -43,15 +54,27 @@ class SegmentIndex:
         self.delivered = array("Q")
         self.exp_seqs = array("Q")
         self.exp_at = array("Q")
+        self.sizes = array("I")      # body sizes, when the queue keeps them (else empty)
+        self.prios = array("B")      # priority levels, when the queue keeps them (else empty)
         self.seed, self.base, self.high = seed, base, high
         self.valid = True            # False once a write of the segment failed
 
+    def known_sizes(self):
+        """The body sizes of the segment's messages, or None when not kept for all."""
+        return self.sizes if len(self.sizes) == len(self.seqs) else None
+
+    def known_prios(self):
+        """The priority levels of the segment's messages, or None when not kept for all."""
+        return self.prios if len(self.prios) == len(self.seqs) else None
+
     def encode(self, size: int) -> bytes:
+        sizes = self.known_sizes() or array("I")
+        prios = self.known_prios() or array("B")
         arrays = (self.seqs, self.offs, self.settled, self.delivered, self.exp_seqs,
-                  self.exp_at)
+                  self.exp_at, sizes, prios)
         body = _meta.pack(_ORDER, size, self.seed, self.base, self.high, len(self.seqs),
                           len(self.settled), len(self.delivered), len(self.exp_seqs)) \
-            + b"".join(a.tobytes() for a in arrays)
+            + _extra.pack(len(sizes), len(prios)) + b"".join(a.tobytes() for a in arrays)
         return MAGIC + struct.pack("<I", zlib.crc32(body)) + body
 
 
@@ -78,7 +101,7 @@ def load(segment_path: str) -> SegmentIndex | None:
             head = f.read(records.HEAD_SIZE + 17)
         with open(path_of(segment_path), "rb") as f:
             top = f.read(12 + _meta.size)
-            if len(top) < 12 + _meta.size or top[:8] != MAGIC:
+            if len(top) < 12 + _meta.size or top[:8] not in (MAGIC, MAGIC_2, MAGIC_1):
                 return None
             (stored_crc,) = struct.unpack_from("<I", top, 8)
             order, stored_size, seed, base, high, m, s, d, e = _meta.unpack_from(top, 12)
@@ -88,8 +111,19 @@ def load(segment_path: str) -> SegmentIndex | None:
                 return None
             index = SegmentIndex(seed, base, high)
             crc = zlib.crc32(top[12:])
+            z = y = 0
+            if top[:8] != MAGIC_1:
+                extra = _extra if top[:8] == MAGIC else _extra_2
+                more = f.read(extra.size)
+                if len(more) < extra.size:
+                    return None
+                z, y = (extra.unpack(more) + (0,))[:2]
+                crc = zlib.crc32(more, crc)
+                if z not in (0, m) or y not in (0, m):
+                    return None
             for arr, n in ((index.seqs, m), (index.offs, m), (index.settled, s),
-                           (index.delivered, d), (index.exp_seqs, e), (index.exp_at, e)):
+                           (index.delivered, d), (index.exp_seqs, e), (index.exp_at, e),
+                           (index.sizes, z), (index.prios, y)):
                 if n:
                     arr.fromfile(f, n)
                     crc = zlib.crc32(arr, crc)

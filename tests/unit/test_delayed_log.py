@@ -99,7 +99,7 @@ def test_due_order_across_buckets_and_never_early(tmp_path):
                          else 37.0)
     assert sorted(b for b, _ in got) == sorted(b for b, _ in items)
     for body, at in got:
-        assert at >= due[body] - 0.002, body             # ms on disk: never early by more
+        assert at >= due[body] - 1e-6, body               # never early (ms on disk: rounded up)
     order = [b for b, _ in got]
     assert order == sorted(order, key=lambda b: due[b]) or \
         all(due[a] <= due[b] + 0.002 for a, b in zip(order, order[1:]))
@@ -129,7 +129,7 @@ def test_a_big_bucket_is_read_in_batches(tmp_path, monkeypatch, chunk):
     while clock.time() < end:
         clock.advance(0.05)
         commit_turn(store)
-        biggest = max(biggest, sum(1 for e in ex.pending if e[2] is not None))
+        biggest = max(biggest, len(ex.in_ram()))
         got += take_all(q)
     assert got == [b"%d" % i for i in range(n)]
     assert biggest <= 2 * BATCH              # the batch being routed and the next, read ahead

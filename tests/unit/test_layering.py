@@ -25,6 +25,8 @@ LAYERS = {
     # the management plane (HTTP API, its listener, run-time admin) is part of the node: the
     # node starts it, and it uses the node's definitions import/export
     "management": ("node", 1), "admin": ("node", 1),
+    # clustering (etcd membership, node-to-node links) is asyncio code the node starts
+    "cluster": ("node", 1),
     "edge": ("edge", 2),
     "amqp": ("amqp", 3),
     "broker": ("broker", 4),
@@ -33,8 +35,9 @@ LAYERS = {
     "errors": ("errors", 7), "version": ("errors", 7),
 }
 ASYNCIO_ALLOWED = {"edge", "cli", "facade"}
-# the management package is an asyncio edge of its own (aiohttp, UDP for StatsD)
-ASYNCIO_PACKAGES = ("amqpd.management",)
+# the management package is an asyncio edge of its own (aiohttp, UDP for StatsD), and so is
+# the cluster package (etcd over aiohttp, node-to-node sockets)
+ASYNCIO_PACKAGES = ("amqpd.management", "amqpd.cluster")
 
 
 def layer_of(module: str) -> tuple[str, int]:

@@ -21,8 +21,9 @@ class Node:
     """A broker with a store, restartable (clean) and crashable (no close: what was written
     to the OS stays, as after kill -9)."""
 
-    def __init__(self, path, window=4, window_bytes=1 << 20, segment_size=4096):
+    def __init__(self, path, window=4, window_bytes=1 << 20, segment_size=4096, args=None):
         self.path = str(path)
+        self.args = args or {}
         self.cfg = amqpd_config.from_dict({"storage": {
             "data_dir": self.path, "fsync": "never",
             "queue_window": {"messages": window, "bytes": window_bytes}}})
@@ -35,7 +36,8 @@ class Node:
         self.broker = Broker(self.cfg, self.store, AccessControl(self.cfg), self.clock)
         self.broker.recover()
         self.vhost = self.broker.vhosts["/"]
-        self.q = self.vhost.queues.get("q") or declare_queue(self.vhost, "q", durable=True)
+        self.q = self.vhost.queues.get("q") or declare_queue(self.vhost, "q", durable=True,
+                                                             **self.args)
 
     def publish(self, body: bytes, **props):
         props.setdefault("delivery_mode", 2)
@@ -165,7 +167,7 @@ def test_transient_messages_behind_paged_ones_keep_their_place(tmp_path):
     assert [b for b, _ in node.drain()] == expect
 
 
-def test_restart_recovers_positions_and_reads_only_the_window(tmp_path):
+def test_restart_recovers_positions_and_reads_the_window_when_first_needed(tmp_path):
     node = Node(tmp_path, window=4)
     for b in bodies(30):
         node.publish(b)
@@ -175,7 +177,11 @@ def test_restart_recovers_positions_and_reads_only_the_window(tmp_path):
     node.restart()
     q = node.q
     assert q.message_count == 30
-    assert in_ram(q) == 4 and q.pager.count == 26
+    assert in_ram(q) == 0 and q.pager.count == 30       # nothing read until it is needed
+    first = q.take()                                     # the window is read in now
+    assert first.message.body == bodies(30)[0] and first.redelivered
+    assert in_ram(q) == 3 and q.pager.count == 26
+    q.requeue(first)
     got = node.drain()
     assert [b for b, _ in got] == bodies(30)
     assert [r for _, r in got] == [True, True] + [False] * 28
@@ -259,13 +265,24 @@ OPS = st.one_of(
 
 @settings(max_examples=int(os.environ.get("PAGING_EXAMPLES", 60)), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(ops=st.lists(OPS, max_size=40))
-def test_model(tmp_path_factory, ops):
+@given(ops=st.lists(OPS, max_size=40), queue_ttl=st.sampled_from([None, 2000]),
+       max_priority=st.sampled_from([None, 3]))
+def test_model(tmp_path_factory, ops, queue_ttl, max_priority):
     """The queue behaves like a list in seq order: publish appends, get takes the oldest
     ready one, requeue puts it back at its place (redelivered), ack/reject drop it, a TTL drops
-    a ready one once due, purge drops every ready one, restart/crash turn every unacked one
-    back into a ready, redelivered one (persistent ones only, after a crash or restart)."""
-    node = Node(tmp_path_factory.mktemp("model"), window=4, segment_size=2048)
+    a ready one once due (a queue TTL, x-message-ttl, or the message's expiration, whichever
+    is sooner; wherever it sits, in the window or paged), purge drops every ready one,
+    restart/crash turn every unacked one back into a ready, redelivered one (persistent ones
+    only, after a crash or restart; a deadline is kept). In a priority queue the order is
+    (highest priority first, then seq); the n-th message has priority n % 5 (4 is above the
+    queue's maximum, 3: it counts as 3)."""
+    args = {} if queue_ttl is None else {"x-message-ttl": queue_ttl}
+    if max_priority is not None:
+        args["x-max-priority"] = max_priority
+
+    def order(it):
+        return (-min(it[0] % 5, max_priority), it[0]) if max_priority else it[0]
+    node = Node(tmp_path_factory.mktemp("model"), window=4, segment_size=2048, args=args)
     model = []              # ready: [seq, body, redelivered, deadline, persistent]
     out = []                # unacked, in delivery order: (entry, model item)
     n = 0
@@ -276,12 +293,16 @@ def test_model(tmp_path_factory, ops):
                 n += 1
                 body = b"b%04d" % n
                 props = {"delivery_mode": 2 if op[3] else 1}
-                deadline = None
+                ttl = queue_ttl
                 if op[2] is not None:
                     props["expiration"] = str(op[2])
-                    deadline = node.clock.time() + op[2] / 1000
+                    ttl = op[2] if ttl is None else min(ttl, op[2])
+                deadline = None if ttl is None else node.clock.time() + ttl / 1000
+                if max_priority is not None:
+                    props["priority"] = n % 5
                 node.publish(body, **props)
                 model.append([n, body, False, deadline, op[3]])
+            model.sort(key=order)
         elif kind == "get":
             e = node.q.take()
             if not model:
@@ -302,7 +323,7 @@ def test_model(tmp_path_factory, ops):
                 if item[3] is None or item[3] > node.clock.time():
                     item[2] = True
                     model.append(item)
-                    model.sort(key=lambda it: it[0])
+                    model.sort(key=order)
         elif kind == "advance":
             node.turn()
             node.clock.advance(op[1])
@@ -318,9 +339,10 @@ def test_model(tmp_path_factory, ops):
                 item[2] = True
                 model.append(item)
             out = []
-            model = [it for it in model if it[4]]
-            model.sort(key=lambda it: it[0])
-            # a deadline survives the restart; the clock did not move
+            # a deadline survives the restart (the clock did not move): due ones go
+            model = [it for it in model if it[4]
+                     and (it[3] is None or it[3] > node.clock.time())]
+            model.sort(key=order)
         node.turn()
         assert node.q.message_count == len(model), (op, model)
     got = node.drain()

@@ -1,0 +1,88 @@
+"""Clustering on etcd (docs/clustering.md): a node with a ``cluster`` section joins the
+cluster of that name through etcd. Without one, nothing here is imported.
+
+    member.py   membership: one lease per node, node records with their state, the view
+    metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
+                one etcd key each, merged both ways with this node's
+    link.py     the node-to-node listener (cluster.listen)
+    etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
+
+It sits at the node level (asyncio; the node starts and stops it) and reads the broker only
+through what the node hands it.
+"""
+from __future__ import annotations
+
+import logging
+
+from ..edge.listeners import StartError
+from .etcd import EtcdError, EtcdUnavailable
+from .link import LinkListener, Links
+from .member import RUNNING, Member
+from .metadata import MetadataSync
+
+log = logging.getLogger("amqpd.cluster")
+
+
+class ClusterNode:
+    """What node.py starts and stops: the node-to-node listener and the membership."""
+
+    def __init__(self, config, data_dir: str | None):
+        self.config = config                  # config.Cluster
+        self.data_dir = data_dir
+        self.link = LinkListener(config)
+        self.member = Member(config, data_dir)
+        self.links = Links(config, self.member)
+        self.metadata = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def node(self) -> str:
+        return self.config.node
+
+    async def start(self, admin, after_change) -> None:
+        """Bind the node-to-node port, claim the node's name (state ``starting``), and merge
+        this node's metadata with the cluster's (``admin``: the node's admin.Admin;
+        ``after_change()``: run what applied changes made due)."""
+        await self.link.start()
+        try:
+            await self.member.join({"cluster": {"host": self.config.listen.host,
+                                                "port": self.link.port}})
+            self.metadata = MetadataSync(lambda: self.member.etcd, self.member.prefix, admin,
+                                         after_change, self.data_dir)
+            try:
+                await self.metadata.start()
+            except (EtcdError, EtcdUnavailable) as exc:
+                raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
+                                 f"({exc})") from None
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def running(self, **fields) -> None:
+        """The node serves clients: say so (with its listeners) to the cluster."""
+        try:
+            await self.member.set_state(RUNNING, **fields)
+        except (EtcdError, EtcdUnavailable) as exc:
+            raise StartError(f"cluster.etcd: lost etcd while starting ({exc})") from None
+        self.links.start()
+        log.info("cluster %s: node %s is running", self.name, self.node)
+
+    async def stop(self) -> None:
+        await self.links.stop()
+        if self.metadata is not None:
+            await self.metadata.stop()
+        await self.member.leave()
+        await self.link.stop()
+
+    def nodes(self):
+        return self.member.nodes()
+
+    def cluster_links(self) -> list[dict]:
+        """This node's open links to the others (RabbitMQ's ``cluster_links``)."""
+        return self.links.links()
+
+    async def forget(self, name: str) -> str:
+        return await self.member.forget(name)
