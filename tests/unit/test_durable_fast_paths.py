@@ -1,6 +1,7 @@
-"""The shortcuts the durable path takes per message give the answers of the general code: a
-message record built in two pieces is the record the reader parses, and delivery_mode read
-directly from a common header is what the property walk finds."""
+"""The shortcuts the message path takes per message give the answers of the general code: a
+message record built in two pieces is the record the reader parses, delivery_mode read directly
+from a common header is what the property walk finds, and a delivery written in one list
+extension is the frames the general writer makes."""
 import os
 
 import pytest
@@ -8,7 +9,8 @@ from pamqp import commands as C
 from pamqp import header as pamqp_header
 
 from amqpd.store import records
-from amqpd.wire import properties
+from amqpd.wire import fastpath, properties
+from amqpd.wire.framing import FrameReader
 
 
 @pytest.mark.parametrize("route_len,header_len,body_len", [
@@ -47,3 +49,18 @@ def test_delivery_mode_read_directly_agrees_with_the_property_walk(props):
     header = pamqp_header.ContentHeader(0, 10, C.Basic.Properties(**props)).marshal()
     assert properties.delivery_mode(header) == (properties.peek(
         header, properties.DELIVERY_MODE) or 1) == props.get("delivery_mode", 1)
+
+
+@pytest.mark.parametrize("body_len", [0, 1, 1024, 4088, 4089, 10000])
+def test_a_delivery_is_the_frames_of_the_general_writer(body_len):
+    body = os.urandom(body_len)
+    route, header, ctag = b"\x02ex\x03key", b"\x00\x3c\x00\x00" + bytes(8) + b"\x10\x00\x02", b"\x01c"
+    out = []
+    fastpath.write_deliver(out, 5, ctag, 99, True, route, header, body, 4096)
+    frames = FrameReader(0).feed(b"".join(out) + b"\x08\x00\x00\x00\x00\x00\x00\xce")
+    method = fastpath.pack_method_head(1, 5, 13 + len(ctag) + len(route), 60, 60)[7:]
+    assert frames[0] == (1, 5, method + ctag + (99).to_bytes(8, "big") + b"\x01" + route)
+    assert frames[1] == (2, 5, header)
+    pieces = [payload for ftype, _ch, payload in frames[2:-1]]
+    assert all(ftype == 3 for ftype, _ch, _p in frames[2:-1])
+    assert b"".join(pieces) == body and all(len(p) <= 4096 - 8 for p in pieces)
