@@ -202,6 +202,13 @@ class Commit:
             fd = self.journal.sync_target()
             if fd is not None:
                 fds.append(fd)
+        if not (fds or dirs or trash or logs or self.jobs):
+            # Nothing to make durable (only transient messages paged out were written, or a
+            # log was deleted meanwhile) and no job runs: no round trip to an fsync thread.
+            self.synced_gen = self.gen
+            self._writes_succeed(self.gen)
+            self._notify()
+            return None
         job = SyncJob(self.gen, fds, dirs, logs, trash)
         self.jobs.append(job)
         return job
