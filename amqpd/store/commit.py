@@ -25,7 +25,7 @@ Waiters (channels with confirms outstanding, connections with held output) regis
 ``wait()`` and are called back: ``flush_confirms()`` when generations become durable,
 ``nack_generations(lo, hi)`` when a write or an fsync fails (generations lo < gen <= hi): those
 publishes are nacked, never confirmed. Sans-IO as far as scheduling goes: the edge decides
-where ``sync`` runs (its worker thread; the loop thread for ``always``)."""
+where ``sync`` runs (its fsync threads; the loop thread for ``always``)."""
 import logging
 from collections import deque
 
@@ -224,7 +224,7 @@ class Commit:
         return False
 
     def sync(self, job: SyncJob) -> None:
-        """Runs on the fsync worker thread (or inline). Files first, then the directories that
+        """Runs on an fsync worker thread (or inline). Files first, then the directories that
         name new ones. Every descriptor is closed; the first error is raised."""
         io = self.io
         error = None
