@@ -328,6 +328,17 @@ class Channel:
     # -- acknowledgements ---------------------------------------------------------------------
     def on_ack(self, payload: bytes, method_id: int) -> None:
         tag, bits = fastpath.decode_ack(payload)
+        if method_id == fastpath.ACK and not bits & 1 and self.tx is None \
+                and not self.global_prefetch:
+            # the common case, one basic.ack per message: no lists, no loop
+            record = self.unacked.pop(tag, None)
+            if record is None:
+                raise errors.PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+            queue, entry, consumer = record
+            if consumer is not None:
+                self._consumer_settled(queue, consumer)
+            queue.settle(entry)
+            return
         if method_id == fastpath.ACK:
             multiple, requeue, settle = bits & 1, False, True
         elif method_id == fastpath.NACK:
@@ -382,16 +393,19 @@ class Channel:
         unacked = self.unacked
         return [unacked.pop(t) for t in self._tags(tag, True, method_id)]
 
+    def _consumer_settled(self, queue, consumer: Consumer) -> None:
+        """One of ``consumer``'s deliveries was settled: it has credit again."""
+        consumer.unacked -= 1
+        self.conn.broker.schedule(queue)
+        if queue.sac_waiting is consumer and not consumer.unacked:
+            queue.sac_waiting = None      # the next single active consumer may start
+
     def _settle(self, records: list, ack: bool, requeue: bool) -> None:
         if not ack:
             self.counts.not_acked += len(records)     # so acks need no counting (stats.py)
-        schedule = self.conn.broker.schedule
         for queue, entry, consumer in records:
             if consumer is not None:
-                consumer.unacked -= 1
-                schedule(queue)
-                if queue.sac_waiting is consumer and not consumer.unacked:
-                    queue.sac_waiting = None      # the next single active consumer may start
+                self._consumer_settled(queue, consumer)
             if requeue and not queue.deleted:
                 queue.requeue(entry)
             elif ack or queue.deleted:
@@ -399,6 +413,7 @@ class Channel:
             else:
                 queue.reject(entry)       # dead-lettered when the queue has a DLX
         if self.global_prefetch:
+            schedule = self.conn.broker.schedule
             for c in self.consumers.values():
                 schedule(c.queue)
 

@@ -1,5 +1,5 @@
 """The listeners and what runs on the event loop for every connection at once: one write per
-dirty connection per turn, the resource-alarm timer, and the fsync worker thread the commit
+dirty connection per turn, the resource-alarm timer, and the fsync worker threads the commit
 path (store/commit.py) hands its jobs to. The node (node.py) composes it with the broker."""
 import asyncio
 import logging

@@ -25,7 +25,7 @@ Waiters (channels with confirms outstanding, connections with held output) regis
 ``wait()`` and are called back: ``flush_confirms()`` when generations become durable,
 ``nack_generations(lo, hi)`` when a write or an fsync fails (generations lo < gen <= hi): those
 publishes are nacked, never confirmed. Sans-IO as far as scheduling goes: the edge decides
-where ``sync`` runs (its worker thread; the loop thread for ``always``)."""
+where ``sync`` runs (its fsync threads; the loop thread for ``always``)."""
 import logging
 from collections import deque
 
@@ -202,6 +202,13 @@ class Commit:
             fd = self.journal.sync_target()
             if fd is not None:
                 fds.append(fd)
+        if not (fds or dirs or trash or logs or self.jobs):
+            # Nothing to make durable (only transient messages paged out were written, or a
+            # log was deleted meanwhile) and no job runs: no round trip to an fsync thread.
+            self.synced_gen = self.gen
+            self._writes_succeed(self.gen)
+            self._notify()
+            return None
         job = SyncJob(self.gen, fds, dirs, logs, trash)
         self.jobs.append(job)
         return job
@@ -217,7 +224,7 @@ class Commit:
         return False
 
     def sync(self, job: SyncJob) -> None:
-        """Runs on the fsync worker thread (or inline). Files first, then the directories that
+        """Runs on an fsync worker thread (or inline). Files first, then the directories that
         name new ones. Every descriptor is closed; the first error is raised."""
         io = self.io
         error = None

@@ -28,6 +28,8 @@ COMPACT_LIMIT = 4096     # live messages one compaction may copy (it runs on the
 _APPEND = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 ROLL = None          # in ``pending``: the records after it go to the next segment
 _settled = records.marker
+_message = records.message_parts
+_MARKER_SIZE = len(records.marker(records.SETTLED, 0))
 _SETTLED, _DELIVERED = records.SETTLED, records.DELIVERED
 
 
@@ -314,29 +316,32 @@ class QueueLog:
         """Buffer a message record; returns the segment it lands in."""
         if self.active_size == 0:
             self._open_segment()
-        rec = records.message(seq, route, header, body, self.seed)
-        if self.active_size + len(rec) > self.segment_size and self.active_size > self.base_size:
+        magic_crc, rest = _message(seq, route, header, body, self.seed)
+        size = 6 + len(rest)
+        if self.active_size + size > self.segment_size and self.active_size > self.base_size:
             self._roll()
-            rec = records.message(seq, route, header, body, self.seed)
+            magic_crc, rest = _message(seq, route, header, body, self.seed)
         self.last_offset = offset = self.active_size   # where it lands (a paged message's place)
         ix = self.index
         ix.seqs.append(seq)
         ix.offs.append(offset << 1)
-        self.pending.append(rec)
-        self.active_size += len(rec)
+        pending = self.pending
+        pending.append(magic_crc)
+        pending.append(rest)
+        self.active_size = offset + size
         self.high = seq
-        self.live[self.active] = self.live.get(self.active, 0) + 1
-        return self.active
+        live, active = self.live, self.active
+        live[active] = live.get(active, 0) + 1
+        return active
 
     def settle(self, seq: int, segment: int) -> None:
         if self.active_size == 0:
             self._open_segment()
-        rec = _settled(_SETTLED, seq, self.seed)
+        self.pending.append(_settled(_SETTLED, seq, self.seed))
         self.index.settled.append(seq)
-        self.pending.append(rec)
-        self.active_size += len(rec)
-        n = self.live[segment] - 1
-        self.live[segment] = n
+        self.active_size += _MARKER_SIZE
+        live = self.live
+        n = live[segment] = live[segment] - 1
         if n == 0 and segment != self.active:
             self._drop_settled_prefix()
 
@@ -351,10 +356,9 @@ class QueueLog:
     def delivered(self, seq: int) -> None:
         if self.active_size == 0:
             self._open_segment()
-        rec = _settled(_DELIVERED, seq, self.seed)
+        self.pending.append(_settled(_DELIVERED, seq, self.seed))
         self.index.delivered.append(seq)
-        self.pending.append(rec)
-        self.active_size += len(rec)
+        self.active_size += _MARKER_SIZE
 
     def expiry(self, seq: int, at_ms: int) -> None:
         if self.active_size == 0:

@@ -45,6 +45,9 @@ _u64 = struct.Struct(">Q")
 _len_marker = struct.Struct(">IBQ")      # length, type, seq: a marker's CRC'd bytes
 _len_msg_head = struct.Struct(">IBQH")   # length, type, seq, route_len
 HEAD_SIZE = _head.size
+_MSG_FIXED = _msg_head.size + 4          # type, seq, route_len + header_len
+_magic_crc = struct.Struct(">HI").pack
+_MAGIC16 = int.from_bytes(MAGIC, "big")
 MAX_RECORD = 1 << 31
 
 
@@ -62,18 +65,24 @@ def seed_of(salt: bytes) -> int:
 
 
 def message(seq: int, route: bytes, header: bytes, body: bytes, seed: int = 0) -> bytes:
-    # the same bytes as _frame([...]), built with fewer steps: this runs once per persistent
-    # message
-    rest = _u32.pack(len(header)) + header + body
-    head = _len_msg_head.pack(_msg_head.size + len(route) + len(rest), MESSAGE, seq, len(route))
-    crc = _crc32(rest, _crc32(route, _crc32(head, seed)))
-    return b"".join((MAGIC, _u32.pack(crc), head, route, rest))
+    magic_crc, rest = message_parts(seq, route, header, body, seed)
+    return magic_crc + rest
+
+
+def message_parts(seq: int, route: bytes, header: bytes, body: bytes, seed: int = 0):
+    """A message record in two pieces, (magic + crc, the rest): the same bytes as
+    _frame([...]), built with one copy of the body and one crc call. It runs once per
+    persistent message; the log joins the pieces when it writes."""
+    rl = len(route)
+    rest = b"".join((_len_msg_head.pack(_MSG_FIXED + rl + len(header) + len(body), MESSAGE, seq,
+                                        rl), route, _u32.pack(len(header)), header, body))
+    return _magic_crc(_MAGIC16, _crc32(rest, seed)), rest
 
 
 def marker(kind: int, seq: int, seed: int = 0) -> bytes:
     # once or twice per persistent message (DELIVERED, SETTLED): one pack, one crc
     body = _len_marker.pack(_marker.size, kind, seq)
-    return MAGIC + _u32.pack(_crc32(body, seed)) + body
+    return _magic_crc(_MAGIC16, _crc32(body, seed)) + body
 
 
 def expiry(seq: int, at_ms: int, seed: int = 0) -> bytes:

@@ -24,6 +24,8 @@ _header_peek = struct.Struct(">HHQ")
 
 pack_method_head = _method_head.pack
 pack_frame_head = _frame_head.pack
+# a frame's end octet followed by the next frame's head (type, channel, size): one pack
+_pack_end_head = struct.Struct(">BBHI").pack
 
 BASIC = 60
 PUBLISH, RETURN, DELIVER, GET_OK, ACK, REJECT, NACK = 40, 50, 60, 71, 80, 90, 120
@@ -103,6 +105,14 @@ def _content(out: list, channel: int, header: bytes, body: bytes, frame_max: int
 def write_deliver(out: list, channel: int, ctag: bytes, delivery_tag: int, redelivered: bool,
                   route: bytes, header: bytes, body: bytes, frame_max: int) -> None:
     """Basic.Deliver + content. ``ctag`` is the consumer tag already encoded as a shortstr."""
+    size = len(body)
+    if 0 < size <= frame_max - 8:       # the common case, per delivery: one list extension
+        out += (pack_method_head(FRAME_METHOD, channel, 13 + len(ctag) + len(route), BASIC,
+                                 DELIVER),
+                ctag, _deliver_tail.pack(delivery_tag, redelivered), route,
+                _pack_end_head(0xCE, FRAME_HEADER, channel, len(header)), header,
+                _pack_end_head(0xCE, FRAME_BODY, channel, size), body, FRAME_END_BYTE)
+        return
     out.append(pack_method_head(FRAME_METHOD, channel, 13 + len(ctag) + len(route), BASIC, DELIVER))
     out.append(ctag)
     out.append(_deliver_tail.pack(delivery_tag, redelivered))

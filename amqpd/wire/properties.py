@@ -196,6 +196,10 @@ def peek(header: bytes, flag: int):
 
 
 def delivery_mode(header: bytes) -> int:
+    # Per message routed to a durable queue. The common block: delivery_mode and nothing
+    # before it (content type, encoding, headers) — its octet is the first property.
+    if header[12] & 0xF0 == 0x10 and not header[13] & CONTINUED and len(header) > 14:
+        return header[14] or 1
     return peek(header, DELIVERY_MODE) or 1
 
 

@@ -4,6 +4,7 @@ that would write segment summaries waits for the running one; a failure nacks wh
 earlier or the later job held. The test plays the edge with plain calls: a real store in a
 temporary directory, a real connection core, no sockets, a clock that stands still."""
 import errno
+import os
 
 from pamqp import commands as C
 
@@ -160,5 +161,46 @@ def test_a_failed_second_job_does_not_hold_back_the_first(tmp_path):
         second.fds = []
         commit.finish(second, OSError(errno.EIO, "Input/output error"))
         assert nacks(c) == [(2, False)]
+    finally:
+        store.close()
+
+
+def test_a_generation_with_nothing_to_make_durable_needs_no_job(tmp_path):
+    """Only transient messages paged out were written (never fsynced): the generation counts
+    as durable at once, without a round trip to an fsync thread."""
+    store = Store(str(tmp_path / "data"))
+    commit = store.commit
+    try:
+        scratch = store.scratch_log()
+        scratch.append_message(1, ROUTE, HEADER, b"transient")
+        commit.mark_dirty(scratch)
+        assert commit.write_pending() is True
+        assert commit.begin_sync() is None
+        assert commit.synced_gen == commit.gen == 1 and not commit.behind and not commit.jobs
+        assert os.path.getsize(scratch._segment_path(scratch.active)) > 0     # written
+    finally:
+        store.close()
+
+
+def test_with_a_job_running_an_empty_generation_waits_for_it(tmp_path):
+    store = Store(str(tmp_path / "data"))
+    commit = store.commit
+    try:
+        qlog = store.queue_log("/", "q")
+        qlog.append_message(1, ROUTE, HEADER, b"x")
+        commit.mark_dirty(qlog)
+        commit.write_pending()
+        first = commit.begin_sync()
+        scratch = store.scratch_log()
+        scratch.append_message(1, ROUTE, HEADER, b"transient")
+        commit.mark_dirty(scratch)
+        commit.write_pending()
+        second = commit.begin_sync()            # an empty job, in order behind the first
+        assert second is not None and second.fds == [] and commit.synced_gen == 0
+        commit.sync(first)
+        commit.finish(first)
+        commit.sync(second)
+        commit.finish(second)
+        assert commit.synced_gen == commit.gen == 2
     finally:
         store.close()
