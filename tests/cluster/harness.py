@@ -165,10 +165,16 @@ def etcd_members(directory: str, count: int = 3) -> list[EtcdServer]:
     ports = {f"etcd{i}": free_port() for i in range(count)}
     peers = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     members = [EtcdServer(directory, name, port, peers) for name, port in ports.items()]
-    for member in members:
-        member.start(wait=False)
-    for member in members:
-        wait_until(member._ready, 20, f"etcd member {member.args[2]} to accept requests")
+    try:
+        for member in members:
+            member.start(wait=False)
+        for member in members:
+            wait_until(member._ready, 30, f"etcd member {member.args[2]} to accept requests")
+    except BaseException:
+        for member in members:          # none is left behind when the etcd cannot form
+            if member.proc is not None:
+                member.kill()
+        raise
     return members
 
 
