@@ -87,7 +87,7 @@ def overview_json(ctx, user) -> dict:
         "product_version": __version__,
         "product_name": "amqpd",
         "rabbitmq_version": RABBITMQ_VERSION,
-        "cluster_name": ctx.node_name,
+        "cluster_name": _cluster_name(ctx),
         "erlang_version": "n/a",
         "erlang_full_version": "n/a (amqpd is written in Python)",
         "release_series_support_status": "supported",
@@ -102,7 +102,7 @@ def overview_json(ctx, user) -> dict:
                           "consumers": consumers, "exchanges": exchanges, "queues": queues},
         "statistics_db_event_queue": 0,
         "node": ctx.node_name,
-        "listeners": listeners,
+        "listeners": listeners + cluster_listeners(ctx),
         "contexts": [{"node": ctx.node_name, "description": "amqpd management",
                       "path": "/", "port": str(getattr(ctx, "http_port", "") or ""),
                       "cowboy_opts": "[]", "ssl_opts": []}],
@@ -265,3 +265,20 @@ def routes(ctx):
         web.get("/api/exchanges/{vhost}", exchanges),
         web.get("/api/exchanges/{vhost}/{name}", exchange),
     ]
+
+
+def _cluster_name(ctx) -> str:
+    """The cluster's name (cluster.name) in a cluster, else this node's, as RabbitMQ shows a
+    single node's."""
+    cluster = getattr(ctx, "cluster", None)
+    return cluster.name if cluster is not None else ctx.node_name
+
+
+def cluster_listeners(ctx) -> list[dict]:
+    """The other running nodes' listeners, as the overview lists this node's (RabbitMQ's
+    overview lists every node's)."""
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is None:
+        return []
+    return [dict(lst, node=name) for name, running, record in cluster.nodes()
+            if running and name != ctx.node_name for lst in record.get("listeners", ())]

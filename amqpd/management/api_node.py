@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..admin import AdminError
 from ..edge import resources
-from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION, _churn
+from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION, _churn, cluster_listeners  # noqa: F401
 from .auth import bad_request, check_vhost, endpoint, error, not_found
 from .body import after_change, durable, no_content, read_json
 from .listing import json_response
@@ -186,16 +186,6 @@ async def cluster_name(request):
     ctx = request["ctx"]
     cluster = getattr(ctx, "cluster", None)
     return json_response({"name": cluster.name if cluster is not None else ctx.node_name})
-
-
-def cluster_listeners(ctx) -> list[dict]:
-    """The other running nodes' listeners, as the overview lists this node's (RabbitMQ's
-    overview lists every node's)."""
-    cluster = getattr(ctx, "cluster", None)
-    if cluster is None:
-        return []
-    return [dict(lst, node=name) for name, running, record in cluster.nodes()
-            if running and name != ctx.node_name for lst in record.get("listeners", ())]
 
 
 # -- health -------------------------------------------------------------------------------------
