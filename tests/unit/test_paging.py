@@ -87,6 +87,18 @@ def in_ram(q) -> int:
     return len(q.ready) + len(q.ready.back)
 
 
+def record_segment_reads(node, monkeypatch) -> list:
+    """The names of the segment files the store reads whole from now on (recovery scans)."""
+    read = []
+    real_read = node.store.io.read
+
+    def spy(path):
+        read.append(os.path.basename(path))
+        return real_read(path)
+    monkeypatch.setattr(type(node.store.io), "read", staticmethod(spy), raising=False)
+    return read
+
+
 @pytest.mark.parametrize("n", [3, 4, 5, 9, 40])
 def test_window_bound_by_count(tmp_path, n):
     node = Node(tmp_path, window=4)
@@ -364,13 +376,7 @@ def test_sealed_segments_get_summaries_and_a_restart_reads_only_those(tmp_path, 
     segs = sorted(n for n in os.listdir(qdir) if n.endswith(".seg"))
     idx = sorted(n for n in os.listdir(qdir) if n.endswith(".idx"))
     assert len(segs) > 5 and len(idx) == len(segs) - 1   # all but the active one
-    read = []
-    real_read = node.store.io.read
-
-    def spy(path):
-        read.append(os.path.basename(path))
-        return real_read(path)
-    monkeypatch.setattr(type(node.store.io), "read", staticmethod(spy), raising=False)
+    read = record_segment_reads(node, monkeypatch)
     node.crash()
     assert read == [segs[-1]]                          # only the active segment is scanned
     got = node.drain()

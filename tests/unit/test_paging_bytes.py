@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from amqpd.store import segment_index
-from tests.unit.test_paging import Node, bodies, in_ram
+from tests.unit.test_paging import Node, bodies, in_ram, record_segment_reads
 
 
 @pytest.mark.parametrize("how", ["restart", "crash"])
@@ -26,13 +26,7 @@ def test_the_byte_count_comes_back_from_the_summaries(tmp_path, how, monkeypatch
     assert q.ready_bytes == 295 * 100
     qdir = q.log.path
     segs = sorted(n for n in os.listdir(qdir) if n.endswith(".seg"))
-    read = []
-    real_read = node.store.io.read
-
-    def spy(path):
-        read.append(os.path.basename(path))
-        return real_read(path)
-    monkeypatch.setattr(type(node.store.io), "read", staticmethod(spy), raising=False)
+    read = record_segment_reads(node, monkeypatch)
     getattr(node, how)()
     q = node.q
     assert read == [segs[-1]]                    # only the active segment is scanned
