@@ -39,6 +39,14 @@ def publish_and_write(c, store, body: bytes):
     store.commit.write_pending()
 
 
+def two_jobs(c, store):
+    """Publishes "one" and "two", each written and handed to its own fsync job, in order."""
+    publish_and_write(c, store, b"one")
+    first = store.commit.begin_sync()
+    publish_and_write(c, store, b"two")
+    return first, store.commit.begin_sync()
+
+
 def acks(c) -> list:
     return [(f.delivery_tag, f.multiple) for _, f in c.methods() if isinstance(f, C.Basic.Ack)]
 
@@ -73,10 +81,7 @@ def test_a_job_that_ends_first_waits_for_the_earlier_one(tmp_path):
     c, store = confirming_client(tmp_path)
     commit = store.commit
     try:
-        publish_and_write(c, store, b"one")
-        first = commit.begin_sync()
-        publish_and_write(c, store, b"two")
-        second = commit.begin_sync()
+        first, second = two_jobs(c, store)
         commit.sync(second)
         commit.finish(second)                   # the later job ends first: nothing confirmed
         assert acks(c) == []
@@ -125,10 +130,7 @@ def test_a_failed_first_job_nacks_what_the_second_covered_too(tmp_path):
     c, store = confirming_client(tmp_path)
     commit = store.commit
     try:
-        publish_and_write(c, store, b"one")
-        first = commit.begin_sync()
-        publish_and_write(c, store, b"two")
-        second = commit.begin_sync()
+        first, second = two_jobs(c, store)
         commit.sync(second)
         commit.finish(second)
         for fd in first.fds:
@@ -149,10 +151,7 @@ def test_a_failed_second_job_does_not_hold_back_the_first(tmp_path):
     c, store = confirming_client(tmp_path)
     commit = store.commit
     try:
-        publish_and_write(c, store, b"one")
-        first = commit.begin_sync()
-        publish_and_write(c, store, b"two")
-        second = commit.begin_sync()
+        first, second = two_jobs(c, store)
         commit.sync(first)
         commit.finish(first)
         assert acks(c) == [(1, False)]
