@@ -42,6 +42,7 @@ log = logging.getLogger("amqpd.cluster")
 KINDS = ("vhosts", "users", "permissions", "policies", "operator_policies", "exchanges",
          "queues", "bindings")
 INTERVAL = 0.5
+STOP_TIMEOUT = 3.0        # seconds a stopping node waits for its metadata sync to end
 STATE_FILE = "cluster-metadata.json"
 
 
@@ -135,6 +136,7 @@ class MetadataSync:
         self._fingerprint = None              # fingerprint has not changed
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     @property
     def etcd(self):
@@ -151,11 +153,16 @@ class MetadataSync:
     async def stop(self) -> None:
         if self._task is not None:
             task, self._task = self._task, None
+            # Python 3.11's wait_for can swallow a cancel that arrives as the wake event is
+            # set: the rounds also end on the flag, and stopping never waits unbounded
+            self._stopping = True
+            self._wake.set()
             task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not done:
+                log.warning("cluster: the metadata sync did not stop within %s s", STOP_TIMEOUT)
+            elif not task.cancelled() and task.exception() is not None:
+                log.warning("cluster: the metadata sync ended with %r", task.exception())
         self._save_agreed()                   # if the journal is on disk by now
 
     async def _load(self) -> None:
@@ -175,12 +182,14 @@ class MetadataSync:
                 pass
 
     async def _rounds(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), INTERVAL)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.sync()
             except (EtcdError, EtcdUnavailable) as exc:
