@@ -10,7 +10,7 @@ from ..broker.arguments import check_expiration
 from ..broker import sender_selected
 from ..broker.consumer import Consumer
 from ..broker.message import Message
-from ..broker.publish import REJECTED, STORED, UNROUTABLE
+from ..broker.publish import REJECTED, STORED, UNROUTABLE, Ticket
 from ..broker.stats import ChannelStats, Counts, PublishRun, retire_channel, retire_consumer
 from ..wire import fastpath, properties
 from ..wire.tables import text
@@ -49,6 +49,7 @@ class Channel:
         self.confirmed = 0               # highest sequence confirmed so far
         self.pending_sync: deque = deque()  # (publish seq, store generation) awaiting fsync
         self.nacks: deque = deque()      # publish seqs a queue refused (x-overflow)
+        self.pending_tickets: deque = deque()  # (publish seq, Ticket): decided elsewhere
         self.tx = None                   # list of deferred actions while in tx mode
         self.tx_held = 0                 # unacked records held by uncommitted tx acks
         self.last_queue = ""             # "" in queue methods means the last declared queue
@@ -195,7 +196,17 @@ class Channel:
                 self.pending_sync.append((self.publish_seq, self.conn.broker.commit.next_gen))
             elif verdict is REJECTED:
                 self.nacks.append(self.publish_seq)
+            elif isinstance(verdict, Ticket):
+                self._await_ticket(verdict)
             self.conn.confirm_due(self)
+
+    def _await_ticket(self, ticket: Ticket) -> None:
+        """A publish whose confirm another node decides (clustering): held until its ticket
+        is done, and until this node's fsync too when a local durable queue logged it."""
+        seq = self.publish_seq
+        if ticket.stored:
+            self.pending_sync.append((seq, self.conn.broker.commit.next_gen))
+        self.pending_tickets.append((seq, ticket))
 
     def _check_properties(self, msg: Message) -> None:
         """A property block no client could decode (a headers table with an unknown field type,
@@ -254,12 +265,33 @@ class Channel:
             if pending:
                 upto = pending[0][0] - 1
                 commit.wait(self)
+        if self.pending_tickets:
+            upto = self._tickets_done(upto)
         if self.nacks:
             self._flush_nacks(upto)
         if upto > self.confirmed:
             multiple = upto - self.confirmed > 1
             self.confirmed = upto
             self.conn.write(fastpath.encode_ack(self.number, upto, multiple))
+
+    def _tickets_done(self, upto: int) -> int:
+        """Drop the done tickets at the head (a failed one's publish is nacked); the first
+        still open holds back its publish and everything after it."""
+        tickets = self.pending_tickets
+        while tickets and tickets[0][1].ok is not None:
+            seq, ticket = tickets.popleft()
+            if not ticket.ok:
+                self._add_nack(seq)
+        if tickets and tickets[0][0] <= upto:
+            upto = tickets[0][0] - 1
+            tickets[0][1].wait(self)
+        return upto
+
+    def _add_nack(self, seq: int) -> None:
+        if self.nacks and self.nacks[-1] > seq:
+            self.nacks = deque(sorted([*self.nacks, seq]))
+        else:
+            self.nacks.append(seq)
 
     def _flush_nacks(self, upto: int) -> None:
         """Acks up to each refused publish, then its nack (rare: x-overflow reject-publish, a

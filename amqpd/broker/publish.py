@@ -1,6 +1,12 @@
 """What became of a publish: the verdict every path that puts messages into queues reports
-(the channel, dead-lettering, the delayed exchange, and later forwarding between nodes), so
-the publisher hears the right confirm."""
+(the channel, dead-lettering, the delayed exchange, forwarding between nodes), so the
+publisher hears the right confirm.
+
+A queue whose confirm someone else decides (a queue led by another node, a replicated
+queue waiting for its in-sync replicas) answers with a ``Ticket`` instead of a
+``PublishResult``: the channel confirms that publish once the ticket is done (nacks it if
+the ticket failed). Callers that confirm nothing (dead-lettering, the delayed exchange, a
+transaction's commit) simply drop it."""
 import enum
 
 
@@ -13,3 +19,85 @@ class PublishResult(enum.IntEnum):
 
 
 ACCEPTED, STORED, REJECTED, DUPLICATE, UNROUTABLE = PublishResult
+
+
+class Ticket:
+    """A publish's confirm, decided elsewhere. ``ok`` is None while open, then True (ack)
+    or False (nack). ``stored``: a local durable queue logged the message too, so the
+    confirm also waits for this node's fsync. Whoever waits registers with ``wait(w)`` and
+    has ``w.flush_confirms()`` called once it is done."""
+    __slots__ = ("ok", "stored", "_waiters", "_parent")
+
+    def __init__(self):
+        self.ok = None
+        self.stored = False
+        self._waiters = None
+        self._parent = None
+
+    def wait(self, waiter) -> None:
+        if self.ok is not None:
+            waiter.flush_confirms()
+            return
+        if self._waiters is None:
+            self._waiters = {}
+        self._waiters[waiter] = None
+
+    def resolve(self, ok: bool = True) -> None:
+        """Done (once; later calls are ignored): every waiter hears it."""
+        if self.ok is not None:
+            return
+        self.ok = bool(ok)
+        waiters, self._waiters = self._waiters, None
+        if self._parent is not None:
+            self._parent.child_done(self)
+        for waiter in waiters or ():
+            waiter.flush_confirms()
+
+    @classmethod
+    def all(cls, tickets: list) -> "Ticket":
+        """One ticket for several: ok once all are, failed as soon as one fails."""
+        if len(tickets) == 1:
+            return tickets[0]
+        parent = AllTickets(tickets)
+        for t in tickets:
+            if t.ok is None:
+                t._parent = parent
+        parent.check()
+        return parent
+
+
+class AllTickets(Ticket):
+    __slots__ = ("open",)
+
+    def __init__(self, tickets: list):
+        super().__init__()
+        self.open = tickets
+
+    def child_done(self, _child) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if any(t.ok is False for t in self.open):
+            self.resolve(False)
+        elif all(t.ok for t in self.open):
+            self.resolve(True)
+
+
+def merge(a, b):
+    """The verdict of a publish that reached two queues (``a`` so far, ``b`` the next):
+    REJECTED wins, then a ticket (which remembers a STORED), then STORED, then ACCEPTED;
+    DUPLICATE only when every queue had it. ``a`` is None before the first queue."""
+    if a is REJECTED or b is REJECTED:
+        return REJECTED
+    ta, tb = isinstance(a, Ticket), isinstance(b, Ticket)
+    if ta or tb:
+        ticket = Ticket.all([a, b]) if ta and tb else (a if ta else b)
+        other = b if ta and not tb else a if tb and not ta else None
+        if other is STORED or (ta and a.stored) or (tb and b.stored):
+            ticket.stored = True
+        return ticket
+    if a is STORED or b is STORED:
+        return STORED
+    if a is ACCEPTED or b is ACCEPTED:
+        return ACCEPTED
+    return DUPLICATE

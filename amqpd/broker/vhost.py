@@ -7,7 +7,7 @@ from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
 from .message import with_routing_key
-from .publish import ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult
+from .publish import ACCEPTED, UNROUTABLE, PublishResult, merge
 from .queue import Queue
 from .policy import PolicySet
 from .queue_policy import refresh_exchange, refresh_queue
@@ -264,8 +264,8 @@ class VHost:
         """The one way a message enters queues: a client's publish, a tx commit, dead-lettering
         and the delayed exchange's release all come here. Route, enqueue everywhere it routes
         (``allow(queue)`` may veto a queue: dead-letter cycles), and say what the publisher
-        must hear: REJECTED wins over STORED, which wins over ACCEPTED; DUPLICATE when every
-        queue it reached already had it; UNROUTABLE when no queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
+        must hear (publish.merge): REJECTED wins over a Ticket, over STORED, over ACCEPTED;
+        DUPLICATE when every queue it reached already had it; UNROUTABLE when no queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
         if take_aside and ex.delays_messages:
             held = ex.take_aside(message)
             if held is not None:
@@ -288,16 +288,7 @@ class VHost:
                 q.counts.not_published += q.next_seq - before
             else:
                 verdict = q.enqueue(message)
-            if verdict is REJECTED:
-                result = REJECTED
-            elif verdict is STORED:
-                if result is not REJECTED:
-                    result = STORED
-            elif verdict is ACCEPTED:
-                if result is None or result is DUPLICATE:
-                    result = ACCEPTED
-            elif result is None:
-                result = DUPLICATE
+            result = merge(result, verdict)
         return ACCEPTED if result is None else result
 
     # -- routing ------------------------------------------------------------------------------

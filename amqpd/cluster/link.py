@@ -23,9 +23,34 @@ log = logging.getLogger("amqpd.cluster")
 GREETING_TIMEOUT = 5.0
 
 
-def greeting(cluster: str, node: str) -> bytes:
-    return json.dumps({"cluster": cluster, "node": node, "version": __version__},
-                      separators=(",", ":")).encode() + b"\n"
+def greeting(cluster: str, node: str, role: str | None = None) -> bytes:
+    hello = {"cluster": cluster, "node": node, "version": __version__}
+    if role is not None:
+        hello["role"] = role
+    return json.dumps(hello, separators=(",", ":")).encode() + b"\n"
+
+
+async def connect(config, host: str, port: int, peer: str, role: str):
+    """A connection to node ``peer`` at host:port for ``role`` (a protocol registered with
+    that node's ``LinkListener.handlers``), greeted both ways: (reader, writer). OSError
+    when the peer cannot be reached or is not that node of this cluster."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                            GREETING_TIMEOUT)
+    try:
+        writer.write(greeting(config.name, config.node, role))
+        line = await asyncio.wait_for(reader.readline(), GREETING_TIMEOUT)
+        try:
+            hello = json.loads(line) if line else {}
+        except ValueError:
+            hello = {}
+        if not isinstance(hello, dict) or hello.get("cluster") != config.name \
+                or hello.get("node") != peer:
+            raise ConnectionError(f"{host}:{port} is not node {peer} of cluster "
+                                  f"{config.name} (it said {line[:200]!r})")
+    except BaseException:
+        writer.close()
+        raise
+    return reader, writer
 
 
 class LinkListener:
@@ -34,6 +59,9 @@ class LinkListener:
         self.server: asyncio.AbstractServer | None = None
         self.port: int | None = None
         self._peers: set[asyncio.StreamWriter] = set()
+        # role -> ``async handler(peer node, reader, writer)``, which owns the connection
+        # until it returns (a greeting without a role is an idle link: Links below)
+        self.handlers: dict = {}
 
     async def start(self) -> None:
         listen = self.config.listen
@@ -61,9 +89,13 @@ class LinkListener:
                 writer.write(json.dumps({"error": f"this is node {self.config.node} of "
                                          f"cluster {self.config.name}"}).encode() + b"\n")
                 return
-            while await reader.read(65536):     # nothing is spoken after the greeting yet
+            handler = self.handlers.get(peer.get("role"))
+            if handler is not None:
+                await handler(str(peer.get("node")), reader, writer)
+                return
+            while await reader.read(65536):     # an idle link: nothing after the greeting
                 pass
-        except (asyncio.TimeoutError, OSError):
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError):
             pass
         finally:
             self._peers.discard(writer)
