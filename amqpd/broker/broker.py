@@ -45,6 +45,10 @@ class Broker:
         # RAM (false); the edge clears it while memory use is below the paging threshold
         # (resources.memory_high_watermark_paging_ratio), so without an edge it holds
         self.page_transient = True
+        # what a declared or recovered queue is made as: ``Queue``, or in a cluster what
+        # the node's placement says (a queue led elsewhere, a replicated one)
+        from .queue import Queue
+        self.queue_factory = Queue
 
     def schedule(self, queue) -> None:
         """Dispatch is deferred to the end of the current batch of frames, so a read holding
@@ -228,7 +232,8 @@ class Broker:
             if cls.delays_messages:
                 vhost.attach_log(ex)
         elif op == "queue":
-            q = Queue(vhost, d["name"], True, None, d["auto_delete"], decode_args(d["args"]))
+            q = self.queue_factory(vhost, d["name"], True, None, d["auto_delete"],
+                                   decode_args(d["args"]))
             vhost.queues[d["name"]] = q
             queue_policy.refresh_queue(q)
             vhost.attach_log(q)

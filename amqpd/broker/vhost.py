@@ -140,7 +140,8 @@ class VHost:
             raise errors.PreconditionFailed(
                 f"cannot declare queue '{name}' in vhost '{self.name}': queue limit in vhost "
                 f"'{self.name}' ({limit}) is reached")
-        q = Queue(self, name, durable, owner if exclusive else None, auto_delete, arguments)
+        q = self.broker.queue_factory(self, name, durable, owner if exclusive else None,
+                                      auto_delete, arguments)
         refresh_queue(q)
         if exclusive:
             owner.exclusive_queues.add(q)

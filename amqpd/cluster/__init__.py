@@ -4,7 +4,9 @@ cluster of that name through etcd. Without one, nothing here is imported.
     member.py   membership: one lease per node, node records with their state, the view
     metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
                 one etcd key each, merged both ways with this node's
-    link.py     the node-to-node listener (cluster.listen)
+    placement.py which node leads each shared queue, its replicas and in-sync set
+    link.py     the node-to-node listener (cluster.listen), link roles
+    frames.py   what links carry after the greeting
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
 
 It sits at the node level (asyncio; the node starts and stops it) and reads the broker only
@@ -19,6 +21,7 @@ from .etcd import EtcdError, EtcdUnavailable
 from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
+from .placement import KIND as PLACEMENT, Placements
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -32,6 +35,8 @@ class ClusterNode:
         self.link = LinkListener(config)
         self.member = Member(config, data_dir)
         self.links = Links(config, self.member)
+        self.placements = Placements(self.member)      # which node leads each shared queue
+        self.member.followers[PLACEMENT] = self.placements
         self.metadata = None
 
     @property

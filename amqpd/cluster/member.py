@@ -55,6 +55,15 @@ class Member:
         self.changed = asyncio.Event()        # set (and replaced) on every view change
         self._tasks: list[asyncio.Task] = []
         self._etcd_down = False
+        # other records under the prefix the watch brings: kind -> an object with
+        # ``apply(rest, value, mod revision)`` and ``reload([(rest, value, mod revision)])``
+        # (placement.py's queue placements)
+        self.followers: dict = {}
+
+    @staticmethod
+    def etcd_b64(value) -> str:
+        from .etcd import b64
+        return b64(value)
 
     def key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}/{name}"
@@ -206,12 +215,23 @@ class Member:
         kvs, self.revision = await self.etcd.get(self.prefix, prefix=True)
         self.members.clear()
         self.alive.clear()
+        followed: dict = {kind: [] for kind in self.followers}
         for kv in kvs:
-            self._apply(kv.key, kv.json())
+            kind, _, rest = kv.key[len(self.prefix):].partition("/")
+            if kind in followed:
+                followed[kind].append((rest, kv.json(), kv.mod_revision))
+            else:
+                self._apply(kv.key, kv.json())
+        for kind, items in followed.items():
+            self.followers[kind].reload(items)
         self._changed()
 
-    def _apply(self, key: str, value) -> None:
+    def _apply(self, key: str, value, revision: int = 0) -> None:
         kind, _, name = key[len(self.prefix):].partition("/")
+        follower = self.followers.get(kind)
+        if follower is not None:
+            follower.apply(name, value, revision)
+            return
         table = {"members": self.members, "nodes": self.alive}.get(kind)
         if table is None or not name or "/" in name:
             return
@@ -231,7 +251,8 @@ class Member:
             try:
                 async for revision, events in self.etcd.watch(self.prefix, self.revision + 1):
                     for ev in events:
-                        self._apply(ev.kv.key, None if ev.deleted else ev.kv.json())
+                        self._apply(ev.kv.key, None if ev.deleted else ev.kv.json(),
+                                    ev.kv.mod_revision)
                     self.revision = revision
                     self._changed()
             except (EtcdError, EtcdUnavailable):
