@@ -257,8 +257,12 @@ LISTINGS = {
         {"policy": or_empty("policy"),
          "consumer_capacity": reads("consumer_capacity", "consumer_utilisation")(
              lambda r: r.get("consumer_capacity", r.get("consumer_utilisation"))),
-         "leader": dig("node"),
-         "online": reads("state")(lambda r: r.get("state", "running") == "running"),
+         # rabbitmqctl 3.10.8: a quorum queue's leader node, its members and the members
+         # that are running ([n1,n2]); empty for a classic queue
+         "leader": or_empty("leader"),
+         "members": or_empty("members"),
+         "online": or_empty("online"),
+         "type": default("type", "classic"),
          "exclusive_consumer_tag": dig("exclusive_consumer_tag"),
          "owner_pid": dig("owner_pid_details", "name")},
         "Listing queues for vhost {vhost} ..."),

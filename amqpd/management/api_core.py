@@ -195,8 +195,8 @@ async def vhost(request):
 @endpoint("management")
 async def queues(request):
     ctx = request["ctx"]
-    now, node = ctx.now(), ctx.node_name
-    items = [model.queue_json(ctx, q, now, node)
+    now, node, view = ctx.now(), ctx.node_name, model.placement_view(ctx)
+    items = [model.queue_json(ctx, q, now, node, view)
              for v in sorted(_vhosts_of(request), key=lambda v: v.name)
              for q in sorted(v.queues.values(), key=lambda q: q.name)]
     return respond(request, items)

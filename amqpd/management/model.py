@@ -43,7 +43,45 @@ _QUEUE_CONST = {
 }
 
 
-def queue_json(ctx, q, now=None, node=None) -> dict:
+def placement_view(ctx):
+    """What a cluster node shows of each shared queue's placement: (the placement records by
+    (vhost, name), the names of the running nodes), or None on a single node. Read once per
+    listing: the records are the node's own copy (followed from etcd), nothing is asked."""
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is None:
+        return None
+    placements = getattr(cluster, "placements", None)
+    if placements is None:
+        return None
+    try:
+        running = {name for name, up, _record in cluster.nodes() if up}
+    except Exception:           # a reader never breaks on the membership view
+        running = set()
+    return placements.records, running
+
+
+def _placement_fields(out: dict, view, vhost: str, name: str) -> None:
+    """A shared queue of a cluster as RabbitMQ 3.10 shows it: ``type``, ``node`` (its leader)
+    and, for a quorum queue, ``leader``, ``members`` and ``online`` (the members whose node
+    is running). A queue without a placement record (exclusive, transient) stays as it is."""
+    rec = view[0].get((vhost, name))
+    if not isinstance(rec, dict):
+        return
+    kind = rec.get("type") or "classic"
+    out["type"] = kind
+    leader = rec.get("leader")
+    if leader:
+        out["node"] = leader
+    if kind == "quorum":
+        members = [m for m in rec.get("members") or () if isinstance(m, str)]
+        out["leader"] = leader or ""
+        out["members"] = members
+        out["online"] = [m for m in members if m in view[1]]
+
+
+def queue_json(ctx, q, now=None, node=None, view=None) -> dict:
+    """One queue as listed. ``view``: placement_view(ctx), computed once by a listing (a
+    single queue's answer computes its own)."""
     ready = q.message_count
     unacked = q.unacked
     total = ready + unacked
@@ -59,6 +97,8 @@ def queue_json(ctx, q, now=None, node=None) -> dict:
     out["name"] = q.name
     out["node"] = node or ctx.node_name
     out["vhost"] = q.vhost.name
+    if view is not None:
+        _placement_fields(out, view, out["vhost"], q.name)
     if q.arguments:
         out["arguments"] = args_out(q.arguments)
     consumers = q.consumers
@@ -90,7 +130,7 @@ def queue_json(ctx, q, now=None, node=None) -> dict:
 def queue_detail_json(ctx, q) -> dict:
     """One queue (GET /api/queues/{vhost}/{name}): the listing's fields plus its consumers
     and bindings in and out."""
-    out = queue_json(ctx, q)
+    out = queue_json(ctx, q, view=placement_view(ctx))
     out["consumer_details"] = [consumer_json(ctx, c) for c in q.consumers]
     out["deliveries"] = []
     out["incoming"] = []
