@@ -254,7 +254,8 @@ class Client(threading.Thread):
                 try:
                     self.work(conn)
                 except CONNECTION_ERRORS as exc:
-                    self.ledger.count(f"drops_{type(exc).__name__}")
+                    # the reason, shortened (a channel closed by the broker says why)
+                    self.ledger.count(f"drop {type(exc).__name__} {str(exc)[:60]}".strip())
                     self.index += 1         # the next connection goes through another node
                 finally:
                     try:
@@ -294,6 +295,7 @@ class Producer(Client):
                                  mandatory=True)
             except pe.NackError:
                 self.ledger.count("nacked")
+                self.stopping.wait(0.02)    # a leader went away: the next one is being chosen
                 continue
             except pe.UnroutableError:
                 self.ledger.count("returned")

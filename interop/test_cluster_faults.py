@@ -17,7 +17,7 @@ repeat delivery of an id that was published once carries ``redelivered=true``; d
 counted (republished / redelivered). Failover times (fault -> first confirm or delivery
 observed after the new leader's record was seen; the record is polled every 25 ms) are printed
 with p50/max and written, with everything else, to ``cluster_faults.json`` in the test's
-tmp_path (its path is printed).
+tmp_path (its path is printed), beside every node's log (``node1.log``, ...).
 
 AMQPD_FAULTS (default 10) and AMQPD_FAULT_SEED (default 15) change the run. The test needs
 replicated queues and forwarding (amqpd/cluster/replication.py and remote_queue.py) and is
@@ -28,6 +28,7 @@ every node): a check of the clients, the fault injection and the verdict, not of
 """
 import importlib.util
 import json
+import logging
 import os
 import random
 import signal
@@ -128,120 +129,68 @@ def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
         f"{'selfcheck' if selfcheck else 'quorum'} logs={tmp_path}")
     cluster = Cluster(tmp_path, name="faults", lease_ttl=LEASE_TTL)
     stop_producers, stop_consumers = threading.Event(), threading.Event()
-    clients, monitor, faults = [], None, []
+    clients, faults, failure = [], [], None
     ledger = Ledger()
+    key = f"/amqpd/{cluster.name}/placement/%2F/{urllib.parse.quote(QUEUE, safe='')}"
+    monitor = PlacementMonitor(cluster.etcd, key)
+    quiet = logging.getLogger("pika")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)        # a warning per nack otherwise
     try:
-        cluster.start(3)
-        nodes = Nodes(cluster)
-        import pika
-        conn = pika.BlockingConnection(pika.URLParameters(cluster.nodes[0].url))
-        args = {} if selfcheck else {"x-queue-type": "quorum"}
-        conn.channel().queue_declare(QUEUE, durable=True, arguments=args)
-        conn.close()
-        key = (f"/amqpd/{cluster.name}/placement/%2F/"
-               f"{urllib.parse.quote(QUEUE, safe='')}")
-        monitor = PlacementMonitor(cluster.etcd, key)
-        monitor.start()
-        if selfcheck:
-            for node in cluster.nodes:
-                wait_until(lambda: any(q["name"] == QUEUE for q in node.api("/api/queues")),
-                           10, f"the queue on {node.name}")
-        else:
-            monitor.wait_for(lambda r: len(r.get("members", ())) == 3
-                             and sorted(r.get("isr", ())) == sorted(r["members"]), 15,
-                             "the quorum queue's placement: 3 members, all in sync")
-        say(f"queue placed: {monitor.record}")
-        clients = ([Producer(f"p{i}", nodes, ledger, start, stop_producers)
-                    for i, start in enumerate(PRODUCERS)]
-                   + [Consumer(f"c{i}", nodes, ledger, start, stop_consumers)
-                      for i, start in enumerate(CONSUMERS)])
-        for c in clients:
-            c.start()
-        wait_until(lambda: len(ledger.confirmed) >= 20 and len(ledger.deliveries) >= 20, 20,
-                   "the first 20 confirms and deliveries")
-        say(f"clients running: {len(ledger.confirmed)} confirmed")
-
-        for n, kind in enumerate(plan, 1):
-            if selfcheck:
-                target = rng.choice(cluster.nodes)
-                epoch = None
-            else:
-                target = cluster[monitor.record["leader"]]
-                epoch = monitor.record["epoch"]
-            fault = {"n": n, "kind": kind, "node": target.name, "epoch": epoch}
-            nodes.mark(target.name, up=False)
-            at = time.monotonic()
-            fault["at"] = round(at - t0, 3)
-            if kind == "kill":
-                target.proc.send_signal(signal.SIGKILL)
-                target.wait(10)
-            elif kind == "pause":
-                fault["pause_s"] = round(rng.uniform(LEASE_TTL + 1.0, LEASE_TTL + 2.5), 2)
-                target.signal(signal.SIGSTOP)
-            else:
-                target.signal(signal.SIGTERM)
-            if selfcheck:
-                seen, rec = at, None
-            else:
-                seen, rec = monitor.wait_for(
-                    lambda r: r["epoch"] > epoch and r["leader"] != target.name, 15,
-                    f"a new leader after fault {n} ({kind} {target.name})")
-            fault["elected_s"] = round(seen - at, 3)
-            fault["new_leader"] = rec and rec["leader"]
-            fault["_at"], fault["_seen"] = at, seen
-            if kind == "kill":
-                target.start()
-            elif kind == "pause":
-                left = at + fault["pause_s"] - time.monotonic()
-                if left > 0:                # the pause itself: SIGCONT comes after it
-                    time.sleep(left)
-                target.signal(signal.SIGCONT)
-            else:
-                fault["exit_code"] = target.wait(15)
-                target.start()
-            nodes.mark(target.name, up=True)
-            if not selfcheck:
-                monitor.wait_for(lambda r: sorted(r.get("isr", ())) == sorted(r["members"]),
-                                 30, f"the in-sync set whole again after fault {n}")
-            fault["healed_s"] = round(time.monotonic() - at, 3)
-            faults.append(fault)
-            say(f"fault {n}: {kind} {target.name} -> leader {fault['new_leader']} seen after "
-                f"{fault['elected_s']} s, healed after {fault['healed_s']} s; "
-                f"{len(ledger.confirmed)} confirmed, {len(ledger.deliveries)} delivered")
-            before = len(ledger.confirmed)
-            wait_until(lambda: len(ledger.confirmed) > before, 20,
-                       f"a confirm after healing fault {n}")
-            time.sleep(rng.uniform(0.3, 1.0))        # under load between faults
-
-        # -- drain: producers stop, one more consumer through each node ------------------------
+        try:
+            nodes = Nodes(cluster)
+            run_faults(cluster, nodes, monitor, ledger, plan, rng, selfcheck, faults, clients,
+                       stop_producers, stop_consumers, say)
+        except AssertionError as exc:       # the verdict on what happened is still given
+            failure = exc
+            say(f"ABORTED: {exc}")
+            say("clients: " + ", ".join(f"{c.name}@{c.node}{'' if c.is_alive() else ' (ended)'}"
+                                        for c in clients)
+                + f"; placement now {monitor.record}")
+            for node in cluster.nodes:      # heal what the fault left, for the drain
+                if node.proc is None:
+                    continue
+                if node.running():
+                    node.signal(signal.SIGCONT)
+                else:
+                    node.start()
+                nodes.mark(node.name, up=True)
+        # -- drain: producers stop, one more consumer through each node -----------------------
         stop_producers.set()
         for c in clients[:len(PRODUCERS)]:
             c.join(15)
-        drainers = [Consumer(f"d{i}", nodes, ledger, i, stop_consumers)
-                    for i in range(len(cluster.nodes))]
-        for c in drainers:
-            c.start()
-        clients += drainers
-        confirmed = ledger.confirmed_ids()
-        watch = cluster.nodes if selfcheck else [cluster[monitor.record["leader"]]]
+        if cluster.nodes and all(n.running() for n in cluster.nodes) and not (
+                failure and not ledger.confirmed):
+            drainers = [Consumer(f"d{i}", nodes, ledger, i, stop_consumers)
+                        for i in range(len(cluster.nodes))]
+            for c in drainers:
+                c.start()
+            clients += drainers
+            confirmed = ledger.confirmed_ids()
+            leader = (monitor.record or {}).get("leader")
+            watch = cluster.nodes if selfcheck or leader is None else [cluster[leader]]
 
-        def drained():
-            if not confirmed <= ledger.delivered_ids():
-                return False
-            return all(n.api(f"/api/queues/%2F/{QUEUE}")["messages"] == 0 for n in watch)
-        try:
-            wait_until(drained, 30, "every confirmed message consumed and the queue empty")
-        except AssertionError as exc:
-            say(f"drain incomplete: {exc}")
+            def drained():
+                if not confirmed <= ledger.delivered_ids():
+                    return False
+                return all(n.api(f"/api/queues/%2F/{QUEUE}")["messages"] == 0 for n in watch)
+            try:
+                wait_until(drained, 15 if failure else 30,
+                           "every confirmed message consumed and the queue empty")
+            except (AssertionError, OSError) as exc:
+                say(f"drain incomplete: {exc}")
     finally:
         stop_producers.set()
         stop_consumers.set()
         for c in clients:
             c.join(10)
-        if monitor is not None:
-            monitor.stopping.set()
+        monitor.stopping.set()
+        quiet.setLevel(level)
         errors = error_lines(cluster)
         cluster.teardown()
+        for node in cluster.nodes:          # for a post-mortem: every node's log
+            (tmp_path / f"{node.name}.log").write_text(
+                "\n".join(getattr(node, "previous_lines", []) + node.lines) + "\n")
 
     # -- verdict ------------------------------------------------------------------------------
     attempts, confirmed, deliveries = ledger.snapshot()
@@ -249,7 +198,8 @@ def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
     times = failover_times([(f["_at"], f["_seen"]) for f in faults], ledger.event_times)
     for f, t in zip(faults, times):
         f["failover_s"] = None if t is None else round(t, 3)
-        del f["_at"], f["_seen"]
+        f["at_s"] = round(f.pop("_at") - t0, 3)
+        del f["_seen"]
     p50, worst = percentile(times, 50), percentile(times, 100)
     report = {"seed": seed, "mode": "selfcheck" if selfcheck else "quorum",
               "lease_ttl": LEASE_TTL, "faults": faults,
@@ -266,6 +216,9 @@ def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
     say(f"clients: {dict(ledger.counters)}; node log errors: {len(errors)}")
     say(f"report: {path}")
 
+    if failure is not None:
+        raise AssertionError(f"{failure} (after {len(faults)} faults; {verdict.summary()}; "
+                             f"{verdict.problems()}; report {path})")
     assert not [c.name for c in clients if c.error], \
         f"client bugs: {[(c.name, repr(c.error)) for c in clients if c.error]}"
     assert len(faults) == faults_wanted, f"only {len(faults)} faults of {faults_wanted}"
@@ -275,3 +228,87 @@ def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
         missing = [f["n"] for f in faults if f["failover_s"] is None]
         assert not missing, f"no confirm or delivery under the new leader after faults {missing}"
 
+
+def run_faults(cluster, nodes, monitor, ledger, plan, rng, selfcheck, faults, clients,
+               stop_producers, stop_consumers, say) -> None:
+    """Start the cluster, the queue and the clients (added to ``clients``), then inject the
+    planned faults on the queue's leader (``faults`` gets one dict each)."""
+    cluster.start(3)
+    import pika
+    conn = pika.BlockingConnection(pika.URLParameters(cluster.nodes[0].url))
+    args = {} if selfcheck else {"x-queue-type": "quorum"}
+    conn.channel().queue_declare(QUEUE, durable=True, arguments=args)
+    conn.close()
+    monitor.start()
+    if selfcheck:
+        for node in cluster.nodes:
+            wait_until(lambda: any(q["name"] == QUEUE for q in node.api("/api/queues")), 10,
+                       f"the queue on {node.name}")
+    else:
+        monitor.wait_for(lambda r: len(r.get("members", ())) == 3
+                         and sorted(r.get("isr", ())) == sorted(r["members"]), 15,
+                         "the quorum queue's placement: 3 members, all in sync")
+    say(f"queue placed: {monitor.record}")
+    clients += ([Producer(f"p{i}", nodes, ledger, start, stop_producers)
+                 for i, start in enumerate(PRODUCERS)]
+                + [Consumer(f"c{i}", nodes, ledger, start, stop_consumers)
+                   for i, start in enumerate(CONSUMERS)])
+    for c in clients:
+        c.start()
+    wait_until(lambda: len(ledger.confirmed) >= 20 and len(ledger.deliveries) >= 20, 20,
+               "the first 20 confirms and deliveries")
+    say(f"clients running: {len(ledger.confirmed)} confirmed")
+    for n, kind in enumerate(plan, 1):
+        faults.append(inject(cluster, nodes, monitor, ledger, n, kind, rng, selfcheck, say))
+        before = len(ledger.confirmed)
+        wait_until(lambda: len(ledger.confirmed) > before, 20,
+                   f"a confirm after healing fault {n}")
+        time.sleep(rng.uniform(0.3, 1.0))        # under load between faults
+
+
+def inject(cluster, nodes, monitor, ledger, n, kind, rng, selfcheck, say) -> dict:
+    """One fault on the queue's leader, then healing: the fault's record."""
+    if selfcheck:
+        target, epoch = rng.choice(cluster.nodes), None
+    else:
+        target, epoch = cluster[monitor.record["leader"]], monitor.record["epoch"]
+    fault = {"n": n, "kind": kind, "node": target.name, "epoch": epoch}
+    nodes.mark(target.name, up=False)
+    at = time.monotonic()
+    fault["_at"] = at
+    if kind == "kill":
+        target.proc.send_signal(signal.SIGKILL)
+        target.wait(10)
+    elif kind == "pause":
+        fault["pause_s"] = round(rng.uniform(LEASE_TTL + 1.0, LEASE_TTL + 2.5), 2)
+        target.signal(signal.SIGSTOP)
+    else:
+        target.signal(signal.SIGTERM)
+    if selfcheck:
+        seen, rec = at, None
+    else:
+        seen, rec = monitor.wait_for(
+            lambda r: r["epoch"] > epoch and r["leader"] != target.name, 15,
+            f"a new leader after fault {n} ({kind} {target.name})")
+    fault["elected_s"] = round(seen - at, 3)
+    fault["new_leader"] = rec and rec["leader"]
+    fault["_seen"] = seen
+    if kind == "kill":
+        target.start()
+    elif kind == "pause":
+        left = at + fault["pause_s"] - time.monotonic()
+        if left > 0:                        # the pause itself: SIGCONT comes after it
+            time.sleep(left)
+        target.signal(signal.SIGCONT)
+    else:
+        fault["exit_code"] = target.wait(15)
+        target.start()
+    nodes.mark(target.name, up=True)
+    if not selfcheck:
+        monitor.wait_for(lambda r: sorted(r.get("isr", ())) == sorted(r["members"]), 30,
+                         f"the in-sync set whole again after fault {n}")
+    fault["healed_s"] = round(time.monotonic() - at, 3)
+    say(f"fault {n}: {kind} {target.name} -> leader {fault['new_leader']} seen after "
+        f"{fault['elected_s']} s, healed after {fault['healed_s']} s; "
+        f"{len(ledger.confirmed)} confirmed, {len(ledger.deliveries)} delivered")
+    return fault
