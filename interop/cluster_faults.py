@@ -257,6 +257,7 @@ class Client(threading.Thread):
                     # the reason, shortened (a channel closed by the broker says why)
                     self.ledger.count(f"drop {type(exc).__name__} {str(exc)[:60]}".strip())
                     self.index += 1         # the next connection goes through another node
+                    self.stopping.wait(0.05)    # not a storm of connections meanwhile
                 finally:
                     try:
                         if conn.is_open:
