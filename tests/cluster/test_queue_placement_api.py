@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 
 import pika
 
@@ -43,14 +44,26 @@ def claim(cluster, vhost: str, name: str, kind: str, members: list) -> dict:
     return json.loads(base64.b64decode(kvs[0]["value"]))
 
 
-def queue_fields(node, name: str) -> dict:
-    """The queue as the listing and as its own page show it (they must agree)."""
+def queue_fields(node, name: str) -> dict | None:
+    """The queue as its own page shows it, once the listing shows the same placement fields
+    (None while they differ: a placement change seen between the two reads)."""
     listed = [q for q in node.api("/api/queues/%2F") if q["name"] == name]
     one = node.api(f"/api/queues/%2F/{name}")
     fields = ("type", "node", "leader", "members", "online")
-    assert len(listed) == 1
-    assert {k: listed[0].get(k) for k in fields} == {k: one.get(k) for k in fields}
+    assert len(listed) <= 1
+    if not listed or {k: listed[0].get(k) for k in fields} != {k: one.get(k) for k in fields}:
+        return None
     return one
+
+
+def shown(node, name: str):
+    """queue_fields, or None while the queue is not on that node yet (the metadata sync)."""
+    try:
+        return queue_fields(node, name)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
 
 
 def ctl(node, *args) -> str:
@@ -75,12 +88,6 @@ def test_queues_show_their_type_leader_and_members_on_every_node(make_cluster):
     assert quorum["type"] == "quorum" and classic["members"] == ["node2"]
     members = sorted(quorum["members"])
 
-    def shown(node, name):
-        try:
-            return queue_fields(node, name)
-        except Exception:          # not there yet on that node (the metadata sync)
-            return None
-
     for node in cluster.nodes:
         qq = wait_until(lambda: (q := shown(node, "orders")) and q.get("members") and q, 5,
                         f"the quorum queue's members on {node.name}")
@@ -91,7 +98,7 @@ def test_queues_show_their_type_leader_and_members_on_every_node(make_cluster):
                         and q, 5, f"the classic queue's leader on {node.name}")
         assert cq["type"] == "classic"
         assert "leader" not in cq and "members" not in cq and "online" not in cq
-    transient = queue_fields(node2, "scratch")
+    transient = wait_until(lambda: queue_fields(node2, "scratch"), 5, "the transient queue")
     assert transient["type"] == "classic" and transient["node"] == "node2"
     assert "members" not in transient
 
@@ -121,3 +128,30 @@ def test_queues_show_their_type_leader_and_members_on_every_node(make_cluster):
                         f"{down.name} not online on {node.name}")
         assert sorted(qq["members"]) == members
         assert sorted(qq["online"]) == sorted(n.name for n in up)
+
+
+def replication_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("amqpd.cluster.replication") is not None
+
+
+def test_the_new_leader_is_shown_after_the_leader_dies(make_cluster):
+    """RabbitMQ shows a quorum queue's new leader, and its old one as a member not online."""
+    import pytest
+    if not replication_available():
+        pytest.skip("needs replicated quorum queues (amqpd/cluster/replication.py)")
+    cluster = make_cluster(3)
+    node1 = cluster["node1"]
+    conn = pika.BlockingConnection(pika.URLParameters(node1.url))
+    conn.channel().queue_declare("jobs", durable=True, arguments={"x-queue-type": "quorum"})
+    conn.close()
+    qq = wait_until(lambda: (q := shown(node1, "jobs")) and q.get("members")
+                    and len(q["online"]) == 3 and q, 10, "the queue's three members")
+    old = cluster[qq["leader"]]
+    old.kill()
+    for node in (n for n in cluster.nodes if n is not old):
+        now = wait_until(lambda: (q := shown(node, "jobs")) and q["leader"] != old.name
+                         and old.name not in q["online"] and q, 15,
+                         f"a new leader shown on {node.name}")
+        assert now["node"] == now["leader"] and now["leader"] in now["online"]
+        assert sorted(now["members"]) == sorted(qq["members"])
