@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.parse
 
+import pika
 import pytest
 
 from tests.cluster.harness import ETCD, Cluster, wait_until
@@ -234,7 +235,6 @@ def run_faults(cluster, nodes, monitor, ledger, plan, rng, selfcheck, faults, cl
     """Start the cluster, the queue and the clients (added to ``clients``), then inject the
     planned faults on the queue's leader (``faults`` gets one dict each)."""
     cluster.start(3)
-    import pika
     conn = pika.BlockingConnection(pika.URLParameters(cluster.nodes[0].url))
     args = {} if selfcheck else {"x-queue-type": "quorum"}
     conn.channel().queue_declare(QUEUE, durable=True, arguments=args)
