@@ -828,6 +828,14 @@ class Forwarding:
         return True
 
     def _replace(self, vhost, old, new) -> None:
+        """``old`` stands for the queue here no more: its consumers hear basic.cancel, its
+        subscriptions at the old leader end, its publishes in flight are nacked."""
+        if isinstance(old, RemoteQueue):
+            for consumer in list(old.consumers):
+                old._give_back_waiting(consumer)
+                sub = old.subs.pop(consumer, None)
+                if sub is not None:
+                    sub[0].unsubscribe(sub[1])
         vhost.replace_queue(old, new)
         if isinstance(old, RemoteQueue) and old.leader is not None:
             peer = self.peers.get(old.leader)

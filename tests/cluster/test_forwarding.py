@@ -200,3 +200,45 @@ def test_consumer_through_other_node_when_leader_dies(make_cluster):
         bodies.add(body)
     assert bodies == {f"m{i}".encode() for i in range(20)}
     conn.close()
+
+
+def test_leader_change_cancels_consumers_and_old_acks_are_dropped(make_cluster):
+    import base64
+    import json
+    cluster = make_cluster(3)
+    node1, node2, node3 = cluster.nodes
+    declare_on(cluster, node1, "moving")
+    conn = connect(node3)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    for i in range(5):
+        ch.basic_publish("", "moving", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    cancelled = []
+    got = []
+    ch.basic_qos(prefetch_count=10)
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+    ch.basic_consume("moving", lambda c, m, p, b: got.append(m.delivery_tag))
+    wait_until(lambda: (conn.process_data_events(0.05), len(got) == 5)[1], 10,
+               "deliveries through node3")
+    # the placement moves to node2 (as a failover would move a replicated queue's)
+    key = f"/amqpd/{cluster.name}/placement/%2F/moving"
+    rec = {"type": "classic", "epoch": 2, "leader": "node2", "members": ["node2"],
+           "isr": ["node2"]}
+    cluster.etcd.call("/v3/kv/put", {
+        "key": base64.b64encode(key.encode()).decode(),
+        "value": base64.b64encode(json.dumps(rec).encode()).decode()})
+    wait_until(lambda: (conn.process_data_events(0.05), cancelled)[1], 10,
+               "basic.cancel on node3's consumer")
+    # acks of deliveries made under the old leader are taken (no 406), and dropped
+    for tag in got:
+        ch.basic_ack(tag)
+    # the queue is now node2's: publishes through node3 and node1 reach it
+    ch.basic_publish("", "moving", b"after", pika.BasicProperties(delivery_mode=2))
+    assert ch.is_open
+    conn1 = connect(node1)
+    ch1 = conn1.channel()
+    wait_until(lambda: ch1.queue_declare("moving", passive=True).method.message_count == 1,
+               5, "node1 forwarding to node2")
+    assert ch1.basic_get("moving", auto_ack=True)[2] == b"after"
+    conn1.close()
+    conn.close()
