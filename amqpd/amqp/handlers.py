@@ -118,6 +118,16 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name
+    announce = getattr(q, "announce", None)
+    if announce is not None:
+        # clustering: a new shared queue is declared-ok once the cluster has it, so a
+        # client that goes on through another node finds it there
+        del q.announce
+        if not m.nowait:
+            slot = ch.conn.defer()
+            frame = _declare_ok_frame(ch, q.name, q.message_count, len(q.consumers))
+            announce(lambda: slot.reply(frame))
+            return
     if getattr(q, "forwarded", False):
         if not m.nowait:          # the counts are the leader's: asked, answered in order
             slot = ch.conn.defer()

@@ -45,7 +45,7 @@ from ..broker.publish import ACCEPTED, DUPLICATE, REJECTED, STORED, Ticket
 from ..broker.queue import Queue
 from ..broker.stats import Counts, retire_consumer
 from . import frames
-from .placement import record
+from .placement import q as _q, record
 from .remote_queue import RemoteEntry, RemoteQueue
 
 log = logging.getLogger("amqpd.cluster")
@@ -55,6 +55,7 @@ BATCH = 1                     # frames.py kind: a run of records
 WINDOW = 256                  # deliveries in flight to a consumer without prefetch
 CONNECT_WAIT = 3.0            # how long work for a running peer waits for its link
 STATS_INTERVAL = 0.5          # the leader pushes its queues' figures this often
+ANNOUNCE_WAIT = 5.0           # the longest a declare-ok waits for etcd
 FRAME_SPLIT = 4 << 20         # a batch frame is sealed at about this size
 
 # records
@@ -655,6 +656,8 @@ class Session(Wire):
             if consumer is not None:
                 consumer.unacked -= 1
                 self.broker.schedule(queue)
+                if queue.sac_waiting is consumer and not consumer.unacked:
+                    queue.sac_waiting = None
             if queue.deleted:
                 queue.settle(entry)
             else:
@@ -739,8 +742,39 @@ class Forwarding:
                                    arguments, self, leader)
             if rec is None and not _is_quorum(arguments):
                 self._claim_soon(vhost.name, name)
+            if rec is None and not self.applying:
+                q = self.local_factory(vhost, name, durable, exclusive_owner, auto_delete,
+                                       arguments)
+                # a client's declare: declare-ok once the cluster has it (handlers.py)
+                q.announce = lambda done: self.announce(vhost.name, name, done)
+                return q
         return self.local_factory(vhost, name, durable, exclusive_owner, auto_delete,
                                   arguments)
+
+    def announce(self, vhost: str, name: str, done) -> None:
+        """``done()`` once the queue's placement and definition are in etcd (at most
+        ANNOUNCE_WAIT seconds: etcd unreachable does not hold a declare forever)."""
+        async def published():
+            task = self.claiming.get((vhost, name))
+            if task is not None:
+                await asyncio.wait([task])
+            metadata = self.cluster.metadata
+            key = f"queues/{_q(vhost)}/{_q(name)}"
+            while metadata is not None and key not in metadata.remote:
+                synced = metadata.synced
+                metadata.wake()
+                await synced.wait()
+
+        async def announced():
+            try:
+                await asyncio.wait_for(published(), ANNOUNCE_WAIT)
+            except asyncio.TimeoutError:
+                log.warning("cluster: queue %s/%s not in etcd after %s s; declare-ok sent "
+                            "anyway", vhost, name, ANNOUNCE_WAIT)
+            finally:
+                done()
+                self.after_change()
+        asyncio.ensure_future(announced())
 
     # -- placement ------------------------------------------------------------------------
     def _claim_soon(self, vhost: str, name: str) -> None:

@@ -147,6 +147,10 @@ class MetadataSync:
     def etcd(self):
         return self._etcd_of()
 
+    def wake(self) -> None:
+        """A round now rather than at the next interval (a declare waits for it)."""
+        self._wake.set()
+
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Read the cluster's metadata and merge it with this node's before clients come

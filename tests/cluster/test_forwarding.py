@@ -242,3 +242,15 @@ def test_leader_change_cancels_consumers_and_old_acks_are_dropped(make_cluster):
     assert ch1.basic_get("moving", auto_ack=True)[2] == b"after"
     conn1.close()
     conn.close()
+
+
+def test_declare_ok_comes_once_the_cluster_has_the_queue(make_cluster):
+    cluster = make_cluster(2)
+    node1, node2 = cluster.nodes
+    conn = connect(node1)
+    conn.channel().queue_declare("fresh", durable=True)
+    # at declare-ok, etcd has both its placement and its definition
+    assert placement(cluster, "fresh")["leader"] == "node1"
+    meta = cluster.etcd.keys(f"/amqpd/{cluster.name}/meta/queues/")
+    assert f"/amqpd/{cluster.name}/meta/queues/%2F/fresh" in meta
+    conn.close()
