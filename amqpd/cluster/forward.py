@@ -481,7 +481,7 @@ class Session(Wire):
 
     # -- subscriptions: this object is their channel --------------------------------------
     def can_deliver(self, consumer) -> bool:
-        return consumer.inflight < consumer.window and len(self.out) < FRAME_SPLIT
+        return consumer.inflight < consumer.window
 
     def deliver(self, consumer, entry) -> None:
         self.next_tag = tag = self.next_tag + 1
@@ -769,8 +769,8 @@ class Forwarding:
             try:
                 await asyncio.wait_for(published(), ANNOUNCE_WAIT)
             except asyncio.TimeoutError:
-                log.warning("cluster: queue %s/%s not in etcd after %s s; declare-ok sent "
-                            "anyway", vhost, name, ANNOUNCE_WAIT)
+                log.warning("cluster: queue '%s' in vhost '%s' not in etcd after %s s; "
+                            "declare-ok sent anyway", name, vhost, ANNOUNCE_WAIT)
             finally:
                 done()
                 self.after_change()
@@ -791,13 +791,13 @@ class Forwarding:
                     break
                 except Exception as exc:          # etcd unreachable: try again
                     if attempt == 19:
-                        log.warning("cluster: cannot claim the placement of queue %s/%s: %s",
-                                    vhost, name, exc)
+                        log.warning("cluster: cannot claim the placement of queue '%s' in "
+                                    "vhost '%s': %s", name, vhost, exc)
                         return
                     await asyncio.sleep(0.25)
             if not won and rec.get("leader") != self.node:
-                log.info("cluster: queue %s/%s is led by %s (declared there first)", vhost,
-                         name, rec.get("leader"))
+                log.info("cluster: queue '%s' in vhost '%s' is led by %s (declared there "
+                         "first)", name, vhost, rec.get("leader"))
                 self.placements.records.setdefault((vhost, name), rec)
                 self.refresh(vhost, name)
                 self.after_change()
@@ -850,15 +850,15 @@ class Forwarding:
         if not isinstance(q, RemoteQueue) and rec.get("type", "classic") == "classic" \
                 and q.log is not None:
             if q.message_count or q.unacked:
-                log.warning("cluster: queue %s/%s is led by node %s; the %d message(s) this "
-                            "node's copy holds stay in its data directory", vhost_name, name,
-                            leader, q.message_count + q.unacked)
+                log.warning("cluster: queue '%s' in vhost '%s' is led by node %s; the %d "
+                            "message(s) this node's copy holds stay in its data directory",
+                            name, vhost_name, leader, q.message_count + q.unacked)
             else:
                 self.broker.store.delete_queue_log(vhost_name, name)
                 q.log = None
         self._replace(vhost, q, new)
-        log.info("cluster: queue %s/%s is led by node %s: forwarded there", vhost_name, name,
-                 leader)
+        log.info("cluster: queue '%s' in vhost '%s' is led by node %s: forwarded there", name,
+                 vhost_name, leader)
         return True
 
     def _replace(self, vhost, old, new) -> None:
@@ -900,8 +900,8 @@ class Forwarding:
                 try:
                     await self._remove_placement(vhost_name, name, revision)
                 except Exception as exc:
-                    log.debug("cluster: placement of %s/%s not removed: %s", vhost_name,
-                              name, exc)
+                    log.debug("cluster: placement of queue '%s' in vhost '%s' not removed: %s",
+                              name, vhost_name, exc)
 
     async def _remove_placement(self, vhost: str, name: str, revision) -> None:
         """Delete a placement record unless it changed since ``revision`` (one etcd

@@ -112,8 +112,12 @@ class RemoteQueue(Queue):
         self._peer().request(self, op, fields, callback)
 
     def discard(self) -> None:
+        """Deleted here: what waited goes back, the subscriptions at the leader end."""
         for consumer in list(self.waiting):
             self._give_back_waiting(consumer)
+        subs, self.subs = self.subs, {}
+        for peer, sid in subs.values():
+            peer.unsubscribe(sid)
 
     # -- consumers ------------------------------------------------------------------------
     def add_consumer(self, consumer) -> None:

@@ -254,3 +254,20 @@ def test_declare_ok_comes_once_the_cluster_has_the_queue(make_cluster):
     meta = cluster.etcd.keys(f"/amqpd/{cluster.name}/meta/queues/")
     assert f"/amqpd/{cluster.name}/meta/queues/%2F/fresh" in meta
     conn.close()
+
+
+def test_a_restarted_node_forwards_to_the_leader_again(make_cluster):
+    cluster = make_cluster(2)
+    node1, node2 = cluster.nodes
+    declare_on(cluster, node1, "kept")
+    assert node2.stop() == 0
+    node2.start()
+    node2.wait_for_line(r"queue 'kept' in vhost '/' is led by node node1: forwarded there")
+    conn = connect(node2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "kept", b"after restart", pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    conn = connect(node1)
+    assert conn.channel().basic_get("kept", auto_ack=True)[2] == b"after restart"
+    conn.close()
