@@ -201,6 +201,7 @@ class Peer(Wire):
         self.gen = 0
         self.connected = False
         self.qids: dict = {}          # RemoteQueue -> qid (this connection)
+        self.next_qid = 0
         self.corr = 0
         self.tickets: dict = {}       # corr -> (Ticket, RemoteQueue)
         self.sid = 0
@@ -223,7 +224,8 @@ class Peer(Wire):
     def _qid(self, rq) -> int:
         qid = self.qids.get(rq)
         if qid is None:
-            qid = self.qids[rq] = len(self.qids) + 1
+            self.next_qid = qid = self.next_qid + 1
+            self.qids[rq] = qid
             self.put(ctl_record({"op": "bind", "qid": qid, "vhost": rq.vhost.name,
                                  "name": rq.name}))
         return qid
@@ -269,7 +271,8 @@ class Peer(Wire):
         self.put(ctl_record(dict(fields, op=op, rid=rid, qid=self._qid(rq))))
 
     def forget(self, rq) -> None:
-        """``rq`` was replaced: its publishes still open are nacked."""
+        """``rq`` was replaced or deleted: its publishes still open are nacked."""
+        self.qids.pop(rq, None)
         for corr, (ticket, q) in list(self.tickets.items()):
             if q is rq:
                 del self.tickets[corr]

@@ -118,6 +118,9 @@ class RemoteQueue(Queue):
         subs, self.subs = self.subs, {}
         for peer, sid in subs.values():
             peer.unsubscribe(sid)
+        peer = self.forwarding.peers.get(self.leader) if self.leader is not None else None
+        if peer is not None:
+            peer.forget(self)
 
     # -- consumers ------------------------------------------------------------------------
     def add_consumer(self, consumer) -> None:
