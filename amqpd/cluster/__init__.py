@@ -6,6 +6,8 @@ cluster of that name through etcd. Without one, nothing here is imported.
                 one etcd key each, merged both ways with this node's
     placement.py which node leads each shared queue, its replicas and in-sync set
     link.py     the node-to-node listener (cluster.listen), link roles
+    forward.py  any node serves any client: placement of classic queues, proxies
+                (remote_queue.py) forwarding to each queue's leader over the links
     frames.py   what links carry after the greeting
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
 
@@ -18,6 +20,7 @@ import logging
 
 from ..edge.listeners import StartError
 from .etcd import EtcdError, EtcdUnavailable
+from .forward import ROLE as FORWARD, Forwarding
 from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
@@ -38,6 +41,8 @@ class ClusterNode:
         self.placements = Placements(self.member)      # which node leads each shared queue
         self.member.followers[PLACEMENT] = self.placements
         self.metadata = None
+        self.forwarding = Forwarding(self)             # queues led elsewhere: proxies
+        self.links.protocol = (FORWARD, self.forwarding.link)
 
     @property
     def name(self) -> str:
@@ -55,10 +60,12 @@ class ClusterNode:
         try:
             await self.member.join({"cluster": {"host": self.config.listen.host,
                                                 "port": self.link.port}})
+            self.forwarding.install(admin.broker, after_change, self.make_queue)
             self.metadata = MetadataSync(lambda: self.member.etcd, self.member.prefix, admin,
-                                         after_change, self.data_dir)
+                                         after_change, self.data_dir, self.forwarding)
             try:
                 await self.metadata.start()
+                await self.forwarding.start()
             except (EtcdError, EtcdUnavailable) as exc:
                 raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
                                  f"({exc})") from None
@@ -75,7 +82,14 @@ class ClusterNode:
         self.links.start()
         log.info("cluster %s: node %s is running", self.name, self.node)
 
+    def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """The broker's queue factory: a proxy for a shared queue led by another node, a
+        local queue (``forwarding.local_factory``) for the others."""
+        return self.forwarding.make_queue(vhost, name, durable, exclusive_owner, auto_delete,
+                                          arguments)
+
     async def stop(self) -> None:
+        await self.forwarding.stop()
         await self.links.stop()
         if self.metadata is not None:
             await self.metadata.stop()
