@@ -22,9 +22,11 @@ tmp_path (its path is printed), beside every node's log (``node1.log``, ...).
 AMQPD_FAULTS (default 10) and AMQPD_FAULT_SEED (default 15) change the run. The test needs
 replicated queues and forwarding (amqpd/cluster/replication.py and remote_queue.py) and is
 skipped, saying so, without them; AMQPD_CLUSTER_FAULTS_FORCE=1 runs it anyway.
-AMQPD_CLUSTER_FAULTS_SELFCHECK=1 runs the same machinery on what works without them (a
-classic durable queue, every node its own copy, faults on a random node, the drain through
-every node): a check of the clients, the fault injection and the verdict, not of failover.
+AMQPD_CLUSTER_FAULTS_SELFCHECK=1 runs the same machinery on a classic durable queue (led by
+node1, forwarded from the others; without forwarding, each node's own copy), faults on a random
+node (a killed leader's messages wait for its restart), the drain through every node: a check
+of the clients, the fault injection and the verdict, and of forwarding under faults, not of
+failover (its "failover" times are not failovers).
 """
 import importlib.util
 import json
