@@ -56,6 +56,7 @@ WINDOW = 256                  # deliveries in flight to a consumer without prefe
 CONNECT_WAIT = 3.0            # how long work for a running peer waits for its link
 STATS_INTERVAL = 0.5          # the leader pushes its queues' figures this often
 ANNOUNCE_WAIT = 5.0           # the longest a declare-ok waits for etcd
+UNPLACED_WAIT = 5.0           # a queue from the cluster without a placement, then claimed
 FRAME_SPLIT = 4 << 20         # a batch frame is sealed at about this size
 
 # records
@@ -798,7 +799,11 @@ class Forwarding:
                                     "vhost '%s': %s", name, vhost, exc)
                         return
                     await asyncio.sleep(0.25)
-            if not won and rec.get("leader") != self.node:
+            if won:
+                self.placements.records.setdefault((vhost, name), rec)
+                if self.refresh(vhost, name):      # a proxy of a queue nobody led
+                    self.after_change()
+            elif rec.get("leader") != self.node:
                 log.info("cluster: queue '%s' in vhost '%s' is led by %s (declared there "
                          "first)", name, vhost, rec.get("leader"))
                 self.placements.records.setdefault((vhost, name), rec)
@@ -888,8 +893,25 @@ class Forwarding:
                 for session in list(self.sessions):
                     session.push_stats()
                 await self._drop_stale_placements()
+                self._claim_unplaced()
             except Exception:
                 log.exception("cluster: forwarding upkeep failed")
+
+    def _claim_unplaced(self) -> None:
+        """A shared queue here without a placement record is claimed: one of this node's
+        whose record went, or one the cluster's metadata brought whose declaring node never
+        claimed it (after UNPLACED_WAIT, so that node's claim has time to arrive)."""
+        now = self.loop.time()
+        for vhost in list(self.broker.vhosts.values()):
+            for name, q in list(vhost.queues.items()):
+                if not self._shared(q) or (vhost.name, name) in self.claiming \
+                        or _is_quorum(q.arguments) \
+                        or self.placements.get(vhost.name, name) is not None:
+                    continue
+                if isinstance(q, RemoteQueue):
+                    if q.leader is not None or now - q.made_at < UNPLACED_WAIT:
+                        continue
+                self._claim_soon(vhost.name, name)
 
     async def _drop_stale_placements(self) -> None:
         for (vhost_name, name), rec in list(self.placements.records.items()):

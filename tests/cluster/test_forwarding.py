@@ -271,3 +271,22 @@ def test_a_restarted_node_forwards_to_the_leader_again(make_cluster):
     conn = connect(node1)
     assert conn.channel().basic_get("kept", auto_ack=True)[2] == b"after restart"
     conn.close()
+
+
+def test_a_queue_whose_placement_went_is_claimed_again_by_its_leader(make_cluster):
+    import base64
+    cluster = make_cluster(2)
+    node1, node2 = cluster.nodes
+    declare_on(cluster, node1, "again")
+    key = f"/amqpd/{cluster.name}/placement/%2F/again"
+    cluster.etcd.call("/v3/kv/deleterange", {"key": base64.b64encode(key.encode()).decode()})
+    wait_until(lambda: (placement(cluster, "again") or {}).get("leader") == "node1", 5,
+               "node1 to claim it again")
+    conn = connect(node2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "again", b"still node1's", pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    conn = connect(node1)
+    assert conn.channel().basic_get("again", auto_ack=True)[2] == b"still node1's"
+    conn.close()
