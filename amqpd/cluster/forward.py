@@ -343,6 +343,8 @@ class Peer(Wire):
         except (asyncio.IncompleteReadError, OSError, frames.FrameError, ValueError) as exc:
             if not isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
                 log.warning("cluster: forwarding link to %s: %s", self.name, exc)
+        except Exception:            # a bug of ours: this link ends, Links opens another
+            log.exception("cluster: forwarding link to %s failed", self.name)
         finally:
             self._lost(f"the link to node {self.name} dropped")
 
@@ -367,11 +369,17 @@ class Peer(Wire):
         for ticket, _rq in tickets.values():
             ticket.resolve(False)
         for rq, consumer in subs.values():
-            rq.subscription_lost(consumer)
+            try:
+                rq.subscription_lost(consumer)
+            except Exception:
+                log.exception("cluster: cancelling a consumer of %s failed", rq.label)
         for rq, _op, callback in requests.values():
             if callback is not None:
-                callback(errors.NotFound(f"home node '{self.name}' of durable {rq.label} is "
-                                         "down or inaccessible"))
+                try:
+                    callback(errors.NotFound(f"home node '{self.name}' of durable "
+                                             f"{rq.label} is down or inaccessible"))
+                except Exception:
+                    log.exception("cluster: answering a request on %s failed", rq.label)
         self.fw.after_change()
 
 
@@ -1032,6 +1040,8 @@ class Forwarding:
         except (asyncio.IncompleteReadError, OSError, frames.FrameError, ValueError) as exc:
             if not isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
                 log.warning("cluster: forwarding link from %s: %s", node, exc)
+        except Exception:            # a bug of ours: this link ends, the origin reconnects
+            log.exception("cluster: forwarding link from %s failed", node)
         finally:
             self.sessions.discard(session)
             session.close()
