@@ -5,6 +5,8 @@ cluster of that name through etcd. Without one, nothing here is imported.
     metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
                 one etcd key each, merged both ways with this node's
     placement.py which node leads each shared queue, its replicas and in-sync set
+    replication.py quorum queues: log shipping, in-sync set, failover (replica.py: its
+                pure parts; replicated_queue.py: the queue on each member)
     link.py     the node-to-node listener (cluster.listen), link roles
     frames.py   what links carry after the greeting
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
@@ -22,6 +24,7 @@ from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
 from .placement import KIND as PLACEMENT, Placements
+from .replication import Replication, is_quorum
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -38,6 +41,15 @@ class ClusterNode:
         self.placements = Placements(self.member)      # which node leads each shared queue
         self.member.followers[PLACEMENT] = self.placements
         self.metadata = None
+        self.replication = Replication(self)
+        self.member.on_lease_lost.append(self.replication.lease_lost)
+
+    def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """The broker's queue factory in a cluster: a quorum queue is replicated."""
+        if durable and exclusive_owner is None and is_quorum(arguments):
+            return self.replication.make_queue(vhost, name, durable, exclusive_owner,
+                                               auto_delete, arguments)
+        return self._plain_queue(vhost, name, durable, exclusive_owner, auto_delete, arguments)
 
     @property
     def name(self) -> str:
@@ -52,6 +64,10 @@ class ClusterNode:
         this node's metadata with the cluster's (``admin``: the node's admin.Admin;
         ``after_change()``: run what applied changes made due)."""
         await self.link.start()
+        broker = admin.broker
+        self._plain_queue = broker.queue_factory
+        broker.queue_factory = self.make_queue
+        self.replication.attach(broker, admin.store, after_change)
         try:
             await self.member.join({"cluster": {"host": self.config.listen.host,
                                                 "port": self.link.port}})
@@ -62,6 +78,7 @@ class ClusterNode:
             except (EtcdError, EtcdUnavailable) as exc:
                 raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
                                  f"({exc})") from None
+            self.replication.start()
         except BaseException:
             await self.stop()
             raise
@@ -76,6 +93,7 @@ class ClusterNode:
         log.info("cluster %s: node %s is running", self.name, self.node)
 
     async def stop(self) -> None:
+        await self.replication.stop()
         await self.links.stop()
         if self.metadata is not None:
             await self.metadata.stop()
