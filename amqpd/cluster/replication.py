@@ -36,7 +36,7 @@ import logging
 import os
 import time
 
-from ..broker.queue import Queue
+from ..store.definitions import decode_args, encode_args
 from ..broker.queue_policy import refresh_queue
 from . import frames
 from .etcd import EtcdError, EtcdUnavailable
@@ -86,6 +86,7 @@ class Replication:
         self._tasks: set = set()
         self._watcher = None
         self.stopping = False
+        self._stand_in_only = False                # make_queue: never a new leader
         cluster.link.handlers[ROLE] = self.serve
         self.placements.listen(self._placement_changed)
 
@@ -134,7 +135,7 @@ class Replication:
         if self.store is not None:
             self.store.replica_path(*key)
         rec = self.placements.get(*key)
-        if rec is None and not self.stopping:
+        if rec is None and not self.stopping and not self._stand_in_only:
             # declared here: this node leads it; the record is claimed right after
             q = ReplicatedQueue(vhost, name, durable, exclusive_owner, auto_delete, arguments,
                                 leading=True)
@@ -264,6 +265,11 @@ class Replication:
             if rec is None or revision is None or self.me not in rec.get("isr", ()):
                 return
             alive = self.member.alive
+            lead = self.leading.get(key)
+            if lead is not None and lead.epoch == int(rec["epoch"]):
+                return                       # (taken meanwhile: this task was late)
+            if rec["leader"] != self.me and rec["leader"] in alive:
+                return
             isr = [n for n in rec["isr"] if n == self.me or (n in alive and n != rec["leader"])
                    or (n == rec["leader"] == self.me)]
             new = dict(rec, epoch=int(rec["epoch"]) + 1, leader=self.me, isr=isr)
@@ -353,15 +359,37 @@ class Replication:
             if lead is not None:
                 self.step_down(key, f"epoch {epoch} in the record")
             self._ensure_stand_in(key)
-            if self.member.lease_ok():
+            if self.member.lease_ok() and self._local(key) is not None:
                 self.spawn(self._take(key, "the record names this node"))
             return
         if lead is not None:
             self.step_down(key, f"{rec.get('leader')} leads at epoch {epoch}")
         self._ensure_stand_in(key)
         if rec.get("leader") not in self.member.alive and self.me in rec.get("isr", ()) \
-                and self.member.lease_ok():
+                and self.member.lease_ok() and self._local(key) is not None:
             self.spawn(self._take(key, f"leader {rec.get('leader')} is gone"))
+
+    def _local(self, key):
+        vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
+        return vhost.queues.get(key[1]) if vhost is not None else None
+
+    def _declare_stand_in(self, key, head: dict) -> None:
+        """A leader ships a queue this node has not heard of yet (its definition reaches
+        the cluster's metadata up to a second after the declare): declare it here from
+        what the leader says, so that this node can take over if the leader dies now."""
+        vhost = self.broker.vhosts.get(key[0])
+        if vhost is None or key[1] in vhost.queues or "args" not in head:
+            return
+        self._stand_in_only = True
+        try:
+            vhost.declare_queue(key[1], None, False, True, False, bool(head.get("ad")),
+                                decode_args(head["args"]))
+        except Exception as exc:             # noqa: BLE001 (the metadata brings it later)
+            log.warning("queue %r: cannot declare it from its leader's description (%s)",
+                        key[1], exc)
+        finally:
+            self._stand_in_only = False
+        self.after_change()
 
     def _ensure_stand_in(self, key) -> None:
         """A plain queue recovered by a restart (the factory was not installed yet) is
@@ -418,6 +446,7 @@ class Replication:
         if old is not None:
             old.close()
         self._ensure_stand_in(key)
+        self._declare_stand_in(key, head)
         path = self.store.replica_path(*key)
         f = Following(self, key, peer, epoch, ReplicaFiles(path), writer)
         self.following[key] = f
@@ -676,7 +705,9 @@ class Shipper:
                 reader, writer = await connect(repl.config, address.get("host"),
                                                address["port"], self.peer, ROLE)
                 frames.write(writer, HELLO, {"v": lead.key[0], "q": lead.key[1],
-                                             "e": lead.epoch, "leader": repl.me})
+                                             "e": lead.epoch, "leader": repl.me,
+                                             "ad": lead.q.auto_delete,
+                                             "args": encode_args(lead.q.arguments)})
                 kind, head, _ = await asyncio.wait_for(frames.read(reader), 10)
                 if kind == REFUSE:
                     lead.refused(int(head.get("epoch", 0)))
