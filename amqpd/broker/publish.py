@@ -83,21 +83,14 @@ class AllTickets(Ticket):
             self.resolve(True)
 
 
-def merge(a, b):
-    """The verdict of a publish that reached two queues (``a`` so far, ``b`` the next):
-    REJECTED wins, then a ticket (which remembers a STORED), then STORED, then ACCEPTED;
-    DUPLICATE only when every queue had it. ``a`` is None before the first queue."""
-    if a is REJECTED or b is REJECTED:
+def with_tickets(result, tickets: list):
+    """The verdict of a publish that reached queues answering ``result`` (the merged
+    PublishResult, None if only tickets) and queues answering ``tickets``: REJECTED stays
+    REJECTED; otherwise one ticket, which also waits for the local fsync when a queue
+    logged it here (``result`` STORED)."""
+    if result is REJECTED:
         return REJECTED
-    ta, tb = isinstance(a, Ticket), isinstance(b, Ticket)
-    if ta or tb:
-        ticket = Ticket.all([a, b]) if ta and tb else (a if ta else b)
-        other = b if ta and not tb else a if tb and not ta else None
-        if other is STORED or (ta and a.stored) or (tb and b.stored):
-            ticket.stored = True
-        return ticket
-    if a is STORED or b is STORED:
-        return STORED
-    if a is ACCEPTED or b is ACCEPTED:
-        return ACCEPTED
-    return DUPLICATE
+    ticket = Ticket.all(tickets)
+    if result is STORED or any(t.stored for t in tickets):
+        ticket.stored = True
+    return ticket

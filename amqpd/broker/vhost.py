@@ -7,7 +7,8 @@ from .exchange_types import TYPES
 from ..store.definitions import encode_args
 from .arguments import validate as validate_arguments
 from .message import with_routing_key
-from .publish import ACCEPTED, UNROUTABLE, PublishResult, merge
+from .publish import (ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, PublishResult,
+                      with_tickets)
 from .queue import Queue
 from .policy import PolicySet
 from .queue_policy import refresh_exchange, refresh_queue
@@ -265,8 +266,10 @@ class VHost:
         """The one way a message enters queues: a client's publish, a tx commit, dead-lettering
         and the delayed exchange's release all come here. Route, enqueue everywhere it routes
         (``allow(queue)`` may veto a queue: dead-letter cycles), and say what the publisher
-        must hear (publish.merge): REJECTED wins over a Ticket, over STORED, over ACCEPTED;
-        DUPLICATE when every queue it reached already had it; UNROUTABLE when no queue took it. A delayed exchange first takes the message aside (``take_aside``)."""
+        must hear: REJECTED wins over a Ticket (publish.with_tickets), which wins over STORED,
+        which wins over ACCEPTED; DUPLICATE when every queue it reached already had it;
+        UNROUTABLE when no queue took it. A delayed exchange first takes the message aside
+        (``take_aside``)."""
         if take_aside and ex.delays_messages:
             held = ex.take_aside(message)
             if held is not None:
@@ -279,7 +282,7 @@ class VHost:
                 return q.enqueue(message)
         if allow is None:
             ex.extra_routes += len(queues) - 1     # publish_out (broker/stats.py)
-        result = None
+        result = tickets = None
         for q in queues:
             if allow is not None:          # dead-lettering: not a publish to the queue
                 if not allow(q):
@@ -289,7 +292,21 @@ class VHost:
                 q.counts.not_published += q.next_seq - before
             else:
                 verdict = q.enqueue(message)
-            result = merge(result, verdict)
+            if verdict is REJECTED:
+                result = REJECTED
+            elif verdict is STORED:
+                if result is not REJECTED:
+                    result = STORED
+            elif verdict is ACCEPTED:
+                if result is None or result is DUPLICATE:
+                    result = ACCEPTED
+            elif verdict is DUPLICATE:
+                if result is None:
+                    result = DUPLICATE
+            else:                          # a Ticket: decided on another node (clustering)
+                tickets = [verdict] if tickets is None else tickets + [verdict]
+        if tickets is not None:
+            return with_tickets(result, tickets)
         return ACCEPTED if result is None else result
 
     # -- routing ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Tickets: the confirm of a publish decided elsewhere (a queue led by another node, a
 replicated queue waiting for its replicas), and how verdicts merge over the queues a publish
 reached."""
-from amqpd.broker.publish import (ACCEPTED, DUPLICATE, REJECTED, STORED, Ticket, merge)
+from amqpd.broker.publish import REJECTED, STORED, Ticket, with_tickets
 
 
 class Waiter:
@@ -40,23 +40,21 @@ def test_all_is_done_when_every_part_is_and_fails_on_the_first_failure():
     assert d.ok is False
 
 
-def test_merge_ranks_rejected_then_ticket_then_stored_then_accepted():
+def test_a_rejection_wins_over_tickets():
+    assert with_tickets(REJECTED, [Ticket()]) is REJECTED
+
+
+def test_tickets_alone_or_with_in_memory_queues_need_no_fsync():
     t = Ticket()
-    assert merge(None, ACCEPTED) is ACCEPTED
-    assert merge(ACCEPTED, STORED) is STORED
-    assert merge(STORED, REJECTED) is REJECTED
-    assert merge(None, DUPLICATE) is DUPLICATE
-    assert merge(DUPLICATE, ACCEPTED) is ACCEPTED
-    assert merge(ACCEPTED, t) is t and not t.stored
-    assert merge(t, REJECTED) is REJECTED
+    assert with_tickets(None, [t]) is t and not t.stored
 
 
 def test_a_ticket_merged_with_a_local_durable_queue_waits_for_the_fsync_too():
     t = Ticket()
-    assert merge(STORED, t) is t and t.stored
+    assert with_tickets(STORED, [t]) is t and t.stored
     u, v = Ticket(), Ticket()
     v.stored = True
-    both = merge(u, v)
+    both = with_tickets(None, [u, v])
     assert both.stored
     u.resolve()
     v.resolve()
