@@ -9,14 +9,22 @@ confirmed that is not replicated. (Forwarding, stage 3, replaces the stand-in by
 the leader.)
 
 RabbitMQ's quorum queues keep every message, whatever its delivery mode: so does this one.
+
+With ``x-delivery-limit`` every delivery writes a DELIVERED marker (a plain queue writes one,
+at the first), so a new leader counts them (``delivery_counts``) and the limit and
+``x-delivery-count`` go on from where the old leader was. (A compaction keeps one marker
+per message: a count then restarts at 1.)
 """
 from __future__ import annotations
 
+import os
 from array import array
+from collections import Counter
 
 from ..broker.message import Entry, Message, from_route
 from ..broker.publish import REJECTED, STORED, Ticket
-from ..broker.queue import Queue
+from ..broker.queue import Queue, with_delivery_count
+from ..store import records
 from ..wire.properties import EXPIRES, FLAGS_HIGH
 
 
@@ -48,6 +56,22 @@ class ReplicatedQueue(Queue):
             value = None
         self._log = value
 
+    recovered_counts = None          # seq -> deliveries made by an earlier leader
+
+    def delivering(self, entry) -> None:
+        counts = self.recovered_counts
+        if counts:
+            n = counts.pop(entry.seq, 0)
+            if n:
+                entry.deliveries += n
+                entry.message = with_delivery_count(entry.message, n)
+        again = entry.redelivered and entry.segment is not None and self._log is not None \
+            and self.opts.delivery_limit is not None
+        super().delivering(entry)
+        if again:                    # every delivery counted on disk, so on every member
+            self._log.delivered(entry.seq)
+            self.vhost.broker.commit.mark_dirty(self._log)
+
     def enqueue(self, message):
         if not self.leading or self.leader is None or self._log is None:
             return REJECTED
@@ -74,12 +98,31 @@ class ReplicatedQueue(Queue):
                 repl.follower_queue_deleted(self)
 
 
+def delivery_counts(directory: str) -> Counter:
+    """{seq: DELIVERED markers} over the log's segments."""
+    counts: Counter = Counter()
+    for name in sorted(os.listdir(directory)):
+        if not (name.endswith(".seg") and name[:-4].isdigit()):
+            continue
+        try:
+            with open(os.path.join(directory, name), "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        for kind, seq, _at, _end in records.scan_positions(data):
+            if kind == records.DELIVERED:
+                counts[seq] += 1
+    return counts
+
+
 def recover_messages(q: Queue, redelivered: bool) -> int:
     """Load a queue's messages from its log (the restart path of Broker.recover, for one
     queue): its files were written by this node as leader or as a follower. With
     ``redelivered`` every message comes back marked redelivered (a failover: the old leader
     may have handed any of them out)."""
     broker = q.vhost.broker
+    if q.opts.delivery_limit is not None and isinstance(q, ReplicatedQueue):
+        q.recovered_counts = delivery_counts(q.log.path) or None
     if q.pager is not None:
         from ..store.paging import REDELIVERED
         limited = q.opts.max_bytes is not None

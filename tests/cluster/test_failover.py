@@ -117,6 +117,38 @@ def test_graceful_stop_hands_leadership_over(make_cluster):
     assert bodies == [b"x%d" % i for i in range(30)] + [b"after"]
 
 
+def test_delivery_limit_holds_across_a_failover(make_cluster):
+    cluster = make_cluster(3)
+    conn, ch = declare(cluster["node1"], "tasks", **{"x-delivery-limit": 2})
+    wait_until(lambda: placement(cluster, "tasks"), 5, "the placement record")
+    publish(ch, "tasks", [b"poison", b"fine"])
+    consumer = pika.BlockingConnection(pika.URLParameters(cluster["node1"].url))
+    cch = consumer.channel()
+    for _ in range(2):                         # delivered twice, requeued twice
+        method, _props, body = cch.basic_get("tasks")
+        assert body == b"poison"
+        cch.basic_nack(method.delivery_tag, requeue=True)
+    publish(ch, "tasks", [b"fence"])           # confirmed after the markers were shipped
+    cluster["node1"].kill()
+    rec = new_leader(cluster, "tasks", "node1")
+    leader = cluster[rec["leader"]]
+    first_confirm(leader, "tasks", b"after", time.monotonic() + 15)
+    lconn = pika.BlockingConnection(pika.URLParameters(leader.url))
+    lch = lconn.channel()
+    method, props, body = lch.basic_get("tasks")
+    assert body == b"poison" and method.redelivered
+    assert props.headers["x-delivery-count"] == 2
+    lch.basic_nack(method.delivery_tag, requeue=True)   # the third return: over the limit
+    rest = []
+    while True:
+        method, _props, body = lch.basic_get("tasks", auto_ack=True)
+        if method is None:
+            break
+        rest.append(body)
+    assert rest == [b"fine", b"fence", b"after"]
+    lconn.close()
+
+
 # -- measuring ---------------------------------------------------------------------------------
 def measure(tmp_root: str, runs: int = 5, lease_ttl: int = 3, fault: str = "kill") -> list:
     """The leader of a queue killed (kill -9) or stopped (SIGTERM): seconds from the fault to
