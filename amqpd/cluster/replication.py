@@ -87,6 +87,7 @@ class Replication:
         self._watcher = None
         self.stopping = False
         self._stand_in_only = False                # make_queue: never a new leader
+        self.definitions: dict[tuple, dict] = {}   # what leaders said of their queues
         cluster.link.handlers[ROLE] = self.serve
         self.placements.listen(self._placement_changed)
 
@@ -224,6 +225,8 @@ class Replication:
     def promote(self, key, rec) -> bool:
         """This node won the record: recover the queue from its files and lead it."""
         vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
+        if vhost is not None and key[1] not in vhost.queues:
+            self._declare_stand_in(key)
         old = vhost.queues.get(key[1]) if vhost is not None else None
         if old is None:
             log.warning("queue %r: leader by the record, but not declared here yet", key[1])
@@ -325,7 +328,27 @@ class Replication:
     def _placement_changed(self, vhost, name, old, new) -> None:
         if self.broker is None:
             return
-        self.reconcile((vhost, name))
+        key = (vhost, name)
+        if new is None and old is not None and old.get("type") == "quorum" \
+                and key not in self.leading:
+            self._forget_replica(key)       # the queue was deleted (its leader removes it)
+            return
+        self.reconcile(key)
+
+    def _forget_replica(self, key) -> None:
+        self.definitions.pop(key, None)
+        f = self.following.pop(key, None)
+        if f is not None:
+            f.close()
+        if self.store is not None and key in self.store.replicas:
+            q = self._local(key)
+            if q is not None and getattr(q, "leading", False):
+                return
+            path = self.store.replica_path(*key)
+            if q is None or isinstance(q, ReplicatedQueue):
+                # (a stand-in's definition goes with the cluster's metadata)
+                import shutil
+                shutil.rmtree(path, ignore_errors=True)
 
     async def _follow_members(self) -> None:
         while True:
@@ -359,26 +382,31 @@ class Replication:
             if lead is not None:
                 self.step_down(key, f"epoch {epoch} in the record")
             self._ensure_stand_in(key)
-            if self.member.lease_ok() and self._local(key) is not None:
+            if self.member.lease_ok() and self._local_or_known(key):
                 self.spawn(self._take(key, "the record names this node"))
             return
         if lead is not None:
             self.step_down(key, f"{rec.get('leader')} leads at epoch {epoch}")
         self._ensure_stand_in(key)
         if rec.get("leader") not in self.member.alive and self.me in rec.get("isr", ()) \
-                and self.member.lease_ok() and self._local(key) is not None:
+                and self.member.lease_ok() and self._local_or_known(key):
             self.spawn(self._take(key, f"leader {rec.get('leader')} is gone"))
 
     def _local(self, key):
         vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
         return vhost.queues.get(key[1]) if vhost is not None else None
 
-    def _declare_stand_in(self, key, head: dict) -> None:
-        """A leader ships a queue this node has not heard of yet (its definition reaches
-        the cluster's metadata up to a second after the declare): declare it here from
-        what the leader says, so that this node can take over if the leader dies now."""
+    def _local_or_known(self, key):
+        return self._local(key) is not None or key in self.definitions
+
+    def _declare_stand_in(self, key) -> None:
+        """This node takes over a queue it has not heard of yet from the cluster's metadata
+        (which brings a declare up to a second later): declare it from what its leader said
+        in its greeting. (Not at the greeting itself: a declare here would be pushed to the
+        cluster and could bring back a queue deleted meanwhile.)"""
         vhost = self.broker.vhosts.get(key[0])
-        if vhost is None or key[1] in vhost.queues or "args" not in head:
+        head = self.definitions.get(key)
+        if vhost is None or key[1] in vhost.queues or head is None:
             return
         self._stand_in_only = True
         try:
@@ -409,6 +437,7 @@ class Replication:
         """The queue was deleted (through the cluster's metadata) where this node follows
         it: its files go, and its definition from this node's journal."""
         key = (q.vhost.name, q.name)
+        self.definitions.pop(key, None)
         f = self.following.pop(key, None)
         if f is not None:
             f.close()
@@ -446,7 +475,8 @@ class Replication:
         if old is not None:
             old.close()
         self._ensure_stand_in(key)
-        self._declare_stand_in(key, head)
+        if "args" in head:
+            self.definitions[key] = {"ad": head.get("ad"), "args": head["args"]}
         path = self.store.replica_path(*key)
         f = Following(self, key, peer, epoch, ReplicaFiles(path), writer)
         self.following[key] = f

@@ -73,6 +73,21 @@ def test_leader_killed_a_new_one_serves_every_confirmed_message(make_cluster):
     assert segments(cluster["node1"], "orders") == segments(leader, "orders")
 
 
+def test_leader_killed_right_after_the_declare(make_cluster):
+    """The members may not have the queue's definition from the cluster's metadata yet
+    (it follows within a second): they know it from the leader's greeting."""
+    cluster = make_cluster(3)
+    conn, ch = declare(cluster["node1"], "early", **{"x-max-length": 1000})
+    publish(ch, "early", [b"e%d" % i for i in range(5)])
+    cluster["node1"].kill()
+    rec = new_leader(cluster, "early", "node1")
+    leader = cluster[rec["leader"]]
+    first_confirm(leader, "early", b"after", time.monotonic() + 15)
+    assert [b for b, _r in drain(leader, "early")] == [b"e%d" % i for i in range(5)] + [b"after"]
+    assert leader.api("/api/queues/%2F/early")["arguments"] == {"x-queue-type": "quorum",
+                                                                "x-max-length": 1000}
+
+
 def test_paused_leader_confirms_nothing_then_truncates_and_follows(make_cluster):
     cluster = make_cluster(3)
     node1 = cluster["node1"]

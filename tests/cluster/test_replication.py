@@ -140,3 +140,27 @@ def test_isr_shrinks_and_grows_back(make_cluster):
     conn.close()
     bodies = [b for b, _r in drain(node1, "jobs")]
     assert bodies == [b"a%d" % i for i in range(10)] + [b"b%d" % i for i in range(10)] + [b"c0"]
+
+
+def test_delete_removes_the_placement_and_every_copy(make_cluster):
+    cluster = make_cluster(3)
+    conn, ch = declare(cluster["node1"], "gone")
+    wait_until(lambda: placement(cluster, "gone"), 5, "the placement record")
+    publish(ch, "gone", [b"x"] * 10)
+    for node in cluster.nodes:
+        assert segments(node, "gone")
+    ch.queue_delete("gone")
+    conn.close()
+    wait_until(lambda: placement(cluster, "gone") is None, 5, "the placement removed")
+    for node in cluster.nodes:
+        wait_until(lambda: not os.path.exists(queue_dir(node, "gone")), 5,
+                   f"{node.name}'s copy removed")
+        wait_until(lambda: "gone" not in {q["name"] for q in node.api("/api/queues")}, 5,
+                   f"the queue gone from {node.name}")
+    # declared again: a new queue, empty, replicated again
+    conn, ch = declare(cluster["node2"], "gone")
+    rec = wait_until(lambda: placement(cluster, "gone"), 5, "the new placement record")
+    assert rec["leader"] == "node2" and rec["epoch"] == 1
+    publish(ch, "gone", [b"new"])
+    conn.close()
+    assert [b for b, _r in drain(cluster["node2"], "gone")] == [b"new"]
