@@ -112,9 +112,16 @@ class ReplicaFiles:
 
     def append(self, name: str, offset: int, data: bytes) -> None:
         fd = self._fd(name)
-        if os.fstat(fd).st_size != offset:
+        size = os.fstat(fd).st_size
+        if size > offset:
             os.ftruncate(fd, offset)         # (a torn tail the leader never had)
-        os.pwrite(fd, data, offset)
+        elif size < offset:                  # a gap: never sent so; the link starts over
+            raise ValueError(f"{name}: {offset - size} byte(s) missing before offset {offset}")
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            offset += n
+            view = view[n:]
         self.dirty[name] = None
 
     def truncate(self, name: str, size: int) -> None:

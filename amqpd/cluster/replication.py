@@ -533,9 +533,17 @@ class Following:
             await self.wake.wait()
             self.wake.clear()
             upto = self.applied
-            fds, dirs = self.files.sync_targets()
-            if fds or dirs:
-                await loop.run_in_executor(None, fsync_all, fds, dirs)
+            try:
+                fds, dirs = self.files.sync_targets()
+                if fds or dirs:
+                    await loop.run_in_executor(None, fsync_all, fds, dirs)
+            except OSError as exc:
+                # nothing more is acked: the leader drops this member from the in-sync set
+                # and a new link starts over from what is on disk
+                log.warning("queue %r: cannot write its copy (%s); replication stopped",
+                            self.key[1], exc)
+                self.close()
+                return
             if self.closed:
                 return
             frames.write(self.writer, ACK, {"s": upto})

@@ -154,3 +154,15 @@ def test_lag_is_the_age_of_the_oldest_unacked_operation():
     assert c.lag("b", 12.0) == 1.0
     c.acked["b"] = 2
     assert c.lag("b", 12.0) == 0.0
+
+
+def test_a_gap_is_refused_and_a_longer_tail_cut(tmp_path):
+    import pytest
+    copy = ReplicaFiles(str(tmp_path / "m"))
+    copy.append("00000000.seg", 0, b"abcdef")
+    with pytest.raises(ValueError):
+        copy.append("00000000.seg", 10, b"zz")
+    copy.append("00000000.seg", 3, b"XY")       # what the member had beyond is dropped
+    fsync_all(*copy.sync_targets())
+    copy.close()
+    assert (tmp_path / "m" / "00000000.seg").read_bytes() == b"abcXY"
