@@ -62,6 +62,33 @@ class _Detached:
 DETACHED = _Detached()
 
 
+class Deferred:
+    """A reply's place in a connection's output (``Connection.defer``)."""
+    __slots__ = ("conn", "chunk", "done")
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.chunk = bytearray()      # a placeholder no other chunk is (identity)
+        self.done = False
+
+    def reply(self, data: bytes) -> None:
+        """Fill the place in (once) and let the output go when no other reply is due."""
+        if self.done:
+            return
+        self.done = True
+        conn = self.conn
+        conn.deferred -= 1
+        out = conn.out
+        for i in range(len(out) - 1, -1, -1):
+            if out[i] is self.chunk:
+                out[i] = data
+                conn.out_size += len(data)
+                break
+        if not conn.deferred and conn.out:
+            conn._dirty = True
+            conn.io.wake(conn)
+
+
 class Connection(Handshake, Output):
     stats = property(ConnectionStats)    # io statistics (broker/stats.py)
 
@@ -123,32 +150,50 @@ class Connection(Handshake, Output):
 
     # -- output -------------------------------------------------------------------------------
     # -- durable definitions: replies wait for the disk ----------------------------------------
-    held_until = 0        # the generation a durable declare/delete of this read must reach
+    journal_hold = 0      # the generation a durable declare/delete of this read must reach
+    deferred = 0          # replies another node gives (defer()) not in yet
+
+    @property
+    def held_until(self):
+        """Truthy while the edge must ask ``output_held()`` before writing."""
+        return self.journal_hold or self.deferred
 
     def _hold_output(self, commit) -> None:
         """A durable declare or delete in this read journaled a line: everything written to
         this connection from now on (declare-ok first) waits until that line is durable."""
-        self.held_until = commit.journal_gen
+        self.journal_hold = commit.journal_gen
         commit.wait(self)
 
     def output_held(self) -> bool:
         """Must the edge keep this connection's output back for now?"""
-        return bool(self.held_until) and self.held_until > self.broker.commit.synced_gen
+        if self.deferred:
+            return True
+        return bool(self.journal_hold) and self.journal_hold > self.broker.commit.synced_gen
 
     def flush_confirms(self) -> None:
         """The commit path made generations durable: release the output if ours is."""
         commit = self.broker.commit
-        if self.held_until and self.held_until <= commit.synced_gen:
-            self.held_until = 0
+        if self.journal_hold and self.journal_hold <= commit.synced_gen:
+            self.journal_hold = 0
             self.io.wake(self)
-        elif self.held_until:
+        elif self.journal_hold:
             commit.wait(self)
+
+    def defer(self) -> "Deferred":
+        """A reply another node gives (clustering: basic.get, queue.declare's counts, purge
+        and delete of a queue led elsewhere). Its place in the output is kept here, and
+        everything written after it waits until ``Deferred.reply`` fills it in, so the
+        client hears every frame in the order it asked."""
+        slot = Deferred(self)
+        self.out.append(slot.chunk)
+        self.deferred += 1
+        return slot
 
     def nack_generations(self, lo: int, hi: int) -> None:
         """Writing or syncing failed: if the journal line our client waits for was in it, the
         declare or delete it is waiting to hear about is not durable. Nothing held goes out;
         the connection is closed (541), as when the write itself fails."""
-        if lo < self.held_until <= hi:
+        if lo < self.journal_hold <= hi:
             self.out.clear()
             self.out_size = 0
             self._connection_error(errors.InternalError(

@@ -9,6 +9,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from pamqp import commands as C
+from pamqp import frame as pamqp_frame
 
 from .. import errors
 from ..broker.consumer import Consumer
@@ -117,6 +118,23 @@ def queue_declare(ch: Channel, m: Queue.Declare) -> None:
     q = ch.vhost.declare_queue(m.queue, ch.conn, m.passive, m.durable, m.exclusive,
                                m.auto_delete, m.arguments or {})
     ch.last_queue = q.name
+    announce = getattr(q, "announce", None)
+    if announce is not None:
+        # clustering: a new shared queue is declared-ok once the cluster has it, so a
+        # client that goes on through another node finds it there
+        del q.announce
+        if not m.nowait:
+            slot = ch.conn.defer()
+            frame = _declare_ok_frame(ch, q.name, q.message_count, len(q.consumers))
+            announce(lambda: slot.reply(frame))
+            return
+    if getattr(q, "forwarded", False):
+        if not m.nowait:          # the counts are the leader's: asked, answered in order
+            slot = ch.conn.defer()
+            q.ask("counts", {}, lambda answer: _remote_answer(
+                ch, slot, answer, lambda a: _declare_ok_frame(
+                    ch, q.name, a["messages"], a["consumers"])))
+        return
     _declare_ok(ch, m, q.name, q.message_count, len(q.consumers))
 
 
@@ -124,8 +142,34 @@ def _declare_ok(ch: Channel, m: Queue.Declare, name: str, messages: int, consume
     """Queue.Declare-Ok, encoded here: pamqp refuses to build one for a name outside its
     ASCII pattern (``tâche``, ``a*b``), and RabbitMQ accepts any UTF-8 name up to 255 bytes."""
     if not m.nowait:
-        ch.conn.write(framing.frame(FRAME_METHOD, ch.number, _DECLARE_OK + fastpath.shortstr(name)
-                                    + _counts(messages, consumers)))
+        ch.conn.write(_declare_ok_frame(ch, name, messages, consumers))
+
+
+def _declare_ok_frame(ch: Channel, name: str, messages: int, consumers: int) -> bytes:
+    return framing.frame(FRAME_METHOD, ch.number, _DECLARE_OK + fastpath.shortstr(name)
+                         + _counts(messages, consumers))
+
+
+def _remote_answer(ch: Channel, slot, answer, make) -> None:
+    """A queue led by another node answered (clustering): ``make(answer)`` gives the reply's
+    bytes for the place ``slot`` keeps in the output; an error (an AMQPError as the answer,
+    or one ``make`` raises) closes the channel there instead, as if raised by the handler."""
+    if ch.state != "open":
+        slot.reply(b"")
+        return
+    try:
+        if isinstance(answer, errors.AMQPError):
+            raise answer
+        slot.reply(make(answer))
+    except errors.AMQPError as exc:
+        if exc.connection_level:
+            slot.reply(b"")
+            ch.conn._connection_error(exc)
+            return
+        ch.cleanup()
+        slot.reply(pamqp_frame.marshal(Channel_.Close(
+            reply_code=exc.code, reply_text=errors.shorten(exc.reply_text),
+            class_id=exc.class_id or 0, method_id=exc.method_id or 0), ch.number))
 
 
 _DECLARE_OK = struct.pack(">HH", 50, 11)
@@ -187,6 +231,12 @@ def queue_unbind(ch: Channel, m: Queue.Unbind) -> None:
 def queue_purge(ch: Channel, m: Queue.Purge) -> None:
     ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
+    if getattr(q, "forwarded", False):
+        slot = None if m.nowait else ch.conn.defer()
+        q.ask("purge", {}, None if slot is None else lambda answer: _remote_answer(
+            ch, slot, answer, lambda a: pamqp_frame.marshal(
+                Queue.PurgeOk(message_count=a["count"]), ch.number)))
+        return
     _ok(ch, m, Queue.PurgeOk(message_count=q.purge()))
 
 
@@ -200,6 +250,9 @@ def queue_delete(ch: Channel, m: Queue.Delete) -> None:
         _ok(ch, m, Queue.DeleteOk(message_count=0))
         return
     ch.vhost.queue(name, ch.conn)          # exclusive check
+    if getattr(q, "forwarded", False):
+        _remote_delete(ch, m, q)
+        return
     if m.if_unused and q.consumers:
         raise errors.PreconditionFailed(f"{q.label} in use", 50, 40)
     if m.if_empty and q.message_count:
@@ -208,6 +261,22 @@ def queue_delete(ch: Channel, m: Queue.Delete) -> None:
     # consumer is on this channel: kombu's delete() must not see the cancel first)
     _ok(ch, m, Queue.DeleteOk(message_count=q.message_count))
     ch.vhost.delete_queue(q)
+
+
+def _remote_delete(ch: Channel, m: Queue.Delete, q) -> None:
+    """A queue led by another node: the leader checks if-unused / if-empty, deletes it with
+    its messages and says how many; this node's proxy goes once it answered (the other
+    nodes' through the cluster's metadata)."""
+    slot = None if m.nowait else ch.conn.defer()
+
+    def answered(answer):
+        if not isinstance(answer, errors.AMQPError) and not q.deleted:
+            q.vhost.delete_queue(q)
+        if slot is not None:
+            _remote_answer(ch, slot, answer, lambda a: pamqp_frame.marshal(
+                Queue.DeleteOk(message_count=a["count"]), ch.number))
+        ch.conn.broker.run_dispatch()
+    q.ask("delete", {"if_unused": bool(m.if_unused), "if_empty": bool(m.if_empty)}, answered)
 
 
 # -- basic class ----------------------------------------------------------------------------------
@@ -274,6 +343,9 @@ def basic_cancel(ch: Channel, m: Basic.Cancel) -> None:
 def basic_get(ch: Channel, m: Basic.Get) -> None:
     ch.conn.authorize("read", "queue", _queue_name(ch, m.queue))
     q = _queue(ch, m.queue)
+    if getattr(q, "forwarded", False):
+        _remote_get(ch, m, q)
+        return
     entry = q.take()
     counts, qcounts = ch.counts, q.counts      # statistics (broker/stats.py)
     if entry is None:
@@ -298,6 +370,46 @@ def basic_get(ch: Channel, m: Basic.Get) -> None:
     fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.raw_route,
                           q.message_count, msg.header, msg.body, conn.frame_max)
     conn.wrote(len(msg.body))
+
+
+def _remote_get(ch: Channel, m: Basic.Get, q) -> None:
+    """basic.get from a queue led by another node: the leader takes the message (and holds
+    it unacked for this node); get-ok or get-empty goes out where the get was asked."""
+    slot = ch.conn.defer()
+    no_ack = bool(m.no_ack)
+
+    def answered(answer):
+        if ch.state != "open" and not isinstance(answer, errors.AMQPError):
+            if answer.get("entry") is not None and not no_ack:
+                q.give_back(answer["entry"])      # the client never saw it
+            slot.reply(b"")
+            return
+        _remote_answer(ch, slot, answer, got)
+
+    def got(answer) -> bytes:
+        counts, qcounts = ch.counts, q.counts
+        entry = answer.get("entry")
+        if entry is None:
+            counts.gets_empty += 1
+            qcounts.gets_empty += 1
+            return pamqp_frame.marshal(Basic.GetEmpty(), ch.number)
+        ch.next_tag = tag = ch.next_tag + 1
+        if no_ack:
+            counts.gets_no_ack += 1
+            qcounts.gets_no_ack += 1
+        else:
+            ch.unacked[tag] = (q, entry, None)
+            counts.gets += 1
+            qcounts.gets += 1
+        if entry.redelivered:
+            counts.get_redelivered += 1
+            qcounts.get_redelivered += 1
+        msg = entry.message
+        out: list = []
+        fastpath.write_get_ok(out, ch.number, tag, entry.redelivered, msg.raw_route,
+                              answer["count"], msg.header, msg.body, ch.conn.frame_max)
+        return b"".join(out)
+    q.ask("get", {"no_ack": no_ack}, answered)
 
 
 def basic_recover(ch: Channel, m) -> None:

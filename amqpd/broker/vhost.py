@@ -147,8 +147,10 @@ class VHost:
         if exclusive:
             owner.exclusive_queues.add(q)
         elif durable:
+            # a queue led by another node (clustering) keeps no log here: only its definition
             self._persist({"op": "queue", "name": name, "durable": True,
-                           "auto_delete": auto_delete, "args": encode_args(arguments)}, q)
+                           "auto_delete": auto_delete, "args": encode_args(arguments)},
+                          None if getattr(q, "keeps_no_log", False) else q)
         self.queues[name] = q
         counters = self.broker.counters
         counters.queues_declared += 1
@@ -228,7 +230,28 @@ class VHost:
             self.journal({"op": "queue.delete", "name": q.name})
             self.broker.store.delete_queue_log(self.name, q.name)
             q.log = None
+        elif q.durable and getattr(q, "keeps_no_log", False):
+            self.journal({"op": "queue.delete", "name": q.name})
         return count
+
+    def replace_queue(self, old: Queue, new: Queue) -> None:
+        """Put ``new`` where ``old`` was (clustering: the queue's leader moved, so the object
+        that stands for it here changes kind): ``new`` gets old's bindings; old's consumers
+        are told with basic.cancel (where the client asked to be told); old is marked
+        deleted, so acks of what it delivered are taken and dropped (its ``settle`` decides
+        what that means), never refused. Old's log, if any, is left to the caller."""
+        if self.queues.get(old.name) is old:
+            self.queues[new.name] = new
+        for ex in list(old.sources):
+            for (dest, key, _frozen), args in list(ex.bindings.items()):
+                if dest is old:
+                    ex.add_binding(new, key, args)
+            ex.remove_dest(old)
+        old.deleted = True
+        for consumer in list(old.consumers):
+            consumer.channel.queue_deleted(consumer)
+        old.consumers.clear()
+        refresh_queue(new)
 
     # -- bindings -----------------------------------------------------------------------------
     def bind(self, source: Exchange, dest, key: str, arguments: dict) -> None:

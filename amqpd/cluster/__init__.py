@@ -8,6 +8,8 @@ cluster of that name through etcd. Without one, nothing here is imported.
     replication.py quorum queues: log shipping, in-sync set, failover (replica.py: its
                 pure parts; replicated_queue.py: the queue on each member)
     link.py     the node-to-node listener (cluster.listen), link roles
+    forward.py  any node serves any client: placement of classic queues, proxies
+                (remote_queue.py) forwarding to each queue's leader over the links
     frames.py   what links carry after the greeting
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
 
@@ -20,11 +22,12 @@ import logging
 
 from ..edge.listeners import StartError
 from .etcd import EtcdError, EtcdUnavailable
+from .forward import ROLE as FORWARD, Forwarding
 from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
 from .placement import KIND as PLACEMENT, Placements
-from .replication import Replication, is_quorum
+from .replication import Replication
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -41,15 +44,12 @@ class ClusterNode:
         self.placements = Placements(self.member)      # which node leads each shared queue
         self.member.followers[PLACEMENT] = self.placements
         self.metadata = None
+        # quorum queues (before forwarding: its placement listener runs first)
         self.replication = Replication(self)
         self.member.on_lease_lost.append(self.replication.lease_lost)
-
-    def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
-        """The broker's queue factory in a cluster: a quorum queue is replicated."""
-        if durable and exclusive_owner is None and is_quorum(arguments):
-            return self.replication.make_queue(vhost, name, durable, exclusive_owner,
-                                               auto_delete, arguments)
-        return self._plain_queue(vhost, name, durable, exclusive_owner, auto_delete, arguments)
+        self.forwarding = Forwarding(self)             # queues led elsewhere: proxies
+        self.forwarding.local_factory = self.replication.local_factory
+        self.links.protocol = (FORWARD, self.forwarding.link)
 
     @property
     def name(self) -> str:
@@ -64,21 +64,20 @@ class ClusterNode:
         this node's metadata with the cluster's (``admin``: the node's admin.Admin;
         ``after_change()``: run what applied changes made due)."""
         await self.link.start()
-        broker = admin.broker
-        self._plain_queue = broker.queue_factory
-        broker.queue_factory = self.make_queue
-        self.replication.attach(broker, admin.store, after_change)
+        self.replication.attach(admin.broker, admin.store, after_change)
         try:
             await self.member.join({"cluster": {"host": self.config.listen.host,
                                                 "port": self.link.port}})
+            self.forwarding.install(admin.broker, after_change, self.make_queue)
             self.metadata = MetadataSync(lambda: self.member.etcd, self.member.prefix, admin,
-                                         after_change, self.data_dir)
+                                         after_change, self.data_dir, self.forwarding)
             try:
                 await self.metadata.start()
+                await self.forwarding.start()
+                self.replication.start()
             except (EtcdError, EtcdUnavailable) as exc:
                 raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
                                  f"({exc})") from None
-            self.replication.start()
         except BaseException:
             await self.stop()
             raise
@@ -92,8 +91,15 @@ class ClusterNode:
         self.links.start()
         log.info("cluster %s: node %s is running", self.name, self.node)
 
+    def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """The broker's queue factory: a proxy for a shared queue led by another node, a
+        local queue (``forwarding.local_factory``) for the others."""
+        return self.forwarding.make_queue(vhost, name, durable, exclusive_owner, auto_delete,
+                                          arguments)
+
     async def stop(self) -> None:
         await self.replication.stop()
+        await self.forwarding.stop()
         await self.links.stop()
         if self.metadata is not None:
             await self.metadata.stop()

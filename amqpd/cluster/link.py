@@ -6,8 +6,9 @@ taken, checked and known from the first start. What a link carries so far is a g
 each side sends one JSON line ``{"cluster", "node", "version"}``, and a peer from another
 cluster (or not the node its record named) is told so and dropped. ``Links`` keeps a link
 open to every running node of the view, again after the peer restarts; the management API
-lists them as RabbitMQ lists its ``cluster_links``. Forwarding publishes and deliveries
-between nodes will run over these connections (docs/clustering.md, "Not yet").
+lists them as RabbitMQ lists its ``cluster_links``. Forwarding (forward.py) runs its origin
+side over these connections (``Links.protocol``), its leader side as the listener's
+"forward" role.
 """
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ class Links:
         self.up: dict[str, dict] = {}         # peer name -> what the API shows of the link
         self._tasks: dict[str, tuple] = {}    # peer name -> (its address, the link task)
         self._watcher: asyncio.Task | None = None
+        # (role, ``async fn(peer name, reader, writer)``) run on each link once greeted
+        # (forward.py's origin side); None: an idle link
+        self.protocol = None
 
     def start(self) -> None:
         self._watcher = asyncio.ensure_future(self._follow())
@@ -171,7 +175,8 @@ class Links:
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port), GREETING_TIMEOUT)
-                hello = greeting(self.config.name, self.config.node)
+                role, run = self.protocol if self.protocol is not None else (None, None)
+                hello = greeting(self.config.name, self.config.node, role)
                 writer.write(hello)
                 line = await asyncio.wait_for(reader.readline(), GREETING_TIMEOUT)
                 peer = json.loads(line) if line else {}
@@ -187,8 +192,11 @@ class Links:
                                                "send_bytes_details": {"rate": 0.0},
                                                "recv_bytes": len(line),
                                                "recv_bytes_details": {"rate": 0.0}}}
-                    while await reader.read(65536):
-                        pass
+                    if run is not None:
+                        await run(name, reader, writer)
+                    else:
+                        while await reader.read(65536):
+                            pass
             except (OSError, asyncio.TimeoutError, ValueError):
                 pass
             finally:

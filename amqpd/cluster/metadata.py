@@ -116,8 +116,13 @@ class Unapplicable(Exception):
 
 
 class MetadataSync:
-    def __init__(self, etcd_of, prefix: str, admin, after_change, data_dir: str | None):
+    def __init__(self, etcd_of, prefix: str, admin, after_change, data_dir: str | None,
+                 forwarding=None):
         self._etcd_of = etcd_of               # () -> the member's current Etcd client
+        # forward.py: told while the cluster's changes are applied (a queue from the
+        # cluster is not claimed here), and waited for before queues are written to etcd
+        # (their placement is there first)
+        self.forwarding = forwarding
         self.prefix = prefix + "meta/"
         self.admin = admin
         self.broker, self.access = admin.broker, admin.access
@@ -141,6 +146,10 @@ class MetadataSync:
     @property
     def etcd(self):
         return self._etcd_of()
+
+    def wake(self) -> None:
+        """A round now rather than at the next interval (a declare waits for it)."""
+        self._wake.set()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -249,8 +258,16 @@ class MetadataSync:
             else:
                 push.append(key)              # changed here only
         if apply_puts or apply_deletes:
-            self._apply(apply_puts, apply_deletes, local)
+            if self.forwarding is not None:
+                self.forwarding.applying = True
+            try:
+                self._apply(apply_puts, apply_deletes, local)
+            finally:
+                if self.forwarding is not None:
+                    self.forwarding.applying = False
             self._local = None                # changed here (with whatever cascaded)
+        if push and self.forwarding is not None and self.forwarding.claiming:
+            await self.forwarding.claims_done()
         # in dependency order, so the others can apply them as they come
         for key in sorted(push, key=lambda k: _rank(k, local.get(k) is None)):
             await self._push(key, local.get(key))

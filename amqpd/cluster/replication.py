@@ -34,14 +34,17 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import time
 
+from ..broker.queue import Queue
 from ..store.definitions import decode_args, encode_args
 from ..broker.queue_policy import refresh_queue
 from . import frames
 from .etcd import EtcdError, EtcdUnavailable
 from .link import connect
 from .placement import record
+from .remote_queue import RemoteQueue
 from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
 from .replicated_queue import ReplicatedQueue, recover_messages
 
@@ -51,6 +54,22 @@ ROLE = "replicate"
 HELLO, STATE, OP, SYNCED, ACK, REFUSE = 1, 2, 3, 4, 5, 6
 RETRY = 0.2
 TICK = 0.1
+
+
+def send(writer, kind: int, head: dict, payload: bytes = b"") -> bool:
+    return put(writer, frames.encode(kind, head, payload))
+
+
+def put(writer, frame: bytes) -> bool:
+    """Write a frame unless the connection is gone (uvloop raises on a closed transport;
+    the reading side notices and ends the link)."""
+    if writer is None or writer.is_closing():
+        return False
+    try:
+        writer.write(frame)
+        return True
+    except (RuntimeError, OSError):
+        return False
 
 
 def is_quorum(arguments) -> bool:
@@ -130,8 +149,16 @@ class Replication:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """What a queue that lives on this node is made as (forward.py's factory asks): a
+        quorum queue is replicated, the others are plain queues."""
+        if durable and exclusive_owner is None and is_quorum(arguments):
+            return self.make_queue(vhost, name, durable, exclusive_owner, auto_delete,
+                                   arguments)
+        return Queue(vhost, name, durable, exclusive_owner, auto_delete, arguments)
+
     def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
-        """The broker's queue factory for quorum queues (ClusterNode.make_queue)."""
+        """A quorum queue this node has: its leader (declared here), or a stand-in."""
         key = (vhost.name, name)
         if self.store is not None:
             self.store.replica_path(*key)
@@ -158,7 +185,12 @@ class Replication:
         key = (q.vhost.name, q.name)
         lead = Leading(self, q, rec, claimed=False)
         self.leading[key] = lead
-        self.spawn(self._claim(key, lead, rec))
+        task = self.spawn(self._claim(key, lead, rec))
+        fwd = self._forwarding()
+        if fwd is not None and key not in fwd.claiming:
+            # the declare-ok and the metadata sync wait for the placement (forward.py)
+            fwd.claiming[key] = task
+            task.add_done_callback(lambda _t: fwd.claiming.pop(key, None))
 
     async def _claim(self, key, lead, rec) -> None:
         for attempt in range(20):
@@ -183,6 +215,10 @@ class Replication:
             self.step_down(key, "another node's declare won")
             self.reconcile(key)
 
+    def _forwarding(self):
+        fwd = getattr(self.cluster, "forwarding", None)
+        return fwd if fwd is not None and getattr(fwd, "broker", None) is not None else None
+
     def step_down(self, key, why: str, replace: bool = True) -> None:
         """Stop leading the queue: nothing more is confirmed (open publishes are nacked),
         consumers are cancelled, the log is no longer written (its files are left for the
@@ -200,13 +236,21 @@ class Replication:
         q.leading = False
         vhost = q.vhost
         if replace and vhost.queues.get(q.name) is q and not q.deleted:
-            stand_in = ReplicatedQueue(vhost, q.name, True, None, q.auto_delete, q.arguments)
-            self._swap(vhost, q, stand_in)
+            fwd = self._forwarding()
+            # a proxy to the new leader if the record names one, else a stand-in
+            if fwd is None or not fwd.refresh(*key):
+                stand_in = ReplicatedQueue(vhost, q.name, True, None, q.auto_delete,
+                                           q.arguments)
+                self._swap(vhost, q, stand_in)
         self.after_change()
 
     def _swap(self, vhost, old, new) -> None:
         """``new`` takes ``old``'s place: its bindings, its name; old's consumers are told
         with basic.cancel."""
+        fwd = getattr(self.cluster, "forwarding", None)
+        if fwd is not None:
+            fwd._replace(vhost, old, new)       # (a proxy's subscriptions end too)
+            return
         refresh_queue(new)
         for consumer in list(old.consumers):
             consumer.channel.queue_deleted(consumer)
@@ -344,11 +388,8 @@ class Replication:
             q = self._local(key)
             if q is not None and getattr(q, "leading", False):
                 return
-            path = self.store.replica_path(*key)
-            if q is None or isinstance(q, ReplicatedQueue):
-                # (a stand-in's definition goes with the cluster's metadata)
-                import shutil
-                shutil.rmtree(path, ignore_errors=True)
+            # (the stand-in's or proxy's definition goes with the cluster's metadata)
+            shutil.rmtree(self.store.replica_path(*key), ignore_errors=True)
 
     async def _follow_members(self) -> None:
         while True:
@@ -424,11 +465,12 @@ class Replication:
         replaced by a stand-in: its log's files are the follower's."""
         vhost = self.broker.vhosts.get(key[0])
         q = vhost.queues.get(key[1]) if vhost is not None else None
-        if q is None or isinstance(q, ReplicatedQueue) or not is_quorum(q.arguments):
-            return
-        if self.store is not None:
+        if self.store is not None and key not in self.leading:
             self.store.replica_path(*key)
-            self.store.drop_queue_log(*key)
+            self.store.drop_queue_log(*key)      # (a restart's plain queue had it open)
+        if q is None or isinstance(q, ReplicatedQueue) or not is_quorum(q.arguments) \
+                or isinstance(q, RemoteQueue):
+            return
         q.log = None
         self._swap(vhost, q, ReplicatedQueue(vhost, key[1], True, None, q.auto_delete,
                                              q.arguments))
@@ -445,7 +487,6 @@ class Replication:
             path = self.store.replica_path(*key)
             self.store.replicas.discard(key)
             q.vhost.journal({"op": "queue.delete", "name": q.name})
-            import shutil
             shutil.rmtree(path, ignore_errors=True)
 
     # -- the member's side -----------------------------------------------------------------
@@ -465,8 +506,7 @@ class Replication:
         if lead is not None:
             known = max(known, lead.epoch)
         if epoch < known or (lead is not None and lead.epoch == epoch) or self.stopping:
-            frames.write(writer, REFUSE, {"epoch": known})
-            await writer.drain()
+            send(writer, REFUSE, {"epoch": known})
             return
         if lead is not None:
             self.step_down(key, f"{peer} leads at epoch {epoch}")
@@ -481,14 +521,14 @@ class Replication:
         f = Following(self, key, peer, epoch, ReplicaFiles(path), writer)
         self.following[key] = f
         try:
-            frames.write(writer, STATE, {"files": file_state(path)})
+            send(writer, STATE, {"files": file_state(path)})
             syncer = asyncio.ensure_future(f.sync_loop())
             try:
                 while True:
                     kind, head, payload = await frames.read(reader)
                     if f.closed or self.epochs.get(key, 0) != epoch \
                             or int(head.get("e", -1)) != epoch:
-                        frames.write(writer, REFUSE, {"epoch": self.epochs.get(key, 0)})
+                        send(writer, REFUSE, {"epoch": self.epochs.get(key, 0)})
                         break
                     if kind == OP:
                         op = head.get("op")
@@ -546,7 +586,7 @@ class Following:
                 return
             if self.closed:
                 return
-            frames.write(self.writer, ACK, {"s": upto})
+            send(self.writer, ACK, {"s": upto})
 
     def close(self) -> None:
         if not self.closed:
@@ -604,7 +644,7 @@ class Leading:
         frame = frames.encode(OP, head, payload)
         for sh in self.shippers.values():
             if sh.streaming:
-                sh.writer.write(frame)
+                put(sh.writer, frame)
         if not self._check_soon:
             # (the tap runs inside the commit's write: confirms go out after it)
             self._check_soon = True
@@ -742,7 +782,7 @@ class Shipper:
             try:
                 reader, writer = await connect(repl.config, address.get("host"),
                                                address["port"], self.peer, ROLE)
-                frames.write(writer, HELLO, {"v": lead.key[0], "q": lead.key[1],
+                send(writer, HELLO, {"v": lead.key[0], "q": lead.key[1],
                                              "e": lead.epoch, "leader": repl.me,
                                              "ad": lead.q.auto_delete,
                                              "args": encode_args(lead.q.arguments)})
@@ -801,8 +841,8 @@ class Shipper:
                 head["o"], payload = op[2], op[3]
             elif kind == "whole":
                 payload = op[2]
-            frames.write(writer, OP, head, payload)
-        frames.write(writer, SYNCED, {"s": seq, "e": lead.epoch})
+            send(writer, OP, head, payload)
+        send(writer, SYNCED, {"s": seq, "e": lead.epoch})
         self.writer = writer
         self.streaming = True
         self.down_since = None

@@ -1,0 +1,240 @@
+"""Forwarding without sockets: two in-memory brokers, each with its real cluster objects
+(ClusterNode, Forwarding, Placements), the origin's link (forward.Peer) and the leader's
+(forward.Session) joined by a pipe that hands frames over on the next loop turn; clients
+are sans-IO Connections. And VHost.replace_queue on its own."""
+import asyncio
+import struct
+
+from pamqp import commands as C
+
+from amqpd import config as amqpd_config
+from amqpd.cluster import ClusterNode
+from amqpd.cluster.forward import Session
+from amqpd.cluster.placement import record
+from amqpd.cluster.remote_queue import RemoteQueue
+
+from .stubs import Client, declare_exchange, declare_queue, make_broker, message
+from .test_connection_core import names
+
+Basic = C.Basic
+
+
+class Pipe:
+    """A writer whose frames reach ``deliver(payload)`` on a later loop turn."""
+
+    def __init__(self, loop, deliver):
+        self.loop, self.deliver = loop, deliver
+        self.open = True
+
+    def write(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            length, kind, head_len = struct.unpack_from(">IBI", data, pos)
+            payload = data[pos + 9 + head_len:pos + 4 + length]
+            pos += 4 + length
+            if self.open:
+                self.loop.call_soon(self.deliver, kind, payload)
+
+
+def node(name: str):
+    cfg = amqpd_config.Cluster(name="t", node=name)
+    cluster = ClusterNode(cfg, None)
+    broker = make_broker()
+    cluster.forwarding.install(broker, broker.run_dispatch, cluster.make_queue)
+    # the placement of "q": led by node1 (as the membership watch would hand it over)
+    cluster.placements.apply("%2F/q", record("classic", "node1", ["node1"]), 7)
+    cluster.member.alive = {"node1": {"state": "running"}, "node2": {"state": "running"}}
+    return cluster, broker
+
+
+class Pair:
+    """node1 leads "q"; node2's proxy forwards to it."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.c1, self.b1 = node("node1")
+        self.c2, self.b2 = node("node2")
+        self.leader_q = declare_queue(self.b1.vhosts["/"], "q", durable=True)
+        self.proxy = declare_queue(self.b2.vhosts["/"], "q", durable=True)
+        self.peer = self.c2.forwarding.peer("node1")
+        self.session = Session(self.c1.forwarding, "node2")
+
+        def to_leader(kind, payload):
+            self.session.feed(payload)
+            self.b1.run_dispatch()
+
+        def to_origin(kind, payload):
+            self.peer.feed(payload)
+            self.b2.run_dispatch()
+        self.session.writer = Pipe(loop, to_origin)
+        self.peer.writer = self.to_leader = Pipe(loop, to_leader)
+        self.peer.connected = True
+
+    def client(self) -> Client:
+        c = Client(broker=self.b2)
+        c.handshake()
+        c.open_channel(1)
+        return c
+
+
+async def turns(n: int = 10) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def run(coro):
+    asyncio.run(coro)
+
+
+def test_the_factory_makes_a_proxy_for_a_queue_led_elsewhere():
+    async def go():
+        p = Pair()
+        assert isinstance(p.proxy, RemoteQueue) and p.proxy.leader == "node1"
+        assert not isinstance(p.leader_q, RemoteQueue)
+    run(go())
+
+
+def test_publish_is_confirmed_by_the_leader():
+    async def go():
+        p = Pair()
+        c = p.client()
+        c.send_method(1, C.Confirm.Select())
+        c.expect_one(C.Confirm.SelectOk)
+        c.send(_publish(b"hello"))
+        assert c.methods() == []                  # not confirmed before the leader says so
+        await turns()
+        ack = c.expect_one(Basic.Ack)
+        assert ack.delivery_tag == 1
+        assert [e.message.body for e in p.leader_q.ready] == [b"hello"]
+    run(go())
+
+
+def test_consume_ack_and_nack_requeue_through_the_proxy():
+    async def go():
+        p = Pair()
+        for body in (b"one", b"two"):
+            p.leader_q.enqueue(message(body, "q"))
+        c = p.client()
+        c.send_method(1, Basic.Qos(prefetch_count=1))
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
+        assert names(c.methods()) == [(1, "QosOk"), (1, "ConsumeOk")]
+        await turns()
+        got = c.methods()
+        assert names(got)[0] == (1, "Deliver") and got[0][1].redelivered is False
+        assert got[2][1].value == b"one"
+        c.send_method(1, Basic.Nack(delivery_tag=1, requeue=True))
+        await turns()
+        got = c.methods()
+        assert got[0][1].redelivered is True and got[2][1].value == b"one"
+        c.send_method(1, Basic.Ack(delivery_tag=2))
+        await turns()
+        got = c.methods()
+        assert got[2][1].value == b"two"
+        c.send_method(1, Basic.Ack(delivery_tag=3))
+        await turns()
+        assert p.leader_q.message_count == 0 and p.leader_q.unacked == 0
+    run(go())
+
+
+def test_basic_get_is_a_deferred_reply_held_in_order():
+    async def go():
+        p = Pair()
+        p.leader_q.enqueue(message(b"got", "q"))
+        c = p.client()
+        c.send_method(1, Basic.Get(queue="q"))
+        assert c.conn.output_held()               # the get-ok's place is kept
+        await turns()
+        assert not c.conn.output_held()
+        got = c.methods()
+        assert names(got)[0] == (1, "GetOk") and got[2][1].value == b"got"
+        c.send_method(1, Basic.Ack(delivery_tag=got[0][1].delivery_tag))
+        await turns()
+        assert p.leader_q.unacked == 0
+        c.send_method(1, Basic.Get(queue="q"))
+        await turns()
+        assert names(c.methods()) == [(1, "GetEmpty")]
+    run(go())
+
+
+def test_declare_counts_purge_and_delete_are_the_leaders():
+    async def go():
+        p = Pair()
+        for i in range(3):
+            p.leader_q.enqueue(message(b"%d" % i, "q"))
+        c = p.client()
+        c.send_method(1, C.Queue.Declare(queue="q", passive=True))
+        await turns()
+        ok = c.expect_one(C.Queue.DeclareOk)
+        assert ok.message_count == 3
+        c.send_method(1, C.Queue.Purge(queue="q"))
+        await turns()
+        assert c.expect_one(C.Queue.PurgeOk).message_count == 3
+        p.leader_q.enqueue(message(b"x", "q"))
+        c.send_method(1, C.Queue.Delete(queue="q", if_empty=True))
+        await turns()
+        got = c.methods()
+        assert names(got) == [(1, "Close")] and got[0][1].reply_code == 406
+        c.send_method(1, C.Channel.CloseOk())
+        c.open_channel(2)
+        c.send_method(2, C.Queue.Delete(queue="q"))
+        await turns()
+        assert c.expect_one(C.Queue.DeleteOk).message_count == 1
+        assert "q" not in p.b1.vhosts["/"].queues and "q" not in p.b2.vhosts["/"].queues
+    run(go())
+
+
+def test_a_dropped_link_nacks_publishes_and_cancels_consumers_and_requeues_at_the_leader():
+    async def go():
+        p = Pair()
+        p.leader_q.enqueue(message(b"held", "q"))
+        c = p.client()
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
+        c.send_method(1, C.Confirm.Select())
+        await turns()
+        got = c.methods()
+        assert (1, "Deliver") in names(got)
+        p.to_leader.open = False                  # the link is cut: nothing more arrives
+        c.send(_publish(b"lost"))
+        p.peer._lost("test")
+        p.session.close()
+        got = names(c.methods())
+        assert (1, "Cancel") in got and (1, "Nack") in got
+        assert p.leader_q.message_count == 1      # the unacked delivery came back
+        assert p.leader_q.ready.take().redelivered
+        c.send_method(1, Basic.Ack(delivery_tag=1))     # taken, dropped: no 406
+        assert names(c.methods()) == []
+    run(go())
+
+
+def test_replace_queue_moves_bindings_and_cancels_consumers():
+    broker = make_broker()
+    vhost = broker.vhosts["/"]
+    old = declare_queue(vhost, "r", durable=True)
+    fan = declare_exchange(vhost, "fan")
+    direct = declare_exchange(vhost, "dx", "direct")
+    vhost.bind(fan, old, "", {})
+    vhost.bind(direct, old, "a", {})
+    vhost.bind(direct, old, "b", {})
+    c = Client(broker=broker)
+    c.handshake()
+    c.open_channel(1)
+    c.send_method(1, Basic.Consume(queue="r", consumer_tag="t1"))
+    c.methods()
+    vhost.publish(direct, message(b"m", "a", "dx"))
+    broker.run_dispatch()
+    c.methods()
+    new = type(old)(vhost, "r", True, None, False, {})
+    vhost.replace_queue(old, new)
+    assert vhost.queues["r"] is new and old.deleted
+    assert names(c.methods()) == [(1, "Cancel")]
+    assert old.sources == set() and new.sources == {fan, direct}
+    assert set(vhost.route(direct, message(b"", "b", "dx"))) == {new}
+    assert set(vhost.route(fan, message(b"", "", "fan"))) == {new}
+    c.send_method(1, Basic.Ack(delivery_tag=1))     # a delivery of the old object: no 406
+    assert names(c.methods()) == []
+
+
+def _publish(body: bytes) -> bytes:
+    from .stubs import publish
+    return publish(1, body, routing_key="q")
+
