@@ -88,6 +88,41 @@ def test_leader_killed_right_after_the_declare(make_cluster):
                                                                 "x-max-length": 1000}
 
 
+def test_clients_on_other_nodes_go_on_after_the_leader_dies(make_cluster):
+    """Through forwarding: a publisher on node3 and a consumer on node2, the leader node1
+    killed; publishes nacked meanwhile are published again; every confirmed one is
+    consumed."""
+    cluster = make_cluster(3)
+    conn, ch = declare(cluster["node1"], "spread")
+    wait_until(lambda: placement(cluster, "spread"), 5, "the placement record")
+    conn.close()
+    wait_until(lambda: "spread" in {q["name"] for q in cluster["node3"].api("/api/queues")},
+               5, "the queue on node3")
+    pconn, pch = channel(cluster["node3"])
+    publish(pch, "spread", [b"p%d" % i for i in range(20)])      # forwarded to node1
+    cluster["node1"].kill()
+    confirmed = [b"p%d" % i for i in range(20)]
+    deadline = time.monotonic() + 15
+    for i in range(20, 30):
+        body = b"p%d" % i
+        while True:
+            try:
+                publish(pch, "spread", [body])
+                confirmed.append(body)
+                break
+            except pika.exceptions.NackError:      # the leader went: published again
+                assert time.monotonic() < deadline, "no leader took over"
+                time.sleep(0.05)
+            except (pika.exceptions.AMQPError, OSError):
+                assert time.monotonic() < deadline, "no leader took over"
+                time.sleep(0.05)
+                pconn, pch = channel(cluster["node3"])
+    got = wait_until(lambda: drain(cluster["node2"], "spread") or None, 10, "messages")
+    bodies = [b for b, _r in got]
+    assert set(confirmed) <= set(bodies), set(confirmed) - set(bodies)
+    pconn.close()
+
+
 def test_paused_leader_confirms_nothing_then_truncates_and_follows(make_cluster):
     cluster = make_cluster(3)
     node1 = cluster["node1"]
