@@ -46,6 +46,7 @@ from ..broker.queue import Queue
 from ..broker.stats import Counts, retire_consumer
 from . import frames
 from .placement import q as _q, record
+from .tasks import cancel_all
 from .remote_queue import RemoteEntry, RemoteQueue
 
 log = logging.getLogger("amqpd.cluster")
@@ -738,13 +739,8 @@ class Forwarding:
         self._task = asyncio.ensure_future(self._maintain())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_all([task], what="forwarding tasks")
         for task in list(self.claiming.values()) + list(self.draining):
             task.cancel()
 
