@@ -5,6 +5,8 @@ cluster of that name through etcd. Without one, nothing here is imported.
     metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
                 one etcd key each, merged both ways with this node's
     placement.py which node leads each shared queue, its replicas and in-sync set
+    replication.py quorum queues: log shipping, in-sync set, failover (replica.py: its
+                pure parts; replicated_queue.py: the queue on each member)
     link.py     the node-to-node listener (cluster.listen), link roles
     forward.py  any node serves any client: placement of classic queues, proxies
                 (remote_queue.py) forwarding to each queue's leader over the links
@@ -25,6 +27,7 @@ from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
 from .placement import KIND as PLACEMENT, Placements
+from .replication import Replication
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -41,7 +44,11 @@ class ClusterNode:
         self.placements = Placements(self.member)      # which node leads each shared queue
         self.member.followers[PLACEMENT] = self.placements
         self.metadata = None
+        # quorum queues (before forwarding: its placement listener runs first)
+        self.replication = Replication(self)
+        self.member.on_lease_lost.append(self.replication.lease_lost)
         self.forwarding = Forwarding(self)             # queues led elsewhere: proxies
+        self.forwarding.local_factory = self.replication.local_factory
         self.links.protocol = (FORWARD, self.forwarding.link)
 
     @property
@@ -57,6 +64,7 @@ class ClusterNode:
         this node's metadata with the cluster's (``admin``: the node's admin.Admin;
         ``after_change()``: run what applied changes made due)."""
         await self.link.start()
+        self.replication.attach(admin.broker, admin.store, after_change)
         try:
             await self.member.join({"cluster": {"host": self.config.listen.host,
                                                 "port": self.link.port}})
@@ -66,6 +74,7 @@ class ClusterNode:
             try:
                 await self.metadata.start()
                 await self.forwarding.start()
+                self.replication.start()
             except (EtcdError, EtcdUnavailable) as exc:
                 raise StartError(f"cluster.etcd: cannot read the cluster's metadata "
                                  f"({exc})") from None
@@ -89,6 +98,7 @@ class ClusterNode:
                                           arguments)
 
     async def stop(self) -> None:
+        await self.replication.stop()
         await self.forwarding.stop()
         await self.links.stop()
         if self.metadata is not None:

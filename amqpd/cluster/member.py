@@ -27,6 +27,7 @@ import time
 from ..edge.listeners import StartError
 from ..version import __version__
 from .etcd import Etcd, EtcdError, EtcdUnavailable
+from .tasks import cancel_all
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -59,11 +60,19 @@ class Member:
         # ``apply(rest, value, mod revision)`` and ``reload([(rest, value, mod revision)])``
         # (placement.py's queue placements)
         self.followers: dict = {}
+        # the lease is certainly valid until this time.monotonic() (the last refresh sent
+        # plus its TTL): a queue leader confirms nothing after it; ``on_lease_lost``
+        # callbacks run when the lease is found expired (replication.py steps down)
+        self.lease_deadline = 0.0
+        self.on_lease_lost: list = []
 
     @staticmethod
     def etcd_b64(value) -> str:
         from .etcd import b64
         return b64(value)
+
+    def lease_ok(self) -> bool:
+        return time.monotonic() < self.lease_deadline
 
     def key(self, kind: str, name: str) -> str:
         return f"{self.prefix}{kind}/{name}"
@@ -77,7 +86,9 @@ class Member:
                            pid=os.getpid(), data_dir=self.data_dir, version=__version__,
                            started_at=int(time.time() * 1000))
         try:
+            sent = time.monotonic()
             self.lease, granted = await self.etcd.grant(self.config.lease_ttl)
+            self.lease_deadline = sent + granted
             await self._claim()
             await self.etcd.put_if_absent(self.key("members", self.name),
                                           encode({"name": self.name,
@@ -143,13 +154,7 @@ class Member:
     async def leave(self) -> None:
         """Tell the others at once: state ``stopping``, then the lease ended (its record goes
         with it). Without etcd the record goes when the lease runs out."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_all(self._tasks, what="membership tasks")
         self._tasks = []
         if self.etcd is None:
             return
@@ -172,8 +177,17 @@ class Member:
         while True:
             await asyncio.sleep(interval)
             try:
+                sent = time.monotonic()
                 ttl = await self.etcd.keepalive(self.lease, timeout=interval)
+                if ttl > 0:
+                    self.lease_deadline = sent + ttl
                 if ttl <= 0:
+                    self.lease_deadline = 0.0
+                    for fn in list(self.on_lease_lost):
+                        try:
+                            fn()
+                        except Exception:
+                            log.exception("lease-lost callback failed")
                     await self._rejoin()
                 elif self._etcd_down:
                     self._etcd_down = False
@@ -191,7 +205,9 @@ class Member:
         log.warning("cluster: this node's lease expired (etcd unreachable or the process "
                     "paused for over %d s); registering again", self.config.lease_ttl)
         self._etcd_down = False
-        self.lease, _ttl = await self.etcd.grant(self.config.lease_ttl)
+        sent = time.monotonic()
+        self.lease, ttl = await self.etcd.grant(self.config.lease_ttl)
+        self.lease_deadline = sent + ttl
         ok, _held = await self.etcd.put_if_absent(self.key("nodes", self.name),
                                                   encode(self.record), self.lease)
         if not ok:

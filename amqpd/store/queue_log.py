@@ -6,6 +6,14 @@ is deleted once every message in it and in every older segment is settled: a lat
 hold the SETTLED markers of earlier messages, so segments go oldest first, and disk use follows
 the live backlog.
 
+A replicated queue's leader sets ``tap`` (None otherwise: nothing is reported and nothing
+costs anything): an object told of every change this log makes to the files of its directory,
+in the order it makes them, so a follower can make byte-identical copies (cluster/replica.py):
+``append(name, offset, data)`` (bytes written to a segment at that offset; a new file starts
+at 0), ``truncate(name, size)`` (a failed write cut back), ``unlink(name)`` and
+``rewrite(name)`` (the file was replaced or written whole: compaction, a segment summary).
+Names are file names inside the log's directory.
+
 Durability rules followed here (see fileio.py): a new segment file, and a new queue directory,
 are durable only once their directory is fsynced, so the group commit fsyncs those directories
 before anything written there is confirmed. A failed write leaves no partial record behind:
@@ -68,6 +76,7 @@ class QueueLog:
         self.unsynced_index: list = []     # written to the OS, waiting for the next fsync
         self.syncing_index: list = []      # covered by the fsync running now
         self.parent_dirty = io.makedirs(path) is not None     # a new directory: fsync parent
+        self.tap = None                    # a replicated queue's file-change listener
 
     def _segment_path(self, number: int) -> str:
         return os.path.join(self.path, f"{number:08d}.seg")
@@ -301,6 +310,8 @@ class QueueLog:
             self.io.replace(path, path + ".unreadable")
         except OSError as err:
             log.error("%s: cannot rename it either: %s", path, err)
+        if self.tap is not None:
+            self.tap.unlink(os.path.basename(path))
 
     def _truncate(self, path: str, size: int) -> None:
         io = self.io
@@ -495,6 +506,9 @@ class QueueLog:
         if sync:
             io.fsync_dir(self.path)
         segment_index.remove(path, io)
+        if self.tap is not None:
+            self.tap.unlink(f"{number:08d}.idx")
+            self.tap.rewrite(f"{number:08d}.seg")
         self.clean_until[number] = self.active
         return offsets
 
@@ -556,6 +570,8 @@ class QueueLog:
             if self.file_size == 0:
                 self.dir_dirty = True       # (probably) a new file: its name needs an fsync
         self.io.write_all(self.fd, data)
+        if self.tap is not None:
+            self.tap.append(f"{self.writing:08d}.seg", self.file_size, data)
         self.file_size += len(data)
         self.written += len(data)
 
@@ -583,6 +599,8 @@ class QueueLog:
             try:
                 self.io.ftruncate(self.fd, self.file_size)
                 cut = True
+                if self.tap is not None:
+                    self.tap.truncate(f"{self.writing:08d}.seg", self.file_size)
             except OSError:
                 pass
         if cut and self.writing == self.active:
@@ -597,6 +615,7 @@ class QueueLog:
         self.active_size = 0                  # the next record opens a fresh segment
 
     def _unlink_doomed(self) -> None:
+        tap = self.tap
         for number in self.doomed:
             segment_index.remove(self._segment_path(number), self.io)
             try:
@@ -605,6 +624,9 @@ class QueueLog:
                 pass
             except OSError as exc:            # (EIO) left behind; settled, so harmless
                 log.warning("%s: cannot delete segment %d: %s", self.path, number, exc)
+            if tap is not None:
+                tap.unlink(f"{number:08d}.idx")
+                tap.unlink(f"{number:08d}.seg")
         self.doomed.clear()
 
     def sync_targets(self) -> tuple[list, list]:
@@ -645,6 +667,8 @@ class QueueLog:
         for number, index in done:
             if index.valid:
                 segment_index.write(self._segment_path(number), index, self.io)
+                if self.tap is not None:
+                    self.tap.rewrite(f"{number:08d}.idx")
 
     def index_failed(self) -> None:
         """That fsync failed: no summary for those segments (a restart scans them)."""

@@ -74,6 +74,10 @@ class Store:
                                           fsync=fsync != "never", io=io)
         self._trashed = 0
         self.logs: dict[tuple, QueueLog] = {}
+        # (vhost, queue) of replicated queues this node holds files of (a cluster's quorum
+        # queues): their directory may be written by the replication follower before the
+        # queue is declared here, so it is never taken for a deleted queue's leftovers
+        self.replicas: set = set()
         self.recovered = False         # set once recovery has opened the logs it found
         self.commit = Commit(self.data_dir, fsync, io)
         self.commit.journal = self.journal
@@ -140,7 +144,7 @@ class Store:
         qlog = self.logs.get(key)
         if qlog is None:
             path = self._log_path(vhost, name)
-            if self.recovered and os.path.exists(path):
+            if self.recovered and os.path.exists(path) and key not in self.replicas:
                 # A new queue: whatever is there belongs to a deleted one (a removal that
                 # failed, or was lost in a crash) and must not come back in it.
                 log.warning("%s: removing the files of an earlier queue %r", path, name)
@@ -152,6 +156,33 @@ class Store:
                     self.io.write_file(meta, json.dumps({"vhost": vhost, "name": name})
                                        .encode(), sync=False)
         return qlog
+
+    def replica_path(self, vhost: str, name: str) -> str:
+        """The directory a replicated queue's files have on this node: where its log would
+        be (a follower writes the leader's files there, so a promotion recovers from them
+        exactly as a restart does)."""
+        self.replicas.add((vhost, name))
+        return self._log_path(vhost, name)
+
+    def drop_queue_log(self, vhost: str, name: str) -> None:
+        """This node no longer writes the queue's log (a replicated queue's leader stepped
+        down): what is buffered is thrown away, nothing more is written, and the files stay
+        for the replication follower to bring in line with the new leader's."""
+        qlog = self.logs.pop((vhost, name), None)
+        if qlog is None:
+            return
+        self.commit.forget(qlog)
+        qlog.tap = None
+        qlog.deleted = True               # write() is a no-op from now on
+        qlog.pending.clear()
+        qlog.rolls = 0
+        for fd in qlog.retired + ([qlog.fd] if qlog.fd is not None else []):
+            try:
+                self.io.close(fd)
+            except OSError:
+                pass
+        qlog.retired.clear()
+        qlog.fd = None
 
     def delayed_log(self, vhost: str, name: str, durable: bool = True) -> DelayedLog:
         """The bucket files of a delayed exchange's held messages (store/delayed_log.py), in
@@ -194,7 +225,7 @@ class Store:
         deleted just before a crash, whose files were not all gone). ``keep`` holds the
         (vhost, name) of every durable queue and delay log, loaded or not."""
         self.recovered = True
-        wanted = {os.path.basename(self._log_path(v, n)) for v, n in keep}
+        wanted = {os.path.basename(self._log_path(v, n)) for v, n in list(keep) + list(self.replicas)}
         removed = 0
         for name in os.listdir(self.queues_dir):
             base = name.partition(TRASH)[0]

@@ -1,0 +1,856 @@
+"""Replicated (``x-queue-type: quorum``) queues: log shipping, the in-sync set, failover.
+
+Each quorum queue has a placement record (placement.py): its members, its leader, its epoch
+and its in-sync set (ISR). On the leader the queue is a ReplicatedQueue whose QueueLog
+reports every change it makes to its files (the log's ``tap``); ``Leading`` ships each change
+to every member over a link of role "replicate" (one connection per queue and member), each
+operation numbered (``s``) within the leader's epoch (``e``). A member (``serve``) writes
+the same bytes into the directory this node's log of the queue would have, fsyncs them (in
+batches, on a worker thread) and acks the highest operation it has on disk.
+
+Commit rule: a publish is confirmed once the operation carrying its record is fsynced on
+every ISR member (the leader's own fsync: ``ticket.stored``), while the ISR holds a majority
+of the members, while this node's lease is known to be valid and its epoch is the record's.
+A member that has not acked what it was sent within ``ack_timeout`` (or whose link is down
+that long) leaves the ISR by a compare-and-swap on the record before anything it lacks is
+confirmed; never below a majority (confirms then wait). A member catches up on connecting:
+it reports its files (name, size, sha1); the leader sends the tails of files it holds a
+prefix of, whole files where they differ, and unlinks those the leader does not have (how a
+deposed leader drops what was never committed); once it has acked everything it is added
+back to the ISR (CAS).
+
+Failover: when the leader's node record goes (its lease expired) an alive ISR member takes
+the record by CAS {epoch + 1, leader: itself, isr: the alive ones}; it stops following,
+recovers the queue from its files (the restart path) with every message marked redelivered,
+and leads. Members refuse frames of an older epoch than they know (the record, or a newer
+leader's greeting), so a deposed leader confirms nothing; it also stops confirming when
+its lease is in doubt (member.lease_ok) or lost. A node that finds a record naming it
+leader while it does not lead (a restart, a handover) takes it by CAS too (epoch + 1). A
+graceful stop hands each queue it leads to an ISR member that has everything.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import time
+
+from ..broker.queue import Queue
+from ..store.definitions import decode_args, encode_args
+from ..broker.queue_policy import refresh_queue
+from . import frames
+from .etcd import EtcdError, EtcdUnavailable
+from .link import connect
+from .placement import record
+from .remote_queue import RemoteQueue
+from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
+from .replicated_queue import ReplicatedQueue, recover_messages
+
+log = logging.getLogger("amqpd.cluster")
+
+ROLE = "replicate"
+HELLO, STATE, OP, SYNCED, ACK, REFUSE = 1, 2, 3, 4, 5, 6
+RETRY = 0.2
+TICK = 0.1
+
+
+def send(writer, kind: int, head: dict, payload: bytes = b"") -> bool:
+    return put(writer, frames.encode(kind, head, payload))
+
+
+def put(writer, frame: bytes) -> bool:
+    """Write a frame unless the connection is gone (uvloop raises on a closed transport;
+    the reading side notices and ends the link)."""
+    if writer is None or writer.is_closing():
+        return False
+    try:
+        writer.write(frame)
+        return True
+    except (RuntimeError, OSError):
+        return False
+
+
+def is_quorum(arguments) -> bool:
+    value = (arguments or {}).get("x-queue-type")
+    return value in ("quorum", b"quorum")
+
+
+def choose_members(vhost: str, name: str, me: str, running, size: int) -> list:
+    """The declaring node and up to size-1 of the other running nodes, chosen by rendezvous
+    hashing on the queue's name (the same nodes whoever computes it)."""
+    def weight(node):
+        return hashlib.sha1(f"{vhost}\0{name}\0{node}".encode()).digest()
+    others = sorted((n for n in running if n != me), key=weight)
+    return [me] + others[:max(0, size - 1)]
+
+
+class Replication:
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.config = cluster.config
+        self.member = cluster.member
+        self.placements = cluster.placements
+        self.me = cluster.config.node
+        self.ack_timeout = float(getattr(self.config, "replica_ack_timeout", None)
+                                 or max(1.0, self.config.lease_ttl / 3))
+        self.broker = None
+        self.store = None
+        self.after_change = lambda: None
+        self.leading: dict[tuple, Leading] = {}
+        self.following: dict[tuple, Following] = {}
+        self.epochs: dict[tuple, int] = {}        # highest epoch accepted per queue
+        self.busy: set = set()                    # queues with a CAS of ours in flight
+        self._tasks: set = set()
+        self._watcher = None
+        self.stopping = False
+        self._stand_in_only = False                # make_queue: never a new leader
+        self.definitions: dict[tuple, dict] = {}   # what leaders said of their queues
+        cluster.link.handlers[ROLE] = self.serve
+        self.placements.listen(self._placement_changed)
+
+    # -- wiring ----------------------------------------------------------------------------
+    def attach(self, broker, store, after_change) -> None:
+        self.broker, self.store, self.after_change = broker, store, after_change
+        broker.replication = self
+
+    def start(self) -> None:
+        """The view is loaded: quorum queues recovered by this node's restart (plain
+        queues, made before the cluster was joined) become what their record says."""
+        self._watcher = asyncio.ensure_future(self._follow_members())
+        for key in list(self.placements.records):
+            self.reconcile(key)
+
+    def spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        """A graceful stop: hand each queue this node leads to an in-sync member, then
+        drop everything."""
+        self.stopping = True
+        if self.leading:
+            await asyncio.gather(*(self._hand_over(lead) for lead in list(self.leading.values())),
+                                 return_exceptions=True)
+        for key in list(self.leading):
+            self.step_down(key, "this node stops", replace=False)
+        for f in list(self.following.values()):
+            f.close()
+        self.following.clear()
+        tasks = list(self._tasks) + ([self._watcher] if self._watcher else [])
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """What a queue that lives on this node is made as (forward.py's factory asks): a
+        quorum queue is replicated, the others are plain queues."""
+        if durable and exclusive_owner is None and is_quorum(arguments):
+            return self.make_queue(vhost, name, durable, exclusive_owner, auto_delete,
+                                   arguments)
+        return Queue(vhost, name, durable, exclusive_owner, auto_delete, arguments)
+
+    def make_queue(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
+        """A quorum queue this node has: its leader (declared here), or a stand-in."""
+        key = (vhost.name, name)
+        if self.store is not None:
+            self.store.replica_path(*key)
+        rec = self.placements.get(*key)
+        if rec is None and not self.stopping and not self._stand_in_only:
+            # declared here: this node leads it; the record is claimed right after
+            q = ReplicatedQueue(vhost, name, durable, exclusive_owner, auto_delete, arguments,
+                                leading=True)
+            size = _int((arguments or {}).get("x-quorum-initial-group-size"), 3)
+            running = [n for n, up, _r in self.member.nodes() if up] or [self.me]
+            rec = record("quorum", self.me, choose_members(vhost.name, name, self.me,
+                                                           running, size))
+            asyncio.get_event_loop().call_soon(self._start_new, q, rec)
+            return q
+        q = ReplicatedQueue(vhost, name, durable, exclusive_owner, auto_delete, arguments)
+        asyncio.get_event_loop().call_soon(self.reconcile, key)
+        return q
+
+    # -- the leader's side -----------------------------------------------------------------
+    def _start_new(self, q, rec) -> None:
+        """A queue declared on this node: lead it at once (confirms wait for the claim)."""
+        if q.deleted or q.log is None or self.broker is None:
+            return
+        key = (q.vhost.name, q.name)
+        lead = Leading(self, q, rec, claimed=False)
+        self.leading[key] = lead
+        task = self.spawn(self._claim(key, lead, rec))
+        fwd = self._forwarding()
+        if fwd is not None and key not in fwd.claiming:
+            # the declare-ok and the metadata sync wait for the placement (forward.py)
+            fwd.claiming[key] = task
+            task.add_done_callback(lambda _t: fwd.claiming.pop(key, None))
+
+    async def _claim(self, key, lead, rec) -> None:
+        for attempt in range(20):
+            try:
+                created, existing = await self.placements.claim(key[0], key[1], rec)
+                break
+            except (EtcdError, EtcdUnavailable) as exc:
+                log.warning("queue %r: cannot claim its placement yet (%s)", key[1], exc)
+                await asyncio.sleep(0.25)
+        else:
+            created, existing = False, None
+        if self.leading.get(key) is not lead:
+            return
+        if created:
+            lead.claimed = True
+            log.info("queue %r in vhost %r: quorum queue led by %s, members %s", key[1],
+                     key[0], self.me, ", ".join(rec["members"]))
+            lead.check()
+        else:
+            log.warning("queue %r: declared on another node at the same time; following it",
+                        key[1])
+            self.step_down(key, "another node's declare won")
+            self.reconcile(key)
+
+    def _forwarding(self):
+        fwd = getattr(self.cluster, "forwarding", None)
+        return fwd if fwd is not None and getattr(fwd, "broker", None) is not None else None
+
+    def step_down(self, key, why: str, replace: bool = True) -> None:
+        """Stop leading the queue: nothing more is confirmed (open publishes are nacked),
+        consumers are cancelled, the log is no longer written (its files are left for the
+        follower to bring in line with the new leader's) and the queue becomes a stand-in."""
+        lead = self.leading.pop(key, None)
+        if lead is None:
+            return
+        log.warning("queue %r in vhost %r: no longer the leader at epoch %d (%s)", key[1],
+                    key[0], lead.epoch, why)
+        lead.stop()
+        q = lead.q
+        if self.store is not None:
+            self.store.drop_queue_log(*key)
+        q._log = None
+        q.leading = False
+        vhost = q.vhost
+        if replace and vhost.queues.get(q.name) is q and not q.deleted:
+            fwd = self._forwarding()
+            # a proxy to the new leader if the record names one, else a stand-in
+            if fwd is None or not fwd.refresh(*key):
+                stand_in = ReplicatedQueue(vhost, q.name, True, None, q.auto_delete,
+                                           q.arguments)
+                self._swap(vhost, q, stand_in)
+        self.after_change()
+
+    def _swap(self, vhost, old, new) -> None:
+        """``new`` takes ``old``'s place: its bindings, its name; old's consumers are told
+        with basic.cancel."""
+        fwd = getattr(self.cluster, "forwarding", None)
+        if fwd is not None:
+            fwd._replace(vhost, old, new)       # (a proxy's subscriptions end too)
+            return
+        refresh_queue(new)
+        for consumer in list(old.consumers):
+            consumer.channel.queue_deleted(consumer)
+        old.consumers.clear()
+        replace = getattr(vhost, "replace_queue", None)
+        if replace is not None:
+            replace(old, new)
+        else:
+            for ex in list(old.sources):
+                for bid in list(ex.by_dest.get(old, ())):
+                    ex.add_binding(new, bid[1], ex.bindings[bid])
+                ex.remove_dest(old)
+            vhost.queues[new.name] = new
+        old.deleted = True
+
+    def promote(self, key, rec) -> bool:
+        """This node won the record: recover the queue from its files and lead it."""
+        vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
+        if vhost is not None and key[1] not in vhost.queues:
+            self._declare_stand_in(key)
+        old = vhost.queues.get(key[1]) if vhost is not None else None
+        if old is None:
+            log.warning("queue %r: leader by the record, but not declared here yet", key[1])
+            return False
+        started = time.monotonic()
+        f = self.following.pop(key, None)
+        if f is not None:
+            f.close()
+        self.epochs[key] = max(self.epochs.get(key, 0), rec["epoch"])
+        if isinstance(old, ReplicatedQueue) and old.leader is not None:
+            self.leading.pop(key, None)
+            old.leader.stop()
+        if self.store is not None:
+            self.store.replica_path(*key)
+            self.store.drop_queue_log(*key)
+        q = ReplicatedQueue(vhost, key[1], True, None, old.auto_delete, old.arguments,
+                            leading=True)
+        vhost.attach_log(q)
+        if q.log is None:
+            return False
+        count = recover_messages(q, redelivered=True)
+        q.counts.not_published = q.next_seq
+        self.leading[key] = Leading(self, q, rec, claimed=True)
+        self._swap(vhost, old, q)
+        log.info("queue %r in vhost %r: leader at epoch %d, %d message(s) recovered in "
+                 "%.3f s", key[1], key[0], rec["epoch"], count, time.monotonic() - started)
+        self.broker.schedule(q)
+        self.after_change()
+        return True
+
+    async def _take(self, key, why: str) -> None:
+        """Take the queue's leadership by CAS (epoch + 1), then lead it."""
+        if key in self.busy:
+            return
+        self.busy.add(key)
+        try:
+            rec = self.placements.get(*key)
+            revision = self.placements.revisions.get(key)
+            if rec is None or revision is None or self.me not in rec.get("isr", ()):
+                return
+            alive = self.member.alive
+            lead = self.leading.get(key)
+            if lead is not None and lead.epoch == int(rec["epoch"]):
+                return                       # (taken meanwhile: this task was late)
+            if rec["leader"] != self.me and rec["leader"] in alive:
+                return
+            isr = [n for n in rec["isr"] if n == self.me or (n in alive and n != rec["leader"])
+                   or (n == rec["leader"] == self.me)]
+            new = dict(rec, epoch=int(rec["epoch"]) + 1, leader=self.me, isr=isr)
+            try:
+                ok = await self.placements.swap(key[0], key[1], revision, new)
+            except (EtcdError, EtcdUnavailable) as exc:
+                log.warning("queue %r: cannot take the leadership (%s)", key[1], exc)
+                return
+            if not ok:
+                return                       # someone else changed it: the watch brings it
+            log.info("queue %r in vhost %r: took the leadership at epoch %d (%s)", key[1],
+                     key[0], new["epoch"], why)
+            if not self.stopping:
+                self.promote(key, new)
+        finally:
+            self.busy.discard(key)
+
+    async def _hand_over(self, lead) -> None:
+        """Graceful stop: let an in-sync member that has everything take the queue."""
+        key = lead.key
+        lead.active = False                  # nothing more is confirmed here
+        deadline = time.monotonic() + 0.5
+        target = None
+        while time.monotonic() < deadline:
+            for name in lead.isr:
+                sh = lead.shippers.get(name)
+                if name != self.me and sh is not None and sh.streaming \
+                        and lead.commits.acked.get(name, 0) >= lead.commits.seq:
+                    target = name
+                    break
+            if target is not None:
+                break
+            await asyncio.sleep(0.02)
+        rec = self.placements.get(*key)
+        revision = self.placements.revisions.get(key)
+        if target is None or rec is None or rec.get("leader") != self.me:
+            return
+        new = dict(rec, epoch=int(rec["epoch"]) + 1, leader=target,
+                   isr=[n for n in lead.isr if n != self.me])
+        try:
+            if await self.placements.swap(key[0], key[1], revision, new):
+                log.info("queue %r in vhost %r: handed over to %s", key[1], key[0], target)
+        except (EtcdError, EtcdUnavailable) as exc:
+            log.warning("queue %r: could not hand over (%s)", key[1], exc)
+
+    def lease_lost(self) -> None:
+        """member.py: this node's lease ran out (a pause, etcd unreachable): whatever it led
+        may have a new leader already. Stop confirming; reconcile once the view is fresh."""
+        for key in list(self.leading):
+            self.step_down(key, "this node's lease was lost")
+
+    # -- following the record --------------------------------------------------------------
+    def _placement_changed(self, vhost, name, old, new) -> None:
+        if self.broker is None:
+            return
+        key = (vhost, name)
+        if new is None and old is not None and old.get("type") == "quorum" \
+                and key not in self.leading:
+            self._forget_replica(key)       # the queue was deleted (its leader removes it)
+            return
+        self.reconcile(key)
+
+    def _forget_replica(self, key) -> None:
+        self.definitions.pop(key, None)
+        f = self.following.pop(key, None)
+        if f is not None:
+            f.close()
+        if self.store is not None and key in self.store.replicas:
+            q = self._local(key)
+            if q is not None and getattr(q, "leading", False):
+                return
+            # (the stand-in's or proxy's definition goes with the cluster's metadata)
+            shutil.rmtree(self.store.replica_path(*key), ignore_errors=True)
+
+    async def _follow_members(self) -> None:
+        while True:
+            changed = self.member.changed
+            await changed.wait()
+            for key, rec in list(self.placements.records.items()):
+                if rec.get("type") == "quorum" and self.me in rec.get("members", ()):
+                    self.reconcile(key)
+
+    def reconcile(self, key) -> None:
+        """Bring this node's part in line with the queue's record."""
+        if self.broker is None or self.stopping:
+            return
+        rec = self.placements.get(*key)
+        lead = self.leading.get(key)
+        if rec is None or rec.get("type") != "quorum":
+            return
+        epoch = int(rec.get("epoch", 0))
+        f = self.following.get(key)
+        if f is not None and f.epoch < epoch:
+            f.close()                        # fenced: an older leader's stream
+        if self.me not in rec.get("members", ()):
+            if lead is not None:
+                self.step_down(key, "no longer a member")
+            return
+        if rec.get("leader") == self.me:
+            if lead is not None and lead.epoch == epoch:
+                return
+            if lead is not None and not lead.claimed and epoch == 1:
+                return
+            if lead is not None:
+                self.step_down(key, f"epoch {epoch} in the record")
+            self._ensure_stand_in(key)
+            if self.member.lease_ok() and self._local_or_known(key):
+                self.spawn(self._take(key, "the record names this node"))
+            return
+        if lead is not None:
+            self.step_down(key, f"{rec.get('leader')} leads at epoch {epoch}")
+        self._ensure_stand_in(key)
+        if rec.get("leader") not in self.member.alive and self.me in rec.get("isr", ()) \
+                and self.member.lease_ok() and self._local_or_known(key):
+            self.spawn(self._take(key, f"leader {rec.get('leader')} is gone"))
+
+    def _local(self, key):
+        vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
+        return vhost.queues.get(key[1]) if vhost is not None else None
+
+    def _local_or_known(self, key):
+        return self._local(key) is not None or key in self.definitions
+
+    def _declare_stand_in(self, key) -> None:
+        """This node takes over a queue it has not heard of yet from the cluster's metadata
+        (which brings a declare up to a second later): declare it from what its leader said
+        in its greeting. (Not at the greeting itself: a declare here would be pushed to the
+        cluster and could bring back a queue deleted meanwhile.)"""
+        vhost = self.broker.vhosts.get(key[0])
+        head = self.definitions.get(key)
+        if vhost is None or key[1] in vhost.queues or head is None:
+            return
+        self._stand_in_only = True
+        try:
+            vhost.declare_queue(key[1], None, False, True, False, bool(head.get("ad")),
+                                decode_args(head["args"]))
+        except Exception as exc:             # noqa: BLE001 (the metadata brings it later)
+            log.warning("queue %r: cannot declare it from its leader's description (%s)",
+                        key[1], exc)
+        finally:
+            self._stand_in_only = False
+        self.after_change()
+
+    def _ensure_stand_in(self, key) -> None:
+        """A plain queue recovered by a restart (the factory was not installed yet) is
+        replaced by a stand-in: its log's files are the follower's."""
+        vhost = self.broker.vhosts.get(key[0])
+        q = vhost.queues.get(key[1]) if vhost is not None else None
+        if self.store is not None and key not in self.leading:
+            self.store.replica_path(*key)
+            self.store.drop_queue_log(*key)      # (a restart's plain queue had it open)
+        if q is None or isinstance(q, ReplicatedQueue) or not is_quorum(q.arguments) \
+                or isinstance(q, RemoteQueue):
+            return
+        q.log = None
+        self._swap(vhost, q, ReplicatedQueue(vhost, key[1], True, None, q.auto_delete,
+                                             q.arguments))
+
+    def follower_queue_deleted(self, q) -> None:
+        """The queue was deleted (through the cluster's metadata) where this node follows
+        it: its files go, and its definition from this node's journal."""
+        key = (q.vhost.name, q.name)
+        self.definitions.pop(key, None)
+        f = self.following.pop(key, None)
+        if f is not None:
+            f.close()
+        if self.store is not None:
+            path = self.store.replica_path(*key)
+            self.store.replicas.discard(key)
+            q.vhost.journal({"op": "queue.delete", "name": q.name})
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- the member's side -----------------------------------------------------------------
+    async def serve(self, peer: str, reader, writer) -> None:
+        """A leader ships a queue's files to this node (link role "replicate")."""
+        try:
+            kind, head, _ = await asyncio.wait_for(frames.read(reader), 10)
+        except (asyncio.TimeoutError, frames.FrameError):
+            return
+        if kind != HELLO or self.broker is None or self.store is None:
+            return
+        key = (str(head.get("v")), str(head.get("q")))
+        epoch = int(head.get("e", 0))
+        rec = self.placements.get(*key)
+        known = max(int(rec["epoch"]) if rec else 0, self.epochs.get(key, 0))
+        lead = self.leading.get(key)
+        if lead is not None:
+            known = max(known, lead.epoch)
+        if epoch < known or (lead is not None and lead.epoch == epoch) or self.stopping:
+            send(writer, REFUSE, {"epoch": known})
+            return
+        if lead is not None:
+            self.step_down(key, f"{peer} leads at epoch {epoch}")
+        self.epochs[key] = epoch
+        old = self.following.pop(key, None)
+        if old is not None:
+            old.close()
+        self._ensure_stand_in(key)
+        if "args" in head:
+            self.definitions[key] = {"ad": head.get("ad"), "args": head["args"]}
+        path = self.store.replica_path(*key)
+        f = Following(self, key, peer, epoch, ReplicaFiles(path), writer)
+        self.following[key] = f
+        try:
+            send(writer, STATE, {"files": file_state(path)})
+            syncer = asyncio.ensure_future(f.sync_loop())
+            try:
+                while True:
+                    kind, head, payload = await frames.read(reader)
+                    if f.closed or self.epochs.get(key, 0) != epoch \
+                            or int(head.get("e", -1)) != epoch:
+                        send(writer, REFUSE, {"epoch": self.epochs.get(key, 0)})
+                        break
+                    if kind == OP:
+                        op = head.get("op")
+                        name = head.get("n")
+                        if op == "append":
+                            f.files.append(name, int(head["o"]), payload)
+                        elif op == "whole":
+                            f.files.whole(name, payload)
+                        elif op == "unlink":
+                            f.files.unlink(name)
+                        elif op == "truncate":
+                            f.files.truncate(name, int(head["o"]))
+                    elif kind != SYNCED:
+                        continue
+                    f.applied = int(head.get("s", 0))
+                    f.wake.set()
+            finally:
+                syncer.cancel()
+        except (asyncio.IncompleteReadError, frames.FrameError, OSError, ValueError) as exc:
+            if not isinstance(exc, asyncio.IncompleteReadError) and not f.closed:
+                log.warning("queue %r: replication from %s stopped: %s", key[1], peer, exc)
+        finally:
+            if self.following.get(key) is f:
+                del self.following[key]
+            f.close()
+
+
+class Following:
+    """This node's copy of a queue led by ``leader`` at ``epoch``."""
+
+    def __init__(self, repl, key, leader, epoch, files, writer):
+        self.repl, self.key, self.leader, self.epoch = repl, key, leader, epoch
+        self.files = files
+        self.writer = writer
+        self.applied = 0
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    async def sync_loop(self) -> None:
+        loop = asyncio.get_event_loop()
+        while not self.closed:
+            await self.wake.wait()
+            self.wake.clear()
+            upto = self.applied
+            try:
+                fds, dirs = self.files.sync_targets()
+                if fds or dirs:
+                    await loop.run_in_executor(None, fsync_all, fds, dirs)
+            except OSError as exc:
+                # nothing more is acked: the leader drops this member from the in-sync set
+                # and a new link starts over from what is on disk
+                log.warning("queue %r: cannot write its copy (%s); replication stopped",
+                            self.key[1], exc)
+                self.close()
+                return
+            if self.closed:
+                return
+            send(self.writer, ACK, {"s": upto})
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+            self.files.close()
+
+
+class Leading:
+    """This node leads a queue at ``epoch``: its log's changes go to every member."""
+
+    def __init__(self, repl, q, rec, claimed: bool = True):
+        self.repl = repl
+        self.q = q
+        self.key = (q.vhost.name, q.name)
+        self.epoch = int(rec["epoch"])
+        self.members = list(rec["members"])
+        self.isr = list(rec["isr"])
+        self.commits = Commits(self.members)
+        self.claimed = claimed
+        self.active = True
+        self.changing = False
+        self._check_soon = False
+        q.leader = self
+        q.log.tap = self
+        self.shippers = {m: Shipper(self, m) for m in self.members if m != repl.me}
+        self.ticker = repl.spawn(self._tick())
+
+    @property
+    def me(self) -> str:
+        return self.repl.me
+
+    # -- the log's tap ---------------------------------------------------------------------
+    def append(self, name: str, offset: int, data) -> None:
+        self._ship({"op": "append", "n": name, "o": offset}, bytes(data))
+
+    def truncate(self, name: str, size: int) -> None:
+        self._ship({"op": "truncate", "n": name, "o": size})
+
+    def unlink(self, name: str) -> None:
+        self._ship({"op": "unlink", "n": name})
+
+    def rewrite(self, name: str) -> None:
+        try:
+            with open(os.path.join(self.q.log.path, name), "rb") as fh:
+                data = fh.read()
+        except OSError:
+            self._ship({"op": "unlink", "n": name})
+            return
+        self._ship({"op": "whole", "n": name}, data)
+
+    def _ship(self, head: dict, payload: bytes = b"") -> None:
+        head["s"] = self.commits.op(time.monotonic())
+        head["e"] = self.epoch
+        frame = frames.encode(OP, head, payload)
+        for sh in self.shippers.values():
+            if sh.streaming:
+                put(sh.writer, frame)
+        if not self._check_soon:
+            # (the tap runs inside the commit's write: confirms go out after it)
+            self._check_soon = True
+            asyncio.get_event_loop().call_soon(self.check)
+
+    # -- the commit rule -------------------------------------------------------------------
+    def current(self) -> bool:
+        rec = self.repl.placements.get(*self.key)
+        if rec is None:
+            return self.claimed and self.epoch == 1
+        return rec.get("leader") == self.me and int(rec.get("epoch", 0)) == self.epoch
+
+    def check(self) -> None:
+        self._check_soon = False
+        if not (self.active and self.claimed and self.repl.member.lease_ok()
+                and self.current()):
+            return
+        for ticket in self.commits.ready(self.isr, self.me):
+            ticket.resolve(True)
+
+    # -- the in-sync set -------------------------------------------------------------------
+    async def _tick(self) -> None:
+        while self.active:
+            await asyncio.sleep(TICK)
+            if self.changing or not self.claimed:
+                continue
+            self.check()                  # (a lease refreshed meanwhile)
+            rec = self.repl.placements.get(*self.key)
+            if rec is None or rec.get("leader") != self.me \
+                    or int(rec.get("epoch", 0)) != self.epoch:
+                continue
+            now = time.monotonic()
+            timeout = self.repl.ack_timeout
+            isr = list(self.isr)
+            for name in isr:
+                if name == self.me:
+                    continue
+                sh = self.shippers.get(name)
+                down = sh is None or (not sh.streaming and sh.down_since is not None
+                                      and now - sh.down_since > timeout)
+                if (down or self.commits.lag(name, now) > timeout) \
+                        and len(isr) - 1 >= majority(self.members):
+                    await self._set_isr([n for n in isr if n != name],
+                                        f"{name} is behind or unreachable")
+                    break
+            else:
+                for name in self.members:
+                    sh = self.shippers.get(name)
+                    if name not in isr and sh is not None and sh.streaming \
+                            and self.commits.acked.get(name, 0) >= self.commits.seq:
+                        await self._set_isr(isr + [name], f"{name} caught up")
+                        break
+
+    async def _set_isr(self, isr: list, why: str) -> None:
+        rec = self.repl.placements.get(*self.key)
+        revision = self.repl.placements.revisions.get(self.key)
+        if rec is None or revision is None:
+            return
+        self.changing = True
+        try:
+            ok = await self.repl.placements.swap(self.key[0], self.key[1], revision,
+                                                 dict(rec, isr=isr))
+        except (EtcdError, EtcdUnavailable) as exc:
+            log.warning("queue %r: cannot change its in-sync set (%s)", self.key[1], exc)
+            ok = False
+        finally:
+            self.changing = False
+        if ok and self.active:
+            self.isr = isr
+            log.info("queue %r in vhost %r: in-sync set %s (%s)", self.key[1], self.key[0],
+                     ", ".join(isr), why)
+            self.check()
+
+    def refused(self, epoch: int) -> None:
+        """A member knows a newer epoch: another node leads now."""
+        if epoch > self.epoch and self.repl.leading.get(self.key) is self:
+            self.repl.step_down(self.key, f"a member knows epoch {epoch}")
+
+    def deleted(self) -> None:
+        """The queue was deleted here (its leader): so is its record."""
+        if self.repl.leading.get(self.key) is self:
+            del self.repl.leading[self.key]
+        self.stop()
+
+        async def remove():
+            try:
+                await self.repl.placements.remove(*self.key)
+            except (EtcdError, EtcdUnavailable) as exc:
+                log.warning("queue %r: could not remove its placement (%s)", self.key[1], exc)
+        self.repl.spawn(remove())
+
+    def stop(self) -> None:
+        self.active = False
+        for ticket in self.commits.fail_all():
+            ticket.resolve(False)
+        for sh in self.shippers.values():
+            sh.stop()
+        self.ticker.cancel()
+        if self.q.leader is self:
+            self.q.leader = None
+        if self.q.log is not None and self.q.log.tap is self:
+            self.q.log.tap = None
+
+
+class Shipper:
+    """The leader's connection to one member for one queue."""
+
+    def __init__(self, lead: Leading, peer: str):
+        self.lead = lead
+        self.peer = peer
+        self.writer = None
+        self.streaming = False
+        self.down_since = time.monotonic()
+        self.task = lead.repl.spawn(self.run())
+
+    def stop(self) -> None:
+        self.task.cancel()
+        if self.writer is not None:
+            self.writer.close()
+
+    async def run(self) -> None:
+        lead = self.lead
+        repl = lead.repl
+        while lead.active:
+            record_ = repl.member.alive.get(self.peer) or {}
+            address = record_.get("cluster") or {}
+            if not address.get("port"):
+                changed = repl.member.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            writer = None
+            try:
+                reader, writer = await connect(repl.config, address.get("host"),
+                                               address["port"], self.peer, ROLE)
+                send(writer, HELLO, {"v": lead.key[0], "q": lead.key[1],
+                                             "e": lead.epoch, "leader": repl.me,
+                                             "ad": lead.q.auto_delete,
+                                             "args": encode_args(lead.q.arguments)})
+                kind, head, _ = await asyncio.wait_for(frames.read(reader), 10)
+                if kind == REFUSE:
+                    lead.refused(int(head.get("epoch", 0)))
+                    raise ConnectionError("refused")
+                if kind != STATE or not lead.active:
+                    raise ConnectionError("no state")
+                self._sync(writer, head.get("files") or {})
+                while True:
+                    kind, head, _ = await frames.read(reader)
+                    if kind == ACK:
+                        s = int(head.get("s", 0))
+                        if s > lead.commits.acked.get(self.peer, 0):
+                            lead.commits.acked[self.peer] = s
+                            if self.peer in lead.isr:
+                                lead.check()
+                    elif kind == REFUSE:
+                        lead.refused(int(head.get("epoch", 0)))
+                        break
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError,
+                    frames.FrameError, ValueError):
+                pass
+            finally:
+                if self.streaming or self.down_since is None:
+                    self.down_since = time.monotonic()
+                self.streaming = False
+                self.writer = None
+                if writer is not None:
+                    writer.close()
+            await asyncio.sleep(RETRY)
+
+    def _sync(self, writer, theirs: dict) -> None:
+        """Bring the member's files in line with ours, then stream (one synchronous step:
+        every change after it is streamed, every one before is in the files read here)."""
+        lead = self.lead
+        directory = lead.q.log.path
+        try:
+            names = [n for n in os.listdir(directory) if is_log_file(n)]
+        except FileNotFoundError:
+            names = []
+
+        def read(name):
+            try:
+                with open(os.path.join(directory, name), "rb") as fh:
+                    return fh.read()
+            except OSError:
+                return None
+        seq = lead.commits.seq
+        for op in plan_sync(names, read, theirs):
+            kind, name = op[0], op[1]
+            head = {"op": kind, "n": name, "s": seq, "e": lead.epoch}
+            payload = b""
+            if kind == "append":
+                head["o"], payload = op[2], op[3]
+            elif kind == "whole":
+                payload = op[2]
+            send(writer, OP, head, payload)
+        send(writer, SYNCED, {"s": seq, "e": lead.epoch})
+        self.writer = writer
+        self.streaming = True
+        self.down_since = None
+
+
+def _int(value, default: int) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return default
+    return n if n > 0 else default
