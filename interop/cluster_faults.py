@@ -216,19 +216,45 @@ CONNECTION_ERRORS = (pe.AMQPError, OSError)
 
 
 class Client(threading.Thread):
-    """A pika client thread that connects through the nodes in turn (starting at
-    ``first``), moving on to the next one whenever its connection drops."""
+    """A pika client thread with a home node (an index into the cluster's nodes): it connects
+    there first, and through the next nodes in turn when that fails; after a dropped
+    connection it tries the next node first. ``go_home()`` asks it to move back to its home
+    node at its next safe point (between publishes; a consumer cancels first), so the fault
+    driver can spread the clients over the nodes again after healing."""
 
-    def __init__(self, name: str, nodes: Nodes, ledger: Ledger, first: int, stop):
+    def __init__(self, name: str, nodes: Nodes, ledger: Ledger, home: int, stop):
         super().__init__(name=name, daemon=True)
-        self.nodes, self.ledger, self.index, self.stopping = nodes, ledger, first, stop
+        self.nodes, self.ledger, self.home, self.stopping = nodes, ledger, home, stop
+        self.index = home
         self.node = None
         self.error = None
+        self.going_home = threading.Event()
+
+    @property
+    def home_node(self) -> str:
+        nodes = self.nodes.cluster.nodes
+        return nodes[self.home % len(nodes)].name
+
+    def at_home(self) -> bool:
+        return self.node == self.home_node and not self.going_home.is_set()
+
+    def go_home(self) -> None:
+        if self.node != self.home_node:
+            self.going_home.set()
+
+    def leaving(self) -> bool:
+        """Whether work() should return now: stopping, or moving home."""
+        if self.going_home.is_set():
+            self.going_home.clear()
+            if self.node != self.home_node:
+                self.index = self.home
+                self.ledger.count("moved home")
+                return True
+        return self.stopping.is_set()
 
     def connect(self):
         while not self.stopping.is_set():
             for name, port in self.nodes.candidates(self.index):
-                self.index += 1
                 params = pika.ConnectionParameters(
                     "127.0.0.1", port, credentials=pika.PlainCredentials("guest", "guest"),
                     heartbeat=2, socket_timeout=2, stack_timeout=4, connection_attempts=1,
@@ -240,6 +266,8 @@ class Client(threading.Thread):
                     self.ledger.count("connect_failures")
                     continue
                 self.node = name
+                self.index = next(i for i, n in enumerate(self.nodes.cluster.nodes)
+                                  if n.name == name)
                 self.ledger.connected(self.name, name)
                 return conn
             self.stopping.wait(0.1)         # no node reachable now: try again shortly
@@ -259,6 +287,7 @@ class Client(threading.Thread):
                     self.index += 1         # the next connection goes through another node
                     self.stopping.wait(0.05)    # not a storm of connections meanwhile
                 finally:
+                    self.node = None
                     try:
                         if conn.is_open:
                             conn.close()
@@ -284,7 +313,7 @@ class Producer(Client):
     def work(self, conn):
         ch = conn.channel()
         ch.confirm_delivery()
-        while not self.stopping.is_set():
+        while not self.leaving():
             if self.pending is None:
                 self.n += 1
                 self.pending = f"{self.name}-{self.n}"
@@ -312,9 +341,11 @@ class Consumer(Client):
     def work(self, conn):
         ch = conn.channel()
         ch.basic_qos(prefetch_count=PREFETCH)
-        while not self.stopping.is_set():
+        leave = False
+        while not leave:
             for method, props, body in ch.consume(QUEUE, inactivity_timeout=0.2):
-                if self.stopping.is_set():
+                if self.leaving():
+                    leave = True
                     break
                 if method is None:
                     continue
@@ -324,8 +355,6 @@ class Consumer(Client):
             else:                           # the generator ended: cancelled by the broker
                 self.ledger.count("cancels")
                 self.stopping.wait(0.05)
-                continue
-            break
         try:
             ch.cancel()
         except CONNECTION_ERRORS:

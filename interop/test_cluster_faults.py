@@ -4,11 +4,13 @@ through different nodes, while the queue's current leader is killed (``kill -9``
 restarted), paused (``SIGSTOP``, ``SIGCONT`` a few seconds later, past the lease) or stopped
 gracefully (SIGTERM, then restarted), at random with a fixed seed, at least 10 times.
 
-Clients (interop/cluster_faults.py): producers republish, with the same id, what was nacked,
-returned or unconfirmed when their connection dropped (at-least-once); consumers subscribe
-again after a ``basic.cancel`` and reconnect through another node when their connection drops.
-Each fault waits for the new leader in the queue's placement record (etcd), heals the node,
-and waits for the in-sync set to be whole again before the next one.
+Clients (interop/cluster_faults.py), a producer and a consumer with its home on each node:
+producers republish, with the same id, what was nacked, returned or unconfirmed when their
+connection dropped (at-least-once); consumers subscribe again after a ``basic.cancel`` and
+reconnect through another node when their connection drops. Each fault waits for the new
+leader in the queue's placement record (etcd), heals the node, waits for the in-sync set to
+be whole again, and moves every client back to its home node before the next one (so the
+clients on the surviving nodes show when the new leader confirms and delivers).
 
 After the last fault the producers stop, one more consumer per node joins, and the queue is
 drained. The verdict: every confirmed message was consumed at least once (a loss fails the
@@ -47,8 +49,8 @@ from .cluster_faults import (QUEUE, Consumer, Ledger, Nodes, PlacementMonitor, P
                              failover_times, percentile)
 
 LEASE_TTL = 2
-PRODUCERS = (0, 1)          # the node each starts through (index into node1..node3)
-CONSUMERS = (1, 2)
+PRODUCERS = (0, 1, 2)       # each one's home node (an index into node1..node3)
+CONSUMERS = (0, 1, 2)
 
 
 # -- the verdict on its own (no broker) ---------------------------------------------------------
@@ -261,14 +263,15 @@ def run_faults(cluster, nodes, monitor, ledger, plan, rng, selfcheck, faults, cl
                "the first 20 confirms and deliveries")
     say(f"clients running: {len(ledger.confirmed)} confirmed")
     for n, kind in enumerate(plan, 1):
-        faults.append(inject(cluster, nodes, monitor, ledger, n, kind, rng, selfcheck, say))
+        faults.append(inject(cluster, nodes, monitor, ledger, clients, n, kind, rng, selfcheck,
+                             say))
         before = len(ledger.confirmed)
         wait_until(lambda: len(ledger.confirmed) > before, 20,
                    f"a confirm after healing fault {n}")
         time.sleep(rng.uniform(0.3, 1.0))        # under load between faults
 
 
-def inject(cluster, nodes, monitor, ledger, n, kind, rng, selfcheck, say) -> dict:
+def inject(cluster, nodes, monitor, ledger, clients, n, kind, rng, selfcheck, say) -> dict:
     """One fault on the queue's leader, then healing: the fault's record."""
     if selfcheck:
         target, epoch = rng.choice(cluster.nodes), None
@@ -310,6 +313,12 @@ def inject(cluster, nodes, monitor, ledger, n, kind, rng, selfcheck, say) -> dic
         monitor.wait_for(lambda r: sorted(r.get("isr", ())) == sorted(r["members"]), 30,
                          f"the in-sync set whole again after fault {n}")
     fault["healed_s"] = round(time.monotonic() - at, 3)
+    # every client back on its home node: a producer and a consumer on each node when the
+    # next fault comes, so the survivors show the new leader's first confirm and delivery
+    for c in clients:
+        c.go_home()
+    wait_until(lambda: all(c.at_home() for c in clients), 15,
+               f"the clients back on their home nodes after fault {n}")
     say(f"fault {n}: {kind} {target.name} -> leader {fault['new_leader']} seen after "
         f"{fault['elected_s']} s, healed after {fault['healed_s']} s; "
         f"{len(ledger.confirmed)} confirmed, {len(ledger.deliveries)} delivered")
