@@ -43,6 +43,7 @@ from ..broker.queue_policy import refresh_queue
 from . import frames
 from .etcd import EtcdError, EtcdUnavailable
 from .link import connect
+from .member import STOPPING
 from .placement import record
 from .remote_queue import RemoteQueue
 from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
@@ -132,6 +133,13 @@ class Replication:
         """A graceful stop: hand each queue this node leads to an in-sync member, then
         drop everything."""
         self.stopping = True
+        if self.member.etcd is not None and self.member.lease:
+            # said first, so that no node starts a link to this one while it goes (the new
+            # leaders' shippers wait for a running node)
+            try:
+                await self.member.set_state(STOPPING)
+            except (EtcdError, EtcdUnavailable):
+                pass
         if self.leading:
             await asyncio.gather(*(self._hand_over(lead) for lead in list(self.leading.values())),
                                  return_exceptions=True)
@@ -771,7 +779,7 @@ class Shipper:
         while lead.active:
             record_ = repl.member.alive.get(self.peer) or {}
             address = record_.get("cluster") or {}
-            if not address.get("port"):
+            if not address.get("port") or record_.get("state") == STOPPING:
                 changed = repl.member.changed
                 try:
                     await asyncio.wait_for(changed.wait(), 0.5)
