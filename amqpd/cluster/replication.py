@@ -358,6 +358,12 @@ class Replication:
             if target is not None:
                 break
             await asyncio.sleep(0.02)
+        if target is None:
+            # none has everything yet (a loaded machine): any in-sync member has every
+            # confirmed message (the commit rule), what it lacks was never confirmed
+            alive = self.member.alive
+            target = next((n for n in lead.isr if n != self.me and n in alive
+                           and (alive[n] or {}).get("state") != STOPPING), None)
         rec = self.placements.get(*key)
         revision = self.placements.revisions.get(key)
         if target is None or rec is None or rec.get("leader") != self.me:
