@@ -78,6 +78,7 @@ class Deferred:
         self.done = True
         conn = self.conn
         conn.deferred -= 1
+        conn.held_until = conn.journal_hold or conn.deferred
         out = conn.out
         for i in range(len(out) - 1, -1, -1):
             if out[i] is self.chunk:
@@ -152,16 +153,12 @@ class Connection(Handshake, Output):
     # -- durable definitions: replies wait for the disk ----------------------------------------
     journal_hold = 0      # the generation a durable declare/delete of this read must reach
     deferred = 0          # replies another node gives (defer()) not in yet
-
-    @property
-    def held_until(self):
-        """Truthy while the edge must ask ``output_held()`` before writing."""
-        return self.journal_hold or self.deferred
+    held_until = 0        # truthy while either holds: the edge asks ``output_held()`` then
 
     def _hold_output(self, commit) -> None:
         """A durable declare or delete in this read journaled a line: everything written to
         this connection from now on (declare-ok first) waits until that line is durable."""
-        self.journal_hold = commit.journal_gen
+        self.journal_hold = self.held_until = commit.journal_gen
         commit.wait(self)
 
     def output_held(self) -> bool:
@@ -175,6 +172,7 @@ class Connection(Handshake, Output):
         commit = self.broker.commit
         if self.journal_hold and self.journal_hold <= commit.synced_gen:
             self.journal_hold = 0
+            self.held_until = self.deferred
             self.io.wake(self)
         elif self.journal_hold:
             commit.wait(self)
@@ -187,6 +185,7 @@ class Connection(Handshake, Output):
         slot = Deferred(self)
         self.out.append(slot.chunk)
         self.deferred += 1
+        self.held_until = self.journal_hold or self.deferred
         return slot
 
     def nack_generations(self, lo: int, hi: int) -> None:

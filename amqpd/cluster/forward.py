@@ -46,6 +46,7 @@ from ..broker.queue import Queue
 from ..broker.stats import Counts, retire_consumer
 from . import frames
 from .placement import q as _q, record
+from .tasks import cancel_all
 from .remote_queue import RemoteEntry, RemoteQueue
 
 log = logging.getLogger("amqpd.cluster")
@@ -56,6 +57,9 @@ WINDOW = 256                  # deliveries in flight to a consumer without prefe
 CONNECT_WAIT = 3.0            # how long work for a running peer waits for its link
 STATS_INTERVAL = 0.5          # the leader pushes its queues' figures this often
 ANNOUNCE_WAIT = 5.0           # the longest a declare-ok waits for etcd
+UNPLACED_WAIT = 5.0           # a queue from the cluster without a placement, then claimed
+DRAIN_BATCH = 512             # messages of a replaced copy in flight to the leader
+DRAIN_RETRY = 1.0             # seconds between tries while the leader cannot take them
 FRAME_SPLIT = 4 << 20         # a batch frame is sealed at about this size
 
 # records
@@ -340,6 +344,8 @@ class Peer(Wire):
         except (asyncio.IncompleteReadError, OSError, frames.FrameError, ValueError) as exc:
             if not isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
                 log.warning("cluster: forwarding link to %s: %s", self.name, exc)
+        except Exception:            # a bug of ours: this link ends, Links opens another
+            log.exception("cluster: forwarding link to %s failed", self.name)
         finally:
             self._lost(f"the link to node {self.name} dropped")
 
@@ -364,11 +370,17 @@ class Peer(Wire):
         for ticket, _rq in tickets.values():
             ticket.resolve(False)
         for rq, consumer in subs.values():
-            rq.subscription_lost(consumer)
+            try:
+                rq.subscription_lost(consumer)
+            except Exception:
+                log.exception("cluster: cancelling a consumer of %s failed", rq.label)
         for rq, _op, callback in requests.values():
             if callback is not None:
-                callback(errors.NotFound(f"home node '{self.name}' of durable {rq.label} is "
-                                         "down or inaccessible"))
+                try:
+                    callback(errors.NotFound(f"home node '{self.name}' of durable "
+                                             f"{rq.label} is down or inaccessible"))
+                except Exception:
+                    log.exception("cluster: answering a request on %s failed", rq.label)
         self.fw.after_change()
 
 
@@ -507,10 +519,19 @@ class Session(Wire):
         self.put(body)
 
     def queue_deleted(self, consumer) -> None:
-        """The queue went (or is no longer led here): the origin cancels its consumer."""
+        """The queue went (or is no longer led here): the origin cancels its consumer. When
+        its messages move to the new leader (``draining``), what the origin held comes
+        back now: the origin drops its client's acks of them."""
         if self.consumers.pop(consumer.sid, None) is not None:
             retire_consumer(consumer)
             self.put(ctl_record({"op": "cancelled", "sid": consumer.sid}))
+        queue = consumer.queue
+        if getattr(queue, "draining", False):
+            for tag, (q, entry, c) in list(self.unacked.items()):
+                if c is consumer:
+                    del self.unacked[tag]
+                    consumer.unacked -= 1
+                    q.requeue(entry)
 
     def on_credit(self, sid, n) -> None:
         consumer = self.consumers.get(sid)
@@ -530,7 +551,7 @@ class Session(Wire):
             self.broker.schedule(queue)
             if queue.sac_waiting is consumer and not consumer.unacked:
                 queue.sac_waiting = None
-        if queue.deleted:
+        if queue.deleted and not getattr(queue, "draining", False):
             queue.settle(entry)
         elif op == ACK:
             queue.settle(entry)
@@ -661,7 +682,7 @@ class Session(Wire):
                 self.broker.schedule(queue)
                 if queue.sac_waiting is consumer and not consumer.unacked:
                     queue.sac_waiting = None
-            if queue.deleted:
+            if queue.deleted and not getattr(queue, "draining", False):
                 queue.settle(entry)
             else:
                 queue.requeue(entry)
@@ -683,6 +704,7 @@ class Forwarding:
         self.peers: dict[str, Peer] = {}
         self.sessions: set = set()
         self.claiming: dict = {}          # (vhost, name) -> task
+        self.draining: set = set()        # tasks moving a replaced copy's messages
         self.applying = False             # the metadata sync is applying the cluster's
         self.local_factory = Queue        # what a queue led here is made as (replication
         self.promote = None               # sets these for quorum queues)
@@ -717,14 +739,9 @@ class Forwarding:
         self._task = asyncio.ensure_future(self._maintain())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-        for task in list(self.claiming.values()):
+        task, self._task = self._task, None
+        await cancel_all([task], what="forwarding tasks")
+        for task in list(self.claiming.values()) + list(self.draining):
             task.cancel()
 
     def running(self, name: str) -> bool:
@@ -798,7 +815,11 @@ class Forwarding:
                                     "vhost '%s': %s", name, vhost, exc)
                         return
                     await asyncio.sleep(0.25)
-            if not won and rec.get("leader") != self.node:
+            if won:
+                self.placements.records.setdefault((vhost, name), rec)
+                if self.refresh(vhost, name):      # a proxy of a queue nobody led
+                    self.after_change()
+            elif rec.get("leader") != self.node:
                 log.info("cluster: queue '%s' in vhost '%s' is led by %s (declared there "
                          "first)", name, vhost, rec.get("leader"))
                 self.placements.records.setdefault((vhost, name), rec)
@@ -850,19 +871,65 @@ class Forwarding:
                 return False
         new = RemoteQueue(vhost, name, q.durable, None, q.auto_delete, q.arguments, self,
                           leader)
+        drain = False
         if not isinstance(q, RemoteQueue) and rec.get("type", "classic") == "classic" \
                 and q.log is not None:
             if q.message_count or q.unacked:
-                log.warning("cluster: queue '%s' in vhost '%s' is led by node %s; the %d "
-                            "message(s) this node's copy holds stay in its data directory",
-                            name, vhost_name, leader, q.message_count + q.unacked)
+                drain = q.draining = True
             else:
                 self.broker.store.delete_queue_log(vhost_name, name)
                 q.log = None
         self._replace(vhost, q, new)
+        if drain:
+            task = asyncio.ensure_future(self._drain(vhost, q, new))
+            self.draining.add(task)
+            task.add_done_callback(self.draining.discard)
         log.info("cluster: queue '%s' in vhost '%s' is led by node %s: forwarded there", name,
                  vhost_name, leader)
         return True
+
+    async def _drain(self, vhost, old, proxy) -> None:
+        """A local copy that holds messages was replaced by a proxy (a claim lost to
+        another node, a leader that moved, a stage-2 copy): its messages are forwarded to
+        the leader, each settled here once the leader confirmed it; its log goes when it is
+        empty. A restart in the middle starts again from what is left (at least once)."""
+        log.warning("cluster: queue '%s' in vhost '%s' is led by node %s: forwarding the %d "
+                    "message(s) this node's copy holds there", old.name, vhost.name,
+                    proxy.leader, old.message_count + old.unacked)
+        moved = 0
+        try:
+            while not proxy.deleted:
+                batch = []
+                while len(batch) < DRAIN_BATCH:
+                    entry = old.take()
+                    if entry is None:
+                        break
+                    batch.append((entry, proxy.enqueue(entry.message)))
+                if not batch:
+                    if not old.unacked:
+                        break
+                    await asyncio.sleep(DRAIN_RETRY)    # held by clients: acked or back
+                    continue
+                self.after_change()
+                await _all_done([ticket for _entry, ticket in batch])
+                failed = False
+                for entry, ticket in batch:
+                    if ticket.ok:
+                        old.settle(entry)
+                        moved += 1
+                    else:
+                        old.requeue(entry)
+                        failed = True
+                self.after_change()
+                if failed:
+                    await asyncio.sleep(DRAIN_RETRY)    # the leader is not reachable
+        finally:
+            if not old.message_count and not old.unacked and old.log is not None:
+                self.broker.store.delete_queue_log(vhost.name, old.name)
+                old.log = None
+                log.info("cluster: queue '%s' in vhost '%s': %d message(s) forwarded to "
+                         "node %s; this node's copy is gone", old.name, vhost.name, moved,
+                         proxy.leader)
 
     def _replace(self, vhost, old, new) -> None:
         """``old`` stands for the queue here no more: its consumers hear basic.cancel, its
@@ -888,8 +955,25 @@ class Forwarding:
                 for session in list(self.sessions):
                     session.push_stats()
                 await self._drop_stale_placements()
+                self._claim_unplaced()
             except Exception:
                 log.exception("cluster: forwarding upkeep failed")
+
+    def _claim_unplaced(self) -> None:
+        """A shared queue here without a placement record is claimed: one of this node's
+        whose record went, or one the cluster's metadata brought whose declaring node never
+        claimed it (after UNPLACED_WAIT, so that node's claim has time to arrive)."""
+        now = self.loop.time()
+        for vhost in list(self.broker.vhosts.values()):
+            for name, q in list(vhost.queues.items()):
+                if not self._shared(q) or (vhost.name, name) in self.claiming \
+                        or _is_quorum(q.arguments) \
+                        or self.placements.get(vhost.name, name) is not None:
+                    continue
+                if isinstance(q, RemoteQueue):
+                    if q.leader is not None or now - q.made_at < UNPLACED_WAIT:
+                        continue
+                self._claim_soon(vhost.name, name)
 
     async def _drop_stale_placements(self) -> None:
         for (vhost_name, name), rec in list(self.placements.records.items()):
@@ -952,6 +1036,8 @@ class Forwarding:
         except (asyncio.IncompleteReadError, OSError, frames.FrameError, ValueError) as exc:
             if not isinstance(exc, (asyncio.IncompleteReadError, ConnectionError)):
                 log.warning("cluster: forwarding link from %s: %s", node, exc)
+        except Exception:            # a bug of ours: this link ends, the origin reconnects
+            log.exception("cluster: forwarding link from %s failed", node)
         finally:
             self.sessions.discard(session)
             session.close()
@@ -968,6 +1054,26 @@ class Forwarding:
         for session in due:
             if not session.closed:
                 session.push_stats()
+
+
+class _Done:
+    """Waits on tickets: ``flush_confirms`` is what a Ticket calls when it is done."""
+
+    def __init__(self, tickets, future):
+        self.tickets, self.future = tickets, future
+
+    def flush_confirms(self) -> None:
+        if not self.future.done() and all(t.ok is not None for t in self.tickets):
+            self.future.set_result(None)
+
+
+async def _all_done(tickets) -> None:
+    future = asyncio.get_running_loop().create_future()
+    waiter = _Done(tickets, future)
+    for ticket in tickets:
+        ticket.wait(waiter)
+    waiter.flush_confirms()
+    await future
 
 
 def _is_quorum(arguments) -> bool:

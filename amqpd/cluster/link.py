@@ -18,6 +18,7 @@ import logging
 
 from ..edge.listeners import listen_error
 from ..version import __version__
+from .tasks import cancel_all
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -137,13 +138,7 @@ class Links:
         tasks += [self._watcher] if self._watcher else []
         self._tasks.clear()
         self._watcher = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_all(tasks, what="node-to-node links")
         self.up.clear()
 
     def _peers(self) -> dict[str, tuple]:

@@ -27,6 +27,7 @@ import time
 from ..edge.listeners import StartError
 from ..version import __version__
 from .etcd import Etcd, EtcdError, EtcdUnavailable
+from .tasks import cancel_all
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -153,13 +154,7 @@ class Member:
     async def leave(self) -> None:
         """Tell the others at once: state ``stopping``, then the lease ended (its record goes
         with it). Without etcd the record goes when the lease runs out."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_all(self._tasks, what="membership tasks")
         self._tasks = []
         if self.etcd is None:
             return

@@ -33,6 +33,7 @@ import urllib.parse
 
 from .. import definitions, errors
 from ..admin import AdminError
+from .tasks import cancel_all
 from .etcd import EtcdError, EtcdUnavailable
 
 log = logging.getLogger("amqpd.cluster")
@@ -184,11 +185,7 @@ class MetadataSync:
         try:
             await self._rounds()
         finally:
-            watcher.cancel()
-            try:
-                await watcher
-            except asyncio.CancelledError:
-                pass
+            await cancel_all([watcher], what="metadata watch")
 
     async def _rounds(self) -> None:
         while not self._stopping:

@@ -50,6 +50,7 @@ class RemoteQueue(Queue):
         self.cached_consumers = 0
         self.waiting: dict = {}      # consumer -> deque of RemoteEntry the client may take
         self.subs: dict = {}         # consumer -> (peer, subscription id)
+        self.made_at = forwarding.loop.time() if forwarding is not None else 0.0
 
     def __repr__(self):
         return f"<RemoteQueue {self.name!r} led by {self.leader}>"

@@ -232,14 +232,17 @@ def test_leader_change_cancels_consumers_and_old_acks_are_dropped(make_cluster):
     # acks of deliveries made under the old leader are taken (no 406), and dropped
     for tag in got:
         ch.basic_ack(tag)
-    # the queue is now node2's: publishes through node3 and node1 reach it
+    # the queue is now node2's: publishes through node3 and node1 reach it, and node1's
+    # copy forwards what it held there (those acks were dropped: the messages come back)
     ch.basic_publish("", "moving", b"after", pika.BasicProperties(delivery_mode=2))
     assert ch.is_open
+    node1.wait_for_line(r"'moving' in vhost '/': 5 message\(s\) forwarded to node node2")
     conn1 = connect(node1)
     ch1 = conn1.channel()
-    wait_until(lambda: ch1.queue_declare("moving", passive=True).method.message_count == 1,
+    wait_until(lambda: ch1.queue_declare("moving", passive=True).method.message_count == 6,
                5, "node1 forwarding to node2")
-    assert ch1.basic_get("moving", auto_ack=True)[2] == b"after"
+    bodies = {ch1.basic_get("moving", auto_ack=True)[2] for _ in range(6)}
+    assert bodies == {b"after"} | {f"m{i}".encode() for i in range(5)}
     conn1.close()
     conn.close()
 
@@ -270,4 +273,23 @@ def test_a_restarted_node_forwards_to_the_leader_again(make_cluster):
     conn.close()
     conn = connect(node1)
     assert conn.channel().basic_get("kept", auto_ack=True)[2] == b"after restart"
+    conn.close()
+
+
+def test_a_queue_whose_placement_went_is_claimed_again_by_its_leader(make_cluster):
+    import base64
+    cluster = make_cluster(2)
+    node1, node2 = cluster.nodes
+    declare_on(cluster, node1, "again")
+    key = f"/amqpd/{cluster.name}/placement/%2F/again"
+    cluster.etcd.call("/v3/kv/deleterange", {"key": base64.b64encode(key.encode()).decode()})
+    wait_until(lambda: (placement(cluster, "again") or {}).get("leader") == "node1", 5,
+               "node1 to claim it again")
+    conn = connect(node2)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.basic_publish("", "again", b"still node1's", pika.BasicProperties(delivery_mode=2))
+    conn.close()
+    conn = connect(node1)
+    assert conn.channel().basic_get("again", auto_ack=True)[2] == b"still node1's"
     conn.close()

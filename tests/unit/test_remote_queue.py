@@ -238,3 +238,39 @@ def _publish(body: bytes) -> bytes:
     from .stubs import publish
     return publish(1, body, routing_key="q")
 
+
+
+def test_no_ack_consumer_gets_a_window_the_origin_gives_back_as_it_hands_out():
+    async def go():
+        from amqpd.cluster import forward
+        p = Pair()
+        n = forward.WINDOW + 44
+        for i in range(n):
+            p.leader_q.enqueue(message(b"%d" % i, "q"))
+        c = p.client()
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1", no_ack=True))
+        c.methods()
+        await turns(40)
+        got = [f for _ch, f in c.methods() if isinstance(f, Basic.Deliver)]
+        assert len(got) == n                       # credit came back, the rest followed
+        assert p.leader_q.message_count == 0 and p.leader_q.unacked == 0
+    run(go())
+
+
+def test_deliveries_a_cancelled_consumer_never_saw_go_back_unmarked():
+    async def go():
+        p = Pair()
+        for i in range(3):
+            p.leader_q.enqueue(message(b"%d" % i, "q"))
+        c = p.client()
+        c.send_method(1, Basic.Qos(prefetch_count=3))
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
+        c.methods()
+        c.conn.writable = False                    # the client's socket does not drain
+        await turns()
+        assert c.methods() == []                   # held at the origin, not delivered
+        c.send_method(1, Basic.Cancel(consumer_tag="t1"))
+        await turns()
+        assert p.leader_q.message_count == 3
+        assert not any(e.redelivered for e in p.leader_q.ready)
+    run(go())
