@@ -46,6 +46,7 @@ from .link import connect
 from .member import STOPPING
 from .placement import record
 from .remote_queue import RemoteQueue
+from .tasks import cancel_all
 from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
 from .replicated_queue import ReplicatedQueue, recover_messages
 
@@ -149,13 +150,7 @@ class Replication:
             f.close()
         self.following.clear()
         tasks = list(self._tasks) + ([self._watcher] if self._watcher else [])
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_all(tasks, what="replication tasks")
 
     def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
         """What a queue that lives on this node is made as (forward.py's factory asks): a
