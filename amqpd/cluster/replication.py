@@ -43,8 +43,10 @@ from ..broker.queue_policy import refresh_queue
 from . import frames
 from .etcd import EtcdError, EtcdUnavailable
 from .link import connect
+from .member import STOPPING
 from .placement import record
 from .remote_queue import RemoteQueue
+from .tasks import cancel_all
 from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
 from .replicated_queue import ReplicatedQueue, recover_messages
 
@@ -132,6 +134,13 @@ class Replication:
         """A graceful stop: hand each queue this node leads to an in-sync member, then
         drop everything."""
         self.stopping = True
+        if self.member.etcd is not None and self.member.lease:
+            # said first, so that no node starts a link to this one while it goes (the new
+            # leaders' shippers wait for a running node)
+            try:
+                await self.member.set_state(STOPPING)
+            except (EtcdError, EtcdUnavailable):
+                pass
         if self.leading:
             await asyncio.gather(*(self._hand_over(lead) for lead in list(self.leading.values())),
                                  return_exceptions=True)
@@ -141,13 +150,7 @@ class Replication:
             f.close()
         self.following.clear()
         tasks = list(self._tasks) + ([self._watcher] if self._watcher else [])
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_all(tasks, what="replication tasks")
 
     def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
         """What a queue that lives on this node is made as (forward.py's factory asks): a
@@ -350,6 +353,12 @@ class Replication:
             if target is not None:
                 break
             await asyncio.sleep(0.02)
+        if target is None:
+            # none has everything yet (a loaded machine): any in-sync member has every
+            # confirmed message (the commit rule), what it lacks was never confirmed
+            alive = self.member.alive
+            target = next((n for n in lead.isr if n != self.me and n in alive
+                           and (alive[n] or {}).get("state") != STOPPING), None)
         rec = self.placements.get(*key)
         revision = self.placements.revisions.get(key)
         if target is None or rec is None or rec.get("leader") != self.me:
@@ -771,7 +780,7 @@ class Shipper:
         while lead.active:
             record_ = repl.member.alive.get(self.peer) or {}
             address = record_.get("cluster") or {}
-            if not address.get("port"):
+            if not address.get("port") or record_.get("state") == STOPPING:
                 changed = repl.member.changed
                 try:
                     await asyncio.wait_for(changed.wait(), 0.5)

@@ -220,7 +220,12 @@ def measure(tmp_root: str, runs: int = 5, lease_ttl: int = 3, fault: str = "kill
                 cluster["node1"].kill()
             else:
                 cluster["node1"].signal(signal.SIGTERM)
-            rec = new_leader(cluster, "q", "node1", timeout=30)
+            try:
+                rec = new_leader(cluster, "q", "node1", timeout=30)
+            except AssertionError:
+                for node in cluster.nodes:
+                    print(f"--- {node.name}\n" + "\n".join(node.lines[-40:]))
+                raise
             placed = time.monotonic() - fault_at
             _conn, lch = others[rec["leader"]]
             while True:
