@@ -46,6 +46,7 @@ from ..broker.queue import Queue
 from ..broker.stats import Counts, retire_consumer
 from . import frames
 from .placement import q as _q, record
+from .link_flow import Gate, LinkFlow
 from .tasks import cancel_all
 from .remote_queue import RemoteEntry, RemoteQueue
 
@@ -207,7 +208,8 @@ class Peer(Wire):
         self.qids: dict = {}          # RemoteQueue -> qid (this connection)
         self.next_qid = 0
         self.corr = 0
-        self.tickets: dict = {}       # corr -> (Ticket, RemoteQueue)
+        self.tickets: dict = {}       # corr -> (Ticket, RemoteQueue, bytes)
+        self.flow = LinkFlow(name, forwarding.gate, forwarding.loop.time)
         self.sid = 0
         self.subs: dict = {}          # sid -> (RemoteQueue, consumer)
         self.rid = 0
@@ -238,8 +240,10 @@ class Peer(Wire):
         qid = self._qid(rq)
         self.corr = corr = self.corr + 1
         ticket = Ticket()
-        self.tickets[corr] = (ticket, rq)
         route, header, body = message.raw_route, message.header, message.body
+        size = _publish.size + len(route) + len(header) + len(body)
+        self.tickets[corr] = (ticket, rq, size)
+        self.flow.sent(size)
         self.out += _publish.pack(PUBLISH, qid, corr, len(route), len(header), len(body))
         self.out += route
         self.out += header
@@ -277,15 +281,17 @@ class Peer(Wire):
     def forget(self, rq) -> None:
         """``rq`` was replaced or deleted: its publishes still open are nacked."""
         self.qids.pop(rq, None)
-        for corr, (ticket, q) in list(self.tickets.items()):
+        for corr, (ticket, q, size) in list(self.tickets.items()):
             if q is rq:
                 del self.tickets[corr]
+                self.flow.confirmed(size)
                 ticket.resolve(False)
 
     # -- what the leader sends ------------------------------------------------------------
     def on_confirm(self, corr, ok) -> None:
         item = self.tickets.pop(corr, None)
         if item is not None:
+            self.flow.confirmed(item[2])
             item[0].resolve(bool(ok))
 
     def on_deliver(self, sid, tag, redelivered, route, header, body) -> None:
@@ -322,6 +328,8 @@ class Peer(Wire):
             sub = self.subs.pop(head.get("sid"), None)
             if sub is not None:
                 sub[0].subscription_lost(sub[1])
+        elif op == "alarms":
+            self.flow.set_alarms(head.get("alarms") or ())
         elif op == "stats":
             by_qid = {qid: rq for rq, qid in self.qids.items()}
             for qid, (messages, unacked, consumers) in head.get("queues", {}).items():
@@ -364,10 +372,11 @@ class Peer(Wire):
         tickets, self.tickets = self.tickets, {}
         subs, self.subs = self.subs, {}
         requests, self.requests = self.requests, {}
+        self.flow.reset()
         if tickets or subs or requests:
             log.info("cluster: %s: %d publish(es) nacked, %d consumer(s) cancelled", why,
                      len(tickets), len(subs))
-        for ticket, _rq in tickets.values():
+        for ticket, _rq, _size in tickets.values():
             ticket.resolve(False)
         for rq, consumer in subs.values():
             try:
@@ -711,6 +720,9 @@ class Forwarding:
         self._routes: dict = {}
         self._task = None
         self._stats_due: set = set()
+        self.gate = Gate()                # the edge's publish_gate (link_flow.py)
+        self.edge_alarms = None           # the edge's ResourceAlarms (attach_edge)
+        self.sent_alarms: list = []       # what the origins were last told
         self.placements.listen(self._placement_changed)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -721,6 +733,23 @@ class Forwarding:
         self.after_change = after_change
         broker.queue_factory = factory or self.make_queue
         self.cluster.link.handlers[ROLE] = self.serve
+
+    def attach_edge(self, server) -> None:
+        """The edge's server: publishers into a link are held by its flow (the gate), and
+        this node's alarms are told to the origins (link_flow.py)."""
+        server.publish_gate = self.gate
+        self.edge_alarms = server.alarms
+
+    def alarms(self) -> list:
+        return sorted(self.edge_alarms.active) if self.edge_alarms is not None else []
+
+    def _tell_alarms(self) -> None:
+        """This node's alarms changed: every origin hears them."""
+        alarms = self.alarms()
+        if alarms != self.sent_alarms:
+            self.sent_alarms = alarms
+            for session in list(self.sessions):
+                session.put(ctl_record({"op": "alarms", "alarms": alarms}))
 
     async def start(self) -> None:
         """This node's shared queues without a placement are claimed; those led elsewhere
@@ -954,6 +983,7 @@ class Forwarding:
             try:
                 for session in list(self.sessions):
                     session.push_stats()
+                self._tell_alarms()
                 await self._drop_stale_placements()
                 self._claim_unplaced()
             except Exception:
@@ -1031,6 +1061,8 @@ class Forwarding:
         """LinkListener: an origin's connection (role "forward")."""
         session = Session(self, node, writer)
         self.sessions.add(session)
+        if self.sent_alarms:
+            session.put(ctl_record({"op": "alarms", "alarms": self.sent_alarms}))
         try:
             await session.pump(reader, self.after_change)
         except (asyncio.IncompleteReadError, OSError, frames.FrameError, ValueError) as exc:
