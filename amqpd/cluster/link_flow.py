@@ -1,7 +1,7 @@
 """Back-pressure across the forwarding links, as RabbitMQ's credit flow and its cluster-wide
 alarms: a publisher on one node cannot outpace the leader of the queues it publishes to.
 
-Each link to a leader (``forward.Peer``) has a ``LinkFlow`` that counts the bytes of the
+Each link to a leader (``forward_origin.Peer``) has a ``LinkFlow`` that counts the bytes of the
 publishes it forwarded and the leader has not confirmed yet (queued here, in the socket's
 buffer, or being handled there). Past FLOW_HIGH, every connection that publishes into the
 link stops being read (``AMQPProtocol.hold``, without telling the client: RabbitMQ's "flow"

@@ -53,11 +53,11 @@ def test_a_fast_publisher_through_another_node_is_held_by_the_link(make_cluster)
             got.add(int(body[:8]))
             ch.basic_ack(method.delivery_tag)
             if len(got) == COUNT:
-                consumed.set()
                 ch.stop_consuming()
         ch.basic_consume("flow", on_message)
         ch.start_consuming()
         conn.close()
+        consumed.set()
 
     sent = [0]
     published = threading.Event()

@@ -1,6 +1,6 @@
 """Forwarding without sockets: two in-memory brokers, each with its real cluster objects
-(ClusterNode, Forwarding, Placements), the origin's link (forward.Peer) and the leader's
-(forward.Session) joined by a pipe that hands frames over on the next loop turn; clients
+(ClusterNode, Forwarding, Placements), the origin's link (forward_origin.Peer) and the
+leader's (forward_session.Session) joined by a pipe that hands frames over on the next loop turn; clients
 are sans-IO Connections. And VHost.replace_queue on its own."""
 import asyncio
 import struct
@@ -9,7 +9,7 @@ from pamqp import commands as C
 
 from amqpd import config as amqpd_config
 from amqpd.cluster import ClusterNode
-from amqpd.cluster.forward import Session
+from amqpd.cluster.forward_session import Session
 from amqpd.cluster.placement import record
 from amqpd.cluster.remote_queue import RemoteQueue
 
@@ -242,9 +242,9 @@ def _publish(body: bytes) -> bytes:
 
 def test_no_ack_consumer_gets_a_window_the_origin_gives_back_as_it_hands_out():
     async def go():
-        from amqpd.cluster import forward
+        from amqpd.cluster import forward_session
         p = Pair()
-        n = forward.WINDOW + 44
+        n = forward_session.WINDOW + 44
         for i in range(n):
             p.leader_q.enqueue(message(b"%d" % i, "q"))
         c = p.client()
