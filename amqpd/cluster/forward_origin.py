@@ -89,13 +89,18 @@ class Peer(Wire):
         self.put(body)
         return ticket
 
-    def subscribe(self, rq, consumer) -> int:
+    def subscribe(self, rq, consumer, answered=None) -> int:
+        """``answered(reply or AMQPError)`` once the leader took the consumer or refused it
+        (without it, a refusal is a cancel)."""
         self.sid = sid = self.sid + 1
         self.subs[sid] = (rq, consumer)
-        self.put(ctl_record({"op": "sub", "qid": self._qid(rq), "sid": sid,
-                             "tag": consumer.tag, "no_ack": consumer.no_ack,
-                             "exclusive": consumer.exclusive, "priority": consumer.priority,
-                             "prefetch": consumer.prefetch}))
+        head = {"op": "sub", "qid": self._qid(rq), "sid": sid, "tag": consumer.tag,
+                "no_ack": consumer.no_ack, "exclusive": consumer.exclusive,
+                "priority": consumer.priority, "prefetch": consumer.prefetch}
+        if answered is not None:
+            self.rid = head["rid"] = self.rid + 1
+            self.requests[self.rid] = (rq, "sub", answered)
+        self.put(ctl_record(head))
         return sid
 
     def unsubscribe(self, sid: int) -> None:
@@ -217,11 +222,6 @@ class Peer(Wire):
                      len(tickets), len(subs))
         for ticket, _rq, _size in tickets.values():
             ticket.resolve(False)
-        for rq, consumer in subs.values():
-            try:
-                rq.subscription_lost(consumer)
-            except Exception:
-                log.exception("cluster: cancelling a consumer of %s failed", rq.label)
         for rq, _op, callback in requests.values():
             if callback is not None:
                 try:
@@ -229,4 +229,9 @@ class Peer(Wire):
                                              f"{rq.label} is down or inaccessible"))
                 except Exception:
                     log.exception("cluster: answering a request on %s failed", rq.label)
+        for rq, consumer in subs.values():
+            try:
+                rq.subscription_lost(consumer)
+            except Exception:
+                log.exception("cluster: cancelling a consumer of %s failed", rq.label)
         self.fw.after_change()

@@ -229,9 +229,13 @@ class Session(Wire):
                                      "method": [exc.class_id, exc.method_id]}))
 
     def _subscribe(self, head) -> None:
-        sid = head["sid"]
+        """A consumer of the origin's: with a ``rid``, the origin's client waits for its
+        consume-ok, so it hears a refusal (403, exclusive use) as its channel's error."""
+        sid, rid = head["sid"], head.get("rid")
         q = self.queue(head["qid"])
-        if q is None or q.deleted:
+        if q is None or q.deleted:         # moved meanwhile: the client consumes again
+            if rid is not None:
+                self.put(ctl_record({"op": "reply", "rid": rid}))
             self.put(ctl_record({"op": "cancelled", "sid": sid}))
             return
         prefetch = head.get("prefetch") or 0
@@ -248,9 +252,15 @@ class Session(Wire):
         except errors.AMQPError as exc:
             log.info("cluster: %s's consumer on %s refused: %s", self.node, q.label,
                      exc.reply_text)
-            self.put(ctl_record({"op": "cancelled", "sid": sid}))
+            if rid is None:
+                self.put(ctl_record({"op": "cancelled", "sid": sid}))
+            else:
+                self.put(ctl_record({"op": "reply", "rid": rid, "error": [exc.code, exc.text],
+                                     "method": [60, 20]}))
             return
         self.consumers[sid] = consumer
+        if rid is not None:
+            self.put(ctl_record({"op": "reply", "rid": rid}))
         if q.opts.expires:
             q.touch()
 

@@ -124,13 +124,15 @@ class RemoteQueue(Queue):
             peer.forget(self)
 
     # -- consumers ------------------------------------------------------------------------
-    def add_consumer(self, consumer) -> None:
+    def add_consumer(self, consumer, answered=None) -> None:
+        """A consumer here is a subscription at the leader; ``answered(reply or
+        AMQPError)`` when the leader took it or refused it (handlers.py's consume-ok)."""
         if consumer.exclusive and self.consumers or self.consumers and \
                 self.consumers[0].exclusive:
             raise errors.AccessRefused(f"queue '{self.name}' in vhost '{self.vhost.name}' in "
                                        "exclusive use")
         peer = self._peer()
-        self.subs[consumer] = (peer, peer.subscribe(self, consumer))
+        self.subs[consumer] = (peer, peer.subscribe(self, consumer, answered))
         self.waiting[consumer] = deque()
         self.consumers.append(consumer)
         self.had_consumer = True
