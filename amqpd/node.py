@@ -150,6 +150,7 @@ class Node:
         from .cluster import ClusterNode
         cluster = ClusterNode(self.config.cluster, self.config.storage.data_dir)
         await cluster.start(self.admin, self._after_cluster_change)
+        cluster.forwarding.attach_edge(self.server)     # flow control across the links
         self.cluster = cluster
 
     def _after_cluster_change(self) -> None:

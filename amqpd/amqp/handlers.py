@@ -308,9 +308,31 @@ def basic_consume(ch: Channel, m: Basic.Consume) -> None:
         raise errors.PreconditionFailed(
             f"invalid arg 'x-priority' for {q.label}: expected an integer", 60, 20)
     consumer = Consumer(tag, ch, q, m.no_ack, m.exclusive, priority, ch.prefetch, args)
+    if getattr(q, "forwarded", False) and not m.nowait:
+        _remote_consume(ch, q, consumer)
+        return
     q.add_consumer(consumer)
     ch.consumers[tag] = consumer
     _ok(ch, m, Basic.ConsumeOk(consumer_tag=tag))
+
+
+def _remote_consume(ch: Channel, q, consumer: Consumer) -> None:
+    """A consumer of a queue led by another node: consume-ok once the leader took it; its
+    refusal (403, the queue in exclusive use there) closes the channel where the consume was
+    asked, as RabbitMQ answers basic.consume."""
+    tag = consumer.tag
+
+    def answered(answer) -> None:           # on a later loop turn, after defer() below
+        if isinstance(answer, errors.AMQPError):
+            if ch.consumers.get(tag) is consumer:
+                del ch.consumers[tag]
+            q.remove_consumer(consumer)
+        _remote_answer(ch, slot, answer,
+                       lambda _answer: pamqp_frame.marshal(Basic.ConsumeOk(consumer_tag=tag),
+                                                           ch.number))
+    q.add_consumer(consumer, answered)      # a 403 or 404 known here is raised at once
+    ch.consumers[tag] = consumer
+    slot = ch.conn.defer()
 
 
 def _reply_consume(ch: Channel, m: Basic.Consume) -> None:

@@ -8,8 +8,13 @@ cluster of that name through etcd. Without one, nothing here is imported.
     replication.py quorum queues: log shipping, in-sync set, failover (replica.py: its
                 pure parts; replicated_queue.py: the queue on each member)
     link.py     the node-to-node listener (cluster.listen), link roles
-    forward.py  any node serves any client: placement of classic queues, proxies
-                (remote_queue.py) forwarding to each queue's leader over the links
+    forward.py  any node serves any client: the queue factory, proxies (remote_queue.py)
+                forwarding to each queue's leader over the links; beside it
+                forward_placement.py (which node leads each classic queue: claims,
+                replacement, drain), forward_wire.py (the link's records and frames),
+                forward_origin.py (Peer: this node's proxies to one leader),
+                forward_session.py (Session: another node's proxies served here),
+                link_flow.py (back-pressure across the links: watermarks, alarms)
     frames.py   what links carry after the greeting
     etcd.py     the etcd v3 client (its JSON gateway, over aiohttp)
 

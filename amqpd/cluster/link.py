@@ -127,7 +127,7 @@ class Links:
         self._tasks: dict[str, tuple] = {}    # peer name -> (its address, the link task)
         self._watcher: asyncio.Task | None = None
         # (role, ``async fn(peer name, reader, writer)``) run on each link once greeted
-        # (forward.py's origin side); None: an idle link
+        # (forward_origin.py); None: an idle link
         self.protocol = None
 
     def start(self) -> None:

@@ -1,7 +1,7 @@
 """A queue led by another node, as this node sees it: a ``broker.queue.Queue`` (so routing,
 bindings, listings, definitions and every isinstance check treat it as the queue it stands
 for) that holds no messages and keeps no log. What a client does with it goes to the
-queue's leader over the node-to-node link (forward.py):
+queue's leader over the node-to-node link (forward.py, forward_origin.py):
 
     enqueue          PUBLISH to the leader; the verdict is a Ticket the leader's CONFIRM
                      resolves (nack when the leader refused it, or the link dropped first)
@@ -32,7 +32,7 @@ class RemoteEntry:
         self.message = message
         self.redelivered = redelivered
         self.tag = tag               # the leader's delivery tag on this link
-        self.peer = peer             # the link (forward.Peer) and its connection generation
+        self.peer = peer             # the link (forward_origin.Peer) and its connection generation
         self.gen = gen
         self.no_ack = no_ack
 
@@ -46,7 +46,7 @@ class RemoteQueue(Queue):
         super().__init__(vhost, name, durable, exclusive_owner, auto_delete, arguments)
         self.forwarding = forwarding
         self.leader = leader         # None: its placement is not known here yet
-        self.cached_messages = 0     # the leader's figures (forward.py's STATS)
+        self.cached_messages = 0     # the leader's figures (its Session's stats)
         self.cached_consumers = 0
         self.waiting: dict = {}      # consumer -> deque of RemoteEntry the client may take
         self.subs: dict = {}         # consumer -> (peer, subscription id)
@@ -124,13 +124,15 @@ class RemoteQueue(Queue):
             peer.forget(self)
 
     # -- consumers ------------------------------------------------------------------------
-    def add_consumer(self, consumer) -> None:
+    def add_consumer(self, consumer, answered=None) -> None:
+        """A consumer here is a subscription at the leader; ``answered(reply or
+        AMQPError)`` when the leader took it or refused it (handlers.py's consume-ok)."""
         if consumer.exclusive and self.consumers or self.consumers and \
                 self.consumers[0].exclusive:
             raise errors.AccessRefused(f"queue '{self.name}' in vhost '{self.vhost.name}' in "
                                        "exclusive use")
         peer = self._peer()
-        self.subs[consumer] = (peer, peer.subscribe(self, consumer))
+        self.subs[consumer] = (peer, peer.subscribe(self, consumer, answered))
         self.waiting[consumer] = deque()
         self.consumers.append(consumer)
         self.had_consumer = True
@@ -163,7 +165,7 @@ class RemoteQueue(Queue):
         consumer.channel.queue_deleted(consumer)
 
     def delivered(self, consumer, entry) -> None:
-        """The leader delivered ``entry`` to ``consumer`` (forward.py)."""
+        """The leader delivered ``entry`` to ``consumer`` (forward_origin.py)."""
         waiting = self.waiting.get(consumer)
         if waiting is None:
             if not entry.no_ack:

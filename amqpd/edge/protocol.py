@@ -30,6 +30,7 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.tls = tls
         self.blocked = False          # a resource alarm stopped reading from this publisher
         self.rate_paused = False      # over the user's publish rate: reading resumes later
+        self.holds = None             # {holder: reason or None}: see hold() (clustering)
         self.transport_paused = False
         self.loop = server.loop
         self.transport = None
@@ -98,7 +99,8 @@ class AMQPProtocol(asyncio.BufferedProtocol):
 
     def _set_reading(self) -> None:
         """Reading stops for any of: the per-turn budget, a resource alarm, a rate limit."""
-        paused = self.reading_paused or self.blocked or self.rate_paused or self.deaf
+        paused = self.reading_paused or self.blocked or self.rate_paused or self.deaf \
+            or bool(self.holds)
         if self.transport is None:
             return
         if paused != self.transport_paused and not self.transport.is_closing():
@@ -118,14 +120,41 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         self.blocked = blocked
         if blocked:
             self.conn.block(reason)
-        else:
+        elif not self._held_with_reason():
             self.conn.unblock()
         if self.transport is not None:
             self._set_reading()
 
+    def hold(self, holder, reason: str | None = None) -> None:
+        """Something other than this node's alarms stops reading from this publisher until
+        ``release(holder)``: a cluster link to the leader of a queue it publishes to is over
+        its watermark (no reason: the client is not told, as RabbitMQ's credit flow), or that
+        leader has an alarm (``reason``: connection.blocked, as a local alarm)."""
+        if self.holds is None:
+            self.holds = {}
+        self.holds[holder] = reason
+        if reason:
+            self.conn.block(reason)
+        if self.transport is not None:
+            self._set_reading()
+
+    def release(self, holder) -> None:
+        holds = self.holds
+        if not holds or holder not in holds:
+            return
+        reason = holds.pop(holder)
+        if reason and not self.blocked and not self._held_with_reason():
+            self.conn.unblock()
+        if self.transport is not None:
+            self._set_reading()
+
+    def _held_with_reason(self) -> bool:
+        return bool(self.holds) and any(self.holds.values())
+
     def unpause(self) -> None:
         """Shutdown: read again whatever paused it, so close-ok gets through."""
         self.blocked = self.rate_paused = False
+        self.holds = None
         if self.transport is not None:
             self._set_reading()
 
@@ -187,6 +216,8 @@ class AMQPProtocol(asyncio.BufferedProtocol):
         server = self.server
         if server.alarms.should_block(conn):
             self.set_blocked(True, server.alarms.block(conn))
+        if server.publish_gate is not None:
+            server.publish_gate(self)       # clustering: the links' flow control
         rate = conn.publish_rate
         if rate:
             pause = server.rates.charge(conn.user, rate, count, self.loop.time())

@@ -28,6 +28,9 @@ class Server:
         self.broker = self.store = self.commit = None     # attach()
         self.monitor = None
         self.alarms = ResourceAlarms()
+        # clustering sets it: publish_gate(protocol) after each read that held publishes
+        # (AMQPProtocol.hold/release), so forwarded publishes stay bounded
+        self.publish_gate = None
         self.rates = PublishRates()
         self.check_timer = None
         self.listener = self.tls_listener = None

@@ -293,3 +293,25 @@ def test_a_queue_whose_placement_went_is_claimed_again_by_its_leader(make_cluste
     conn = connect(node1)
     assert conn.channel().basic_get("again", auto_ack=True)[2] == b"still node1's"
     conn.close()
+
+
+def test_an_exclusive_consumer_on_the_leader_refuses_consumers_on_other_nodes(make_cluster):
+    """As RabbitMQ: basic.consume on a queue in exclusive use is 403 ACCESS_REFUSED on the
+    consuming channel, wherever the client is connected (not a consume-ok, then a cancel)."""
+    cluster = make_cluster(2)
+    node1, node2 = cluster["node1"], cluster["node2"]
+    declare_on(cluster, node1, "solo")
+    owner = connect(node1)
+    owner.channel().basic_consume("solo", lambda *a: None, exclusive=True)
+    other = connect(node2)
+    ch = other.channel()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        ch.basic_consume("solo", lambda *a: None)
+    assert refused.value.reply_code == 403
+    assert refused.value.reply_text == \
+        "ACCESS_REFUSED - queue 'solo' in vhost '/' in exclusive use"
+    assert other.is_open                          # the channel only
+    owner.close()
+    ch = other.channel()
+    ch.basic_consume("solo", lambda *a: None, exclusive=True)   # free again: taken
+    other.close()

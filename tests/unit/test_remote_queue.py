@@ -1,6 +1,6 @@
 """Forwarding without sockets: two in-memory brokers, each with its real cluster objects
-(ClusterNode, Forwarding, Placements), the origin's link (forward.Peer) and the leader's
-(forward.Session) joined by a pipe that hands frames over on the next loop turn; clients
+(ClusterNode, Forwarding, Placements), the origin's link (forward_origin.Peer) and the
+leader's (forward_session.Session) joined by a pipe that hands frames over on the next loop turn; clients
 are sans-IO Connections. And VHost.replace_queue on its own."""
 import asyncio
 import struct
@@ -9,7 +9,7 @@ from pamqp import commands as C
 
 from amqpd import config as amqpd_config
 from amqpd.cluster import ClusterNode
-from amqpd.cluster.forward import Session
+from amqpd.cluster.forward_session import Session
 from amqpd.cluster.placement import record
 from amqpd.cluster.remote_queue import RemoteQueue
 
@@ -117,11 +117,11 @@ def test_consume_ack_and_nack_requeue_through_the_proxy():
         c = p.client()
         c.send_method(1, Basic.Qos(prefetch_count=1))
         c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
-        assert names(c.methods()) == [(1, "QosOk"), (1, "ConsumeOk")]
+        assert c.conn.output_held()               # consume-ok waits for the leader's
         await turns()
         got = c.methods()
-        assert names(got)[0] == (1, "Deliver") and got[0][1].redelivered is False
-        assert got[2][1].value == b"one"
+        assert names(got)[:3] == [(1, "QosOk"), (1, "ConsumeOk"), (1, "Deliver")]
+        assert got[2][1].redelivered is False and got[4][1].value == b"one"
         c.send_method(1, Basic.Nack(delivery_tag=1, requeue=True))
         await turns()
         got = c.methods()
@@ -242,9 +242,9 @@ def _publish(body: bytes) -> bytes:
 
 def test_no_ack_consumer_gets_a_window_the_origin_gives_back_as_it_hands_out():
     async def go():
-        from amqpd.cluster import forward
+        from amqpd.cluster import forward_session
         p = Pair()
-        n = forward.WINDOW + 44
+        n = forward_session.WINDOW + 44
         for i in range(n):
             p.leader_q.enqueue(message(b"%d" % i, "q"))
         c = p.client()
@@ -264,13 +264,47 @@ def test_deliveries_a_cancelled_consumer_never_saw_go_back_unmarked():
             p.leader_q.enqueue(message(b"%d" % i, "q"))
         c = p.client()
         c.send_method(1, Basic.Qos(prefetch_count=3))
-        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
         c.methods()
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
         c.conn.writable = False                    # the client's socket does not drain
         await turns()
-        assert c.methods() == []                   # held at the origin, not delivered
+        assert names(c.methods()) == [(1, "ConsumeOk")]   # held at the origin, not delivered
         c.send_method(1, Basic.Cancel(consumer_tag="t1"))
         await turns()
         assert p.leader_q.message_count == 3
         assert not any(e.redelivered for e in p.leader_q.ready)
+    run(go())
+
+
+def test_an_exclusive_consumer_at_the_leader_refuses_a_consume_through_the_proxy_with_403():
+    async def go():
+        p = Pair()
+        leader = Client(broker=p.b1)              # node1's own client holds it exclusively
+        leader.handshake()
+        leader.open_channel(1)
+        leader.send_method(1, Basic.Consume(queue="q", consumer_tag="x", exclusive=True))
+        assert (1, "ConsumeOk") in names(leader.methods())
+        c = p.client()
+        c.open_channel(2)
+        c.methods()
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
+        c.send_method(2, C.Queue.Declare(queue="q", passive=True))   # answered after it
+        assert c.conn.output_held()
+        await turns()
+        got = c.methods()
+        assert names(got) == [(1, "Close"), (2, "DeclareOk")]
+        close = got[0][1]
+        assert close.reply_code == 403 and (close.class_id, close.method_id) == (60, 20)
+        assert close.reply_text == "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use"
+        assert p.proxy.consumers == [] and p.peer.subs == {}
+        assert [con.tag for con in p.leader_q.consumers] == ["x"]
+        # the leader's exclusive consumer goes: a consume through the proxy is taken
+        leader.send_method(1, Basic.Cancel(consumer_tag="x"))
+        c.send_method(1, C.Channel.CloseOk())
+        c.open_channel(1)
+        c.methods()
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1", exclusive=True))
+        await turns()
+        assert names(c.methods()) == [(1, "ConsumeOk")]
+        assert [con.tag for con in p.leader_q.consumers] == ["t1"]
     run(go())
