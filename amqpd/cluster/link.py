@@ -88,8 +88,9 @@ class LinkListener:
             except ValueError:
                 peer = None
             if not isinstance(peer, dict) or peer.get("cluster") != self.config.name:
-                writer.write(json.dumps({"error": f"this is node {self.config.node} of "
-                                         f"cluster {self.config.name}"}).encode() + b"\n")
+                if not writer.is_closing():
+                    writer.write(json.dumps({"error": f"this is node {self.config.node} of "
+                                             f"cluster {self.config.name}"}).encode() + b"\n")
                 return
             handler = self.handlers.get(peer.get("role"))
             if handler is not None:
@@ -97,8 +98,8 @@ class LinkListener:
                 return
             while await reader.read(65536):     # an idle link: nothing after the greeting
                 pass
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError):
-            pass
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, OSError, RuntimeError):
+            pass          # RuntimeError: uvloop's write to a transport closed meanwhile
         finally:
             self._peers.discard(writer)
             writer.close()
@@ -167,6 +168,7 @@ class Links:
     async def _link(self, name: str, host: str, port: int) -> None:
         while True:
             writer = None
+            linked = None            # the peer's record while the link was up
             try:
                 reader, writer = await asyncio.wait_for(
                     asyncio.open_connection(host, port), GREETING_TIMEOUT)
@@ -180,6 +182,7 @@ class Links:
                                 host, port, name, self.config.name, line[:200])
                 else:
                     sock = writer.get_extra_info("sockname")
+                    linked = self.member.alive.get(name)
                     self.up[name] = {"name": name, "peer_addr": host, "peer_port": port,
                                      "sock_addr": sock[0], "sock_port": sock[1],
                                      "send_bytes": len(hello), "recv_bytes": len(line),
@@ -198,7 +201,28 @@ class Links:
                 self.up.pop(name, None)
                 if writer is not None:
                     writer.close()
+            if linked is not None:
+                await self._check_gone(name, host, port, linked)
             await asyncio.sleep(self.RETRY)
+
+    async def _check_gone(self, name: str, host: str, port: int, record: dict) -> None:
+        """The link to a running peer dropped. If its node-to-node port now refuses
+        connections, the process that listened there is gone (kill -9, a crash): its lease is
+        ended at once (``Member.end_lease_of``) instead of running out, so its quorum queues
+        fail over in milliseconds rather than in up to ``lease_ttl``. A hung process (SIGSTOP)
+        still accepts connections, and waits for its lease. Safe whatever the cause: a node
+        whose lease ends leads nothing any more (the queues' epochs fence it)."""
+        if record.get("state") != "running":
+            return
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                     GREETING_TIMEOUT)
+        except ConnectionRefusedError:
+            await self.member.end_lease_of(name, record)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        else:
+            writer.close()
 
     def links(self) -> list[dict]:
         return [self.up[name] for name in sorted(self.up)]

@@ -214,6 +214,27 @@ class Member:
             log.error("cluster: another process took node name %s meanwhile; this node is no "
                       "longer listed", self.name)
 
+    async def end_lease_of(self, name: str, record: dict) -> bool:
+        """Another node's process is known to be gone (its node-to-node port refuses
+        connections, links.py): revoke the lease of the record that process wrote, if the
+        record is still that one (same host and pid: a node restarted meanwhile has a new
+        record and keeps it). Whether a lease was ended."""
+        try:
+            kvs, _rev = await self.etcd.get(self.key("nodes", name))
+            if not kvs:
+                return False
+            current = kvs[0].json() or {}
+            if (current.get("pid"), current.get("host")) != (record.get("pid"),
+                                                              record.get("host")) \
+                    or not kvs[0].lease:
+                return False
+            await self.etcd.revoke(kvs[0].lease)
+        except (EtcdError, EtcdUnavailable):
+            return False
+        log.warning("cluster: node %s (pid %s) refuses connections on its node-to-node port: "
+                    "its process is gone, its lease is ended now", name, record.get("pid"))
+        return True
+
     async def forget(self, name: str) -> str:
         """Remove a node that is not running from the cluster's members (its data stays on
         its machine): "forgotten", "running" (refused) or "unknown"."""
