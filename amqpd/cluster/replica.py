@@ -256,15 +256,26 @@ class Commits:
     def add(self, ticket) -> None:
         self.unassigned.append(ticket)
 
-    def op(self, now: float) -> int:
-        """An operation is shipped: its number; the open tickets are now waiting on it."""
+    def op(self, now: float, carry: bool = True) -> int:
+        """An operation is shipped: its number; with ``carry`` the open tickets are now
+        waiting on it (else they wait for ``carry()``)."""
         self.seq += 1
         self.sent.append((self.seq, now))
-        if self.unassigned:
-            for t in self.unassigned:
-                self.waiting.append((self.seq, t))
-            self.unassigned = []
+        if carry and self.unassigned:
+            self.carry()
         return self.seq
+
+    def carry(self) -> None:
+        """The operations shipped so far carry every open ticket's record (the log's
+        ``written``): those tickets wait on the last of them. (Not on the first write of a
+        turn: a turn that crosses a segment boundary ships its records in several appends,
+        and a segment summary written after an fsync ships between turns, before the
+        records of publishes still buffered.)"""
+        if self.unassigned:
+            seq = self.seq
+            for t in self.unassigned:
+                self.waiting.append((seq, t))
+            self.unassigned = []
 
     def committed(self, isr, me: str) -> int:
         """The highest operation every in-sync member has (0 without a majority)."""

@@ -6,7 +6,12 @@ reports every change it makes to its files (the log's ``tap``); ``Leading`` ship
 to every member over a link of role "replicate" (one connection per queue and member), each
 operation numbered (``s``) within the leader's epoch (``e``). A member (``serve``) writes
 the same bytes into the directory this node's log of the queue would have, fsyncs them (in
-batches, on a worker thread) and acks the highest operation it has on disk.
+batches, on a worker thread) and acks the highest operation it has on disk. An operation
+shipped while a publish waits for its record to be written is marked urgent (``u``) and
+flushed at once; the others (acks' records, summaries, unlinks) within ``LAZY`` or with the
+next urgent one, so a member fsyncs about once per publish turn rather than once per
+operation. A publish's ticket waits on the last operation of the log write that carried its
+record (the tap's ``written``).
 
 Commit rule: a publish is confirmed once the operation carrying its record is fsynced on
 every ISR member (the leader's own fsync: ``ticket.stored``), while the ISR holds a majority
@@ -56,6 +61,7 @@ ROLE = "replicate"
 HELLO, STATE, OP, SYNCED, ACK, REFUSE = 1, 2, 3, 4, 5, 6
 RETRY = 0.2
 TICK = 0.1
+LAZY = 0.05          # how long a member may hold an operation no confirm waits on unflushed
 
 
 def send(writer, kind: int, head: dict, payload: bytes = b"") -> bool:
@@ -553,7 +559,10 @@ class Replication:
                     elif kind != SYNCED:
                         continue
                     f.applied = int(head.get("s", 0))
-                    f.wake.set()
+                    if kind == SYNCED or head.get("u"):
+                        f.wake.set()
+                    else:
+                        f.later()
             finally:
                 syncer.cancel()
         except (asyncio.IncompleteReadError, frames.FrameError, OSError, ValueError) as exc:
@@ -575,12 +584,28 @@ class Following:
         self.applied = 0
         self.wake = asyncio.Event()
         self.closed = False
+        self.timer = None
+
+    def later(self) -> None:
+        """An operation no confirm waits on (an ack's record, a segment summary, an unlink):
+        flushed with the next urgent one or within LAZY, whichever comes first. (An
+        acknowledgement covers every operation up to its number, so a confirm never waits
+        on less than the fsync of the operation that carried its record.)"""
+        if self.timer is None and not self.wake.is_set():
+            self.timer = asyncio.get_event_loop().call_later(LAZY, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        self.wake.set()
 
     async def sync_loop(self) -> None:
         loop = asyncio.get_event_loop()
         while not self.closed:
             await self.wake.wait()
             self.wake.clear()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             upto = self.applied
             try:
                 fds, dirs = self.files.sync_targets()
@@ -600,6 +625,9 @@ class Following:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.writer.close()
             self.files.close()
 
@@ -647,8 +675,15 @@ class Leading:
             return
         self._ship({"op": "whole", "n": name}, data)
 
+    def written(self) -> None:
+        """The log wrote its buffered records: the open tickets wait on what was shipped."""
+        self.commits.carry()
+
     def _ship(self, head: dict, payload: bytes = b"") -> None:
-        head["s"] = self.commits.op(time.monotonic())
+        commits = self.commits
+        if commits.unassigned:
+            head["u"] = 1    # urgent: a confirm waits on it (see Following.sync_loop)
+        head["s"] = commits.op(time.monotonic(), carry=False)
         head["e"] = self.epoch
         frame = frames.encode(OP, head, payload)
         for sh in self.shippers.values():

@@ -22,6 +22,9 @@ class Replay:
     def truncate(self, name, size):
         self.copy.truncate(name, size)
 
+    def written(self):
+        self.ops.append(("written",))
+
     def unlink(self, name):
         self.ops.append(("unlink", name))
         self.copy.unlink(name)
@@ -191,3 +194,22 @@ def test_replica_files_track_sizes_without_asking_the_file(tmp_path):
     fsync_all(*copy.sync_targets())
     copy.close()
     assert (directory / "00000001.seg").read_bytes() == b"12345"
+
+
+def test_tickets_wait_on_the_last_operation_of_the_write_that_carried_them():
+    """The leader ships with carry=False and calls carry() once the log wrote its records:
+    an operation shipped before (a summary after an fsync) or a first chunk of a turn that
+    crossed a segment boundary does not confirm them."""
+    c = Commits(["a", "b"])
+    t = object()
+    c.add(t)
+    early = c.op(0.0, carry=False)          # a segment summary, before the record
+    c.op(0.0, carry=False)                  # the first chunk
+    last = c.op(0.0, carry=False)           # the chunk in the next segment
+    c.carry()
+    c.acked["b"] = early
+    assert c.ready(["a", "b"], "a") == []
+    c.acked["b"] = last - 1
+    assert c.ready(["a", "b"], "a") == []
+    c.acked["b"] = last
+    assert c.ready(["a", "b"], "a") == [t]
