@@ -39,7 +39,9 @@ import asyncio
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 
 from ..broker.queue import Queue
@@ -61,6 +63,7 @@ ROLE = "replicate"
 HELLO, STATE, OP, SYNCED, ACK, REFUSE = 1, 2, 3, 4, 5, 6
 RETRY = 0.2
 TICK = 0.1
+FSYNC_THREADS = 4     # a member's flushes in flight at once (over all its queues)
 LAZY = 0.05          # how long a member may hold an operation no confirm waits on unflushed
 
 
@@ -114,6 +117,8 @@ class Replication:
         self._watcher = None
         self.stopping = False
         self._stand_in_only = False                # make_queue: never a new leader
+        self._flush_jobs = None                    # the members' fsync threads' queue
+        self._flush_threads: list = []
         self.definitions: dict[tuple, dict] = {}   # what leaders said of their queues
         cluster.link.handlers[ROLE] = self.serve
         self.placements.listen(self._placement_changed)
@@ -157,6 +162,28 @@ class Replication:
         self.following.clear()
         tasks = list(self._tasks) + ([self._watcher] if self._watcher else [])
         await cancel_all(tasks, what="replication tasks")
+        if self._flush_jobs is not None:
+            for _t in self._flush_threads:
+                self._flush_jobs.put(None)
+            self._flush_jobs = None
+            self._flush_threads = []
+
+    # -- a member's fsyncs -----------------------------------------------------------------
+    def flush(self, fds: list, dirs: list) -> asyncio.Future:
+        """fsync_all on one of this node's fsync threads: a future of the loop, done (None
+        or the OSError) when it is. Plain threads and a queue rather than the default
+        executor: no concurrent future chained to an asyncio one per flush."""
+        loop = asyncio.get_event_loop()
+        fut = loop.create_future()
+        if self._flush_jobs is None:
+            self._flush_jobs = queue.SimpleQueue()
+            for i in range(FSYNC_THREADS):
+                t = threading.Thread(target=_flush_thread, args=(self._flush_jobs,),
+                                     name=f"amqpd-replica-fsync-{i}", daemon=True)
+                t.start()
+                self._flush_threads.append(t)
+        self._flush_jobs.put((loop, fut, fds, dirs))
+        return fut
 
     def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
         """What a queue that lives on this node is made as (forward.py's factory asks): a
@@ -599,7 +626,6 @@ class Following:
         self.wake.set()
 
     async def sync_loop(self) -> None:
-        loop = asyncio.get_event_loop()
         while not self.closed:
             await self.wake.wait()
             self.wake.clear()
@@ -610,7 +636,9 @@ class Following:
             try:
                 fds, dirs = self.files.sync_targets()
                 if fds or dirs:
-                    await loop.run_in_executor(None, fsync_all, fds, dirs)
+                    error = await self.repl.flush(fds, dirs)
+                    if error is not None:
+                        raise error
             except OSError as exc:
                 # nothing more is acked: the leader drops this member from the in-sync set
                 # and a new link starts over from what is on disk
@@ -890,6 +918,30 @@ class Shipper:
         self.writer = writer
         self.streaming = True
         self.down_since = None
+
+
+def _flush_thread(jobs) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        loop, fut, fds, dirs = job
+        try:
+            fsync_all(fds, dirs)
+            error = None
+        except OSError as exc:
+            error = exc
+        except BaseException as exc:          # (reported like a failed write)
+            error = OSError(str(exc))
+        try:
+            loop.call_soon_threadsafe(_settle, fut, error)
+        except RuntimeError:                  # the loop is closed: nobody waits
+            pass
+
+
+def _settle(fut, error) -> None:
+    if not fut.done():
+        fut.set_result(error)
 
 
 def _int(value, default: int) -> int:
