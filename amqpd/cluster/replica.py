@@ -80,6 +80,7 @@ class ReplicaFiles:
     def __init__(self, directory: str):
         self.directory = directory
         self.fds: dict[str, int] = {}        # open descriptors by file name
+        self.sizes: dict[str, int] = {}      # their sizes (only this object writes them)
         self.dirty: dict[str, None] = {}     # written since the last sync_targets
         self.dir_dirty = False
         self.closing: list = []              # descriptors of replaced files: fsync, close
@@ -99,10 +100,12 @@ class ReplicaFiles:
             if not os.path.exists(path):
                 self.dir_dirty = True
             fd = self.fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            self.sizes[name] = os.fstat(fd).st_size
         return fd
 
     def _drop_fd(self, name: str) -> None:
         fd = self.fds.pop(name, None)
+        self.sizes.pop(name, None)
         if fd is not None:
             if name in self.dirty:
                 self.closing.append(fd)      # its writes still need their fsync
@@ -112,20 +115,27 @@ class ReplicaFiles:
 
     def append(self, name: str, offset: int, data: bytes) -> None:
         fd = self._fd(name)
-        size = os.fstat(fd).st_size
+        size = self.sizes[name]              # (no fstat per operation)
         if size > offset:
             os.ftruncate(fd, offset)         # (a torn tail the leader never had)
         elif size < offset:                  # a gap: never sent so; the link starts over
             raise ValueError(f"{name}: {offset - size} byte(s) missing before offset {offset}")
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
+        self.sizes[name] = offset            # (until the write is done)
+        end = offset + len(data)
+        n = os.pwrite(fd, data, offset)
+        if n < len(data):                    # a short write (rare): the rest, piecewise
+            view = memoryview(data)[n:]
             offset += n
-            view = view[n:]
+            while view:
+                n = os.pwrite(fd, view, offset)
+                offset += n
+                view = view[n:]
+        self.sizes[name] = end
         self.dirty[name] = None
 
     def truncate(self, name: str, size: int) -> None:
         os.ftruncate(self._fd(name), size)
+        self.sizes[name] = size
         self.dirty[name] = None
 
     def whole(self, name: str, data: bytes) -> None:
@@ -188,17 +198,25 @@ class ReplicaFiles:
             except OSError:
                 pass
         self.fds.clear()
+        self.sizes.clear()
         self.closing = []
         self.dirty.clear()
 
 
+_datasync = getattr(os, "fdatasync", os.fsync)
+
+
 def fsync_all(fds: list, dirs: list) -> None:
-    """Run on a worker thread: fsync and close every descriptor, then fsync the
-    directories. Raises the first OSError after closing them all."""
+    """Run on a worker thread: flush and close every descriptor, then fsync the
+    directories. Raises the first OSError after closing them all. The files get
+    ``fdatasync``: it writes their data and the metadata needed to read it back (the size
+    an append or a truncate changed), not their timestamps, so it makes them as durable as
+    ``fsync`` for the commit rule at about half the cost; new names are made durable by the
+    directories' ``fsync``."""
     error = None
     for fd in fds:
         try:
-            os.fsync(fd)
+            _datasync(fd)
         except OSError as exc:
             error = error or exc
         finally:
@@ -238,15 +256,26 @@ class Commits:
     def add(self, ticket) -> None:
         self.unassigned.append(ticket)
 
-    def op(self, now: float) -> int:
-        """An operation is shipped: its number; the open tickets are now waiting on it."""
+    def op(self, now: float, carry: bool = True) -> int:
+        """An operation is shipped: its number; with ``carry`` the open tickets are now
+        waiting on it (else they wait for ``carry()``)."""
         self.seq += 1
         self.sent.append((self.seq, now))
-        if self.unassigned:
-            for t in self.unassigned:
-                self.waiting.append((self.seq, t))
-            self.unassigned = []
+        if carry and self.unassigned:
+            self.carry()
         return self.seq
+
+    def carry(self) -> None:
+        """The operations shipped so far carry every open ticket's record (the log's
+        ``written``): those tickets wait on the last of them. (Not on the first write of a
+        turn: a turn that crosses a segment boundary ships its records in several appends,
+        and a segment summary written after an fsync ships between turns, before the
+        records of publishes still buffered.)"""
+        if self.unassigned:
+            seq = self.seq
+            for t in self.unassigned:
+                self.waiting.append((seq, t))
+            self.unassigned = []
 
     def committed(self, isr, me: str) -> int:
         """The highest operation every in-sync member has (0 without a majority)."""

@@ -6,7 +6,12 @@ reports every change it makes to its files (the log's ``tap``); ``Leading`` ship
 to every member over a link of role "replicate" (one connection per queue and member), each
 operation numbered (``s``) within the leader's epoch (``e``). A member (``serve``) writes
 the same bytes into the directory this node's log of the queue would have, fsyncs them (in
-batches, on a worker thread) and acks the highest operation it has on disk.
+batches, on a worker thread) and acks the highest operation it has on disk. An operation
+shipped while a publish waits for its record to be written is marked urgent (``u``) and
+flushed at once; the others (acks' records, summaries, unlinks) within ``LAZY`` or with the
+next urgent one, so a member fsyncs about once per publish turn rather than once per
+operation. A publish's ticket waits on the last operation of the log write that carried its
+record (the tap's ``written``).
 
 Commit rule: a publish is confirmed once the operation carrying its record is fsynced on
 every ISR member (the leader's own fsync: ``ticket.stored``), while the ISR holds a majority
@@ -34,7 +39,9 @@ import asyncio
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 
 from ..broker.queue import Queue
@@ -56,6 +63,8 @@ ROLE = "replicate"
 HELLO, STATE, OP, SYNCED, ACK, REFUSE = 1, 2, 3, 4, 5, 6
 RETRY = 0.2
 TICK = 0.1
+FSYNC_THREADS = 4     # a member's flushes in flight at once (over all its queues)
+LAZY = 0.05          # how long a member may hold an operation no confirm waits on unflushed
 
 
 def send(writer, kind: int, head: dict, payload: bytes = b"") -> bool:
@@ -108,6 +117,8 @@ class Replication:
         self._watcher = None
         self.stopping = False
         self._stand_in_only = False                # make_queue: never a new leader
+        self._flush_jobs = None                    # the members' fsync threads' queue
+        self._flush_threads: list = []
         self.definitions: dict[tuple, dict] = {}   # what leaders said of their queues
         cluster.link.handlers[ROLE] = self.serve
         self.placements.listen(self._placement_changed)
@@ -151,6 +162,28 @@ class Replication:
         self.following.clear()
         tasks = list(self._tasks) + ([self._watcher] if self._watcher else [])
         await cancel_all(tasks, what="replication tasks")
+        if self._flush_jobs is not None:
+            for _t in self._flush_threads:
+                self._flush_jobs.put(None)
+            self._flush_jobs = None
+            self._flush_threads = []
+
+    # -- a member's fsyncs -----------------------------------------------------------------
+    def flush(self, fds: list, dirs: list) -> asyncio.Future:
+        """fsync_all on one of this node's fsync threads: a future of the loop, done (None
+        or the OSError) when it is. Plain threads and a queue rather than the default
+        executor: no concurrent future chained to an asyncio one per flush."""
+        loop = asyncio.get_event_loop()
+        fut = loop.create_future()
+        if self._flush_jobs is None:
+            self._flush_jobs = queue.SimpleQueue()
+            for i in range(FSYNC_THREADS):
+                t = threading.Thread(target=_flush_thread, args=(self._flush_jobs,),
+                                     name=f"amqpd-replica-fsync-{i}", daemon=True)
+                t.start()
+                self._flush_threads.append(t)
+        self._flush_jobs.put((loop, fut, fds, dirs))
+        return fut
 
     def local_factory(self, vhost, name, durable, exclusive_owner, auto_delete, arguments):
         """What a queue that lives on this node is made as (forward.py's factory asks): a
@@ -553,7 +586,10 @@ class Replication:
                     elif kind != SYNCED:
                         continue
                     f.applied = int(head.get("s", 0))
-                    f.wake.set()
+                    if kind == SYNCED or head.get("u"):
+                        f.wake.set()
+                    else:
+                        f.later()
             finally:
                 syncer.cancel()
         except (asyncio.IncompleteReadError, frames.FrameError, OSError, ValueError) as exc:
@@ -575,17 +611,34 @@ class Following:
         self.applied = 0
         self.wake = asyncio.Event()
         self.closed = False
+        self.timer = None
+
+    def later(self) -> None:
+        """An operation no confirm waits on (an ack's record, a segment summary, an unlink):
+        flushed with the next urgent one or within LAZY, whichever comes first. (An
+        acknowledgement covers every operation up to its number, so a confirm never waits
+        on less than the fsync of the operation that carried its record.)"""
+        if self.timer is None and not self.wake.is_set():
+            self.timer = asyncio.get_event_loop().call_later(LAZY, self._due)
+
+    def _due(self) -> None:
+        self.timer = None
+        self.wake.set()
 
     async def sync_loop(self) -> None:
-        loop = asyncio.get_event_loop()
         while not self.closed:
             await self.wake.wait()
             self.wake.clear()
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             upto = self.applied
             try:
                 fds, dirs = self.files.sync_targets()
                 if fds or dirs:
-                    await loop.run_in_executor(None, fsync_all, fds, dirs)
+                    error = await self.repl.flush(fds, dirs)
+                    if error is not None:
+                        raise error
             except OSError as exc:
                 # nothing more is acked: the leader drops this member from the in-sync set
                 # and a new link starts over from what is on disk
@@ -600,6 +653,9 @@ class Following:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
             self.writer.close()
             self.files.close()
 
@@ -647,8 +703,15 @@ class Leading:
             return
         self._ship({"op": "whole", "n": name}, data)
 
+    def written(self) -> None:
+        """The log wrote its buffered records: the open tickets wait on what was shipped."""
+        self.commits.carry()
+
     def _ship(self, head: dict, payload: bytes = b"") -> None:
-        head["s"] = self.commits.op(time.monotonic())
+        commits = self.commits
+        if commits.unassigned:
+            head["u"] = 1    # urgent: a confirm waits on it (see Following.sync_loop)
+        head["s"] = commits.op(time.monotonic(), carry=False)
         head["e"] = self.epoch
         frame = frames.encode(OP, head, payload)
         for sh in self.shippers.values():
@@ -855,6 +918,30 @@ class Shipper:
         self.writer = writer
         self.streaming = True
         self.down_since = None
+
+
+def _flush_thread(jobs) -> None:
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        loop, fut, fds, dirs = job
+        try:
+            fsync_all(fds, dirs)
+            error = None
+        except OSError as exc:
+            error = exc
+        except BaseException as exc:          # (reported like a failed write)
+            error = OSError(str(exc))
+        try:
+            loop.call_soon_threadsafe(_settle, fut, error)
+        except RuntimeError:                  # the loop is closed: nobody waits
+            pass
+
+
+def _settle(fut, error) -> None:
+    if not fut.done():
+        fut.set_result(error)
 
 
 def _int(value, default: int) -> int:

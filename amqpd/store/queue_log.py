@@ -11,8 +11,10 @@ costs anything): an object told of every change this log makes to the files of i
 in the order it makes them, so a follower can make byte-identical copies (cluster/replica.py):
 ``append(name, offset, data)`` (bytes written to a segment at that offset; a new file starts
 at 0), ``truncate(name, size)`` (a failed write cut back), ``unlink(name)`` and
-``rewrite(name)`` (the file was replaced or written whole: compaction, a segment summary).
-Names are file names inside the log's directory.
+``rewrite(name)`` (the file was replaced or written whole: compaction, a segment summary),
+and ``written()`` once ``write`` has handed every buffered record to the OS (the changes
+reported so far carry every record appended before it). Names are file names inside the
+log's directory.
 
 Durability rules followed here (see fileio.py): a new segment file, and a new queue directory,
 are durable only once their directory is fsynced, so the group commit fsyncs those directories
@@ -546,6 +548,8 @@ class QueueLog:
             wrote = True
         if self.doomed:
             self._unlink_doomed()
+        if wrote and self.tap is not None:
+            self.tap.written()
         return wrote or bool(self.retired)
 
     def _write_segments(self) -> None:

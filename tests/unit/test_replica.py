@@ -22,6 +22,9 @@ class Replay:
     def truncate(self, name, size):
         self.copy.truncate(name, size)
 
+    def written(self):
+        self.ops.append(("written",))
+
     def unlink(self, name):
         self.ops.append(("unlink", name))
         self.copy.unlink(name)
@@ -166,3 +169,47 @@ def test_a_gap_is_refused_and_a_longer_tail_cut(tmp_path):
     fsync_all(*copy.sync_targets())
     copy.close()
     assert (tmp_path / "m" / "00000000.seg").read_bytes() == b"abcXY"
+
+
+def test_replica_files_track_sizes_without_asking_the_file(tmp_path):
+    """Appends check the offset against the size ReplicaFiles keeps (no fstat per op): an
+    existing file's size is read once, a torn tail is cut, a truncate and a whole file
+    reset it, a gap is refused."""
+    directory = tmp_path / "member"
+    directory.mkdir()
+    (directory / "00000001.seg").write_bytes(b"abcdefXX")       # a torn tail of 2 bytes
+    copy = ReplicaFiles(str(directory))
+    copy.append("00000001.seg", 6, b"ghi")
+    copy.append("00000001.seg", 9, b"jk")
+    copy.truncate("00000001.seg", 4)
+    copy.append("00000001.seg", 4, b"EF")
+    try:
+        copy.append("00000001.seg", 7, b"gap")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a gap was accepted")
+    copy.whole("00000001.seg", b"123")
+    copy.append("00000001.seg", 3, b"45")
+    fsync_all(*copy.sync_targets())
+    copy.close()
+    assert (directory / "00000001.seg").read_bytes() == b"12345"
+
+
+def test_tickets_wait_on_the_last_operation_of_the_write_that_carried_them():
+    """The leader ships with carry=False and calls carry() once the log wrote its records:
+    an operation shipped before (a summary after an fsync) or a first chunk of a turn that
+    crossed a segment boundary does not confirm them."""
+    c = Commits(["a", "b"])
+    t = object()
+    c.add(t)
+    early = c.op(0.0, carry=False)          # a segment summary, before the record
+    c.op(0.0, carry=False)                  # the first chunk
+    last = c.op(0.0, carry=False)           # the chunk in the next segment
+    c.carry()
+    c.acked["b"] = early
+    assert c.ready(["a", "b"], "a") == []
+    c.acked["b"] = last - 1
+    assert c.ready(["a", "b"], "a") == []
+    c.acked["b"] = last
+    assert c.ready(["a", "b"], "a") == [t]
