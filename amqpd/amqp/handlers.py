@@ -375,9 +375,22 @@ def basic_get(ch: Channel, m: Basic.Get) -> None:
         qcounts.gets_empty += 1
         ch.send(Basic.GetEmpty())
         return
-    ch.next_tag = tag = ch.next_tag + 1
     if m.no_ack:
         q.settle(entry)
+    tag = _got(ch, q, entry, m.no_ack)
+    msg = entry.message
+    conn = ch.conn
+    fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.raw_route,
+                          q.message_count, msg.header, msg.body, conn.frame_max)
+    conn.wrote(len(msg.body))
+
+
+def _got(ch: Channel, q, entry, no_ack: bool) -> int:
+    """A basic.get took ``entry``: its delivery tag, held unacked unless ``no_ack``, and
+    counted on the channel and the queue."""
+    counts, qcounts = ch.counts, q.counts
+    ch.next_tag = tag = ch.next_tag + 1
+    if no_ack:
         counts.gets_no_ack += 1
         qcounts.gets_no_ack += 1
     else:
@@ -387,11 +400,7 @@ def basic_get(ch: Channel, m: Basic.Get) -> None:
     if entry.redelivered:
         counts.get_redelivered += 1
         qcounts.get_redelivered += 1
-    msg = entry.message
-    conn = ch.conn
-    fastpath.write_get_ok(conn.out, ch.number, tag, entry.redelivered, msg.raw_route,
-                          q.message_count, msg.header, msg.body, conn.frame_max)
-    conn.wrote(len(msg.body))
+    return tag
 
 
 def _remote_get(ch: Channel, m: Basic.Get, q) -> None:
@@ -415,17 +424,7 @@ def _remote_get(ch: Channel, m: Basic.Get, q) -> None:
             counts.gets_empty += 1
             qcounts.gets_empty += 1
             return pamqp_frame.marshal(Basic.GetEmpty(), ch.number)
-        ch.next_tag = tag = ch.next_tag + 1
-        if no_ack:
-            counts.gets_no_ack += 1
-            qcounts.gets_no_ack += 1
-        else:
-            ch.unacked[tag] = (q, entry, None)
-            counts.gets += 1
-            qcounts.gets += 1
-        if entry.redelivered:
-            counts.get_redelivered += 1
-            qcounts.get_redelivered += 1
+        tag = _got(ch, q, entry, no_ack)
         msg = entry.message
         out: list = []
         fastpath.write_get_ok(out, ch.number, tag, entry.redelivered, msg.raw_route,

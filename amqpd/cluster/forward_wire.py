@@ -91,12 +91,7 @@ class Wire:
             if kind == PUBLISH:
                 _k, qid, corr, rl, hl, bl = _publish.unpack_from(payload, pos)
                 pos += _publish.size
-                route = bytes(view[pos:pos + rl])
-                pos += rl
-                header = bytes(view[pos:pos + hl])
-                pos += hl
-                body = bytes(view[pos:pos + bl])
-                pos += bl
+                route, header, body, pos = _message_at(view, pos, rl, hl, bl)
                 self.on_publish(qid, corr, route, header, body)
             elif kind == SETTLE:
                 _k, op, tag = _settle.unpack_from(payload, pos)
@@ -113,12 +108,7 @@ class Wire:
             elif kind == DELIVER:
                 _k, sid, tag, redelivered, rl, hl, bl = _deliver.unpack_from(payload, pos)
                 pos += _deliver.size
-                route = bytes(view[pos:pos + rl])
-                pos += rl
-                header = bytes(view[pos:pos + hl])
-                pos += hl
-                body = bytes(view[pos:pos + bl])
-                pos += bl
+                route, header, body, pos = _message_at(view, pos, rl, hl, bl)
                 self.on_deliver(sid, tag, bool(redelivered), route, header, body)
             elif kind == CTL:
                 _k, jl, pl = _ctl.unpack_from(payload, pos)
@@ -146,3 +136,13 @@ class Wire:
             if kind == BATCH:
                 self.feed(payload)
                 after()
+
+
+def _message_at(view, pos: int, rl: int, hl: int, bl: int):
+    """A PUBLISH or DELIVER record's route, header and body (copied out of the frame), and
+    where the next record starts."""
+    header_at = pos + rl
+    body_at = header_at + hl
+    end = body_at + bl
+    return (bytes(view[pos:header_at]), bytes(view[header_at:body_at]),
+            bytes(view[body_at:end]), end)
