@@ -40,7 +40,6 @@ import hashlib
 import logging
 import os
 import queue
-import shutil
 import threading
 import time
 
@@ -132,8 +131,27 @@ class Replication:
         """The view is loaded: quorum queues recovered by this node's restart (plain
         queues, made before the cluster was joined) become what their record says."""
         self._watcher = asyncio.ensure_future(self._follow_members())
+        self._drop_stale_replicas()
         for key in list(self.placements.records):
             self.reconcile(key)
+
+    def _drop_stale_replicas(self) -> None:
+        """Copies kept at start-up (store.remove_orphans spares a replica's directory whose
+        definition this node's journal lacks) that no record names this node a member of:
+        a queue deleted, or this node removed from its members, while it was down."""
+        if self.store is None:
+            return
+        for key in list(self.store.replicas):
+            rec = self.placements.get(*key)
+            if rec is None and (self._local(key) is not None or key in self.definitions):
+                continue
+            if rec is not None and self.me in rec.get("members", ()):
+                continue
+            if key in self.leading:
+                continue
+            log.info("queue %r in vhost %r: dropping this node's copy (not a member)",
+                     key[1], key[0])
+            self.store.forget_replica(*key)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -431,7 +449,7 @@ class Replication:
             if q is not None and getattr(q, "leading", False):
                 return
             # (the stand-in's or proxy's definition goes with the cluster's metadata)
-            shutil.rmtree(self.store.replica_path(*key), ignore_errors=True)
+            self.store.forget_replica(*key)
 
     async def _follow_members(self) -> None:
         while True:
@@ -526,10 +544,8 @@ class Replication:
         if f is not None:
             f.close()
         if self.store is not None:
-            path = self.store.replica_path(*key)
-            self.store.replicas.discard(key)
             q.vhost.journal({"op": "queue.delete", "name": q.name})
-            shutil.rmtree(path, ignore_errors=True)
+            self.store.forget_replica(*key)
 
     # -- the member's side -----------------------------------------------------------------
     async def serve(self, peer: str, reader, writer) -> None:

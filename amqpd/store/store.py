@@ -25,6 +25,7 @@ READABLE = ("amqpd-store 1", FORMAT)
 
 ACCESS_FILE = "access.json"
 TRASH = ".deleted-"           # a deleted queue's directory, renamed until it is removed
+REPLICA_MARK = "replica.json"  # a cluster's replicated queue: its files are kept at start-up
 
 
 class StoreError(Exception):
@@ -160,9 +161,38 @@ class Store:
     def replica_path(self, vhost: str, name: str) -> str:
         """The directory a replicated queue's files have on this node: where its log would
         be (a follower writes the leader's files there, so a promotion recovers from them
-        exactly as a restart does)."""
+        exactly as a restart does). It carries a durable marker (REPLICA_MARK) from the
+        first call on: a restart before this node's journal has the queue's definition
+        (a member restarted just after the declare) keeps the files (``remove_orphans``),
+        since what a member has acknowledged may be all a confirm relied on."""
         self.replicas.add((vhost, name))
-        return self._log_path(vhost, name)
+        path = self._log_path(vhost, name)
+        mark = os.path.join(path, REPLICA_MARK)
+        if not os.path.exists(mark):
+            created = not os.path.isdir(path)
+            os.makedirs(path, exist_ok=True)
+            # always fsynced: a member's acknowledgement must not outlive the marker
+            self.io.write_file(mark, json.dumps({"vhost": vhost, "name": name}).encode())
+            if created:
+                self.io.fsync_dir(self.queues_dir)
+        return path
+
+    def replica_key(self, directory: str) -> tuple | None:
+        """(vhost, name) of a queue directory holding a replica's marker, else None."""
+        try:
+            doc = json.loads(self.io.read(os.path.join(directory, REPLICA_MARK)))
+            return str(doc["vhost"]), str(doc["name"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def forget_replica(self, vhost: str, name: str) -> None:
+        """This node holds no copy of the queue any more: its directory goes."""
+        self.replicas.discard((vhost, name))
+        if (vhost, name) not in self.logs:
+            try:
+                self.io.rmtree(self._log_path(vhost, name))
+            except OSError as exc:      # what is left is removed at the next start
+                log.warning("removing the copy of queue %r: %s", name, exc)
 
     def drop_queue_log(self, vhost: str, name: str) -> None:
         """This node no longer writes the queue's log (a replicated queue's leader stepped
@@ -239,6 +269,12 @@ class Store:
                 removed += 1
                 continue
             if name not in wanted and os.path.isdir(os.path.join(self.queues_dir, name)):
+                key = self.replica_key(os.path.join(self.queues_dir, name))
+                if key is not None:
+                    # a replica whose definition did not reach this node's journal yet: the
+                    # cluster decides once its view is loaded (replication.py's start)
+                    self.replicas.add(key)
+                    continue
                 log.warning("removing %s: no durable queue owns it",
                             os.path.join(self.queues_dir, name))
                 self.io.rmtree(os.path.join(self.queues_dir, name))

@@ -1094,3 +1094,33 @@ def test_closing_a_log_whose_fsync_fails_closes_every_descriptor(tmp_path):
     with pytest.raises(OSError):
         qlog.close()
     assert len(os.listdir("/proc/self/fd")) == before - 2    # nothing left open
+
+
+def test_a_replica_whose_definition_never_arrived_survives_a_restart(tmp_path):
+    """A cluster member restarted just after a quorum queue's declare: its journal has no
+    definition yet, but the files it acknowledged to the leader stay (the cluster drops them
+    later if this node is no member), while a plain orphan still goes."""
+    store = Store(str(tmp_path / "data"))
+    path = store.replica_path("/", "orders")
+    with open(os.path.join(path, "00000001.seg"), "wb") as f:
+        f.write(b"acknowledged to the leader")
+    orphan = store.queue_log("/", "deleted-meanwhile").path
+    store.close()
+
+    store = Store(str(tmp_path / "data"))
+    store.remove_orphans([])                            # no definition names either
+    try:
+        assert os.path.exists(os.path.join(path, "00000001.seg"))
+        assert not os.path.exists(orphan)
+        assert ("/", "orders") in store.replicas
+        assert store.replica_key(path) == ("/", "orders")
+        # declared later (the definition arrives): a replica's files are not a deleted
+        # queue's leftovers
+        assert store.queue_log("/", "orders").path == path
+        assert os.path.exists(os.path.join(path, "00000001.seg"))
+        store.drop_queue_log("/", "orders")
+        store.forget_replica("/", "orders")             # removed from its members
+        assert not os.path.exists(path)
+        assert ("/", "orders") not in store.replicas
+    finally:
+        store.close()
