@@ -5,6 +5,8 @@ cluster of that name through etcd. Without one, nothing here is imported.
     metadata.py vhosts, users, permissions, policies, exchanges, bindings, durable queues:
                 one etcd key each, merged both ways with this node's
     placement.py which node leads each shared queue, its replicas and in-sync set
+    queue_members.py a quorum queue's members changed at run time (add, delete, grow,
+                shrink), a node's replicas moved before it is forgotten
     replication.py quorum queues: log shipping, in-sync set, failover (replica.py: its
                 pure parts; replicated_queue.py: the queue on each member)
     link.py     the node-to-node listener (cluster.listen), link roles
@@ -32,6 +34,7 @@ from .link import LinkListener, Links
 from .member import RUNNING, Member
 from .metadata import MetadataSync
 from .placement import KIND as PLACEMENT, Placements
+from .queue_members import QueueMembers
 from .replication import Replication
 
 log = logging.getLogger("amqpd.cluster")
@@ -55,6 +58,7 @@ class ClusterNode:
         self.forwarding = Forwarding(self)             # queues led elsewhere: proxies
         self.forwarding.local_factory = self.replication.local_factory
         self.links.protocol = (FORWARD, self.forwarding.link)
+        self.queue_members = QueueMembers(self)        # quorum queues' members changed
 
     @property
     def name(self) -> str:
@@ -118,5 +122,15 @@ class ClusterNode:
         """This node's open links to the others (RabbitMQ's ``cluster_links``)."""
         return self.links.links()
 
-    async def forget(self, name: str) -> str:
-        return await self.member.forget(name)
+    async def forget(self, name: str) -> tuple[str, list]:
+        """Forget a node that is not running: its quorum replicas are moved to other nodes
+        first (queue_members.py). (outcome, the moves): "forgotten", "running", "unknown",
+        or "replicas" when a replica could not be moved (the node is not forgotten)."""
+        if name not in self.member.members:
+            return "unknown", []
+        if (self.member.alive.get(name) or {}).get("state") is not None:
+            return "running", []
+        moves = await self.queue_members.move_all(name)
+        if not all(m["ok"] for m in moves):
+            return "replicas", moves
+        return await self.member.forget(name), moves

@@ -18,6 +18,7 @@ Every node follows the records through the membership watch (member.py hands eac
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import urllib.parse
 
@@ -43,6 +44,7 @@ class Placements:
         self.records: dict[tuple, dict] = {}      # (vhost, queue) -> record
         self.revisions: dict[tuple, int] = {}     # (vhost, queue) -> the key's mod revision
         self.listeners: list = []
+        self._changed = None                      # an asyncio.Event while someone waits
 
     def key(self, vhost: str, name: str) -> str:
         return f"{self.member.prefix}{KIND}/{q(vhost)}/{q(name)}"
@@ -75,6 +77,9 @@ class Placements:
             self.records[where] = value
             self.revisions[where] = revision
         if old != value:
+            if self._changed is not None:
+                self._changed.set()
+                self._changed = None
             for fn in list(self.listeners):
                 try:
                     fn(where[0], where[1], old, value)
@@ -110,6 +115,34 @@ class Placements:
             "compare": [{"key": b64(key), "target": "MOD", "mod_revision": str(expect_revision)}],
             "success": [{"request_put": {"key": b64(key), "value": b64(encode(rec))}}]})
         return bool(answer.get("succeeded"))
+
+    async def changed(self, timeout: float) -> None:
+        """Until any record changes (at most ``timeout`` seconds)."""
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    async def update(self, vhost: str, name: str, change, attempts: int = 20) -> dict | None:
+        """Apply ``change(record) -> new record or None (nothing to do)`` by compare-and-swap,
+        again on the newer record whenever another change won the race (an in-sync set
+        changed meanwhile). The record written, or None when ``change`` found nothing to
+        do. ``change`` may raise to refuse; a record that is gone raises LookupError."""
+        for _ in range(attempts):
+            rec = self.records.get((vhost, name))
+            revision = self.revisions.get((vhost, name))
+            if rec is None or revision is None:
+                raise LookupError(name)
+            new = change(dict(rec))
+            if new is None:
+                return None
+            if await self.swap(vhost, name, revision, new):
+                return new
+            if self.revisions.get((vhost, name)) == revision:
+                await self.changed(1.0)       # the watch brings the record that won
+        raise TimeoutError(f"queue {name!r}: its placement kept changing")
 
     async def remove(self, vhost: str, name: str) -> None:
         await self.member.etcd.delete(self.key(vhost, name))

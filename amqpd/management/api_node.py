@@ -162,7 +162,8 @@ async def node(request):
 @endpoint("administrator")
 async def forget_node(request):
     """DELETE /api/nodes/{name} (amqpd's; RabbitMQ has ``rabbitmqctl forget_cluster_node``
-    only): a node that is not running leaves the cluster's member list."""
+    only): a node that is not running leaves the cluster's member list, once each quorum
+    queue it was a member of has a replacement in sync (cluster/queue_members.py)."""
     ctx = request["ctx"]
     cluster = getattr(ctx, "cluster", None)
     name = request.match_info["name"]
@@ -170,13 +171,17 @@ async def forget_node(request):
         raise bad_request("this node is not in a cluster")
     from ..cluster.etcd import EtcdError, EtcdUnavailable
     try:
-        outcome = await cluster.forget(name)
+        outcome, moves = await cluster.forget(name)
     except (EtcdError, EtcdUnavailable) as exc:
         raise error(503, "service_unavailable", f"etcd: {exc}") from None
     if outcome == "unknown":
         raise not_found()
     if outcome == "running":
         raise bad_request(f"node {name} is running: stop it before it is forgotten")
+    if outcome == "replicas":
+        failed = "; ".join(m["result"] for m in moves if not m["ok"])
+        raise bad_request(f"node {name} is still a member of quorum queues whose replicas "
+                          f"could not be moved: {failed}")
     return no_content()
 
 
