@@ -75,8 +75,8 @@ class QueueMembers:
         except (EtcdError, EtcdUnavailable, TimeoutError) as exc:
             raise MemberError(503, f"etcd: {exc}") from None
 
-    async def add(self, vhost: str, name: str, node: str) -> bool:
-        """Make ``node`` a member of the queue; whether the record changed."""
+    async def add(self, vhost: str, name: str, node: str) -> dict | None:
+        """Make ``node`` a member of the queue: the record written (None: it was one)."""
         self._quorum(vhost, name)
         if node not in self.member.members and node not in self.member.alive:
             raise MemberError(404, f"node {node} is not in the cluster")
@@ -93,10 +93,11 @@ class QueueMembers:
         if new is not None:
             log.info("queue %r in vhost %r: %s added as a member (members %s)", name, vhost,
                      node, ", ".join(new["members"]))
-        return new is not None
+        return new
 
-    async def delete(self, vhost: str, name: str, node: str) -> bool:
-        """Remove ``node`` from the queue's members; whether the record changed."""
+    async def delete(self, vhost: str, name: str, node: str) -> dict | None:
+        """Remove ``node`` from the queue's members: the record written (None: it was not
+        one)."""
         self._quorum(vhost, name)
 
         def change(rec):
@@ -128,7 +129,7 @@ class QueueMembers:
             log.info("queue %r in vhost %r: %s removed from its members (members %s, "
                      "leader %s)", name, vhost, node, ", ".join(new["members"]),
                      new["leader"])
-        return new is not None
+        return new
 
     async def in_sync(self, vhost: str, name: str, node: str, timeout: float) -> bool:
         """Until ``node`` is in the queue's in-sync set (False after ``timeout``)."""
@@ -217,7 +218,8 @@ class QueueMembers:
             outcome = await op(vhost, name, node)
             ok, text = True, outcome if isinstance(outcome, str) else "ok"
         except MemberError as exc:
-            ok, text = False, exc.reason
-        rec = self.placements.get(vhost, name) or {}
+            outcome, ok, text = None, False, exc.reason
+        # the record just written when there is one (the watch brings it a moment later)
+        rec = outcome if isinstance(outcome, dict) else self.placements.get(vhost, name) or {}
         return {"vhost": vhost, "name": name, "size": len(rec.get("members", ())),
                 "ok": ok, "result": text}

@@ -11,9 +11,11 @@ from .body import read_json
 from .listing import json_response
 
 
-def _members(ctx):
+def _members(ctx, queue: tuple | None = None):
     cluster = getattr(ctx, "cluster", None)
     if cluster is None:
+        if queue is not None and queue[1] not in ctx.broker.vhosts[queue[0]].queues:
+            raise not_found()                 # (a missing queue first, as RabbitMQ)
         raise bad_request("this node is not in a cluster: a quorum queue has one replica")
     return cluster.queue_members
 
@@ -48,8 +50,8 @@ def _queue(request) -> tuple[str, str]:
 @endpoint("administrator")
 async def add_member(request):
     """POST /api/queues/quorum/{vhost}/{name}/replicas/add {"node": ...}: 204."""
-    members = _members(request["ctx"])
     vhost, name = _queue(request)
+    members = _members(request["ctx"], (vhost, name))
     node = await _node_of(request)
     await _run(members.add(vhost, name, node))
     return web.Response(status=204)
@@ -58,8 +60,8 @@ async def add_member(request):
 @endpoint("administrator")
 async def delete_member(request):
     """DELETE /api/queues/quorum/{vhost}/{name}/replicas/delete {"node": ...}: 202."""
-    members = _members(request["ctx"])
     vhost, name = _queue(request)
+    members = _members(request["ctx"], (vhost, name))
     node = await _node_of(request)
     await _run(members.delete(vhost, name, node))
     return web.Response(status=202)

@@ -201,3 +201,63 @@ def test_members_change_under_confirmed_traffic(make_cluster):
     got = {b for b, _r in drain(spare, "flow")}
     lost = [b for b in confirmed if b not in got]
     assert not lost, f"{len(lost)} confirmed messages lost, e.g. {lost[:5]}"
+
+
+def test_a_client_without_cancel_notifications_keeps_consuming_across_a_leader_change(
+        make_cluster):
+    """A client that does not advertise consumer_cancel_notify cannot be told its consumer
+    ended: its node subscribes it again at the new leader, under the same tag."""
+    cluster = make_cluster(3)
+    node1, node3 = cluster["node1"], cluster["node3"]
+    conn, ch = declare(node1, "jobs")
+    rec = wait_until(lambda: placement(cluster, "jobs"), 5, "the placement record")
+    params = pika.URLParameters(node3.url)
+    params.client_properties = {"capabilities": {"publisher_confirms": True,
+                                                 "basic.nack": True}}
+    consumer = pika.BlockingConnection(params)
+    cch = consumer.channel()
+    got = []
+    cch.basic_consume("jobs", lambda c, m, p, body: (got.append(body),
+                                                     c.basic_ack(m.delivery_tag)))
+    publish(ch, "jobs", [b"before"])
+    deadline_wait(consumer, lambda: b"before" in got, "the first message")
+
+    status, _ = call(node3, "DELETE", replicas("jobs") + "/delete", {"node": rec["leader"]})
+    assert status == 202
+    wait_until(lambda: placement(cluster, "jobs")["leader"] != rec["leader"], 10,
+               "another leader")
+    survivor = cluster[placement(cluster, "jobs")["leader"]]
+    pconn, pch = channel(survivor)
+    publish(pch, "jobs", [b"after"])
+    deadline_wait(consumer, lambda: b"after" in got, "a message from the new leader")
+    pconn.close()
+
+    # the old leader back as a member, then the new leader killed: a failover
+    assert call(node3, "POST", replicas("jobs") + "/add", {"node": rec["leader"]})[0] == 204
+    wait_until(lambda: in_sync(cluster, "jobs", rec["leader"]), 20, "the member in sync")
+    killed = placement(cluster, "jobs")
+    if killed["leader"] == "node3":                # (the consumer's own node stays up)
+        assert call(node3, "DELETE", replicas("jobs") + "/delete", {"node": "node3"})[0] == 202
+        wait_until(lambda: placement(cluster, "jobs")["leader"] != "node3", 10, "a leader")
+        killed = placement(cluster, "jobs")
+    cluster[killed["leader"]].kill()
+    wait_until(lambda: placement(cluster, "jobs")["epoch"] > killed["epoch"], 15,
+               "a failover")
+    survivor = cluster[placement(cluster, "jobs")["leader"]]
+    pconn, pch = channel(survivor)
+    publish(pch, "jobs", [b"after the failover"])
+    deadline_wait(consumer, lambda: b"after the failover" in got, "a message after failover")
+    assert cch.is_open                              # no cancel, no channel error
+    consumer.close()
+    pconn.close()
+    conn.close()
+
+
+def deadline_wait(conn, pred, what: str, timeout: float = 15.0) -> None:
+    """Process the blocking connection's events until ``pred()`` (AssertionError after
+    ``timeout``)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        conn.process_data_events(time_limit=0.1)
