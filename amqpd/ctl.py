@@ -424,9 +424,13 @@ def do_status(client, args, out):
                   "", "File Descriptors", "",
                   f"Total: {node.get('fd_used', '')}, limit: {node.get('fd_total', '')}"]
     lines += ["", "Listeners", ""]
-    for lst in overview.get("listeners", []):
-        lines.append(f"Interface: {lst.get('ip_address', '')}, port: {lst.get('port', '')}, "
-                     f"protocol: {lst.get('protocol', '')}")
+    # a cluster's overview lists every node's listeners; status is this node's, as
+    # rabbitmqctl's: ordered by the port's digits, with what each is for
+    mine = [listener_doc(lst, node_name) for lst in overview.get("listeners", [])
+            if lst.get("node", node_name) == node_name]
+    for lst in sorted(mine, key=lambda x: str(x["port"])):
+        lines.append(f"Interface: {lst['interface']}, port: {lst['port']}, "
+                     f"protocol: {lst['protocol']}, purpose: {lst['purpose']}")
     lines += ["", "Totals", "",
               f"Connection count: {totals.get('connections', 0)}",
               f"Queue count: {totals.get('queues', 0)}",
@@ -444,6 +448,14 @@ PURPOSES = {"amqp": "AMQP 0-9-1 and AMQP 1.0", "amqp/ssl": "AMQP 0-9-1 and AMQP 
             "http/prometheus": "Prometheus exporter API over HTTP",
             "https/prometheus": "Prometheus exporter API over TLS (HTTPS)",
             "clustering": "inter-node and CLI tool communication"}
+
+
+def listener_doc(lst: dict, node: str) -> dict:
+    """One overview listener as rabbitmqctl shows it (an IPv6 interface in brackets)."""
+    interface = str(lst.get("ip_address", ""))
+    return {"interface": f"[{interface}]" if ":" in interface else interface,
+            "node": node, "port": lst.get("port"), "protocol": lst.get("protocol"),
+            "purpose": PURPOSES.get(lst.get("protocol"), lst.get("protocol"))}
 
 
 def get_optional(client, path, missing):
@@ -470,11 +482,7 @@ def cluster_status(client) -> tuple[str, dict]:
     for lst in overview.get("listeners", []):
         node = lst.get("node", local)
         if node in running:
-            interface = str(lst.get("ip_address", ""))
-            listeners.setdefault(node, []).append({
-                "interface": f"[{interface}]" if ":" in interface else interface,
-                "node": node, "port": lst.get("port"), "protocol": lst.get("protocol"),
-                "purpose": PURPOSES.get(lst.get("protocol"), lst.get("protocol"))})
+            listeners.setdefault(node, []).append(listener_doc(lst, node))
     alarms = [{"node": n["name"], "resource": resource, "type": "resource_limit"}
               for n in sorted(nodes, key=lambda n: n["name"]) if n.get("running", True)
               for resource, key in (("memory", "mem_alarm"), ("disk", "disk_free_alarm"))
