@@ -184,8 +184,8 @@ def test_grow_and_shrink_print_a_line_per_queue(make_cluster):
     wait_until(lambda: in_sync(cluster, g1, NODES) and in_sync(cluster, g2, NODES), 30,
                "node2 in sync")
     # nothing left to grow: an empty line, as rabbitmq-queues
-    assert ok(ctl(node1, "grow", "node2", "all", "--vhost-pattern", "^/$")) == (
-        "Growing all quorum queues on node2...\n\n")
+    assert ok(ctl(node1, "grow", "node2", "all", "--vhost-pattern", "^/$",
+                  "--queue-pattern", "^g")) == "Growing all quorum queues on node2...\n\n"
 
     # node3 leaves all three; solo's last member stays, reported in its row (exit 0)
     out = ok(ctl(node1, "shrink", "node3"))
