@@ -487,13 +487,20 @@ def test_grow_and_shrink_results_in_json(capsys):
     assert results_output(capsys, [], "--formatter", "json") == "[]\n"
 
 
-def test_membership_of_a_queue_that_is_not_there_is_69(mgmt):
-    # rabbitmq-queues: the banner on stdout, then not_found with 69
-    for verb, banner in (("add_member", "Adding a replica for queue nosuch on node n2..."),
-                         ("delete_member", "Removing a replica of queue nosuch on node n2...")):
-        result = ctl(mgmt, verb, "nosuch", "n2")
+def test_membership_changes_on_a_single_node_are_refused_with_69(mgmt, client):
+    # rabbitmq-queues: the banner on stdout, then the refusal with 69 (a single node has one
+    # replica of a quorum queue: there is no member to add or remove)
+    ch = client().channel()
+    ch.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+    for verb, banner in (("add_member", "Adding a replica for queue qq on node n2..."),
+                         ("delete_member", "Removing a replica of queue qq on node n2...")):
+        result = ctl(mgmt, verb, "qq", "n2")
         assert result.returncode == 69, result
         assert result.stdout == banner + "\n"
-        assert "nosuch" in result.stderr and "'/'" in result.stderr, result.stderr
-        quiet = ctl(mgmt, verb, "-q", "-p", "/", "nosuch", "n2")
+        assert result.stderr.startswith("Error: "), result.stderr
+        quiet = ctl(mgmt, verb, "-q", "-p", "/", "qq", "n2")
         assert quiet.returncode == 69 and quiet.stdout == ""
+    for verb in (["grow", "n2", "all"], ["shrink", "n2"]):
+        result = ctl(mgmt, *verb)
+        assert result.returncode == 69, result
+        assert result.stdout.endswith("quorum queues on n2...\n")
