@@ -94,6 +94,11 @@ class Client:
             raise self._refused(exc, method, url) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                # it answers, slowly: not "unreachable" (rabbitmqctl: 75 for a timeout)
+                raise CtlError(f"{method} {url}: no answer within {self.timeout:g} seconds "
+                               f"(the broker may still complete it; --timeout N waits "
+                               f"longer)", EX_TEMPFAIL) from None
             raise CtlError(f"unable to reach the management API at {self.url}: {reason}\n"
                            f"Is the broker running with its HTTP listener on, and is --node "
                            f"(or AMQPCTL_URL) right?", EX_UNAVAILABLE) from None
@@ -965,6 +970,9 @@ VERBS = {
 }
 
 
+UNTIMED = {"forget_cluster_node"}
+
+
 def usage_text() -> str:
     lines = ["usage: amqpctl [--node URL] [-u USER] [--password PW] [-p VHOST] "
              "[--formatter table|json] [-q] [-s] <command> [<args>]", "", "commands:"]
@@ -1020,7 +1028,10 @@ def run(argv) -> int:
     url = args.node or os.environ.get("AMQPCTL_URL") or DEFAULT_URL
     if "://" not in url:
         url = "http://" + url
-    timeout = args.timeout if args.timeout is not None else 60.0
+    # forget_cluster_node moves the node's quorum replicas first, waiting for each to catch
+    # up: no deadline of ours unless one is given (rabbitmqctl's is infinite too)
+    default = None if args.command in UNTIMED else 60.0
+    timeout = args.timeout if args.timeout is not None else default
     client = Client(url, args.username, args.password, timeout)
     out = Output(args)
     if handler is None:

@@ -504,3 +504,15 @@ def test_membership_changes_on_a_single_node_are_refused_with_69(mgmt, client):
         result = ctl(mgmt, *verb)
         assert result.returncode == 69, result
         assert result.stdout.endswith("quorum queues on n2...\n")
+
+
+def test_a_broker_that_does_not_answer_in_time_is_75_not_unreachable():
+    # a listening socket that never answers: the request times out (rabbitmqctl's 75), and
+    # the message says so instead of "unable to reach"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        result = ctl(url, "--timeout", "0.5", "list_queues")
+    assert result.returncode == 75, result
+    assert "no answer within 0.5 seconds" in result.stderr and "unable" not in result.stderr
