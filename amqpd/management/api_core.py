@@ -308,8 +308,3 @@ def listeners_json(ctx) -> list[dict]:
             for node in sorted(by_node)
             for lst in sorted(by_node[node], key=lambda x: (str(x.get("protocol")),
                                                              x.get("port") or 0))]
-
-
-def cluster_listeners(ctx) -> list[dict]:
-    """The other running nodes' entries of ``listeners_json``."""
-    return [lst for lst in listeners_json(ctx) if lst["node"] != ctx.node_name]

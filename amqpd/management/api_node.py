@@ -9,7 +9,7 @@ from aiohttp import web
 
 from ..admin import AdminError
 from ..edge import resources
-from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION, _churn, cluster_listeners  # noqa: F401
+from .api_core import EXCHANGE_TYPES, RABBITMQ_VERSION, _churn  # noqa: F401
 from .auth import bad_request, check_vhost, endpoint, error, not_found
 from .body import after_change, durable, no_content, read_json
 from .listing import json_response

@@ -39,8 +39,8 @@ def refused(result, *words) -> str:
 
 
 def need_endpoints(node):
-    """Skip until amqpd's API has the quorum replica endpoints: asked without credentials, a
-    route answers 401 (authentication comes first), a path with no route 404."""
+    """amqpd's API has the quorum replica endpoints: asked without credentials, a route
+    answers 401 (authentication comes first), a path with no route 404."""
     for method, path in (("POST", "/api/queues/quorum/%2F/q/replicas/add"),
                          ("DELETE", "/api/queues/quorum/%2F/q/replicas/delete"),
                          ("POST", "/api/queues/quorum/replicas/on/n/grow"),
@@ -50,7 +50,7 @@ def need_endpoints(node):
             urllib.request.urlopen(req, timeout=5).close()
         except urllib.error.HTTPError as exc:
             if exc.code != 401:
-                pytest.skip(f"amqpd's API has no {method} {path} yet "
+                pytest.fail(f"amqpd's API has no {method} {path} "
                             f"(amqpd/management/api_quorum.py)")
 
 
@@ -217,11 +217,6 @@ def test_grow_and_shrink_print_a_line_per_queue(make_cluster):
         wait_until(lambda: members_listed(node3, name) == set(NODES), 10, f"{name} regrown")
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG: queue_members.QueueMembers._each reads a row's size from the placement view right "
-    "after the compare-and-swap, before the etcd watch brought the new record (so usually "
-    "the count before the change; racy, hence not strict). LEAD: take it from the record "
-    "written, then drop this mark"))
 def test_grow_and_shrink_report_the_member_count_after_the_change(make_cluster):
     # rabbitmq-queues 3.10.8: size is the member count after the change (Size + 1 for grow,
     # Size - 1 for shrink), the count as it is for a queue that failed

@@ -13,7 +13,8 @@ import urllib.request
 import pika
 
 from .harness import wait_until
-from .test_replication import channel, declare, drain, placement, publish, queue_dir, segments
+from .test_replication import (channel, confirm_in_thread, declare, drain, placement, publish,
+                               queue_dir, segments)
 
 
 def call(node, method: str, path: str, body=None):
@@ -235,17 +236,21 @@ def test_a_client_without_cancel_notifications_keeps_consuming_across_a_leader_c
     # the old leader back as a member, then the new leader killed: a failover
     assert call(node3, "POST", replicas("jobs") + "/add", {"node": rec["leader"]})[0] == 204
     wait_until(lambda: in_sync(cluster, "jobs", rec["leader"]), 20, "the member in sync")
-    killed = placement(cluster, "jobs")
-    if killed["leader"] == "node3":                # (the consumer's own node stays up)
+    while placement(cluster, "jobs")["leader"] == "node3":   # (the consumer's node stays)
         assert call(node3, "DELETE", replicas("jobs") + "/delete", {"node": "node3"})[0] == 202
         wait_until(lambda: placement(cluster, "jobs")["leader"] != "node3", 10, "a leader")
-        killed = placement(cluster, "jobs")
+        assert call(node3, "POST", replicas("jobs") + "/add", {"node": "node3"})[0] == 204
+        wait_until(lambda: in_sync(cluster, "jobs", "node3"), 20, "node3 in sync")
+    killed = placement(cluster, "jobs")
+    assert len(killed["isr"]) == 3
     cluster[killed["leader"]].kill()
     wait_until(lambda: placement(cluster, "jobs")["epoch"] > killed["epoch"], 15,
                "a failover")
     survivor = cluster[placement(cluster, "jobs")["leader"]]
     pconn, pch = channel(survivor)
-    publish(pch, "jobs", [b"after the failover"])
+    thread, result = confirm_in_thread(pch, "jobs", b"after the failover")
+    thread.join(15)
+    assert result.get("ok"), result
     deadline_wait(consumer, lambda: b"after the failover" in got, "a message after failover")
     assert cch.is_open                              # no cancel, no channel error
     consumer.close()
