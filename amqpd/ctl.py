@@ -94,6 +94,11 @@ class Client:
             raise self._refused(exc, method, url) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError):
+                # it answers, slowly: not "unreachable" (rabbitmqctl: 75 for a timeout)
+                raise CtlError(f"{method} {url}: no answer within {self.timeout:g} seconds "
+                               f"(the broker may still complete it; --timeout N waits "
+                               f"longer)", EX_TEMPFAIL) from None
             raise CtlError(f"unable to reach the management API at {self.url}: {reason}\n"
                            f"Is the broker running with its HTTP listener on, and is --node "
                            f"(or AMQPCTL_URL) right?", EX_UNAVAILABLE) from None
@@ -424,9 +429,13 @@ def do_status(client, args, out):
                   "", "File Descriptors", "",
                   f"Total: {node.get('fd_used', '')}, limit: {node.get('fd_total', '')}"]
     lines += ["", "Listeners", ""]
-    for lst in overview.get("listeners", []):
-        lines.append(f"Interface: {lst.get('ip_address', '')}, port: {lst.get('port', '')}, "
-                     f"protocol: {lst.get('protocol', '')}")
+    # a cluster's overview lists every node's listeners; status is this node's, as
+    # rabbitmqctl's: ordered by the port's digits, with what each is for
+    mine = [listener_doc(lst, node_name) for lst in overview.get("listeners", [])
+            if lst.get("node", node_name) == node_name]
+    for lst in sorted(mine, key=lambda x: str(x["port"])):
+        lines.append(f"Interface: {lst['interface']}, port: {lst['port']}, "
+                     f"protocol: {lst['protocol']}, purpose: {lst['purpose']}")
     lines += ["", "Totals", "",
               f"Connection count: {totals.get('connections', 0)}",
               f"Queue count: {totals.get('queues', 0)}",
@@ -444,6 +453,14 @@ PURPOSES = {"amqp": "AMQP 0-9-1 and AMQP 1.0", "amqp/ssl": "AMQP 0-9-1 and AMQP 
             "http/prometheus": "Prometheus exporter API over HTTP",
             "https/prometheus": "Prometheus exporter API over TLS (HTTPS)",
             "clustering": "inter-node and CLI tool communication"}
+
+
+def listener_doc(lst: dict, node: str) -> dict:
+    """One overview listener as rabbitmqctl shows it (an IPv6 interface in brackets)."""
+    interface = str(lst.get("ip_address", ""))
+    return {"interface": f"[{interface}]" if ":" in interface else interface,
+            "node": node, "port": lst.get("port"), "protocol": lst.get("protocol"),
+            "purpose": PURPOSES.get(lst.get("protocol"), lst.get("protocol"))}
 
 
 def get_optional(client, path, missing):
@@ -470,11 +487,7 @@ def cluster_status(client) -> tuple[str, dict]:
     for lst in overview.get("listeners", []):
         node = lst.get("node", local)
         if node in running:
-            interface = str(lst.get("ip_address", ""))
-            listeners.setdefault(node, []).append({
-                "interface": f"[{interface}]" if ":" in interface else interface,
-                "node": node, "port": lst.get("port"), "protocol": lst.get("protocol"),
-                "purpose": PURPOSES.get(lst.get("protocol"), lst.get("protocol"))})
+            listeners.setdefault(node, []).append(listener_doc(lst, node))
     alarms = [{"node": n["name"], "resource": resource, "type": "resource_limit"}
               for n in sorted(nodes, key=lambda n: n["name"]) if n.get("running", True)
               for resource, key in (("memory", "mem_alarm"), ("disk", "disk_free_alarm"))
@@ -550,6 +563,121 @@ def do_cluster_status(client, args, out):
 
 def fmt_gb(n) -> str:
     return "" if n is None else f"{int(n) / 1e9:.4f} gb"
+
+
+# ---------------------------------------------------------------------------------------------
+# Quorum queue membership: rabbitmq-queues 3.10.8's add_member, delete_member, grow, shrink,
+# over the endpoints RabbitMQ 3.13 added (amqpd serves them too)
+
+# what an API says in a 404 that names nothing (RabbitMQ's, and amqpd's for a path it lacks)
+GENERIC_404 = {"Not Found", "Object Not Found", "not_found"}
+
+
+def member_refused(client, exc: HTTPFailure, vhost: str, name: str, node: str) -> CtlError:
+    """A refused membership change of one queue as rabbitmq-queues reports it: 69 for a
+    queue or node that is not there and for a change the cluster refuses (not a quorum
+    queue, node not running, last member), 75 when the cluster's store did not answer."""
+    if exc.status == 404:
+        if exc.reason not in GENERIC_404:        # amqpd says which of the two is missing
+            return CtlError(exc.reason, EX_UNAVAILABLE)
+        try:
+            client.get(f"/api/queues/{q(vhost)}/{q(name)}")
+        except HTTPFailure as qexc:
+            if qexc.status == 404:
+                return CtlError(f"Queue '{name}' in vhost '{vhost}' not found", EX_UNAVAILABLE)
+            raise
+        if node not in {n.get("name") for n in get_optional(client, "/api/nodes", [])}:
+            return CtlError(f"Node {node} is not in the cluster", EX_UNAVAILABLE)
+        return exc                               # the queue and node are there: no endpoint
+    return refused_change(exc)
+
+
+def refused_change(exc: HTTPFailure) -> CtlError:
+    if exc.status == 400:
+        return CtlError(exc.reason, EX_UNAVAILABLE)
+    if exc.status == 503:
+        return CtlError(f"{exc.reason}: try again", EX_TEMPFAIL)
+    return exc
+
+
+def member_path(args) -> tuple[str, str, str]:
+    name, node = args.args
+    return name, node, f"/api/queues/quorum/{q(args.vhost)}/{q(name)}/replicas"
+
+
+def do_add_member(client, args, out):
+    name, node, path = member_path(args)
+    out.banner(f"Adding a replica for queue {name} on node {node}...")
+    try:
+        client.request("POST", path + "/add", {"node": node})
+    except HTTPFailure as exc:
+        raise member_refused(client, exc, args.vhost, name, node) from None
+    return EX_OK
+
+
+def do_delete_member(client, args, out):
+    name, node, path = member_path(args)
+    out.banner(f"Removing a replica of queue {name} on node {node}...")
+    try:
+        client.request("DELETE", path + "/delete", {"node": node})
+    except HTTPFailure as exc:
+        raise member_refused(client, exc, args.vhost, name, node) from None
+    return EX_OK
+
+
+def change_results(out, rows, errors_only: bool):
+    """grow's and shrink's table: one row per queue (vhost, name, size, result), as
+    rabbitmq-queues prints it; an empty one is an empty line (``[]`` in JSON)."""
+    if rows is None:           # a broker that gives no per-queue results (RabbitMQ: 204/202)
+        return
+    table = []
+    for row in rows:
+        ok = row.get("ok", row.get("result") == "ok")
+        if errors_only and ok:
+            continue
+        table.append([row.get("vhost"), row.get("name"), row.get("size"),
+                      "ok" if ok else f"error: {row.get('result')}"])
+    if not table:
+        print("[]" if out.json else "", file=out.out)
+        return
+    out.table(["vhost", "name", "size", "result"], table)
+
+
+def node_change(client, method, action, node, body=None):
+    """grow's or shrink's request; the per-queue results (None when the broker gives none:
+    ``?results=true`` asks amqpd for them, RabbitMQ ignores it)."""
+    path = f"/api/queues/quorum/replicas/on/{q(node)}/{action}?results=true"
+    try:
+        return client.request(method, path, body)
+    except HTTPFailure as exc:
+        if exc.status == 404 and exc.reason in GENERIC_404:
+            if node not in {n.get("name") for n in get_optional(client, "/api/nodes", [])}:
+                raise CtlError(f"Node {node} is not in the cluster", EX_UNAVAILABLE) from None
+            raise
+        if exc.status == 404:
+            raise CtlError(exc.reason, EX_UNAVAILABLE) from None
+        raise refused_change(exc) from None
+
+
+def do_grow(client, args, out):
+    node, strategy = args.args
+    if strategy not in ("all", "even"):
+        raise UsageError(f"strategy '{strategy}' is not recognised.\n"
+                         f"usage: amqpctl {VERBS['grow'][2]}")
+    out.banner(f"Growing {strategy} quorum queues on {node}...")
+    rows = node_change(client, "POST", "grow", node,
+                       {"strategy": strategy, "vhost_pattern": args.vhost_pattern,
+                        "queue_pattern": args.queue_pattern})
+    change_results(out, rows, args.errors_only)
+    return EX_OK
+
+
+def do_shrink(client, args, out):
+    (node,) = args.args
+    out.banner(f"Shrinking quorum queues on {node}...")
+    rows = node_change(client, "DELETE", "shrink", node)
+    change_results(out, rows, args.errors_only)
+    return EX_OK
 
 
 def do_purge_queue(client, args, out):
@@ -815,6 +943,11 @@ VERBS = {
     "forget_cluster_node": (do_forget_cluster_node, 1, "forget_cluster_node <node>"),
     **{verb: (None, None, f"{verb}{' [-p <vhost>]' if spec.vhost_scoped else ''} [<column> ...]")
        for verb, spec in LISTINGS.items()},
+    "add_member": (do_add_member, 2, "add_member [-p <vhost>] <queue> <node>"),
+    "delete_member": (do_delete_member, 2, "delete_member [-p <vhost>] <queue> <node>"),
+    "grow": (do_grow, 2, "grow <node> <all | even> [--vhost-pattern <pattern>] "
+                         "[--queue-pattern <pattern>] [--errors-only]"),
+    "shrink": (do_shrink, 1, "shrink <node> [--errors-only]"),
     "purge_queue": (do_purge_queue, 1, "purge_queue [-p <vhost>] <queue>"),
     "delete_queue": (do_delete_queue, 1,
                      "delete_queue [-p <vhost>] <queue> [--if-empty|-e] [--if-unused]"),
@@ -835,6 +968,9 @@ VERBS = {
     "import_definitions": (do_import_definitions, None, "import_definitions [<file> | -]"),
     "await_startup": (do_await_startup, 0, "await_startup [--timeout <seconds>]"),
 }
+
+
+UNTIMED = {"forget_cluster_node"}
 
 
 def usage_text() -> str:
@@ -868,6 +1004,9 @@ def parser() -> Parser:
     p.add_argument("--if-empty", "-e", action="store_true")
     p.add_argument("--if-unused", action="store_true")
     p.add_argument("--description", default=None)
+    p.add_argument("--vhost-pattern", default=".*")
+    p.add_argument("--queue-pattern", default=".*")
+    p.add_argument("--errors-only", action="store_true")
     p.add_argument("command", nargs="?")
     p.add_argument("args", nargs="*")
     return p
@@ -889,7 +1028,10 @@ def run(argv) -> int:
     url = args.node or os.environ.get("AMQPCTL_URL") or DEFAULT_URL
     if "://" not in url:
         url = "http://" + url
-    timeout = args.timeout if args.timeout is not None else 60.0
+    # forget_cluster_node moves the node's quorum replicas first, waiting for each to catch
+    # up: no deadline of ours unless one is given (rabbitmqctl's is infinite too)
+    default = None if args.command in UNTIMED else 60.0
+    timeout = args.timeout if args.timeout is not None else default
     client = Client(url, args.username, args.password, timeout)
     out = Output(args)
     if handler is None:

@@ -21,6 +21,11 @@ observed after the new leader's record was seen; the record is polled every 25 m
 with p50/max and written, with everything else, to ``cluster_faults.json`` in the test's
 tmp_path (its path is printed), beside every node's log (``node1.log``, ...).
 
+Two operator moves are mixed in (not counted in AMQPD_FAULTS; AMQPD_MOVES changes it): the
+leader is removed from the queue's members through the management API (an in-sync member
+leads, a new epoch) and added back (a learner that copies the queue again from nothing and
+rejoins the in-sync set), under the same traffic and verdict.
+
 AMQPD_FAULTS (default 10) and AMQPD_FAULT_SEED (default 15) change the run. The test needs
 replicated queues and forwarding (amqpd/cluster/replication.py and remote_queue.py) and is
 skipped, saying so, without them; AMQPD_CLUSTER_FAULTS_FORCE=1 runs it anyway.
@@ -30,6 +35,7 @@ node (a killed leader's messages wait for its restart), the drain through every 
 of the clients, the fault injection and the verdict, and of forwarding under faults, not of
 failover (its "failover" times are not failovers).
 """
+import base64
 import importlib.util
 import json
 import logging
@@ -38,7 +44,9 @@ import random
 import signal
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 
 import pika
 import pytest
@@ -124,6 +132,10 @@ def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
     plan = ["kill", "pause", "term"] * (faults_wanted // 3)
     plan += [rng.choice(("kill", "pause", "term")) for _ in range(faults_wanted - len(plan))]
     rng.shuffle(plan)
+    if not selfcheck:
+        for _ in range(max(0, int(os.environ.get("AMQPD_MOVES", "2")))):
+            plan.insert(rng.randrange(1, len(plan) + 1), "move")
+    faults_wanted = len(plan)
     t0 = time.monotonic()
 
     def say(text: str) -> None:
@@ -271,6 +283,20 @@ def run_faults(cluster, nodes, monitor, ledger, plan, rng, selfcheck, faults, cl
         time.sleep(rng.uniform(0.3, 1.0))        # under load between faults
 
 
+def api(node, method: str, tail: str, body: dict) -> int:
+    """A management API request on the queue's replicas as guest: its status."""
+    req = urllib.request.Request(
+        f"{node.management_url}/api/queues/quorum/%2F/{urllib.parse.quote(QUEUE, safe='')}"
+        f"{tail}", data=json.dumps(body).encode(), method=method,
+        headers={"Content-Type": "application/json", "Authorization": "Basic "
+                 + base64.b64encode(b"guest:guest").decode()})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def inject(cluster, nodes, monitor, ledger, clients, n, kind, rng, selfcheck, say) -> dict:
     """One fault on the queue's leader, then healing: the fault's record."""
     if selfcheck:
@@ -278,10 +304,15 @@ def inject(cluster, nodes, monitor, ledger, clients, n, kind, rng, selfcheck, sa
     else:
         target, epoch = cluster[monitor.record["leader"]], monitor.record["epoch"]
     fault = {"n": n, "kind": kind, "node": target.name, "epoch": epoch}
-    nodes.mark(target.name, up=False)
+    if kind != "move":                       # (a moved-off node keeps serving its clients)
+        nodes.mark(target.name, up=False)
     at = time.monotonic()
     fault["_at"] = at
-    if kind == "kill":
+    if kind == "move":
+        through = next(node for node in cluster.nodes if node is not target)
+        status = api(through, "DELETE", "/replicas/delete", {"node": target.name})
+        assert status == 202, f"delete_member {target.name}: {status}"
+    elif kind == "kill":
         target.proc.send_signal(signal.SIGKILL)
         target.wait(10)
     elif kind == "pause":
@@ -298,7 +329,12 @@ def inject(cluster, nodes, monitor, ledger, clients, n, kind, rng, selfcheck, sa
     fault["elected_s"] = round(seen - at, 3)
     fault["new_leader"] = rec and rec["leader"]
     fault["_seen"] = seen
-    if kind == "kill":
+    if kind == "move":
+        status = api(target, "POST", "/replicas/add", {"node": target.name})
+        assert status == 204, f"add_member {target.name}: {status}"
+        monitor.wait_for(lambda r: target.name in r.get("members", ()), 10,
+                         f"{target.name} a member again after move {n}")
+    elif kind == "kill":
         target.start()
     elif kind == "pause":
         left = at + fault["pause_s"] - time.monotonic()

@@ -420,3 +420,99 @@ def test_help_lists_every_verb_and_exits_0():
 def test_the_console_script_is_declared_for_ctl_main():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'amqpctl = "amqpd.ctl:main"' in text
+
+
+# ---------------------------------------------------------------------------------------------
+# quorum queue membership (rabbitmq-queues' verbs); the cluster's side is tested end to end in
+# tests/cluster/test_ctl_members.py, here what needs no cluster: arguments, output, a queue
+# that is not there
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["add_member", "q1"], "not enough arguments"),
+    (["add_member", "q1", "node1", "node2"], "too many arguments"),
+    (["delete_member", "q1"], "not enough arguments"),
+    (["grow", "node1"], "not enough arguments"),
+    (["grow", "node1", "some"], "strategy 'some' is not recognised."),
+    (["shrink"], "not enough arguments"),
+    (["shrink", "node1", "node2"], "too many arguments"),
+])
+def test_membership_verbs_check_their_arguments_before_asking(argv, complaint):
+    # rabbitmq-queues 3.10.8: 64, with the verb's usage; nothing is sent (no broker here)
+    result = ctl(f"http://127.0.0.1:{free_port()}", *argv)
+    assert result.returncode == 64, result
+    assert complaint in result.stderr and f"usage: amqpctl {argv[0]} " in result.stderr
+    assert result.stdout == ""
+
+
+def results_output(capsys, rows, *options):
+    """What grow/shrink print for these per-queue results (the API's answer), with the
+    command line's output options."""
+    from amqpd import ctl as ctlmod
+    args = ctlmod.parser().parse_intermixed_args(["shrink", "n", *options])
+    ctlmod.change_results(ctlmod.Output(args), rows, args.errors_only)
+    return capsys.readouterr().out
+
+
+RESULTS = [{"vhost": "/", "name": "q1", "size": 2, "ok": True, "result": "ok"},
+           {"vhost": "shop", "name": "q2", "size": 1, "ok": False,
+            "result": "node node3 is the last member of queue 'q2' in vhost 'shop'"}]
+
+
+def test_grow_and_shrink_results_are_rabbitmq_queues_table(capsys):
+    # rabbitmq-queues 3.10.8: a header, one tab-separated row per queue, "error: ..." results
+    assert results_output(capsys, RESULTS) == (
+        "vhost\tname\tsize\tresult\n"
+        "/\tq1\t2\tok\n"
+        "shop\tq2\t1\terror: node node3 is the last member of queue 'q2' in vhost 'shop'\n")
+    assert results_output(capsys, RESULTS, "--errors-only").splitlines() == [
+        "vhost\tname\tsize\tresult",
+        "shop\tq2\t1\terror: node node3 is the last member of queue 'q2' in vhost 'shop'"]
+    assert results_output(capsys, RESULTS, "-s").splitlines()[0] == "/\tq1\t2\tok"
+    assert results_output(capsys, RESULTS, "-q").splitlines()[0] == "vhost\tname\tsize\tresult"
+    # no queue to change: an empty line, whatever the options (as rabbitmq-queues)
+    for options in ((), ("-q",), ("-s",)):
+        assert results_output(capsys, [], *options) == "\n"
+    assert results_output(capsys, RESULTS[:1], "--errors-only") == "\n"
+    # a broker that answers without results (RabbitMQ's 204/202): nothing after the banner
+    assert results_output(capsys, None) == ""
+
+
+def test_grow_and_shrink_results_in_json(capsys):
+    out = results_output(capsys, RESULTS, "--formatter", "json")
+    assert out.splitlines()[0] == "[" and out.splitlines()[2].startswith(",{")
+    assert json.loads(out) == [
+        {"vhost": "/", "name": "q1", "size": 2, "result": "ok"},
+        {"vhost": "shop", "name": "q2", "size": 1,
+         "result": "error: node node3 is the last member of queue 'q2' in vhost 'shop'"}]
+    assert results_output(capsys, [], "--formatter", "json") == "[]\n"
+
+
+def test_membership_changes_on_a_single_node_are_refused_with_69(mgmt, client):
+    # rabbitmq-queues: the banner on stdout, then the refusal with 69 (a single node has one
+    # replica of a quorum queue: there is no member to add or remove)
+    ch = client().channel()
+    ch.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+    for verb, banner in (("add_member", "Adding a replica for queue qq on node n2..."),
+                         ("delete_member", "Removing a replica of queue qq on node n2...")):
+        result = ctl(mgmt, verb, "qq", "n2")
+        assert result.returncode == 69, result
+        assert result.stdout == banner + "\n"
+        assert result.stderr.startswith("Error: "), result.stderr
+        quiet = ctl(mgmt, verb, "-q", "-p", "/", "qq", "n2")
+        assert quiet.returncode == 69 and quiet.stdout == ""
+    for verb in (["grow", "n2", "all"], ["shrink", "n2"]):
+        result = ctl(mgmt, *verb)
+        assert result.returncode == 69, result
+        assert result.stdout.endswith("quorum queues on n2...\n")
+
+
+def test_a_broker_that_does_not_answer_in_time_is_75_not_unreachable():
+    # a listening socket that never answers: the request times out (rabbitmqctl's 75), and
+    # the message says so instead of "unable to reach"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        result = ctl(url, "--timeout", "0.5", "list_queues")
+    assert result.returncode == 75, result
+    assert "no answer within 0.5 seconds" in result.stderr and "unable" not in result.stderr

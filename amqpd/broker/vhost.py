@@ -12,6 +12,7 @@ from .publish import (ACCEPTED, DUPLICATE, REJECTED, STORED, UNROUTABLE, Publish
 from .queue import Queue
 from .policy import PolicySet
 from .queue_policy import refresh_exchange, refresh_queue
+from .stats import retire_consumer
 
 STANDARD_EXCHANGES = (("amq.direct", "direct"), ("amq.fanout", "fanout"),
                       ("amq.topic", "topic"), ("amq.headers", "headers"),
@@ -248,10 +249,32 @@ class VHost:
                     ex.add_binding(new, key, args)
             ex.remove_dest(old)
         old.deleted = True
-        for consumer in list(old.consumers):
-            consumer.channel.queue_deleted(consumer)
-        old.consumers.clear()
         refresh_queue(new)
+        for consumer in list(old.consumers):
+            if not self._resubscribe(consumer, new):
+                consumer.channel.queue_deleted(consumer)
+        old.consumers.clear()
+
+    @staticmethod
+    def _resubscribe(consumer, new) -> bool:
+        """A client that cannot be told of a cancel (no ``consumer_cancel_notify`` in its
+        capabilities) would wait forever on a consumer that is gone: its consumer goes on,
+        with the same tag, on the queue's new object (deliveries it had are redelivered
+        there; its acks of them are dropped, as for any client). Whether it was moved."""
+        channel = consumer.channel
+        capabilities = getattr(channel.conn, "capabilities", None)   # (None: another node's
+        if capabilities is None or capabilities.get("consumer_cancel_notify") \
+                or channel.consumers.get(consumer.tag) is not consumer:     # link, told)
+            return False
+        fresh = type(consumer)(consumer.tag, channel, new, consumer.no_ack, consumer.exclusive,
+                               consumer.priority, consumer.prefetch, consumer.arguments)
+        try:
+            new.add_consumer(fresh)
+        except errors.AMQPError:
+            return False
+        retire_consumer(consumer)
+        channel.consumers[consumer.tag] = fresh
+        return True
 
     # -- bindings -----------------------------------------------------------------------------
     def bind(self, source: Exchange, dest, key: str, arguments: dict) -> None:

@@ -48,6 +48,7 @@ class Forwarding(Placing):
         self.sessions: set = set()
         self.claiming: dict = {}          # (vhost, name) -> task
         self.draining: set = set()        # tasks moving a replaced copy's messages
+        self.orphaned: set = set()        # proxies with consumers to subscribe again
         self.applying = False             # the metadata sync is applying the cluster's
         self.local_factory = Queue        # what a queue led here is made as (replication
         self.promote = None               # sets these for quorum queues)
@@ -143,6 +144,7 @@ class Forwarding(Placing):
                 for session in list(self.sessions):
                     session.push_stats()
                 self._tell_alarms()
+                self.orphaned = {rq for rq in self.orphaned if not rq.resubscribe()}
                 await self._drop_stale_placements()
                 self._claim_unplaced()
             except Exception:

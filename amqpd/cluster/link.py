@@ -3,8 +3,9 @@ to each other running node.
 
 Every node listens there and advertises the address in its etcd record, so the port is
 taken, checked and known from the first start. What a link carries so far is a greeting:
-each side sends one JSON line ``{"cluster", "node", "version"}``, and a peer from another
-cluster (or not the node its record named) is told so and dropped. ``Links`` keeps a link
+each side sends one JSON line ``{"cluster", "node", "version", "link"}``, and a peer from
+another cluster (or not the node its record named), or one that speaks another version of
+the node-to-node protocol (``link``: LINK_PROTOCOL), is told so and dropped. ``Links`` keeps a link
 open to every running node of the view, again after the peer restarts; the management API
 lists them as RabbitMQ lists its ``cluster_links``. Forwarding (forward.py) runs its origin
 side over these connections (``Links.protocol``), its leader side as the listener's
@@ -23,10 +24,16 @@ from .tasks import cancel_all
 log = logging.getLogger("amqpd.cluster")
 
 GREETING_TIMEOUT = 5.0
+# The node-to-node protocol's version: forwarding's records, replication's frames, what a
+# greeting means. Raised on any change a node of the previous version would misread: nodes
+# of two versions refuse each other's links (and say why) rather than misread each other.
+LINK_PROTOCOL = 1
+
+_told: set = set()             # (peer, its protocol) already logged: once, not every retry
 
 
 def greeting(cluster: str, node: str, role: str | None = None) -> bytes:
-    hello = {"cluster": cluster, "node": node, "version": __version__}
+    hello = {"cluster": cluster, "node": node, "version": __version__, "link": LINK_PROTOCOL}
     if role is not None:
         hello["role"] = role
     return json.dumps(hello, separators=(",", ":")).encode() + b"\n"
@@ -49,10 +56,24 @@ async def connect(config, host: str, port: int, peer: str, role: str):
                 or hello.get("node") != peer:
             raise ConnectionError(f"{host}:{port} is not node {peer} of cluster "
                                   f"{config.name} (it said {line[:200]!r})")
+        if hello.get("link") != LINK_PROTOCOL:
+            raise ConnectionError(incompatible(peer, hello))
     except BaseException:
         writer.close()
         raise
     return reader, writer
+
+
+def incompatible(peer: str, hello: dict) -> str:
+    """Why a peer's link is refused (logged once per peer and protocol as an error: the
+    cluster does not work across the two versions)."""
+    text = (f"node {peer} speaks node-to-node protocol {hello.get('link')} (amqpd "
+            f"{hello.get('version')}), this node {LINK_PROTOCOL} (amqpd {__version__}): every "
+            f"node of a cluster must run the same amqpd version")
+    if (peer, hello.get("link")) not in _told:
+        _told.add((peer, hello.get("link")))
+        log.error("cluster: %s; its links are refused", text)
+    return text
 
 
 class LinkListener:
@@ -91,6 +112,11 @@ class LinkListener:
                 if not writer.is_closing():
                     writer.write(json.dumps({"error": f"this is node {self.config.node} of "
                                              f"cluster {self.config.name}"}).encode() + b"\n")
+                return
+            if peer.get("link") != LINK_PROTOCOL:
+                if not writer.is_closing():
+                    writer.write(json.dumps({"error": incompatible(str(peer.get("node")), peer)})
+                                 .encode() + b"\n")
                 return
             handler = self.handlers.get(peer.get("role"))
             if handler is not None:

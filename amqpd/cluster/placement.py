@@ -3,7 +3,8 @@ which of them are in sync. One etcd key per queue:
 
     /amqpd/<cluster>/placement/<vhost>/<queue>   (names percent-encoded)
     {"type": "classic" | "quorum", "epoch": 1, "leader": "node1",
-     "members": ["node1", "node2", "node3"], "isr": ["node1", "node2", "node3"]}
+     "members": ["node1", "node2", "node3"], "isr": ["node1", "node2", "node3"],
+     "learners": []}     (members added at run time, not yet caught up: no vote; optional)
 
 A classic durable queue has one member, its leader: the node it was declared on (RabbitMQ's
 client-local). A quorum queue has up to ``x-quorum-initial-group-size`` members. The record

@@ -5,11 +5,11 @@ to others before it is forgotten.
 Every change is a compare-and-swap on the queue's placement record (placement.py), so it
 races safely with the leader's own changes of the in-sync set:
 
-- **add**: the node joins ``members`` but not the in-sync set. The leader starts shipping
-  to it (replication.py's ``Leading.resize``); once it has everything the leader adds it to
-  the in-sync set, as for any member that caught up. Refused while the in-sync set would be
-  smaller than a majority of the larger member list (confirms would stop until it caught
-  up): remove a lost member first.
+- **add**: the node joins ``members`` and ``learners``, not the in-sync set. The leader
+  starts shipping to it (replication.py's ``Leading.resize``); once it has everything
+  confirmed the leader adds it to the in-sync set, as for any member that caught up, and it
+  stops being a learner. A learner is not counted in the majority (RabbitMQ's non-voting
+  member): growing a queue of one member does not stop its confirms while the copy is made.
 - **delete**: the node leaves ``members`` and the in-sync set; if it led the queue, an
   in-sync member that is running leads it now (epoch + 1: the old leader is fenced as in a
   failover, its unconfirmed publishes are nacked). Its copy is removed on that node.
@@ -30,7 +30,6 @@ import time
 
 from .etcd import EtcdError, EtcdUnavailable
 from .member import RUNNING
-from .replica import majority
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -76,8 +75,8 @@ class QueueMembers:
         except (EtcdError, EtcdUnavailable, TimeoutError) as exc:
             raise MemberError(503, f"etcd: {exc}") from None
 
-    async def add(self, vhost: str, name: str, node: str) -> bool:
-        """Make ``node`` a member of the queue; whether the record changed."""
+    async def add(self, vhost: str, name: str, node: str) -> dict | None:
+        """Make ``node`` a member of the queue: the record written (None: it was one)."""
         self._quorum(vhost, name)
         if node not in self.member.members and node not in self.member.alive:
             raise MemberError(404, f"node {node} is not in the cluster")
@@ -87,21 +86,18 @@ class QueueMembers:
                 return None
             if not self._running(node):
                 raise MemberError(400, f"node {node} is not running")
-            members = rec["members"] + [node]
-            if len(rec["isr"]) < majority(members):
-                raise MemberError(400, f"queue '{name}' in vhost '{vhost}' has "
-                                       f"{len(rec['isr'])} in-sync member(s) of "
-                                       f"{len(rec['members'])}: too few for one more "
-                                       f"(remove a lost member first)")
-            return dict(rec, members=members)
+            # a learner until it caught up once: not counted in the majority meanwhile
+            return dict(rec, members=rec["members"] + [node],
+                        learners=list(rec.get("learners", ())) + [node])
         new = await self._update(vhost, name, change)
         if new is not None:
             log.info("queue %r in vhost %r: %s added as a member (members %s)", name, vhost,
                      node, ", ".join(new["members"]))
-        return new is not None
+        return new
 
-    async def delete(self, vhost: str, name: str, node: str) -> bool:
-        """Remove ``node`` from the queue's members; whether the record changed."""
+    async def delete(self, vhost: str, name: str, node: str) -> dict | None:
+        """Remove ``node`` from the queue's members: the record written (None: it was not
+        one)."""
         self._quorum(vhost, name)
 
         def change(rec):
@@ -109,6 +105,7 @@ class QueueMembers:
                 return None
             members = [m for m in rec["members"] if m != node]
             isr = [m for m in rec["isr"] if m != node]
+            learners = [m for m in rec.get("learners", ()) if m != node]
             if not members:
                 raise MemberError(400, f"node {node} is the last member of queue '{name}' "
                                        f"in vhost '{vhost}' (delete the queue instead)")
@@ -116,6 +113,10 @@ class QueueMembers:
                 raise MemberError(400, f"node {node} holds the only in-sync copy of queue "
                                        f"'{name}' in vhost '{vhost}'")
             new = dict(rec, members=members, isr=isr)
+            if learners:
+                new["learners"] = learners
+            else:
+                new.pop("learners", None)
             if rec["leader"] == node:
                 target = next((m for m in isr if self._running(m)), None)
                 if target is None:
@@ -128,15 +129,20 @@ class QueueMembers:
             log.info("queue %r in vhost %r: %s removed from its members (members %s, "
                      "leader %s)", name, vhost, node, ", ".join(new["members"]),
                      new["leader"])
-        return new is not None
+        return new
 
     async def in_sync(self, vhost: str, name: str, node: str, timeout: float) -> bool:
         """Until ``node`` is in the queue's in-sync set (False after ``timeout``)."""
         deadline = time.monotonic() + timeout
+        seen = False                  # (the watch may not have brought the add yet)
         while True:
             rec = self.placements.get(vhost, name)
-            if rec is None or node not in rec.get("members", ()):
+            if rec is None:
                 return False
+            if node in rec.get("members", ()):
+                seen = True
+            elif seen:
+                return False          # removed meanwhile
             if node in rec.get("isr", ()):
                 return True
             left = deadline - time.monotonic()
@@ -212,7 +218,8 @@ class QueueMembers:
             outcome = await op(vhost, name, node)
             ok, text = True, outcome if isinstance(outcome, str) else "ok"
         except MemberError as exc:
-            ok, text = False, exc.reason
-        rec = self.placements.get(vhost, name) or {}
+            outcome, ok, text = None, False, exc.reason
+        # the record just written when there is one (the watch brings it a moment later)
+        rec = outcome if isinstance(outcome, dict) else self.placements.get(vhost, name) or {}
         return {"vhost": vhost, "name": name, "size": len(rec.get("members", ())),
                 "ok": ok, "result": text}

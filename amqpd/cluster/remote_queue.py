@@ -155,14 +155,35 @@ class RemoteQueue(Queue):
                 entry.peer.settle(entry, 3)
 
     def subscription_lost(self, consumer) -> None:
-        """The leader cancelled it, or the link dropped: the client hears basic.cancel."""
+        """The leader cancelled it, or the link dropped: the client hears basic.cancel. A
+        client that cannot hear one (no ``consumer_cancel_notify``) keeps its consumer: it
+        is subscribed again at the leader (``resubscribe``: the link back, or the queue's
+        new object after a leader change, vhost.replace_queue)."""
         self.subs.pop(consumer, None)
         self.waiting.pop(consumer, None)
-        try:
-            self.consumers.remove(consumer)
-        except ValueError:
+        if consumer not in self.consumers:
             return
+        capabilities = getattr(consumer.channel.conn, "capabilities", None)
+        if capabilities is not None and not capabilities.get("consumer_cancel_notify") \
+                and not self.deleted and self.forwarding is not None:
+            self.forwarding.orphaned.add(self)
+            return
+        self.consumers.remove(consumer)
         consumer.channel.queue_deleted(consumer)
+
+    def resubscribe(self) -> bool:
+        """Consumers without a subscription (above) subscribe again if the leader's link is
+        up; whether none is left waiting."""
+        if self.deleted:
+            return True
+        try:
+            peer = self._peer()
+        except errors.NotFound:
+            return False
+        for consumer in [c for c in self.consumers if c not in self.subs]:
+            self.subs[consumer] = (peer, peer.subscribe(self, consumer))
+            self.waiting[consumer] = deque()
+        return True
 
     def delivered(self, consumer, entry) -> None:
         """The leader delivered ``entry`` to ``consumer`` (forward_origin.py)."""

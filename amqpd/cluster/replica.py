@@ -300,18 +300,23 @@ class Commits:
                 self.waiting.append((seq, t))
             self.unassigned = []
 
-    def committed(self, isr, me: str) -> int:
-        """The highest operation every in-sync member has (0 without a majority)."""
+    def committed(self, isr, me: str, joining=()) -> int:
+        """The highest operation every in-sync member has (0 without a majority). Members
+        ``joining`` the in-sync set (its compare-and-swap in flight) are waited for too but
+        do not count towards the majority: once in the set they must have everything
+        confirmed, including what was confirmed while the swap was on its way."""
         if len(isr) < majority(self.members):
             return 0
         low = self.seq
         for name in isr:
             if name != me:
                 low = min(low, self.acked.get(name, 0))
+        for name in joining:
+            low = min(low, self.acked.get(name, 0))
         return low
 
-    def ready(self, isr, me: str) -> list:
-        upto = self.committed(isr, me)
+    def ready(self, isr, me: str, joining=()) -> list:
+        upto = self.committed(isr, me, joining)
         out = []
         waiting = self.waiting
         while waiting and waiting[0][0] <= upto:

@@ -475,9 +475,12 @@ class Replication:
         if self.me not in rec.get("members", ()):
             if lead is not None:
                 self.step_down(key, "no longer a member")
+            self._not_a_member(key)
             return
         if rec.get("leader") == self.me:
             if lead is not None and lead.epoch == epoch:
+                if lead.claimed:
+                    lead.resize(rec)
                 return
             if lead is not None and not lead.claimed and epoch == 1:
                 return
@@ -493,6 +496,18 @@ class Replication:
         if rec.get("leader") not in self.member.alive and self.me in rec.get("isr", ()) \
                 and self.member.lease_ok() and self._local_or_known(key):
             self.spawn(self._take(key, f"leader {rec.get('leader')} is gone"))
+
+    def _not_a_member(self, key) -> None:
+        """This node was removed from the queue's members (queue_members.py): it follows
+        it no more and its copy goes (its queue object stays: a proxy to the leader)."""
+        f = self.following.pop(key, None)
+        if f is not None:
+            f.close()
+        if self.store is not None and key in self.store.replicas and key not in self.leading:
+            log.info("queue %r in vhost %r: this node is no longer a member; its copy is "
+                     "removed", key[1], key[0])
+            self.store.drop_queue_log(*key)
+            self.store.forget_replica(*key)
 
     def _local(self, key):
         vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None
@@ -564,7 +579,10 @@ class Replication:
         lead = self.leading.get(key)
         if lead is not None:
             known = max(known, lead.epoch)
-        if epoch < known or (lead is not None and lead.epoch == epoch) or self.stopping:
+        if epoch < known or (lead is not None and lead.epoch == epoch) or self.stopping \
+                or (rec is not None and self.me not in rec.get("members", ())):
+            # (not a member, by the record this node has: removed, or added and the watch
+            # has not brought that yet; the leader tries again)
             send(writer, REFUSE, {"epoch": known})
             return
         if lead is not None:
@@ -690,8 +708,10 @@ class Leading:
         self.key = (q.vhost.name, q.name)
         self.epoch = int(rec["epoch"])
         self.members = list(rec["members"])
+        self.learners = list(rec.get("learners", ()))   # added, not yet caught up once
         self.isr = list(rec["isr"])
-        self.commits = Commits(self.members)
+        self.joining: set = set()            # members whose way into the ISR is in flight
+        self.commits = Commits(self.voters())
         self.claimed = claimed
         self.active = True
         self.changing = False
@@ -755,7 +775,7 @@ class Leading:
         if not (self.active and self.claimed and self.repl.member.lease_ok()
                 and self.current()):
             return
-        for ticket in self.commits.ready(self.isr, self.me):
+        for ticket in self.commits.ready(self.isr, self.me, self.joining):
             ticket.resolve(True)
 
     # -- the in-sync set -------------------------------------------------------------------
@@ -779,27 +799,47 @@ class Leading:
                 down = sh is None or (not sh.streaming and sh.down_since is not None
                                       and now - sh.down_since > timeout)
                 if (down or self.commits.lag(name, now) > timeout) \
-                        and len(isr) - 1 >= majority(self.members):
+                        and len(isr) - 1 >= majority(self.voters()):
                     await self._set_isr([n for n in isr if n != name],
                                         f"{name} is behind or unreachable")
                     break
             else:
+                committed = self.commits.committed(isr, self.me)
                 for name in self.members:
                     sh = self.shippers.get(name)
+                    # It has everything confirmed so far; from now on confirms wait for
+                    # it too (``joining``), so it has everything confirmed once in the set.
+                    # (Not "everything shipped": under a steady stream of publishes a
+                    # member never catches up with the last operation at a tick.)
                     if name not in isr and sh is not None and sh.streaming \
-                            and self.commits.acked.get(name, 0) >= self.commits.seq:
-                        await self._set_isr(isr + [name], f"{name} caught up")
+                            and self.commits.acked.get(name, 0) >= committed:
+                        self.joining.add(name)
+                        try:
+                            await self._set_isr(isr + [name], f"{name} caught up")
+                        finally:
+                            self.joining.discard(name)
                         break
+
+    def voters(self) -> list:
+        """The members a majority is counted over: not those added and still catching up
+        (RabbitMQ's non-voting members), or adding one to a queue of one member would stop
+        its confirms until the copy is complete."""
+        return [m for m in self.members if m not in self.learners]
 
     async def _set_isr(self, isr: list, why: str) -> None:
         rec = self.repl.placements.get(*self.key)
         revision = self.repl.placements.revisions.get(self.key)
         if rec is None or revision is None:
             return
+        new = dict(rec, isr=isr)
+        learners = [n for n in rec.get("learners", ()) if n not in isr]
+        if learners:
+            new["learners"] = learners
+        else:
+            new.pop("learners", None)          # (a learner in the set votes from now on)
         self.changing = True
         try:
-            ok = await self.repl.placements.swap(self.key[0], self.key[1], revision,
-                                                 dict(rec, isr=isr))
+            ok = await self.repl.placements.swap(self.key[0], self.key[1], revision, new)
         except (EtcdError, EtcdUnavailable) as exc:
             log.warning("queue %r: cannot change its in-sync set (%s)", self.key[1], exc)
             ok = False
@@ -807,9 +847,31 @@ class Leading:
             self.changing = False
         if ok and self.active:
             self.isr = isr
+            self.learners = learners
+            self.commits.members = self.voters()
             log.info("queue %r in vhost %r: in-sync set %s (%s)", self.key[1], self.key[0],
                      ", ".join(isr), why)
             self.check()
+
+    def resize(self, rec: dict) -> None:
+        """The record changed at this leader's epoch: its members (queue_members.py: one
+        added, one removed) or its in-sync set (this leader's own swap, or a removed
+        member's). A new member gets a shipper and joins the in-sync set once it caught up
+        (``_tick``); a removed one's link ends and confirms no longer wait for it."""
+        members = list(rec.get("members", self.members))
+        if members != self.members:
+            for name in members:
+                if name != self.me and name not in self.shippers:
+                    self.shippers[name] = Shipper(self, name)
+            for name in [n for n in self.shippers if n not in members]:
+                self.shippers.pop(name).stop()
+                self.commits.acked.pop(name, None)
+                self.joining.discard(name)
+            self.members = members
+        self.learners = [n for n in rec.get("learners", ()) if n in members]
+        self.commits.members = self.voters()
+        self.isr = [n for n in rec.get("isr", self.isr) if n in members]
+        self.check()
 
     def refused(self, epoch: int) -> None:
         """A member knows a newer epoch: another node leads now."""

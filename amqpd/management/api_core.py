@@ -67,16 +67,6 @@ def overview_json(ctx, user) -> dict:
     conns = [c for c in ctx.connections()
              if has_level(user, "monitoring") or c.user == user.name]
     channels = sum(len(c.channels) for c in conns)
-    cfg = ctx.config
-    listeners = []
-    for proto, lst, port in (("amqp", cfg.listeners.amqp, ctx.server.port),
-                             ("amqp/ssl", cfg.listeners.amqps, ctx.server.tls_port),
-                             ("http", cfg.listeners.http, getattr(ctx, "http_port", None))):
-        if lst is not None and port is not None:
-            listeners.append({"node": ctx.node_name, "protocol": proto,
-                              "ip_address": lst.host, "port": port,
-                              "socket_opts": {"backlog": 128, "nodelay": True,
-                                              "linger": [True, 0], "exit_on_close": False}})
     zero = {"rate": 0.0}
     out = {
         "management_version": RABBITMQ_VERSION,
@@ -102,7 +92,7 @@ def overview_json(ctx, user) -> dict:
                           "consumers": consumers, "exchanges": exchanges, "queues": queues},
         "statistics_db_event_queue": 0,
         "node": ctx.node_name,
-        "listeners": listeners + cluster_listeners(ctx),
+        "listeners": listeners_json(ctx),
         "contexts": [{"node": ctx.node_name, "description": "amqpd management",
                       "path": "/", "port": str(getattr(ctx, "http_port", "") or ""),
                       "cowboy_opts": "[]", "ssl_opts": []}],
@@ -274,11 +264,52 @@ def _cluster_name(ctx) -> str:
     return cluster.name if cluster is not None else ctx.node_name
 
 
-def cluster_listeners(ctx) -> list[dict]:
-    """The other running nodes' listeners, as the overview lists this node's (RabbitMQ's
-    overview lists every node's)."""
-    cluster = getattr(ctx, "cluster", None)
-    if cluster is None:
+def local_listeners(ctx) -> list[dict]:
+    """This node's client-facing listeners, from its configuration and bound ports."""
+    cfg = ctx.config.listeners
+    return [{"protocol": proto, "ip_address": lst.host, "port": port}
+            for proto, lst, port in (("amqp", cfg.amqp, ctx.server.port),
+                                     ("amqp/ssl", cfg.amqps, ctx.server.tls_port),
+                                     ("http", cfg.http, getattr(ctx, "http_port", None)))
+            if lst is not None and port is not None]
+
+
+# RabbitMQ 3.10's socket_opts per protocol (what clients of the API may read)
+_TCP_OPTS = {"backlog": 128, "nodelay": True, "linger": [True, 0], "exit_on_close": False}
+
+
+def _socket_opts(lst: dict):
+    protocol = lst.get("protocol")
+    if protocol in ("amqp", "amqp/ssl"):
+        return dict(_TCP_OPTS)
+    if protocol == "clustering":
         return []
-    return [dict(lst, node=name) for name, running, record in cluster.nodes()
-            if running and name != ctx.node_name for lst in record.get("listeners", ())]
+    opts = {"cowboy_opts": {"sendfile": False}, "port": lst.get("port")}
+    if protocol not in ("http", "https"):
+        opts["protocol"] = protocol
+    return opts
+
+
+def listeners_json(ctx) -> list[dict]:
+    """Every running node's listeners, one entry per node and protocol, by node then
+    protocol (as RabbitMQ's overview lists a cluster's). Each node's come from its cluster
+    record (node.py's ``_listeners``), so every node lists the same; this node's own from its
+    configuration while it has no running record (a single node, starting, or etcd lost)."""
+    by_node = {}
+    cluster = getattr(ctx, "cluster", None)
+    if cluster is not None:
+        by_node = {name: record.get("listeners") or [] for name, running, record
+                   in cluster.nodes() if running}
+    if not by_node.get(ctx.node_name):
+        by_node[ctx.node_name] = local_listeners(ctx)
+    return [{"node": node, "protocol": lst.get("protocol"),
+             "ip_address": lst.get("ip_address"), "port": lst.get("port"),
+             "socket_opts": _socket_opts(lst)}
+            for node in sorted(by_node)
+            for lst in sorted(by_node[node], key=lambda x: (str(x.get("protocol")),
+                                                             x.get("port") or 0))]
+
+
+def cluster_listeners(ctx) -> list[dict]:
+    """The other running nodes' entries of ``listeners_json``."""
+    return [lst for lst in listeners_json(ctx) if lst["node"] != ctx.node_name]

@@ -86,4 +86,5 @@ def _add(app, route: web.RouteDef, seen: set) -> None:
 
 
 from . import api_policies; MODULES.append(api_policies)  # noqa: E402,E702 (docs/policies.md)
+from . import api_quorum; MODULES.append(api_quorum)  # noqa: E402,E702 (docs/clustering.md)
 from . import ui; MODULES.append(ui)  # noqa: E402,E702  (the web UI at /, docs/ui.md)
