@@ -7,6 +7,7 @@ the caught-up member, made leader, serves every message.
 prints the figures (leader RSS growth, catch-up time, the longest wait for a confirm)."""
 import hashlib
 import os
+import signal
 import threading
 import time
 
@@ -164,3 +165,45 @@ def test_a_member_catches_up_a_large_backlog_in_bounded_memory(make_cluster):
     live_bodies = [b for _t, b in live.confirmed]
     missing = set(live_bodies) - set(got[COUNT:])
     assert not missing, f"{len(missing)} confirmed message(s) lost, e.g. {sorted(missing)[:3]}"
+
+
+def test_a_member_that_stops_reading_is_dropped_not_buffered(make_cluster):
+    """A member that stops reading its link (SIGSTOP) while publishes go on: the leader
+    drops that link once 64 MiB wait unsent (replication.STREAM_LIMIT) instead of holding
+    everything for it, says so once, and the member catches up from the files when it
+    runs again."""
+    cluster = make_cluster(3)
+    node1, node3 = cluster["node1"], cluster["node3"]
+    conn, ch = declare(node1, "slow")
+    wait_until(lambda: isr(cluster, "slow") == ["node1", "node2", "node3"], 10,
+               "three members in sync")
+    base = rss(node1.pid)
+    sampler = Sampler(node1.pid)
+    sampler.start()
+    node3.signal(signal.SIGSTOP)
+    try:
+        body = os.urandom(BODY)
+        sent = 0
+        # (the first confirm waits until node3 leaves the in-sync set: it acknowledges
+        # nothing while stopped)
+        while not any("member node3 is too slow" in line for line in node1.lines):
+            if sent > 3 * BACKLOG:
+                peak = sampler.stop()
+                raise AssertionError(f"node3's link was never dropped: {sent / 2**20:.0f} MiB "
+                                     f"published, leader RSS +{(peak - base) / 2**20:.0f} MiB")
+            publish(ch, "slow", [body])
+            sent += BODY
+        peak = sampler.stop()
+        # the link was dropped with at most STREAM_LIMIT (and what the sockets hold) unsent
+        print(f"\nstalled member: {sent / 2**20:.0f} MiB published until its link was "
+              f"dropped; leader RSS +{(peak - base) / 2**20:.1f} MiB")
+        assert peak - base < 64 * 2**20 + BACKLOG / 2
+        assert "node3" not in isr(cluster, "slow")
+        publish(ch, "slow", [body] * 20)               # more, while node3 is stopped
+    finally:
+        node3.signal(signal.SIGCONT)
+    wait_until(lambda: "node3" in isr(cluster, "slow"), 30, "node3 back in the in-sync set")
+    assert sum("member node3 is too slow" in line for line in node1.lines) >= 1
+    warnings = [line for line in node1.lines if "too slow" in line and " WARNING " in line]
+    assert len(warnings) == 1, warnings
+    conn.close()
