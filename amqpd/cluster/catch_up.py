@@ -74,7 +74,7 @@ def pread_all(fd: int, size: int, offset: int) -> bytes:
 class Copy:
     """One of the leader's files as the catch-up copies it to the member."""
 
-    __slots__ = ("name", "fd", "ident", "limit", "sent", "sha", "held", "check")
+    __slots__ = ("name", "fd", "ident", "limit", "sent", "sha", "held", "check", "stale")
 
     def __init__(self, name: str, fd: int, ident: tuple, check):
         self.name = name
@@ -85,14 +85,15 @@ class Copy:
         self.sha = hashlib.sha1()    # of those bytes
         self.held = check is not None    # the member has a file of this name
         self.check = check       # the member's (size, sha1), not verified yet as our prefix
+        self.stale = False       # the path names another file now (or none): fd closed
 
 
 class CatchUp:
     """The leader's copy of its queue's log directory to one member that reported
     ``theirs`` ({name: [size, sha1]}, replica.file_state).
 
-    On the loop: ``survey()`` lists what to work on now (and sets ``pending``); on a worker
-    thread, for each: ``verify(copy)`` when it has a ``check``, then ``read(copy)`` while
+    On the loop, while no worker-thread job is running: ``survey()`` lists what to work on
+    now (and sets ``pending``); on a worker thread, one job at a time, for each: ``verify(copy)`` when it has a ``check``, then ``read(copy)`` while
     ``copy.sent < copy.limit``, each operation sent to the member in order as it comes;
     once ``pending`` is small, ``plan()`` on the loop gives the final operations (in the
     synchronous step that starts streaming). ``threaded(fn, copy)`` wraps a worker-thread
@@ -136,7 +137,10 @@ class CatchUp:
                     continue
                 copy = Copy(name, fd, _ident(os.fstat(fd)), self.theirs.get(name))
                 self.copies[name] = copy
+            elif copy.stale:
+                continue
             elif not self._same_file(copy):
+                self._let_go(copy)
                 continue
             copy.limit = os.fstat(copy.fd).st_size
             if copy.check is not None:
@@ -146,8 +150,21 @@ class CatchUp:
             elif copy.sent < copy.limit:
                 todo.append(copy)
                 pending += copy.limit - copy.sent
+        listed = set(names)
+        for copy in self.copies.values():
+            if copy.name not in listed and not copy.stale:
+                self._let_go(copy)
         self.pending = pending
         return todo
+
+    def _let_go(self, copy: Copy) -> None:
+        """The file was replaced or unlinked: the member keeps what it got (``plan``
+        compares it in full, or unlinks it); our descriptor goes now, so that a deleted
+        segment's space is not held while a long catch-up goes on. From now on the inode
+        may go and its number be reused: ``stale`` is never undone."""
+        copy.stale = True
+        os.close(copy.fd)
+        copy.fd = -1
 
     def plan(self) -> list:
         """The final operations (replica.plan_sync over the member's files as the bulk left
@@ -165,7 +182,7 @@ class CatchUp:
 
         def same(name):
             copy = self.copies.get(name)
-            return (copy is not None and copy.check is None and copy.held
+            return (copy is not None and copy.check is None and copy.held and not copy.stale
                     and name not in self.differ and self._same_file(copy)
                     and os.fstat(copy.fd).st_size >= copy.sent)
 
@@ -192,8 +209,8 @@ class CatchUp:
         """The member's copy of ``segment`` is (or becomes) a prefix of the file the path
         names now."""
         copy = self.copies.get(segment)
-        return (copy is not None and copy.check is None and segment not in self.differ
-                and self._same_file(copy))
+        return (copy is not None and copy.check is None and not copy.stale
+                and segment not in self.differ and self._same_file(copy))
 
     # -- on a worker thread --------------------------------------------------------------------
     def verify(self, copy: Copy) -> bool:
@@ -261,7 +278,8 @@ class CatchUp:
         with self._lock:
             copies, self.copies = self.copies, {}
         for copy in copies.values():
-            try:
-                os.close(copy.fd)
-            except OSError:
-                pass
+            if copy.fd >= 0:
+                try:
+                    os.close(copy.fd)
+                except OSError:
+                    pass

@@ -906,7 +906,8 @@ class Leading:
 
 BULK_HIGH = 2 << 20       # a catch-up's unsent bytes above which it waits for the member
 FINAL_BYTES = 2 << 20     # left for the final (synchronous) step of a catch-up, at most...
-ROUNDS = 20               # ...or after this many passes of the bulk copy, whatever is left
+ROUNDS = 20               # ...or after this many passes of the bulk copy...
+FINAL_MAX = 16 << 20      # ...this much (a member slower than the log's writes goes on)
 STREAM_LIMIT = 64 << 20   # a streaming member's unsent bytes above which its link is dropped
 STATE_TIMEOUT = 300       # a member hashes its copy (maybe gigabytes) before it answers
 
@@ -1018,9 +1019,12 @@ class Shipper:
 
     async def _catch_up(self, writer, theirs: dict) -> CatchUp:
         """The bulk: copy what the member lacks, a chunk at a time (read on a worker
-        thread), waiting for the member between chunks, in passes until what is left is
-        small (FINAL_BYTES) or after ROUNDS passes. Only ever extends the member's files
-        (catch_up.py says why that is safe whatever the log does meanwhile)."""
+        thread), waiting for the member between chunks, in passes (each copies what the
+        log wrote during the one before) until what is left is small: FINAL_BYTES, or
+        FINAL_MAX after ROUNDS passes. A member that never gets there (it takes the bytes
+        more slowly than the log writes them) goes on copying: it is out of the in-sync set
+        meanwhile, and the leader's memory holds a few chunks. Only ever extends the
+        member's files (catch_up.py says why that is safe whatever the log does meanwhile)."""
         lead = self.lead
         qlog = lead.q.log
         if qlog is None:
@@ -1031,10 +1035,14 @@ class Shipper:
             loop = asyncio.get_event_loop()
             writer.transport.set_write_buffer_limits(high=BULK_HIGH)
             head = {"op": "append", "s": 0, "e": lead.epoch}     # s 0: see the class
-            for _round in range(ROUNDS):
+            rounds = 0
+            while True:
                 todo = cu.survey()
-                if cu.pending <= FINAL_BYTES and all(c.check is None for c in todo):
+                if all(c.check is None for c in todo) and (
+                        cu.pending <= FINAL_BYTES
+                        or (rounds >= ROUNDS and cu.pending <= FINAL_MAX)):
                     break
+                rounds += 1
                 for copy in todo:
                     if copy.check is not None:
                         ok = await loop.run_in_executor(None, cu.threaded(cu.verify, copy))

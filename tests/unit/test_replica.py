@@ -517,3 +517,30 @@ def test_catch_up_of_a_live_log(tmp_path):
         assert tree(copy.directory) == tree(qlog.path), f"seed {seed}"
         assert {s for s, *_ in QueueLog(copy.directory).recover()[0]} == set(live)
         qlog.close()
+
+
+def test_a_file_replaced_or_unlinked_meanwhile_is_let_go(tmp_path):
+    """The next survey lets go of a file whose path names another one (or none): its
+    descriptor is closed (a deleted segment's space is not held by a long catch-up), the
+    member keeps what it got, and the final plan compares or unlinks it."""
+    leader = tmp_path / "leader"
+    leader.mkdir()
+    (leader / "00000001.seg").write_bytes(b"1" * 50_000)
+    (leader / "00000002.seg").write_bytes(b"2" * 50_000)
+    cu = CatchUp(str(leader), {}, chunk=10_000)
+    copy = ReplicaFiles(str(tmp_path / "member"))
+    for c in cu.survey():
+        copy.apply(cu.read(c))
+    (leader / "00000001.seg").unlink()
+    write_new(leader / "00000002.seg", b"2" * 10_000 + b"compacted")
+    assert cu.survey() == [] and cu.pending == 0
+    assert all(c.stale and c.fd == -1 for c in cu.copies.values())
+    ops = cu.plan()
+    assert ops == [("append", "00000002.seg", 10_000, b"compacted"),
+                   ("unlink", "00000001.seg")]
+    for op in ops:
+        copy.apply(op)
+    fsync_all(*copy.sync_targets())
+    copy.close()
+    cu.close()
+    assert tree(str(tmp_path / "member")) == tree(str(leader))
