@@ -93,11 +93,12 @@ class CatchUp:
     ``theirs`` ({name: [size, sha1]}, replica.file_state).
 
     On the loop, while no worker-thread job is running: ``survey()`` lists what to work on
-    now (and sets ``pending``); on a worker thread, one job at a time, for each: ``verify(copy)`` when it has a ``check``, then ``read(copy)`` while
-    ``copy.sent < copy.limit``, each operation sent to the member in order as it comes;
-    once ``pending`` is small, ``plan()`` on the loop gives the final operations (in the
-    synchronous step that starts streaming). ``threaded(fn, copy)`` wraps a worker-thread
-    job so that ``close()`` never closes a descriptor a job still reads."""
+    now (and sets ``pending``). On a worker thread, one job at a time, for each of those:
+    ``verify(copy)`` when it has a ``check``, then ``read(copy)`` while ``copy.sent <
+    copy.limit``, each operation sent to the member in order as it comes. Once ``pending``
+    is small, ``plan()`` on the loop gives the final operations (in the synchronous step
+    that starts streaming). ``threaded(fn, copy)`` wraps a worker-thread job so that
+    ``close()`` never closes a descriptor a job still reads."""
 
     def __init__(self, directory: str, theirs: dict, chunk: int = CHUNK):
         self.directory = directory
