@@ -29,8 +29,10 @@ def digest(data) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def file_state(directory: str) -> dict:
-    """{name: [size, sha1]} of the log files in ``directory`` (none when it is missing)."""
+def file_state(directory: str, chunk: int = 1 << 20) -> dict:
+    """{name: [size, sha1]} of the log files in ``directory`` (none when it is missing).
+    Read in chunks (a segment is up to 16 MiB): a member runs it on a worker thread when a
+    leader connects, over what may be gigabytes."""
     out = {}
     try:
         names = os.listdir(directory)
@@ -39,27 +41,48 @@ def file_state(directory: str) -> dict:
     for name in names:
         if not is_log_file(name):
             continue
+        h = hashlib.sha1()
+        size = 0
         try:
             with open(os.path.join(directory, name), "rb") as f:
-                data = f.read()
+                while True:
+                    data = f.read(chunk)
+                    if not data:
+                        break
+                    h.update(data)
+                    size += len(data)
         except OSError:
             continue
-        out[name] = [len(data), digest(data)]
+        out[name] = [size, h.hexdigest()]
     return out
 
 
-def plan_sync(names, read, theirs: dict) -> list:
+def plan_sync(names, read, theirs: dict, same=None, tail=None) -> list:
     """Operations that turn a member holding ``theirs`` ({name: [size, sha1]}) into a copy
     of the leader's files ``names`` (``read(name)`` -> bytes, None if it is gone meanwhile):
-    ("append", name, offset, data), ("whole", name, data), ("unlink", name)."""
+    ("append", name, offset, data), ("whole", name, data), ("unlink", name).
+
+    ``same(name)`` (optional) says without reading that the leader's file still begins with
+    the member's ``theirs[name][0]`` bytes (the catch-up copied them from that very file,
+    catch_up.py); then only ``tail(name, offset)`` is read: the bytes from ``offset`` to
+    the end (None if the file is gone). Otherwise the file is read whole and compared."""
     ops = []
     mine = set()
     for name in sorted(names):
+        have = theirs.get(name)
+        if have is not None and same is not None and same(name):
+            size = int(have[0])
+            rest = tail(name, size)
+            if rest is None:
+                continue
+            mine.add(name)
+            if rest:
+                ops.append(("append", name, size, bytes(rest)))
+            continue
         data = read(name)
         if data is None:
             continue
         mine.add(name)
-        have = theirs.get(name)
         if have is not None:
             size, sha = int(have[0]), have[1]
             if size <= len(data) and digest(memoryview(data)[:size]) == sha:

@@ -47,6 +47,7 @@ from ..broker.queue import Queue
 from ..store.definitions import decode_args, encode_args
 from ..broker.queue_policy import refresh_queue
 from . import frames
+from .catch_up import CatchUp
 from .etcd import EtcdError, EtcdUnavailable
 from .link import connect
 from .member import STOPPING
@@ -597,7 +598,11 @@ class Replication:
         f = Following(self, key, peer, epoch, ReplicaFiles(path), writer)
         self.following[key] = f
         try:
-            send(writer, STATE, {"files": file_state(path)})
+            # (on a worker thread: it reads and hashes every file of the copy)
+            state = await asyncio.get_event_loop().run_in_executor(None, file_state, path)
+            if f.closed:
+                return
+            send(writer, STATE, {"files": state})
             syncer = asyncio.ensure_future(f.sync_loop())
             try:
                 while True:
@@ -899,8 +904,41 @@ class Leading:
             self.q.log.tap = None
 
 
+BULK_HIGH = 2 << 20       # a catch-up's unsent bytes above which it waits for the member
+FINAL_BYTES = 2 << 20     # left for the final (synchronous) step of a catch-up, at most...
+ROUNDS = 20               # ...or after this many passes of the bulk copy...
+FINAL_MAX = 16 << 20      # ...this much (a member slower than the log's writes goes on)
+STREAM_LIMIT = 64 << 20   # a streaming member's unsent bytes above which its link is dropped
+STATE_TIMEOUT = 300       # a member hashes its copy (maybe gigabytes) before it answers
+
+
 class Shipper:
-    """The leader's connection to one member for one queue."""
+    """The leader's connection to one member for one queue.
+
+    On connecting, the member reports its files (STATE); the leader brings them in line
+    with its own in two phases. The bulk (``_catch_up``, catch_up.py) copies what the member
+    lacks in chunks read on a worker thread, waiting for the member between chunks (drain),
+    while this node goes on serving its clients: memory stays at a few chunks whatever the
+    backlog. Then one synchronous step (``_sync``) sends what is left (the tails written
+    meanwhile, files replaced, unlinked or held differently by the member), SYNCED, and
+    switches to streaming: every change after that step is streamed (Leading._ship), every
+    change before it is in the files it read.
+
+    Acknowledgements: an operation sent during the bulk carries ``s`` 0, so the member's
+    ACK after flushing it claims nothing (``acked`` only grows). It must not carry the
+    current operation number: the member would acknowledge, say, s=40 after flushing a chunk
+    while it lacks operations before 40 (they come later, or in the final step), and a
+    member still in the in-sync set would then count towards confirming publishes it does
+    not have. The final step's operations and SYNCED carry ``s`` = the operation number at
+    that step, as before: once the member has flushed them its files hold every operation
+    up to it. Meanwhile the member is not streaming, so it is not added to the in-sync set,
+    and if it is in it, it leaves it by the usual rules (down, or not acknowledging within
+    the timeout) when the bulk takes long.
+
+    Back-pressure: once streaming, a member whose connection's unsent bytes pass
+    STREAM_LIMIT (it reads or flushes too slowly) has its link dropped at once (``_overflow``):
+    it stops acknowledging, so it leaves the in-sync set by the timeout, and it catches up
+    from the files when the link is made again."""
 
     def __init__(self, lead: Leading, peer: str):
         self.lead = lead
@@ -908,6 +946,8 @@ class Shipper:
         self.writer = None
         self.streaming = False
         self.down_since = time.monotonic()
+        self.catch_up = None              # the catch-up in progress (its ``copied`` bytes)
+        self.warned = False               # a drop for a full buffer was logged as a warning
         self.task = lead.repl.spawn(self.run())
 
     def stop(self) -> None:
@@ -929,6 +969,7 @@ class Shipper:
                     pass
                 continue
             writer = None
+            cu = None
             try:
                 reader, writer = await connect(repl.config, address.get("host"),
                                                address["port"], self.peer, ROLE)
@@ -936,13 +977,16 @@ class Shipper:
                                              "e": lead.epoch, "leader": repl.me,
                                              "ad": lead.q.auto_delete,
                                              "args": encode_args(lead.q.arguments)})
-                kind, head, _ = await asyncio.wait_for(frames.read(reader), 10)
+                kind, head, _ = await asyncio.wait_for(frames.read(reader), STATE_TIMEOUT)
                 if kind == REFUSE:
                     lead.refused(int(head.get("epoch", 0)))
                     raise ConnectionError("refused")
                 if kind != STATE or not lead.active:
                     raise ConnectionError("no state")
-                self._sync(writer, head.get("files") or {})
+                cu = await self._catch_up(writer, head.get("files") or {})
+                self._sync(writer, cu)
+                cu.close()
+                cu = self.catch_up = None
                 while True:
                     kind, head, _ = await frames.read(reader)
                     if kind == ACK:
@@ -958,6 +1002,9 @@ class Shipper:
                     frames.FrameError, ValueError):
                 pass
             finally:
+                if cu is not None:
+                    cu.close()                # (after a thread's read still running, if any)
+                    self.catch_up = None
                 if self.streaming or self.down_since is None:
                     self.down_since = time.monotonic()
                 self.streaming = False
@@ -966,24 +1013,67 @@ class Shipper:
                     writer.close()
             await asyncio.sleep(RETRY)
 
-    def _sync(self, writer, theirs: dict) -> None:
-        """Bring the member's files in line with ours, then stream (one synchronous step:
-        every change after it is streamed, every one before is in the files read here)."""
-        lead = self.lead
-        directory = lead.q.log.path
-        try:
-            names = [n for n in os.listdir(directory) if is_log_file(n)]
-        except FileNotFoundError:
-            names = []
+    def _alive(self, writer) -> None:
+        if not self.lead.active or writer.is_closing():
+            raise ConnectionError("the catch-up ended")
 
-        def read(name):
-            try:
-                with open(os.path.join(directory, name), "rb") as fh:
-                    return fh.read()
-            except OSError:
-                return None
+    async def _catch_up(self, writer, theirs: dict) -> CatchUp:
+        """The bulk: copy what the member lacks, a chunk at a time (read on a worker
+        thread), waiting for the member between chunks, in passes (each copies what the
+        log wrote during the one before) until what is left is small: FINAL_BYTES, or
+        FINAL_MAX after ROUNDS passes. A member that never gets there (it takes the bytes
+        more slowly than the log writes them) goes on copying: it is out of the in-sync set
+        meanwhile, and the leader's memory holds a few chunks. Only ever extends the
+        member's files (catch_up.py says why that is safe whatever the log does meanwhile)."""
+        lead = self.lead
+        qlog = lead.q.log
+        if qlog is None:
+            raise ConnectionError("the queue has no log here any more")
+        cu = self.catch_up = CatchUp(qlog.path, theirs)
+        cu.started = time.monotonic()
+        try:
+            loop = asyncio.get_event_loop()
+            writer.transport.set_write_buffer_limits(high=BULK_HIGH)
+            head = {"op": "append", "s": 0, "e": lead.epoch}     # s 0: see the class
+            rounds = 0
+            while True:
+                todo = cu.survey()
+                if all(c.check is None for c in todo) and (
+                        cu.pending <= FINAL_BYTES
+                        or (rounds >= ROUNDS and cu.pending <= FINAL_MAX)):
+                    break
+                rounds += 1
+                for copy in todo:
+                    if copy.check is not None:
+                        ok = await loop.run_in_executor(None, cu.threaded(cu.verify, copy))
+                        self._alive(writer)
+                        if not ok:
+                            continue
+                    while copy.sent < copy.limit:
+                        op = await loop.run_in_executor(None, cu.threaded(cu.read, copy))
+                        self._alive(writer)
+                        send(writer, OP, dict(head, n=op[1], o=op[2]), op[3])
+                        await writer.drain()
+            await writer.drain()
+            self._alive(writer)
+        except BaseException:
+            cu.close()
+            self.catch_up = None
+            raise
+        return cu
+
+    def _sync(self, writer, cu: CatchUp) -> None:
+        """The final step, synchronous: what the bulk left (CatchUp.plan), SYNCED, then
+        stream. Every change after it is streamed, every one before is in the files read
+        here; its operations carry the current operation number (see the class)."""
+        lead = self.lead
+        ops = cu.plan()
         seq = lead.commits.seq
-        for op in plan_sync(names, read, theirs):
+        final = sum(len(op[-1]) for op in ops if op[0] in ("append", "whole"))
+        # (the final step's own bytes do not count against the member)
+        self._watch(writer, writer.transport.get_write_buffer_size() + final + 256 * len(ops)
+                    + STREAM_LIMIT)
+        for op in ops:
             kind, name = op[0], op[1]
             head = {"op": kind, "n": name, "s": seq, "e": lead.epoch}
             payload = b""
@@ -996,6 +1086,43 @@ class Shipper:
         self.writer = writer
         self.streaming = True
         self.down_since = None
+        if cu.copied or final > 64 << 10:
+            log.info("queue %r in vhost %r: member %s caught up: %.1f MiB copied in %.2f s, "
+                     "%.1f MiB in the final step", lead.key[1], lead.key[0], self.peer,
+                     cu.copied / 2**20, time.monotonic() - cu.started, final / 2**20)
+
+    def _watch(self, writer, high: int) -> None:
+        """Drop the link when its unsent bytes pass ``high``: the transport tells its
+        protocol (pause_writing) the moment a write takes its buffer above the high-water
+        mark. Set before the final step's writes, after the bulk's last drain (so the
+        protocol is not paused: the next crossing is reported)."""
+        transport = writer.transport
+        protocol = transport.get_protocol()
+        pause = protocol.pause_writing
+
+        def pause_writing():
+            pause()
+            self._overflow(writer)
+        protocol.pause_writing = pause_writing
+        transport.set_write_buffer_limits(high=high)
+
+    def _overflow(self, writer) -> None:
+        if self.writer is not writer or not self.streaming:
+            return
+        # no more operations go to it from now on (Leading._ship writes only to streaming
+        # members); it stops acknowledging, so it leaves the in-sync set by the timeout, and
+        # catches up from the files on the next link
+        self.streaming = False
+        self.down_since = time.monotonic()
+        size = writer.transport.get_write_buffer_size()
+        lead = self.lead
+        say = log.info if self.warned else log.warning
+        self.warned = True
+        say("queue %r in vhost %r: member %s is too slow (%d MiB unsent); its link is "
+            "dropped and it will catch up from the files", lead.key[1], lead.key[0],
+            self.peer, size >> 20)
+        # (not inside the transport's write that reported it)
+        asyncio.get_event_loop().call_soon(writer.transport.abort)
 
 
 def _flush_thread(jobs) -> None:
