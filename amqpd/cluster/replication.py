@@ -54,7 +54,7 @@ from .member import STOPPING
 from .placement import record
 from .remote_queue import RemoteQueue
 from .tasks import cancel_all
-from .replica import Commits, ReplicaFiles, file_state, fsync_all, is_log_file, majority, plan_sync
+from .replica import Commits, ReplicaFiles, file_state, fsync_all, majority
 from .replicated_queue import ReplicatedQueue, recover_messages
 
 log = logging.getLogger("amqpd.cluster")
