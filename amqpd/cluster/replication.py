@@ -19,10 +19,13 @@ of the members, while this node's lease is known to be valid and its epoch is th
 A member that has not acked what it was sent within ``ack_timeout`` (or whose link is down
 that long) leaves the ISR by a compare-and-swap on the record before anything it lacks is
 confirmed; never below a majority (confirms then wait). A member catches up on connecting:
-it reports its files (name, size, sha1); the leader sends the tails of files it holds a
-prefix of, whole files where they differ, and unlinks those the leader does not have (how a
-deposed leader drops what was never committed); once it has acked everything it is added
-back to the ISR (CAS).
+it reports its files (name, size, sha1); the leader copies what it lacks in chunks read on a
+worker thread, at the member's pace (catch_up.py: appends only, acknowledging nothing), then
+in one synchronous step sends what was written meanwhile, whole files where they differ and
+unlinks of those the leader does not have (how a deposed leader drops what was never
+committed), and streams from there; once it has acked everything confirmed it is added back
+to the ISR (CAS; confirms wait for it from that decision on: ``joining``). A member added at
+run time (queue_members.py) is a learner until then: no vote in the majority.
 
 Failover: when the leader's node record goes (its lease expired) an alive ISR member takes
 the record by CAS {epoch + 1, leader: itself, isr: the alive ones}; it stops following,
