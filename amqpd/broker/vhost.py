@@ -269,7 +269,8 @@ class VHost:
         fresh = type(consumer)(consumer.tag, channel, new, consumer.no_ack, consumer.exclusive,
                                consumer.priority, consumer.prefetch, consumer.arguments)
         try:
-            new.add_consumer(fresh)
+            # (a proxy's ``adopt`` keeps it while the new leader's link is not up yet)
+            getattr(new, "adopt", new.add_consumer)(fresh)
         except errors.AMQPError:
             return False
         retire_consumer(consumer)

@@ -107,15 +107,18 @@ class Placements:
             return True, rec
         return False, existing.json() if existing is not None else rec
 
-    async def swap(self, vhost: str, name: str, expect_revision: int, rec: dict) -> bool:
+    async def swap(self, vhost: str, name: str, expect_revision: int, rec: dict) -> int:
         """Replace the record only if its key is still at ``expect_revision`` (one etcd
-        transaction); whether it was. The watch brings the new record to every node."""
+        transaction): the revision written (true), or 0 when the key had changed. The
+        watch brings the new record to every node."""
         key = self.key(vhost, name)
         b64 = self.member.etcd_b64
         answer = await self.member.etcd.call("/v3/kv/txn", {
             "compare": [{"key": b64(key), "target": "MOD", "mod_revision": str(expect_revision)}],
             "success": [{"request_put": {"key": b64(key), "value": b64(encode(rec))}}]})
-        return bool(answer.get("succeeded"))
+        if not answer.get("succeeded"):
+            return 0
+        return int((answer.get("header") or {}).get("revision") or expect_revision + 1)
 
     async def changed(self, timeout: float) -> None:
         """Until any record changes (at most ``timeout`` seconds)."""

@@ -13,8 +13,9 @@ races safely with the leader's own changes of the in-sync set:
 - **delete**: the node leaves ``members`` and the in-sync set; if it led the queue, an
   in-sync member that is running leads it now (epoch + 1: the old leader is fenced as in a
   failover, its unconfirmed publishes are nacked). Its copy is removed on that node.
-  Refused when no other in-sync member would remain: that copy may be the only one with
-  every confirmed message.
+  Refused when no other in-sync member would remain (that copy may be the only one with
+  every confirmed message), or when the in-sync set would fall below a majority of the
+  voting members (confirms would stop: add a member first).
 - **move** (``forget_cluster_node``): a replacement (a running node that is not a member,
   chosen by the same rendezvous hash a declare uses) is added, and the old member is
   removed only once the replacement is in the in-sync set: the queue never has fewer
@@ -30,6 +31,7 @@ import time
 
 from .etcd import EtcdError, EtcdUnavailable
 from .member import RUNNING
+from .replica import majority
 
 log = logging.getLogger("amqpd.cluster")
 
@@ -112,6 +114,13 @@ class QueueMembers:
             if not isr:
                 raise MemberError(400, f"node {node} holds the only in-sync copy of queue "
                                        f"'{name}' in vhost '{vhost}'")
+            voters = [m for m in members if m not in learners]
+            before = [m for m in rec["members"] if m not in rec.get("learners", ())]
+            if len(isr) < majority(voters) and len(rec["isr"]) >= majority(before):
+                raise MemberError(400, f"removing {node} would leave queue '{name}' in vhost "
+                                       f"'{vhost}' {len(isr)} in-sync member(s) of "
+                                       f"{len(voters)}, below a majority: its confirms would "
+                                       f"stop (add a member first)")
             new = dict(rec, members=members, isr=isr)
             if learners:
                 new["learners"] = learners

@@ -24,6 +24,10 @@ from ..broker.queue import Queue
 from ..broker.stats import retire_consumer
 
 
+RESUBSCRIBE_QUIET = 2.0     # seconds: a subscription lost sooner after it was made again...
+RESUBSCRIBE_STRIKES = 5     # ...this many times running is refused, not a leader change
+
+
 class RemoteEntry:
     """A message the leader delivered or gave (basic.get) through this node."""
     __slots__ = ("message", "redelivered", "tag", "peer", "gen", "no_ack")
@@ -50,6 +54,7 @@ class RemoteQueue(Queue):
         self.cached_consumers = 0
         self.waiting: dict = {}      # consumer -> deque of RemoteEntry the client may take
         self.subs: dict = {}         # consumer -> (peer, subscription id)
+        self.resubscribed: dict = {}  # consumer -> (when it was last subscribed again, strikes)
         self.made_at = forwarding.loop.time() if forwarding is not None else 0.0
 
     def __repr__(self):
@@ -138,6 +143,7 @@ class RemoteQueue(Queue):
         self.had_consumer = True
 
     def remove_consumer(self, consumer) -> None:
+        self.resubscribed.pop(consumer, None)
         try:
             self.consumers.remove(consumer)
         except ValueError:
@@ -165,11 +171,33 @@ class RemoteQueue(Queue):
             return
         capabilities = getattr(consumer.channel.conn, "capabilities", None)
         if capabilities is not None and not capabilities.get("consumer_cancel_notify") \
-                and not self.deleted and self.forwarding is not None:
+                and not self.deleted and self.forwarding is not None \
+                and not self._refused_again(consumer):
             self.forwarding.orphaned.add(self)
             return
         self.consumers.remove(consumer)
+        self.resubscribed.pop(consumer, None)
         consumer.channel.queue_deleted(consumer)
+
+    def _refused_again(self, consumer) -> bool:
+        """Lost within RESUBSCRIBE_QUIET of being subscribed again, RESUBSCRIBE_STRIKES
+        times running: the leader refuses it (exclusive use there), so it ends."""
+        at, strikes = self.resubscribed.get(consumer, (None, 0))
+        now = self.forwarding.loop.time()
+        strikes = strikes + 1 if at is not None and now - at < RESUBSCRIBE_QUIET else 0
+        self.resubscribed[consumer] = (None, strikes)
+        return strikes >= RESUBSCRIBE_STRIKES
+
+    def adopt(self, consumer) -> None:
+        """A consumer moved here from the queue's previous object (vhost.replace_queue, for
+        a client that cannot hear basic.cancel): subscribed at the leader now, or once its
+        link is up."""
+        try:
+            self.add_consumer(consumer)
+        except errors.NotFound:
+            self.consumers.append(consumer)
+            self.had_consumer = True
+            self.forwarding.orphaned.add(self)
 
     def resubscribe(self) -> bool:
         """Consumers without a subscription (above) subscribe again if the leader's link is
@@ -180,9 +208,11 @@ class RemoteQueue(Queue):
             peer = self._peer()
         except errors.NotFound:
             return False
+        now = self.forwarding.loop.time()
         for consumer in [c for c in self.consumers if c not in self.subs]:
             self.subs[consumer] = (peer, peer.subscribe(self, consumer))
             self.waiting[consumer] = deque()
+            self.resubscribed[consumer] = (now, self.resubscribed.get(consumer, (0, 0))[1])
         return True
 
     def delivered(self, consumer, entry) -> None:

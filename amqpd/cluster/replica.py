@@ -274,6 +274,7 @@ class Commits:
         self.acked: dict[str, int] = {}
         self.unassigned: list = []
         self.waiting: deque = deque()          # (seq, ticket), seq ascending
+        self.confirmed = 0                     # the highest operation ever found committed
         self.sent: deque = deque()             # (seq, time shipped)
 
     def add(self, ticket) -> None:
@@ -317,6 +318,10 @@ class Commits:
 
     def ready(self, isr, me: str, joining=()) -> list:
         upto = self.committed(isr, me, joining)
+        if upto > self.confirmed:
+            # (not ``committed()`` later: it is 0 while the set is below a majority, and a
+            # member must never join the set lacking what was confirmed before that)
+            self.confirmed = upto
         out = []
         waiting = self.waiting
         while waiting and waiting[0][0] <= upto:

@@ -145,7 +145,10 @@ class Replication:
         a queue deleted, or this node removed from its members, while it was down."""
         if self.store is None:
             return
-        for key in list(self.store.replicas):
+        # (a copy whose definition was journaled was recovered as a plain queue's log)
+        recovered = {k for k in self.store.logs
+                     if (self.placements.get(*k) or {}).get("type") == "quorum"}
+        for key in set(self.store.replicas) | recovered:
             rec = self.placements.get(*key)
             if rec is None and (self._local(key) is not None or key in self.definitions):
                 continue
@@ -155,6 +158,7 @@ class Replication:
                 continue
             log.info("queue %r in vhost %r: dropping this node's copy (not a member)",
                      key[1], key[0])
+            self.store.drop_queue_log(*key)
             self.store.forget_replica(*key)
 
     def spawn(self, coro) -> asyncio.Task:
@@ -461,7 +465,11 @@ class Replication:
             await changed.wait()
             for key, rec in list(self.placements.records.items()):
                 if rec.get("type") == "quorum" and self.me in rec.get("members", ()):
-                    self.reconcile(key)
+                    try:
+                        self.reconcile(key)
+                    except Exception:      # (a full disk, a bug: the other queues, and
+                        # this watch, go on; a node that stops watching never fails over)
+                        log.exception("queue %r: reconciling its placement failed", key[1])
 
     def reconcile(self, key) -> None:
         """Bring this node's part in line with the queue's record."""
@@ -483,7 +491,7 @@ class Replication:
         if rec.get("leader") == self.me:
             if lead is not None and lead.epoch == epoch:
                 if lead.claimed:
-                    lead.resize(rec)
+                    lead.resize(rec, self.placements.revisions.get(key, 0))
                 return
             if lead is not None and not lead.claimed and epoch == 1:
                 return
@@ -506,7 +514,9 @@ class Replication:
         f = self.following.pop(key, None)
         if f is not None:
             f.close()
-        if self.store is not None and key in self.store.replicas and key not in self.leading:
+        if self.store is not None and key not in self.leading \
+                and (key in self.store.replicas or key in self.store.logs):
+            # (a copy recovered as a plain queue's log at start holds descriptors too)
             log.info("queue %r in vhost %r: this node is no longer a member; its copy is "
                      "removed", key[1], key[0])
             self.store.drop_queue_log(*key)
@@ -625,7 +635,9 @@ class Replication:
                             f.files.unlink(name)
                         elif op == "truncate":
                             f.files.truncate(name, int(head["o"]))
-                    elif kind != SYNCED:
+                    elif kind == SYNCED:
+                        f.synced = True
+                    else:
                         continue
                     f.applied = int(head.get("s", 0))
                     if kind == SYNCED or head.get("u"):
@@ -651,6 +663,7 @@ class Following:
         self.files = files
         self.writer = writer
         self.applied = 0
+        self.synced = False        # this link's final catch-up step (SYNCED) was applied
         self.wake = asyncio.Event()
         self.closed = False
         self.timer = None
@@ -674,7 +687,7 @@ class Following:
             if self.timer is not None:
                 self.timer.cancel()
                 self.timer = None
-            upto = self.applied
+            upto, synced = self.applied, self.synced   # (what the flush below covers)
             try:
                 fds, dirs = self.files.sync_targets()
                 if fds or dirs:
@@ -682,6 +695,8 @@ class Following:
                     if error is not None:
                         raise error
             except OSError as exc:
+                if self.closed:
+                    return             # (this copy was removed meanwhile: not a member)
                 # nothing more is acked: the leader drops this member from the in-sync set
                 # and a new link starts over from what is on disk
                 log.warning("queue %r: cannot write its copy (%s); replication stopped",
@@ -690,7 +705,9 @@ class Following:
                 return
             if self.closed:
                 return
-            send(self.writer, ACK, {"s": upto})
+            # "y": the link's whole catch-up is on disk (the leader lets a member into the
+            # in-sync set only after such an acknowledgement on its current link)
+            send(self.writer, ACK, {"s": upto, "y": 1} if synced else {"s": upto})
 
     def close(self) -> None:
         if not self.closed:
@@ -714,6 +731,8 @@ class Leading:
         self.learners = list(rec.get("learners", ()))   # added, not yet caught up once
         self.isr = list(rec["isr"])
         self.joining: set = set()            # members whose way into the ISR is in flight
+        self.join_rev = 0                    # the record's revision a join's swap compared
+        self.swapped = 0                     # the revision of this leader's last swap
         self.commits = Commits(self.voters())
         self.claimed = claimed
         self.active = True
@@ -807,20 +826,25 @@ class Leading:
                                         f"{name} is behind or unreachable")
                     break
             else:
-                committed = self.commits.committed(isr, self.me)
+                confirmed = self.commits.confirmed
                 for name in self.members:
                     sh = self.shippers.get(name)
-                    # It has everything confirmed so far; from now on confirms wait for
-                    # it too (``joining``), so it has everything confirmed once in the set.
-                    # (Not "everything shipped": under a steady stream of publishes a
-                    # member never catches up with the last operation at a tick.)
+                    # It has everything confirmed so far (its catch-up on this link is on
+                    # its disk, and its acks reach what was ever confirmed); from now on
+                    # confirms wait for it too (``joining``), so it has everything
+                    # confirmed once in the set. (Not "everything shipped": under a steady
+                    # stream of publishes a member never catches up with the last operation
+                    # at a tick.)
                     if name not in isr and sh is not None and sh.streaming \
-                            and self.commits.acked.get(name, 0) >= committed:
+                            and sh.synced_acked and name not in self.joining \
+                            and self.commits.acked.get(name, 0) >= confirmed:
                         self.joining.add(name)
-                        try:
-                            await self._set_isr(isr + [name], f"{name} caught up")
-                        finally:
+                        self.join_rev = self.repl.placements.revisions.get(self.key, 0)
+                        if await self._set_isr(isr + [name], f"{name} caught up"):
                             self.joining.discard(name)
+                        # else it stays joining until a record newer than the one the
+                        # swap compared arrives (``resize``): a swap whose answer was lost
+                        # may have landed, and then confirms must already wait for it
                         break
 
     def voters(self) -> list:
@@ -829,11 +853,12 @@ class Leading:
         its confirms until the copy is complete."""
         return [m for m in self.members if m not in self.learners]
 
-    async def _set_isr(self, isr: list, why: str) -> None:
+    async def _set_isr(self, isr: list, why: str) -> bool:
+        """Swap the record's in-sync set for ``isr``; whether it was."""
         rec = self.repl.placements.get(*self.key)
         revision = self.repl.placements.revisions.get(self.key)
         if rec is None or revision is None:
-            return
+            return False
         new = dict(rec, isr=isr)
         learners = [n for n in rec.get("learners", ()) if n not in isr]
         if learners:
@@ -848,6 +873,9 @@ class Leading:
             ok = False
         finally:
             self.changing = False
+        if ok:
+            # records older than this one (the watch may still bring some) are not applied
+            self.swapped = max(self.swapped, int(ok))
         if ok and self.active:
             self.isr = isr
             self.learners = learners
@@ -855,12 +883,18 @@ class Leading:
             log.info("queue %r in vhost %r: in-sync set %s (%s)", self.key[1], self.key[0],
                      ", ".join(isr), why)
             self.check()
+        return bool(ok)
 
-    def resize(self, rec: dict) -> None:
+    def resize(self, rec: dict, revision: int) -> None:
         """The record changed at this leader's epoch: its members (queue_members.py: one
         added, one removed) or its in-sync set (this leader's own swap, or a removed
         member's). A new member gets a shipper and joins the in-sync set once it caught up
-        (``_tick``); a removed one's link ends and confirms no longer wait for it."""
+        (``_tick``); a removed one's link ends and confirms no longer wait for it. A record
+        older than one this leader wrote (the view lags behind its own swap) is not taken."""
+        if revision < self.swapped:
+            return
+        if revision > self.join_rev and not self.changing:
+            self.joining.clear()              # (a join whose swap failed: decided now)
         members = list(rec.get("members", self.members))
         if members != self.members:
             for name in members:
@@ -950,6 +984,7 @@ class Shipper:
         self.streaming = False
         self.down_since = time.monotonic()
         self.catch_up = None              # the catch-up in progress (its ``copied`` bytes)
+        self.synced_acked = False         # the member acked this link's catch-up, flushed
         self.warned = False               # a drop for a full buffer was logged as a warning
         self.task = lead.repl.spawn(self.run())
 
@@ -973,6 +1008,7 @@ class Shipper:
                 continue
             writer = None
             cu = None
+            self.synced_acked = False
             try:
                 reader, writer = await connect(repl.config, address.get("host"),
                                                address["port"], self.peer, ROLE)
@@ -994,9 +1030,11 @@ class Shipper:
                     kind, head, _ = await frames.read(reader)
                     if kind == ACK:
                         s = int(head.get("s", 0))
+                        if head.get("y"):
+                            self.synced_acked = True
                         if s > lead.commits.acked.get(self.peer, 0):
                             lead.commits.acked[self.peer] = s
-                            if self.peer in lead.isr:
+                            if self.peer in lead.isr or self.peer in lead.joining:
                                 lead.check()
                     elif kind == REFUSE:
                         lead.refused(int(head.get("epoch", 0)))
@@ -1011,6 +1049,7 @@ class Shipper:
                 if self.streaming or self.down_since is None:
                     self.down_since = time.monotonic()
                 self.streaming = False
+                self.synced_acked = False
                 self.writer = None
                 if writer is not None:
                     writer.close()

@@ -31,3 +31,17 @@ def test_joining_members_do_not_make_a_majority():
     # the leader alone in the set, two joining: not a majority of the members yet
     assert c.committed(["a"], "a", joining={"b", "c"}) == 0
     assert c.ready(["a", "b"], "a", joining={"c"}) == [t1]
+
+
+def test_what_was_confirmed_is_remembered_when_the_set_loses_its_majority():
+    """committed() is 0 below a majority; a member may join only with everything that was
+    ever confirmed, so the high-water mark is kept."""
+    c = Commits(["a", "b", "c"])
+    t1 = T()
+    c.add(t1)
+    s1 = c.op(0.0)
+    c.acked.update(b=s1)
+    assert c.ready(["a", "b"], "a") == [t1]
+    assert c.confirmed == s1
+    assert c.committed(["a"], "a") == 0          # b removed: below a majority
+    assert c.confirmed == s1                     # c (acked nothing) may not join on 0
