@@ -606,20 +606,20 @@ def member_path(args) -> tuple[str, str, str]:
 
 
 def do_add_member(client, args, out):
-    name, node, path = member_path(args)
-    out.banner(f"Adding a replica for queue {name} on node {node}...")
-    try:
-        client.request("POST", path + "/add", {"node": node})
-    except HTTPFailure as exc:
-        raise member_refused(client, exc, args.vhost, name, node) from None
-    return EX_OK
+    return change_member(client, args, out, "POST", "/add", "Adding a replica for queue "
+                         "{name} on node {node}...")
 
 
 def do_delete_member(client, args, out):
+    return change_member(client, args, out, "DELETE", "/delete", "Removing a replica of "
+                         "queue {name} on node {node}...")
+
+
+def change_member(client, args, out, method: str, tail: str, banner: str):
     name, node, path = member_path(args)
-    out.banner(f"Removing a replica of queue {name} on node {node}...")
+    out.banner(banner.format(name=name, node=node))
     try:
-        client.request("DELETE", path + "/delete", {"node": node})
+        client.request(method, path + tail, {"node": node})
     except HTTPFailure as exc:
         raise member_refused(client, exc, args.vhost, name, node) from None
     return EX_OK

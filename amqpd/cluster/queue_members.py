@@ -208,19 +208,15 @@ class QueueMembers:
 
     async def shrink(self, node: str) -> list[dict]:
         """Remove ``node`` from every quorum queue it is a member of."""
-        results = []
-        for vhost, name, rec in self.quorum_queues():
-            if node in rec["members"]:
-                results.append(await self._each(vhost, name, self.delete, node))
-        return results
+        return await self._on_every(node, self.delete)
 
     async def move_all(self, node: str) -> list[dict]:
         """Move every quorum replica ``node`` holds (``forget_cluster_node``)."""
-        results = []
-        for vhost, name, rec in self.quorum_queues():
-            if node in rec["members"]:
-                results.append(await self._each(vhost, name, self.move, node))
-        return results
+        return await self._on_every(node, self.move)
+
+    async def _on_every(self, node: str, op) -> list[dict]:
+        return [await self._each(vhost, name, op, node)
+                for vhost, name, rec in self.quorum_queues() if node in rec["members"]]
 
     async def _each(self, vhost, name, op, node) -> dict:
         try:

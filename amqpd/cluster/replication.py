@@ -158,8 +158,7 @@ class Replication:
                 continue
             log.info("queue %r in vhost %r: dropping this node's copy (not a member)",
                      key[1], key[0])
-            self.store.drop_queue_log(*key)
-            self.store.forget_replica(*key)
+            self._drop_copy(key)
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -519,8 +518,13 @@ class Replication:
             # (a copy recovered as a plain queue's log at start holds descriptors too)
             log.info("queue %r in vhost %r: this node is no longer a member; its copy is "
                      "removed", key[1], key[0])
-            self.store.drop_queue_log(*key)
-            self.store.forget_replica(*key)
+            self._drop_copy(key)
+
+    def _drop_copy(self, key) -> None:
+        """This node's files of the queue go: its log (descriptors of one recovered as a
+        plain queue's at start) and its directory."""
+        self.store.drop_queue_log(*key)
+        self.store.forget_replica(*key)
 
     def _local(self, key):
         vhost = self.broker.vhosts.get(key[0]) if self.broker is not None else None

@@ -50,21 +50,21 @@ def _queue(request) -> tuple[str, str]:
 @endpoint("administrator")
 async def add_member(request):
     """POST /api/queues/quorum/{vhost}/{name}/replicas/add {"node": ...}: 204."""
-    vhost, name = _queue(request)
-    members = _members(request["ctx"], (vhost, name))
-    node = await _node_of(request)
-    await _run(members.add(vhost, name, node))
-    return web.Response(status=204)
+    return await _change_member(request, "add", 204)
 
 
 @endpoint("administrator")
 async def delete_member(request):
     """DELETE /api/queues/quorum/{vhost}/{name}/replicas/delete {"node": ...}: 202."""
+    return await _change_member(request, "delete", 202)
+
+
+async def _change_member(request, op: str, status: int) -> web.Response:
     vhost, name = _queue(request)
     members = _members(request["ctx"], (vhost, name))
     node = await _node_of(request)
-    await _run(members.delete(vhost, name, node))
-    return web.Response(status=202)
+    await _run(getattr(members, op)(vhost, name, node))
+    return web.Response(status=status)
 
 
 def _results(request, results, status: int) -> web.Response:
