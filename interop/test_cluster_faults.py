@@ -120,6 +120,7 @@ def error_lines(cluster) -> list:
             if " ERROR " in line or "Traceback" in line]
 
 
+@pytest.mark.timeout(900)           # 10 faults with their recoveries: about 2 minutes in CI
 def test_no_confirmed_message_is_lost_while_leaders_fail(tmp_path, capsys):
     need_etcd()
     selfcheck = bool(os.environ.get("AMQPD_CLUSTER_FAULTS_SELFCHECK"))

@@ -261,13 +261,28 @@ class Cluster:
             self.add(f"node{i}", wait=False)
         for node in self.nodes:
             node.wait_started()
+        self.wait_known()
         return self
 
     def add(self, name: str, wait: bool = True, **kw) -> Node:
         node = Node(str(self.tmp_path / name), name, self.name, [self.etcd.url],
                     kw.pop("lease_ttl", self.lease_ttl), **kw)
         self.nodes.append(node)
-        return node.start(wait=wait)
+        node.start(wait=wait)
+        if wait:
+            self.wait_known()
+        return node
+
+    def wait_known(self, timeout: float = 15.0) -> None:
+        """Until every running node lists every running node as running. A node learns of
+        the others through its etcd watch, a moment after they start: a quorum queue
+        declared before then gets fewer members than there are nodes (as RabbitMQ's does
+        when a node has not joined yet), which a test that counts on three must not see."""
+        names = {node.name for node in self.nodes if node.running()}
+        for node in self.nodes:
+            if node.running():
+                wait_until(lambda: names <= {n for n, up in node.running_nodes().items()
+                                             if up}, timeout, f"{node.name} to see {names}")
 
     def __getitem__(self, name: str) -> Node:
         for node in self.nodes:
