@@ -141,6 +141,8 @@ class Placing:
                 q.log = None
         self._replace(vhost, q, new)
         if drain:
+            for session in list(self.sessions):
+                session.give_back(q)
             task = asyncio.ensure_future(self._drain(vhost, q, new))
             self.draining.add(task)
             task.add_done_callback(self.draining.discard)

@@ -161,19 +161,23 @@ class Session(Wire):
         self.put(body)
 
     def queue_deleted(self, consumer) -> None:
-        """The queue went (or is no longer led here): the origin cancels its consumer. When
-        its messages move to the new leader (``draining``), what the origin held comes
-        back now: the origin drops its client's acks of them."""
+        """The queue went (or is no longer led here): the origin cancels its consumer (what
+        it held of a queue whose messages move on comes back by ``give_back``)."""
         if self.consumers.pop(consumer.sid, None) is not None:
             retire_consumer(consumer)
             self.put(ctl_record({"op": "cancelled", "sid": consumer.sid}))
-        queue = consumer.queue
-        if getattr(queue, "draining", False):
-            for tag, (q, entry, c) in list(self.unacked.items()):
-                if c is consumer:
-                    del self.unacked[tag]
+
+    def give_back(self, queue) -> None:
+        """``queue``'s messages move to its new leader (``draining``): what the origin
+        held of it comes back now, whether its subscription is still here or was ended
+        first (the origin saw the move before this node did), and from basic.get too. The
+        origin drops its client's acks of them."""
+        for tag, (q, entry, consumer) in list(self.unacked.items()):
+            if q is queue:
+                del self.unacked[tag]
+                if consumer is not None:
                     consumer.unacked -= 1
-                    q.requeue(entry)
+                q.requeue(entry)
 
     def on_credit(self, sid, n) -> None:
         consumer = self.consumers.get(sid)

@@ -8,10 +8,15 @@ import struct
 from pamqp import commands as C
 
 from amqpd import config as amqpd_config
+from amqpd.access.control import AccessControl
+from amqpd.broker.broker import Broker
+from amqpd.broker.clock import ManualClock
 from amqpd.cluster import ClusterNode
 from amqpd.cluster.forward_session import Session
 from amqpd.cluster.placement import record
 from amqpd.cluster.remote_queue import RemoteQueue
+
+from amqpd.store.store import Store
 
 from .stubs import Client, declare_exchange, declare_queue, make_broker, message
 from .test_connection_core import names
@@ -36,10 +41,15 @@ class Pipe:
                 self.loop.call_soon(self.deliver, kind, payload)
 
 
-def node(name: str):
+def node(name: str, data_dir=None):
+    """A cluster node's forwarding on a memory-only broker, or one with its store there."""
     cfg = amqpd_config.Cluster(name="t", node=name)
     cluster = ClusterNode(cfg, None)
-    broker = make_broker()
+    if data_dir is None:
+        broker = make_broker()
+    else:
+        config = amqpd_config.from_dict({"storage": {"data_dir": str(data_dir)}})
+        broker = Broker(config, Store(str(data_dir)), AccessControl(config), ManualClock())
     cluster.forwarding.install(broker, broker.run_dispatch, cluster.make_queue)
     # the placement of "q": led by node1 (as the membership watch would hand it over)
     cluster.placements.apply("%2F/q", record("classic", "node1", ["node1"]), 7)
@@ -50,14 +60,15 @@ def node(name: str):
 class Pair:
     """node1 leads "q"; node2's proxy forwards to it."""
 
-    def __init__(self):
+    def __init__(self, data_dir=None):
         loop = asyncio.get_running_loop()
-        self.c1, self.b1 = node("node1")
+        self.c1, self.b1 = node("node1", data_dir)
         self.c2, self.b2 = node("node2")
         self.leader_q = declare_queue(self.b1.vhosts["/"], "q", durable=True)
         self.proxy = declare_queue(self.b2.vhosts["/"], "q", durable=True)
         self.peer = self.c2.forwarding.peer("node1")
         self.session = Session(self.c1.forwarding, "node2")
+        self.c1.forwarding.sessions.add(self.session)      # as the link's accept does
 
         def to_leader(kind, payload):
             self.session.feed(payload)
@@ -307,4 +318,35 @@ def test_an_exclusive_consumer_at_the_leader_refuses_a_consume_through_the_proxy
         await turns()
         assert names(c.methods()) == [(1, "ConsumeOk")]
         assert [con.tag for con in p.leader_q.consumers] == ["t1"]
+    run(go())
+
+
+def test_what_an_origin_held_comes_back_when_the_queue_moves_after_it_unsubscribed(tmp_path):
+    """The origin saw the move first: its subscription ended (an AMQP cancel requeues
+    nothing) and it drops its client's acks of the old leader's deliveries. When the old
+    leader sees the move, what that origin held comes back to be forwarded on."""
+    async def go():
+        p = Pair(tmp_path / "data")
+        for body in (b"one", b"two"):
+            p.leader_q.enqueue(message(body, "q"))
+        c = p.client()
+        c.send_method(1, Basic.Qos(prefetch_count=10))
+        c.send_method(1, Basic.Consume(queue="q", consumer_tag="t1"))
+        await turns()
+        assert names(c.methods()).count((1, "Deliver")) == 2
+        moved = record("classic", "node3", ["node3"])
+        moved["epoch"] = 2
+        p.c2.placements.apply("%2F/q", moved, 8)          # node2 sees it first
+        await turns()
+        assert (1, "Cancel") in names(c.methods())
+        assert not p.leader_q.consumers and p.leader_q.unacked == 2
+        p.c1.placements.apply("%2F/q", moved, 8)          # then node1
+        assert p.leader_q.draining and p.leader_q.unacked == 0
+        assert p.leader_q.message_count == 2
+        assert all(e.redelivered for e in p.leader_q.ready)
+        c.send_method(1, Basic.Ack(delivery_tag=1))       # dropped by the origin: no 406
+        assert names(c.methods()) == []
+        for task in list(p.c1.forwarding.draining):       # node3 is not reachable here
+            task.cancel()
+        p.b1.store.close()
     run(go())
