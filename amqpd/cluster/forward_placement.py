@@ -132,11 +132,10 @@ class Placing:
         new = RemoteQueue(vhost, name, q.durable, None, q.auto_delete, q.arguments, self,
                           leader)
         drain = False
-        if not isinstance(q, RemoteQueue) and rec.get("type", "classic") == "classic" \
-                and q.log is not None:
-            if q.message_count or q.unacked:
+        if not isinstance(q, RemoteQueue) and rec.get("type", "classic") == "classic":
+            if q.message_count or q.unacked:        # on disk or, on a memory-only node, not
                 drain = q.draining = True
-            else:
+            elif q.log is not None:
                 self.broker.store.delete_queue_log(vhost_name, name)
                 q.log = None
         self._replace(vhost, q, new)
@@ -186,9 +185,10 @@ class Placing:
                 if failed:
                     await asyncio.sleep(DRAIN_RETRY)    # the leader is not reachable
         finally:
-            if not old.message_count and not old.unacked and old.log is not None:
-                self.broker.store.delete_queue_log(vhost.name, old.name)
-                old.log = None
+            if not old.message_count and not old.unacked:
+                if old.log is not None:
+                    self.broker.store.delete_queue_log(vhost.name, old.name)
+                    old.log = None
                 log.info("cluster: queue '%s' in vhost '%s': %d message(s) forwarded to "
                          "node %s; this node's copy is gone", old.name, vhost.name, moved,
                          proxy.leader)

@@ -132,6 +132,30 @@ def test_grow_and_shrink_every_queue(make_cluster):
         sorted(b"m%d" % i for i in range(50))
 
 
+def test_a_removal_that_would_stop_confirms_is_refused(make_cluster):
+    """Three members, one stopped (out of the in-sync set): removing an in-sync member would
+    leave one in-sync copy of two voters, below a majority, so it is refused; removing the
+    stopped one leaves two of two, and confirms go on."""
+    cluster = make_cluster(3)
+    node1 = cluster["node1"]
+    conn, ch = declare(node1, "tally")
+    rec = wait_until(lambda: (r := placement(cluster, "tally")) and len(r["isr"]) == 3 and r,
+                     10, "three in-sync members")
+    down, keep = [cluster[m] for m in rec["members"] if m != "node1"]
+    assert down.stop() == 0
+    wait_until(lambda: down.name not in placement(cluster, "tally")["isr"], 10,
+               f"{down.name} out of the in-sync set")
+    status, body = call(node1, "DELETE", replicas("tally") + "/delete", {"node": keep.name})
+    assert status == 400 and "below a majority" in body["reason"], body
+    assert keep.name in placement(cluster, "tally")["members"]
+    status, body = call(node1, "DELETE", replicas("tally") + "/delete", {"node": down.name})
+    assert status == 202, body
+    rec = placement(cluster, "tally")
+    assert sorted(rec["members"]) == sorted(rec["isr"]) == sorted(["node1", keep.name])
+    publish(ch, "tally", [b"after"])                 # confirmed by the two left
+    conn.close()
+
+
 def test_a_stopped_node_is_forgotten_after_its_replicas_moved(make_cluster):
     cluster = make_cluster(3)
     node1, node2, node3 = cluster.nodes

@@ -5,6 +5,8 @@ are sans-IO Connections. And VHost.replace_queue on its own."""
 import asyncio
 import struct
 
+import pytest
+
 from pamqp import commands as C
 
 from amqpd import config as amqpd_config
@@ -321,12 +323,15 @@ def test_an_exclusive_consumer_at_the_leader_refuses_a_consume_through_the_proxy
     run(go())
 
 
-def test_what_an_origin_held_comes_back_when_the_queue_moves_after_it_unsubscribed(tmp_path):
+@pytest.mark.parametrize("stored", [True, False], ids=["data-dir", "memory-only"])
+def test_what_an_origin_held_comes_back_when_the_queue_moves_after_it_unsubscribed(tmp_path,
+                                                                                   stored):
     """The origin saw the move first: its subscription ended (an AMQP cancel requeues
     nothing) and it drops its client's acks of the old leader's deliveries. When the old
-    leader sees the move, what that origin held comes back to be forwarded on."""
+    leader sees the move, what that origin held comes back to be forwarded on (from a
+    memory-only node's copy too: it has no log, but its messages are no less confirmed)."""
     async def go():
-        p = Pair(tmp_path / "data")
+        p = Pair(tmp_path / "data" if stored else None)
         for body in (b"one", b"two"):
             p.leader_q.enqueue(message(body, "q"))
         c = p.client()
@@ -348,5 +353,6 @@ def test_what_an_origin_held_comes_back_when_the_queue_moves_after_it_unsubscrib
         assert names(c.methods()) == []
         for task in list(p.c1.forwarding.draining):       # node3 is not reachable here
             task.cancel()
-        p.b1.store.close()
+        if stored:
+            p.b1.store.close()
     run(go())
