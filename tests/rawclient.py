@@ -39,8 +39,15 @@ class Closed(Exception):
 
 
 class RawClient:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0):
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
+                 nodelay: bool = False):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if nodelay:
+            # as pika does. Without it, two small writes in a row (tune-ok, then
+            # connection.open) wait ~40 ms for the broker's delayed ACK of the first, which
+            # also keeps a write apart from the one before: tests that send a method right
+            # after a publish count on that (the broker applies an alarm per read)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.timeout = timeout
 
