@@ -200,8 +200,9 @@ class Node:
             self.prometheus = HTTPListener(lambda: make_app(source), prom, name="prometheus")
             await self.prometheus.start()       # a busy port: StartError, as for AMQP
         if statsd is not None:
-            from .management.statsd import StatsDPusher
-            self.statsd = StatsDPusher(source, statsd)
+            from .edge.statsd_push import StatsDPusher
+            from .management.statsd import pusher_packets
+            self.statsd = StatsDPusher(pusher_packets(source, statsd), statsd)
             self.statsd.start()
 
     async def _stop_monitoring(self) -> None:

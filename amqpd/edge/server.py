@@ -177,6 +177,21 @@ class Server:
             self.commit_scheduled = True
             self.loop.call_soon(self.run_commit)
 
+    async def durable(self, timeout: float) -> None:
+        """Return once what the broker journaled so far is on disk (at once without a store):
+        the management API answers a durable change only then. OSError when the sync failed,
+        TimeoutError after ``timeout`` seconds."""
+        commit = self.commit
+        if commit is None or commit.journal_gen <= commit.synced_gen:
+            return
+        future = self.loop.create_future()
+        commit.wait(_DurableWaiter(commit, commit.journal_gen, future))
+        self.schedule_commit()
+        try:
+            await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"not on disk after {timeout:g} s") from None
+
     def run_commit(self) -> None:
         """Once per loop turn: the commit path writes what was appended; the fsync it asks
         for runs on the worker thread (inline for fsync: always)."""
@@ -288,3 +303,22 @@ class Server:
         if self.broker is not None:
             self.broker.finish_background()     # a purge in progress is written out in full
         self._stop_fsync_threads()
+
+
+class _DurableWaiter:
+    """Told by the commit path (store/commit.py) when a sync completed or failed."""
+
+    def __init__(self, commit, gen: int, future):
+        self.commit, self.gen, self.future = commit, gen, future
+
+    def flush_confirms(self) -> None:
+        if self.future.done():
+            return
+        if self.gen <= self.commit.synced_gen:
+            self.future.set_result(None)
+        else:
+            self.commit.wait(self)
+
+    def nack_generations(self, lo: int, hi: int) -> None:
+        if lo < self.gen <= hi and not self.future.done():
+            self.future.set_exception(OSError("a definition change was not made durable"))

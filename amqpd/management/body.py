@@ -1,7 +1,6 @@
 """What write endpoints share: the JSON body (RabbitMQ's 400 ``not_json``), AMQP errors turned
 into RabbitMQ's HTTP answers, and waiting until a durable change is on disk before answering
 (as an AMQP client hears declare-ok only then)."""
-import asyncio
 import json
 
 from aiohttp import web
@@ -44,36 +43,11 @@ def created_or_not(created: bool) -> web.Response:
     return web.Response(status=201 if created else 204)
 
 
-class _Waiter:
-    """Told by the commit path (store/commit.py) when a sync completed or failed."""
-
-    def __init__(self, commit, gen: int, future):
-        self.commit, self.gen, self.future = commit, gen, future
-
-    def flush_confirms(self) -> None:
-        if self.future.done():
-            return
-        if self.gen <= self.commit.synced_gen:
-            self.future.set_result(None)
-        else:
-            self.commit.wait(self)
-
-    def nack_generations(self, lo: int, hi: int) -> None:
-        if lo < self.gen <= hi and not self.future.done():
-            self.future.set_exception(OSError("a definition change was not made durable"))
-
-
 async def durable(ctx) -> None:
     """Return once what the broker journaled so far is on disk (at once without a store)."""
-    commit = getattr(ctx.broker, "commit", None)
-    if commit is None or commit.journal_gen <= commit.synced_gen:
-        return
-    future = asyncio.get_running_loop().create_future()
-    commit.wait(_Waiter(commit, commit.journal_gen, future))
-    ctx.server.schedule_commit()
     try:
-        await asyncio.wait_for(future, 30)
-    except (OSError, asyncio.TimeoutError) as exc:
+        await ctx.server.durable(30)
+    except OSError as exc:            # a failed fsync, or TimeoutError after 30 s
         raise error(500, "internal_error", f"cannot write to the data directory: {exc}") \
             from None
 

@@ -35,9 +35,10 @@ LAYERS = {
     "errors": ("errors", 7), "version": ("errors", 7),
 }
 ASYNCIO_ALLOWED = {"edge", "cli", "facade"}
-# the management package is an asyncio edge of its own (aiohttp, UDP for StatsD), and so is
-# the cluster package (etcd over aiohttp, node-to-node sockets)
-ASYNCIO_PACKAGES = ("amqpd.management", "amqpd.cluster")
+# the cluster package is an asyncio edge of its own (etcd over aiohttp, node-to-node
+# sockets); the management API's handlers are coroutines aiohttp runs, but what they wait on
+# (a commit, a UDP push) is the edge's
+ASYNCIO_PACKAGES = ("amqpd.cluster",)
 
 
 def layer_of(module: str) -> tuple[str, int]:
