@@ -47,10 +47,11 @@ class StubIO:
     publishes = 0                       # publishes the core reported, over all reads
 
 
-def make_broker(clock=None, **cfg) -> Broker:
-    """A memory-only broker with the configuration's users and a clock that stands still."""
+def make_broker(clock=None, store=None, **cfg) -> Broker:
+    """A broker with the configuration's users and a clock that stands still: memory-only,
+    or on ``store``."""
     config = amqpd_config.from_dict(cfg)
-    return Broker(config, None, AccessControl(config), clock or ManualClock())
+    return Broker(config, store, AccessControl(config), clock or ManualClock())
 
 
 # -- the domain without a connection ------------------------------------------------------------

@@ -6,18 +6,13 @@ import asyncio
 import struct
 
 import pytest
-
 from pamqp import commands as C
 
 from amqpd import config as amqpd_config
-from amqpd.access.control import AccessControl
-from amqpd.broker.broker import Broker
-from amqpd.broker.clock import ManualClock
 from amqpd.cluster import ClusterNode
 from amqpd.cluster.forward_session import Session
 from amqpd.cluster.placement import record
 from amqpd.cluster.remote_queue import RemoteQueue
-
 from amqpd.store.store import Store
 
 from .stubs import Client, declare_exchange, declare_queue, make_broker, message
@@ -47,11 +42,8 @@ def node(name: str, data_dir=None):
     """A cluster node's forwarding on a memory-only broker, or one with its store there."""
     cfg = amqpd_config.Cluster(name="t", node=name)
     cluster = ClusterNode(cfg, None)
-    if data_dir is None:
-        broker = make_broker()
-    else:
-        config = amqpd_config.from_dict({"storage": {"data_dir": str(data_dir)}})
-        broker = Broker(config, Store(str(data_dir)), AccessControl(config), ManualClock())
+    broker = make_broker() if data_dir is None else \
+        make_broker(store=Store(str(data_dir)), storage={"data_dir": str(data_dir)})
     cluster.forwarding.install(broker, broker.run_dispatch, cluster.make_queue)
     # the placement of "q": led by node1 (as the membership watch would hand it over)
     cluster.placements.apply("%2F/q", record("classic", "node1", ["node1"]), 7)
